@@ -1,1 +1,426 @@
-//! (being written)
+//! Stage 2: the kernel command line and the embedded config.
+//!
+//! Pure: [`split`] tokenises `/proc/cmdline` exactly as the kernel's `next_arg()`
+//! does, and [`Params::parse`] turns the tokens into the boot parameters. The
+//! parameters of the prior art (`root`, `rootflags`, `rootfstype`, `rw`/`ro`,
+//! `init`, `docker_path`, `toplayer`, `toplayerfstype`, `toplayerflags`,
+//! `toplayer_path`) keep their meaning; ours are namespaced `dockroot.*`.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Path of the embedded config inside the initramfs (the prior art's format).
+pub const CONFIG_PATH: &str = "/etc/docker-btrfs.json";
+/// Default Docker data directory, relative to the root partition's top level.
+pub const DEFAULT_DOCKER_PATH: &str = "var/lib/docker";
+/// Default bound on the wait for the root device (no `rootwait`).
+pub const DEFAULT_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the wait for the root device with a bare `rootwait`. The kernel
+/// waits forever; an init that must never hang waits long, but not forever.
+pub const ROOTWAIT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default delay between a fatal error's message and the reboot.
+pub const DEFAULT_REBOOT_DELAY: Duration = Duration::from_secs(30);
+/// Longest delay accepted for any `*delay=`/timeout parameter (one day).
+const MAX_SECONDS: u64 = 86_400;
+
+/// One `param[=value]` token of the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arg {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// Split a kernel command line into arguments with the kernel's quoting rules
+/// (`lib/cmdline.c: next_arg`): arguments are separated by whitespace; double
+/// quotes group whitespace; quotes around a whole argument or around a value
+/// (`key="a b"`) are removed, other quotes are kept; there are no escapes.
+/// Everything after a lone `--` belongs to init and is returned separately.
+pub fn split(cmdline: &str) -> (Vec<Arg>, Vec<String>) {
+    let mut args = Vec::new();
+    let mut rest = cmdline.trim_start_matches(is_space);
+    while !rest.is_empty() {
+        let (arg, next) = next_arg(rest);
+        rest = next.trim_start_matches(is_space);
+        if arg.key == "--" && arg.value.is_none() {
+            return (args, split_all(rest));
+        }
+        args.push(arg);
+    }
+    (args, Vec::new())
+}
+
+/// All remaining tokens as plain strings (the init's arguments after `--`).
+fn split_all(mut rest: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (arg, next) = next_arg(rest);
+        rest = next.trim_start_matches(is_space);
+        out.push(match arg.value {
+            Some(v) => format!("{}={}", arg.key, v),
+            None => arg.key,
+        });
+    }
+    out
+}
+
+fn is_space(c: char) -> bool {
+    // The kernel's isspace(): space, \t, \n, \v, \f, \r.
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
+/// One step of the kernel's `next_arg()`; `s` starts with a non-space.
+fn next_arg(s: &str) -> (Arg, &str) {
+    let (quoted, body) = match s.strip_prefix('"') {
+        Some(b) => (true, b),
+        None => (false, s),
+    };
+    let mut in_quote = quoted;
+    let mut equals: Option<usize> = None;
+    let mut end = body.len();
+    for (i, c) in body.char_indices() {
+        if is_space(c) && !in_quote {
+            end = i;
+            break;
+        }
+        // As in the kernel, an '=' at position 0 does not split.
+        if equals.is_none() && c == '=' && i > 0 {
+            equals = Some(i);
+        }
+        if c == '"' {
+            in_quote = !in_quote;
+        }
+    }
+    let token = &body[..end];
+    let rest = body.get(end..).unwrap_or("");
+    // A leading quote of the whole argument drops a trailing quote.
+    let strip_trailing = |t: &str| -> String {
+        t.strip_suffix('"').unwrap_or(t).to_string()
+    };
+    let arg = match equals {
+        None => Arg { key: if quoted { strip_trailing(token) } else { token.to_string() }, value: None },
+        Some(eq) => {
+            let key = token[..eq].to_string();
+            let raw = &token[eq + 1..];
+            let value = match raw.strip_prefix('"') {
+                Some(v) => strip_trailing(v),
+                None if quoted => strip_trailing(raw),
+                None => raw.to_string(),
+            };
+            Arg { key, value: Some(value) }
+        }
+    };
+    (arg, rest)
+}
+
+/// The boot parameters dockroot understands, after parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Params {
+    /// `root=`: the partition holding the Docker data directory.
+    pub root: Option<String>,
+    /// `rootflags=`, as given (passed to the final mount; must name `subvol=`).
+    pub rootflags: Option<String>,
+    /// `rootfstype=` (only btrfs can hold the rw layer).
+    pub rootfstype: Option<String>,
+    /// `ro` (the kernel's default) or `rw`; the last one given wins.
+    pub read_only: bool,
+    /// `init=`: the program to run in the new root.
+    pub init: Option<String>,
+    /// `docker_path=`: the Docker data directory relative to the top level.
+    pub docker_path: String,
+    /// `toplayer=`: the device holding the machine's top layer.
+    pub toplayer: Option<String>,
+    pub toplayerfstype: Option<String>,
+    pub toplayerflags: Option<String>,
+    /// `toplayer_path=`: the top layer directory relative to that device's root.
+    pub toplayer_path: Option<String>,
+    /// `dockroot.image=`: overrides the embedded config's image.
+    pub image: Option<String>,
+    /// How long to wait for the root device (`dockroot.timeout=`, `rootwait[=N]`).
+    pub device_timeout: Duration,
+    /// `rootdelay=`: sleep before looking for the root device.
+    pub rootdelay: Duration,
+    /// `dockroot.reboot_delay=`: seconds between a fatal message and the reboot.
+    pub reboot_delay: Duration,
+    /// `dockroot.debug`: debug messages on the console too.
+    pub debug: bool,
+    /// Things worth a warning (unknown `dockroot.*` keys, ignored values).
+    pub warnings: Vec<String>,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            root: None,
+            rootflags: None,
+            rootfstype: None,
+            read_only: true,
+            init: None,
+            docker_path: DEFAULT_DOCKER_PATH.to_string(),
+            toplayer: None,
+            toplayerfstype: None,
+            toplayerflags: None,
+            toplayer_path: None,
+            image: None,
+            device_timeout: DEFAULT_DEVICE_TIMEOUT,
+            rootdelay: Duration::ZERO,
+            reboot_delay: DEFAULT_REBOOT_DELAY,
+            debug: false,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl Params {
+    /// Parse the arguments of a kernel command line (see [`split`]).
+    /// Parameters that do not concern dockroot are ignored. A malformed value
+    /// of a parameter dockroot owns is an error naming it.
+    pub fn parse(args: &[Arg]) -> Result<Params> {
+        let mut p = Params::default();
+        let mut explicit_timeout: Option<Duration> = None;
+        let mut rootwait: Option<Duration> = None;
+        for Arg { key, value } in args {
+            let v = value.as_deref();
+            let text = |name: &str| -> Result<String> {
+                match v {
+                    Some(s) if !s.is_empty() => Ok(s.to_string()),
+                    _ => Err(Error::msg(format!("kernel parameter {name}= needs a value"))),
+                }
+            };
+            match key.as_str() {
+                "root" => p.root = Some(text("root")?),
+                "rootflags" => p.rootflags = Some(text("rootflags")?),
+                "rootfstype" => p.rootfstype = Some(text("rootfstype")?),
+                "ro" if v.is_none() => p.read_only = true,
+                "rw" if v.is_none() => p.read_only = false,
+                "init" => p.init = Some(text("init")?),
+                "docker_path" => p.docker_path = text("docker_path")?,
+                "toplayer" => p.toplayer = Some(text("toplayer")?),
+                "toplayerfstype" => p.toplayerfstype = Some(text("toplayerfstype")?),
+                "toplayerflags" => p.toplayerflags = Some(text("toplayerflags")?),
+                "toplayer_path" => p.toplayer_path = Some(text("toplayer_path")?),
+                "rootwait" => {
+                    rootwait = Some(match v {
+                        None => ROOTWAIT_TIMEOUT,
+                        Some(s) => seconds("rootwait", s)?,
+                    })
+                }
+                "rootdelay" => p.rootdelay = seconds("rootdelay", v.unwrap_or(""))?,
+                "dockroot.image" => p.image = Some(text("dockroot.image")?),
+                "dockroot.timeout" => explicit_timeout = Some(seconds("dockroot.timeout", v.unwrap_or(""))?),
+                "dockroot.reboot_delay" => p.reboot_delay = seconds("dockroot.reboot_delay", v.unwrap_or(""))?,
+                "dockroot.debug" => p.debug = true,
+                k if k.starts_with("dockroot.") => {
+                    p.warnings.push(format!("unknown kernel parameter {k} ignored"));
+                }
+                _ => {}
+            }
+        }
+        p.device_timeout = explicit_timeout.or(rootwait).unwrap_or(DEFAULT_DEVICE_TIMEOUT);
+        Ok(p)
+    }
+
+    /// The rw layer's subvolume path from `rootflags=subvol=NAME`, if given.
+    pub fn rw_subvol(&self) -> Option<&str> {
+        mount_option(self.rootflags.as_deref()?, "subvol")
+    }
+}
+
+/// The value of `name=` in a comma-separated mount option string.
+pub fn mount_option<'a>(options: &'a str, name: &str) -> Option<&'a str> {
+    options
+        .split(',')
+        .filter_map(|o| o.split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .next_back()
+}
+
+/// A mount option string with `name=...` options removed.
+pub fn without_option(options: &str, name: &str) -> String {
+    options
+        .split(',')
+        .filter(|o| !o.is_empty() && o.split_once('=').map(|(k, _)| k) != Some(name) && *o != name)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn seconds(name: &str, value: &str) -> Result<Duration> {
+    let n: u64 = value
+        .parse()
+        .map_err(|_| Error::msg(format!("kernel parameter {name}={value:?}: expected a whole number of seconds")))?;
+    if n > MAX_SECONDS {
+        return Err(Error::msg(format!("kernel parameter {name}={n}: more than {MAX_SECONDS} seconds")));
+    }
+    Ok(Duration::from_secs(n))
+}
+
+/// Check a path given on the command line and turn it into components
+/// relative to a filesystem's top level. Leading slashes are allowed (as for
+/// btrfs' `subvol=`) and mean the top level; empty and `.` components are
+/// dropped; `..` is refused, so no parameter can point outside the partition.
+pub fn relative_path(param: &str, path: &str) -> Result<Vec<String>> {
+    if path.len() > 4096 {
+        return Err(Error::msg(format!("{param}: path is longer than 4096 bytes")));
+    }
+    if path.contains('\0') {
+        return Err(Error::msg(format!("{param}={path:?}: path contains a NUL byte")));
+    }
+    let mut out = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                return Err(Error::msg(format!(
+                    "{param}={path:?}: '..' is not allowed: paths are relative to the partition's top level"
+                )))
+            }
+            c if c.len() > 255 => {
+                return Err(Error::msg(format!("{param}={path:?}: a path component is longer than 255 bytes")))
+            }
+            c => out.push(c.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(key: &str, value: Option<&str>) -> Arg {
+        Arg { key: key.into(), value: value.map(Into::into) }
+    }
+
+    #[test]
+    fn split_plain_and_values() {
+        let (args, init) = split("  root=LABEL=linux rw  quiet\tinit=/sbin/init\n");
+        assert_eq!(
+            args,
+            vec![a("root", Some("LABEL=linux")), a("rw", None), a("quiet", None), a("init", Some("/sbin/init"))]
+        );
+        assert!(init.is_empty());
+    }
+
+    #[test]
+    fn split_quotes_like_the_kernel() {
+        let (args, _) = split(r#"a="b c" "d=e f" "g h" x="y"z p=q"r s"t"#);
+        assert_eq!(
+            args,
+            vec![
+                a("a", Some("b c")),
+                a("d", Some("e f")),
+                a("g h", None),
+                // A value that starts with a quote loses it, and a trailing quote.
+                a("x", Some("y\"z")),
+                // Quotes inside a value group spaces and are kept.
+                a("p", Some("q\"r s\"t")),
+            ]
+        );
+    }
+
+    #[test]
+    fn split_unterminated_quote_runs_to_end() {
+        let (args, _) = split(r#"a="b c d"#);
+        assert_eq!(args, vec![a("a", Some("b c d"))]);
+    }
+
+    #[test]
+    fn split_equals_at_start_is_not_a_separator() {
+        let (args, _) = split("=x y==z");
+        assert_eq!(args, vec![a("=x", None), a("y", Some("=z"))]);
+    }
+
+    #[test]
+    fn split_double_dash_gives_init_args() {
+        let (args, init) = split("root=/dev/vda -- single  x=1 \"two words\"");
+        assert_eq!(args, vec![a("root", Some("/dev/vda"))]);
+        assert_eq!(init, vec!["single", "x=1", "two words"]);
+    }
+
+    #[test]
+    fn split_handles_garbage_without_panicking() {
+        for s in ["\"", "\"\"", "=", "==", "\"=\"", "a=\"", " \u{0} \u{ff}é\"=é", "--", "-- --"] {
+            let _ = split(s);
+        }
+        let long = "x".repeat(4096);
+        let (args, _) = split(&long);
+        assert_eq!(args.len(), 1);
+    }
+
+    #[test]
+    fn params_prior_art_line() {
+        let (args, _) = split(
+            "root=LABEL=linux rootflags=subvol=docker_rwlayer rw docker_path=docker \
+             toplayer=LABEL=linux toplayer_path=boot_docker",
+        );
+        let p = Params::parse(&args).unwrap();
+        assert_eq!(p.root.as_deref(), Some("LABEL=linux"));
+        assert_eq!(p.rw_subvol(), Some("docker_rwlayer"));
+        assert!(!p.read_only);
+        assert_eq!(p.docker_path, "docker");
+        assert_eq!(p.toplayer.as_deref(), Some("LABEL=linux"));
+        assert_eq!(p.toplayer_path.as_deref(), Some("boot_docker"));
+        assert_eq!(p.device_timeout, DEFAULT_DEVICE_TIMEOUT);
+    }
+
+    #[test]
+    fn params_defaults() {
+        let p = Params::parse(&[]).unwrap();
+        assert!(p.read_only, "the kernel mounts root read-only unless rw is given");
+        assert_eq!(p.docker_path, DEFAULT_DOCKER_PATH);
+        assert_eq!(p.reboot_delay, DEFAULT_REBOOT_DELAY);
+        assert_eq!(p.rw_subvol(), None);
+    }
+
+    #[test]
+    fn params_waits() {
+        let p = Params::parse(&split("rootwait").0).unwrap();
+        assert_eq!(p.device_timeout, ROOTWAIT_TIMEOUT);
+        let p = Params::parse(&split("rootwait=7 rootdelay=2").0).unwrap();
+        assert_eq!(p.device_timeout, Duration::from_secs(7));
+        assert_eq!(p.rootdelay, Duration::from_secs(2));
+        let p = Params::parse(&split("dockroot.timeout=3 rootwait").0).unwrap();
+        assert_eq!(p.device_timeout, Duration::from_secs(3));
+        let e = Params::parse(&split("rootdelay=soon").0).unwrap_err();
+        assert!(e.to_string().contains("rootdelay=\"soon\""), "{e}");
+        assert!(Params::parse(&split("dockroot.timeout=99999999").0).is_err());
+    }
+
+    #[test]
+    fn params_last_wins_and_unknown_warns() {
+        let p = Params::parse(&split("rw ro root=/dev/a root=/dev/b dockroot.imgae=x dockroot.image=os:1").0).unwrap();
+        assert!(p.read_only);
+        assert_eq!(p.root.as_deref(), Some("/dev/b"));
+        assert_eq!(p.image.as_deref(), Some("os:1"));
+        assert_eq!(p.warnings.len(), 1);
+        assert!(p.warnings[0].contains("dockroot.imgae"));
+    }
+
+    #[test]
+    fn params_empty_values_are_errors() {
+        for s in ["root=", "init", "dockroot.image=", "toplayer_path"] {
+            let e = Params::parse(&split(s).0).unwrap_err();
+            assert!(e.to_string().contains("needs a value"), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn mount_options() {
+        assert_eq!(mount_option("compress=zstd,subvol=/a/b,noatime", "subvol"), Some("/a/b"));
+        assert_eq!(mount_option("subvol=a,subvol=b", "subvol"), Some("b"));
+        assert_eq!(mount_option("subvolid=5", "subvol"), None);
+        assert_eq!(without_option("subvol=a,compress=zstd,subvolid=5,,ro", "subvol"), "compress=zstd,subvolid=5,ro");
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(relative_path("p", "/var/lib//docker/").unwrap(), vec!["var", "lib", "docker"]);
+        assert_eq!(relative_path("p", "./docker").unwrap(), vec!["docker"]);
+        assert!(relative_path("p", "/").unwrap().is_empty());
+        let e = relative_path("docker_path", "a/../../etc").unwrap_err();
+        assert!(e.to_string().contains("'..' is not allowed"), "{e}");
+        assert!(relative_path("p", &"x".repeat(300)).is_err());
+        assert!(relative_path("p", "a\0b").is_err());
+    }
+}

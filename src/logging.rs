@@ -1,1 +1,154 @@
-//! (being written)
+//! Stage 1b: logging. Every message goes through the `log` facade to two places:
+//! `/dev/kmsg`, so the booted system's dmesg and journal have the whole story,
+//! and the console (stderr = /dev/console), as short human-readable lines.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Mutex;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+/// Prefix of every line dockroot prints.
+pub const TAG: &str = "dockroot";
+/// The kernel keeps a /dev/kmsg record to about 1 KiB; longer lines are split.
+const KMSG_CHUNK: usize = 900;
+const DEVKMSG_SYSCTL: &str = "/proc/sys/kernel/printk_devkmsg";
+
+struct Logger {
+    kmsg: Mutex<Option<File>>,
+    console: Mutex<LevelFilter>,
+}
+
+static LOGGER: Logger = Logger { kmsg: Mutex::new(None), console: Mutex::new(LevelFilter::Info) };
+
+/// Install the logger. Until [`attach_kmsg`] is called, messages go to the console only.
+pub fn init() {
+    // set_logger fails only if a logger is already installed: then ours is.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(LevelFilter::Debug);
+}
+
+/// Show debug messages on the console too (`dockroot.debug`).
+pub fn set_console_debug(on: bool) {
+    if let Ok(mut l) = LOGGER.console.lock() {
+        *l = if on { LevelFilter::Debug } else { LevelFilter::Info };
+    }
+}
+
+/// Start writing to /dev/kmsg (needs devtmpfs on /dev). Also lifts the kernel's
+/// rate limit on /dev/kmsg writes (10 lines per 5 s by default) so no line is
+/// dropped; the returned guard value is the setting to restore before switch_root.
+pub fn attach_kmsg() -> Option<String> {
+    match std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        Ok(f) => {
+            if let Ok(mut k) = LOGGER.kmsg.lock() {
+                *k = Some(f);
+            }
+        }
+        Err(e) => log::warn!("cannot open /dev/kmsg, logging to the console only: {e}"),
+    }
+    let old = std::fs::read_to_string(DEVKMSG_SYSCTL).ok()?.trim().to_string();
+    if old == "ratelimit" {
+        // Failure only means the limit stays; the console still has everything.
+        std::fs::write(DEVKMSG_SYSCTL, "on").ok()?;
+        Some(old)
+    } else {
+        None
+    }
+}
+
+/// Restore the /dev/kmsg rate limit setting saved by [`attach_kmsg`] and stop
+/// writing to /dev/kmsg (its fd must not leak into the next init).
+pub fn detach_kmsg(saved: Option<String>) {
+    if let Some(old) = saved {
+        if let Err(e) = std::fs::write(DEVKMSG_SYSCTL, &old) {
+            log::debug!("could not restore {DEVKMSG_SYSCTL} to {old}: {e}");
+        }
+    }
+    if let Ok(mut k) = LOGGER.kmsg.lock() {
+        *k = None;
+    }
+}
+
+/// The console form of a message: "dockroot: text", with the level spelled out
+/// for warnings and errors.
+pub fn console_line(level: Level, msg: &str) -> String {
+    match level {
+        Level::Error => format!("{TAG}: ERROR: {msg}\n"),
+        Level::Warn => format!("{TAG}: WARNING: {msg}\n"),
+        _ => format!("{TAG}: {msg}\n"),
+    }
+}
+
+/// The /dev/kmsg records for a message: one per line of it, each at most
+/// [`KMSG_CHUNK`] bytes, with the syslog priority prefix.
+pub fn kmsg_records(level: Level, msg: &str) -> Vec<String> {
+    let pri = match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    };
+    let mut out = Vec::new();
+    for line in msg.lines().filter(|l| !l.trim().is_empty()) {
+        let mut rest = line;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(KMSG_CHUNK);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (head, tail) = rest.split_at(cut);
+            out.push(format!("<{pri}>{TAG}: {head}\n"));
+            rest = tail;
+        }
+    }
+    out
+}
+
+impl Log for Logger {
+    fn enabled(&self, _: &Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &Record) {
+        let msg = record.args().to_string();
+        let console = self.console.lock().map(|l| *l).unwrap_or(LevelFilter::Info);
+        if record.level() <= console {
+            // Nothing sensible to do if the console write fails.
+            let _ = std::io::stderr().write_all(console_line(record.level(), &msg).as_bytes());
+        }
+        if let Ok(mut guard) = self.kmsg.lock() {
+            if let Some(kmsg) = guard.as_mut() {
+                for rec in kmsg_records(record.level(), &msg) {
+                    let _ = kmsg.write_all(rec.as_bytes());
+                }
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines() {
+        assert_eq!(console_line(Level::Info, "found /dev/vda"), "dockroot: found /dev/vda\n");
+        assert_eq!(console_line(Level::Error, "x"), "dockroot: ERROR: x\n");
+        assert_eq!(console_line(Level::Warn, "y"), "dockroot: WARNING: y\n");
+    }
+
+    #[test]
+    fn kmsg_split_lines_and_long_records() {
+        let recs = kmsg_records(Level::Error, "first\n\nsecond");
+        assert_eq!(recs, vec!["<3>dockroot: first\n", "<3>dockroot: second\n"]);
+        let long = "é".repeat(1000); // 2000 bytes, multibyte boundaries
+        let recs = kmsg_records(Level::Info, &long);
+        assert_eq!(recs.len(), 3);
+        assert!(recs.iter().all(|r| r.len() <= KMSG_CHUNK + 20 && r.starts_with("<6>dockroot: ")));
+        let joined: String = recs.iter().map(|r| r.trim_start_matches("<6>dockroot: ").trim_end()).collect();
+        assert_eq!(joined, long);
+    }
+}
