@@ -1,2 +1,3 @@
 pub mod cpio;
 pub mod elf;
+pub mod compress;
