@@ -1,1 +1,522 @@
+//! The boot-test harness: builds initramfs images with the real builder, boots a real
+//! Debian kernel in QEMU against copies of a disk written by a real Docker engine, and
+//! reads back the one-line report of `testinit` (the booted image's `/sbin/init`).
+//!
+//! Everything it boots comes from `scripts/test`, which sets:
+//! - `DOCKROOT_INIT`: the static dockroot init binary
+//! - `DOCKROOT_MKINITRAMFS`: the builder binary
+//! - `DOCKROOT_KERNEL_DIR`: a directory from `scripts/fetch-kernel` (vmlinuz + lib/modules/<release>)
+//! - `DOCKROOT_DISK`: the fixture disk from `qemu-tests/fixtures/make-docker-disk`
+//! - `DOCKROOT_TESTINIT` (optional): the static testinit binary, for harness self-tests
+//! - `DOCKROOT_QEMU_KVM=1` (optional): use KVM instead of TCG
+//!
+//! Tests fail, never skip, when an artifact is missing.
 
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The marker `testinit` puts before its JSON report.
+pub const TESTINIT_MARKER: &str = "DOCKROOT-TESTINIT ";
+
+/// The kernel's line when it starts the initramfs' init.
+const RUN_INIT_LINE: &str = "Run /init as init process";
+
+/// The build outputs and downloads the boot tests run against.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    /// The static dockroot init (`/init` of the initramfs).
+    pub init: PathBuf,
+    /// The `dockroot-mkinitramfs` binary.
+    pub mkinitramfs: PathBuf,
+    /// The kernel directory from `scripts/fetch-kernel`.
+    pub kernel_dir: PathBuf,
+    /// The pristine fixture disk (boot a [`Disk::copy_of`] it, never the original).
+    pub disk: PathBuf,
+}
+
+fn required_env(name: &str, what: &str) -> PathBuf {
+    let value = std::env::var_os(name).unwrap_or_else(|| {
+        panic!("{name} is not set: it must name {what}. Run the boot tests through scripts/test, which builds and sets everything.")
+    });
+    let path = PathBuf::from(value);
+    assert!(
+        path.exists(),
+        "{name}={} does not exist (it must name {what}); run scripts/test to build it",
+        path.display()
+    );
+    path
+}
+
+impl Artifacts {
+    /// Reads the artifacts from the environment `scripts/test` sets; panics with a
+    /// message naming scripts/test if any is missing.
+    pub fn from_env() -> Artifacts {
+        Artifacts {
+            init: required_env("DOCKROOT_INIT", "the static dockroot init binary"),
+            mkinitramfs: required_env("DOCKROOT_MKINITRAMFS", "the dockroot-mkinitramfs binary"),
+            kernel_dir: required_env("DOCKROOT_KERNEL_DIR", "a kernel directory from scripts/fetch-kernel"),
+            disk: required_env("DOCKROOT_DISK", "the disk from qemu-tests/fixtures/make-docker-disk"),
+        }
+    }
+
+    /// The static testinit binary (`DOCKROOT_TESTINIT`), for tests of the harness itself.
+    pub fn testinit() -> PathBuf {
+        required_env("DOCKROOT_TESTINIT", "the static testinit binary")
+    }
+
+    /// The kernel image.
+    pub fn kernel(&self) -> PathBuf {
+        self.kernel_dir.join("vmlinuz")
+    }
+
+    /// The kernel release (the one directory under lib/modules).
+    pub fn kernel_release(&self) -> String {
+        let dir = self.kernel_dir.join("lib/modules");
+        let mut releases: Vec<String> = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(releases.len(), 1, "expected exactly one kernel release in {}, found {releases:?}", dir.display());
+        releases.remove(0)
+    }
+
+    /// The kernel's module directory (`lib/modules/<release>`).
+    pub fn modules_dir(&self) -> PathBuf {
+        self.kernel_dir.join("lib/modules").join(self.kernel_release())
+    }
+
+    /// The fixture description `make-docker-disk` wrote next to the disk
+    /// (label, UUID, image references, image IDs, layer cache IDs).
+    pub fn fixture(&self) -> Value {
+        let path = self.disk.with_file_name("fixture.json");
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+    }
+}
+
+/// Cargo's target directory (the nearest ancestor of the test binary holding
+/// CACHEDIR.TAG), for logs and work files; the system temp dir otherwise.
+pub fn target_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("DOCKROOT_QEMU_WORK") {
+            return PathBuf::from(d);
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.ancestors().find(|a| a.join("CACHEDIR.TAG").is_file()).map(Path::to_path_buf))
+            .unwrap_or_else(std::env::temp_dir)
+    })
+    .clone()
+}
+
+fn work_dir(sub: &str) -> PathBuf {
+    let dir = target_dir().join("qemu-work").join(sub);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
+fn hash_of(parts: &[&[u8]]) -> String {
+    let mut h = DefaultHasher::new();
+    for p in parts {
+        p.hash(&mut h);
+    }
+    format!("{:016x}", h.finish())
+}
+
+fn stamp(path: &Path) -> Vec<u8> {
+    let md = fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    let mtime = md.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
+    format!("{}:{}:{}", path.display(), md.len(), mtime.as_nanos()).into_bytes()
+}
+
+/// Builds (once per test process and inputs) an initramfs with the real builder:
+/// `/init` = the dockroot init, the given kernel modules, and `config_json` as the
+/// embedded config. Returns its path.
+pub fn build_initramfs(artifacts: &Artifacts, modules: &[&str], config_json: &str) -> PathBuf {
+    build_initramfs_with_init(artifacts, &artifacts.init, modules, config_json)
+}
+
+/// Like [`build_initramfs`] with another binary as `/init`.
+pub fn build_initramfs_with_init(artifacts: &Artifacts, init: &Path, modules: &[&str], config_json: &str) -> PathBuf {
+    static CACHE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let modules_dir = artifacts.modules_dir();
+    let joined = modules.join("\0");
+    let key = hash_of(&[
+        joined.as_bytes(),
+        config_json.as_bytes(),
+        &stamp(init),
+        &stamp(&artifacts.mkinitramfs),
+        modules_dir.as_os_str().as_encoded_bytes(),
+    ]);
+    // Hold the lock while building: tests asking for the same image wait for one build.
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = map.get(&key) {
+        return p.clone();
+    }
+    let dir = work_dir("initramfs");
+    let config = dir.join(format!("{key}.json"));
+    fs::write(&config, config_json).unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+    let output = dir.join(format!("{key}.img"));
+    let partial = dir.join(format!("{key}.img.{}", std::process::id()));
+    let mut cmd = Command::new(&artifacts.mkinitramfs);
+    cmd.arg("--kernel-modules").arg(&modules_dir);
+    for m in modules {
+        cmd.arg("--module").arg(m);
+    }
+    cmd.arg("--config").arg(&config).arg("--output").arg(&partial).arg("--init").arg(init);
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {}: {e}", artifacts.mkinitramfs.display()));
+    assert!(
+        out.status.success(),
+        "{:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::rename(&partial, &output).unwrap_or_else(|e| panic!("renaming {} to {}: {e}", partial.display(), output.display()));
+    map.insert(key, output.clone());
+    output
+}
+
+/// A writable, sparse copy of a disk image in a temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct Disk {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Disk {
+    /// Copies `path` (sparsely; reflinked where the filesystem can).
+    pub fn copy_of(path: &Path) -> Disk {
+        let dir = tempfile::Builder::new()
+            .prefix("disk-")
+            .tempdir_in(work_dir("disks"))
+            .unwrap_or_else(|e| panic!("creating a temp dir for a copy of {}: {e}", path.display()));
+        let copy = dir.path().join(path.file_name().unwrap_or_else(|| "disk.img".as_ref()));
+        let status = Command::new("cp")
+            .args(["--sparse=always", "--reflink=auto"])
+            .arg(path)
+            .arg(&copy)
+            .status()
+            .unwrap_or_else(|e| panic!("running cp: {e}"));
+        assert!(status.success(), "cp {} {} failed: {status}", path.display(), copy.display());
+        Disk { path: copy, _dir: dir }
+    }
+
+    /// The copy's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// How a disk is attached to the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskInterface {
+    /// virtio-blk (`/dev/vdX`; modules virtio_blk, virtio_pci).
+    Virtio,
+    /// virtio-scsi (`/dev/sdX`; modules virtio_scsi, sd_mod, virtio_pci).
+    VirtioScsi,
+    /// NVMe (`/dev/nvme0n1`; module nvme).
+    Nvme,
+    /// IDE on the PC's built-in controller (`/dev/sdX`; modules ata_piix, sd_mod).
+    Ide,
+}
+
+/// One disk of a boot.
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub interface: DiskInterface,
+}
+
+impl DiskSpec {
+    /// A virtio-blk disk.
+    pub fn virtio(path: &Path) -> DiskSpec {
+        DiskSpec { path: path.to_path_buf(), interface: DiskInterface::Virtio }
+    }
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub disks: Vec<DiskSpec>,
+    /// Kernel parameters after the harness' `console=ttyS0 panic=-1`.
+    pub append: String,
+    /// The VM is killed after this long (then `timed_out` is set).
+    pub timeout: Duration,
+    pub memory_mb: u32,
+    /// Names the log file (target/qemu-logs/<name>.log); defaults to the test's name.
+    pub name: Option<String>,
+}
+
+impl BootSpec {
+    /// A spec with the defaults: 1024 MiB, 180 s timeout, one virtio disk per path.
+    pub fn new(kernel: PathBuf, initrd: PathBuf, disks: &[&Path], append: &str) -> BootSpec {
+        BootSpec {
+            kernel,
+            initrd,
+            disks: disks.iter().map(|d| DiskSpec::virtio(d)).collect(),
+            append: append.to_string(),
+            timeout: Duration::from_secs(180),
+            memory_mb: 1024,
+            name: None,
+        }
+    }
+}
+
+/// What a boot printed and how it ended.
+#[derive(Debug)]
+pub struct BootOutput {
+    /// Everything on the serial console (QEMU's stdout), then QEMU's stderr.
+    pub serial: String,
+    /// QEMU's exit status (None if it had to be killed and could not be reaped).
+    pub status: Option<ExitStatus>,
+    /// The VM was killed at the timeout.
+    pub timed_out: bool,
+    /// Wall time from QEMU's start to its exit.
+    pub elapsed: Duration,
+    /// Where the serial log was saved.
+    pub log_path: PathBuf,
+}
+
+/// The timestamp of the first printk line containing `needle`, in seconds.
+pub fn printk_time(serial: &str, needle: &str) -> Option<f64> {
+    serial.lines().find(|l| l.contains(needle)).and_then(|l| {
+        let start = l.find('[')?;
+        let rest = l.get(start + 1..)?;
+        let end = rest.find(']')?;
+        rest.get(..end)?.trim().parse().ok()
+    })
+}
+
+/// The first `DOCKROOT-TESTINIT {json}` report in `serial` that parses.
+pub fn parse_testinit(serial: &str) -> Option<Value> {
+    serial.lines().find_map(|line| {
+        let at = line.find(TESTINIT_MARKER)?;
+        let json = line.get(at + TESTINIT_MARKER.len()..)?.trim_end_matches(['\r', '\n']);
+        serde_json::from_str(json).ok()
+    })
+}
+
+impl BootOutput {
+    /// testinit's report, if the boot reached it.
+    pub fn testinit(&self) -> Option<Value> {
+        parse_testinit(&self.serial)
+    }
+
+    /// testinit's report; panics with the end of the serial log if there is none.
+    pub fn expect_testinit(&self) -> Value {
+        self.testinit().unwrap_or_else(|| {
+            panic!(
+                "the boot did not reach testinit (timed out: {}, status: {:?}); log {}; last serial lines:\n{}",
+                self.timed_out,
+                self.status,
+                self.log_path.display(),
+                self.tail(60)
+            )
+        })
+    }
+
+    /// The last `n` lines of the serial output.
+    pub fn tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.serial.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Seconds since boot when the kernel started the initramfs' `/init`.
+    pub fn kernel_to_init(&self) -> Option<f64> {
+        printk_time(&self.serial, RUN_INIT_LINE)
+    }
+
+    /// Seconds from the kernel starting `/init` to testinit running (the time dockroot
+    /// took), from the printk timestamp and testinit's own boot-clock reading.
+    pub fn time_to_init(&self) -> Option<f64> {
+        let start = self.kernel_to_init()?;
+        let end = self.testinit()?.get("uptime_s")?.as_f64()?;
+        Some(end - start)
+    }
+
+    /// Whether the serial output contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.serial.contains(needle)
+    }
+}
+
+fn test_name() -> String {
+    let t = std::thread::current();
+    let name = t.name().filter(|n| *n != "main").unwrap_or("boot");
+    name.replace("::", "__").replace(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'), "_")
+}
+
+fn qemu_drive_args(i: usize, d: &DiskSpec) -> Vec<String> {
+    let file = d.path.display().to_string().replace(',', ",,");
+    match d.interface {
+        DiskInterface::Virtio => vec!["-drive".into(), format!("file={file},format=raw,if=virtio")],
+        DiskInterface::Ide => vec!["-drive".into(), format!("file={file},format=raw,if=ide,index={i}")],
+        DiskInterface::Nvme => vec![
+            "-drive".into(),
+            format!("file={file},format=raw,if=none,id=nvme{i}"),
+            "-device".into(),
+            format!("nvme,drive=nvme{i},serial=dockroot{i}"),
+        ],
+        DiskInterface::VirtioScsi => vec![
+            "-device".into(),
+            format!("virtio-scsi-pci,id=scsi{i}"),
+            "-drive".into(),
+            format!("file={file},format=raw,if=none,id=scsid{i}"),
+            "-device".into(),
+            format!("scsi-hd,drive=scsid{i},bus=scsi{i}.0"),
+        ],
+    }
+}
+
+/// Boots `spec` in QEMU and returns the serial output once the VM powers off, reboots
+/// (`-no-reboot` makes that an exit), or is killed at the timeout.
+pub fn boot(spec: &BootSpec) -> BootOutput {
+    let name = spec.name.clone().unwrap_or_else(test_name);
+    let log_dir = target_dir().join("qemu-logs");
+    fs::create_dir_all(&log_dir).unwrap_or_else(|e| panic!("creating {}: {e}", log_dir.display()));
+    let log_path = log_dir.join(format!("{name}.log"));
+
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"]);
+    cmd.arg("-m").arg(spec.memory_mb.to_string());
+    if std::env::var("DOCKROOT_QEMU_KVM").as_deref() == Ok("1") {
+        cmd.args(["-accel", "kvm", "-cpu", "host"]);
+    } else {
+        cmd.args(["-accel", "tcg"]);
+    }
+    cmd.arg("-kernel").arg(&spec.kernel).arg("-initrd").arg(&spec.initrd);
+    cmd.arg("-append").arg(format!("console=ttyS0 panic=-1 printk.time=1 {}", spec.append));
+    for (i, d) in spec.disks.iter().enumerate() {
+        cmd.args(qemu_drive_args(i, d));
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting qemu-system-x86_64: {e} ({cmd:?})"));
+    let log = Arc::new(Mutex::new(
+        fs::File::create(&log_path).unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display())),
+    ));
+    if let Ok(mut l) = log.lock() {
+        let _ = writeln!(l, "# {cmd:?}");
+    }
+    let reader = |mut pipe: Box<dyn Read + Send>, log: Arc<Mutex<fs::File>>| {
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let chunk = &buf[..n];
+                        all.extend_from_slice(chunk);
+                        if let Ok(mut l) = log.lock() {
+                            let _ = l.write_all(chunk);
+                        }
+                    }
+                }
+            }
+            all
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().expect("piped stdout")), log.clone());
+    let stderr = reader(Box::new(child.stderr.take().expect("piped stderr")), log.clone());
+
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if started.elapsed() >= spec.timeout => {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait().ok();
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => break None,
+        }
+    };
+    let elapsed = started.elapsed();
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
+    let mut serial = String::from_utf8_lossy(&out).into_owned();
+    if !err.is_empty() {
+        serial.push_str("\n# qemu stderr:\n");
+        serial.push_str(&String::from_utf8_lossy(&err));
+    }
+    let serial = serial.replace('\r', "");
+    let output = BootOutput { serial, status, timed_out, elapsed, log_path };
+
+    // Always visible (not captured by the test harness): how long the boot took.
+    let fmt = |t: Option<f64>| t.map(|t| format!("{t:.2} s")).unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        std::io::stderr(),
+        "boot {name}: {:.1} s wall{}, kernel ran /init at {}, /init to testinit {} (log {})",
+        output.elapsed.as_secs_f64(),
+        if output.timed_out { " (TIMED OUT)" } else { "" },
+        fmt(output.kernel_to_init()),
+        fmt(output.time_to_init()),
+        output.log_path.display()
+    );
+    output
+}
+
+/// Looks up a report field by a path of keys, e.g. `field(&r, &["paths", "/etc/hostname", "content"])`.
+pub fn field<'a>(report: &'a Value, keys: &[&str]) -> &'a Value {
+    keys.iter().fold(report, |v, k| v.get(*k).unwrap_or(&Value::Null))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERIAL: &str = "[    0.000000] Linux version 6.1.0\r\n[    1.626165] Run /init as init process\r\n\
+        junk DOCKROOT-TESTINIT {\"pid\":1,\"uptime_s\":2.5}\r\n[    2.6] reboot: Power down\r\n";
+
+    #[test]
+    fn parses_printk_times_and_the_report() {
+        let s = SERIAL.replace('\r', "");
+        assert_eq!(printk_time(&s, RUN_INIT_LINE), Some(1.626165));
+        assert_eq!(printk_time(&s, "nothing like this"), None);
+        let r = parse_testinit(&s).expect("report");
+        assert_eq!(r["pid"], 1);
+        let out = BootOutput {
+            serial: s,
+            status: None,
+            timed_out: false,
+            elapsed: Duration::ZERO,
+            log_path: PathBuf::new(),
+        };
+        let t = out.time_to_init().expect("time to init");
+        assert!((t - 0.873835).abs() < 1e-9, "{t}");
+    }
+
+    #[test]
+    fn skips_a_truncated_report_and_takes_the_next() {
+        let s = "DOCKROOT-TESTINIT {\"pid\":1,\"ar\nDOCKROOT-TESTINIT {\"pid\":7}\n";
+        assert_eq!(parse_testinit(s).expect("report")["pid"], 7);
+        assert!(parse_testinit("DOCKROOT-TESTINIT {broken\n").is_none());
+    }
+
+    #[test]
+    fn field_walks_nested_keys() {
+        let v: Value = serde_json::json!({"paths": {"/a": {"mode": "0600"}}});
+        assert_eq!(field(&v, &["paths", "/a", "mode"]), "0600");
+        assert!(field(&v, &["paths", "/b", "mode"]).is_null());
+    }
+}

@@ -121,9 +121,12 @@ fn read_mountinfo(rep: &mut Report, out: &mut Map<String, Value>) -> Vec<Value> 
             out.insert("proc_was_mounted".into(), json!(true));
             return parse_all(rep, &text);
         }
-        Err(e) => rep.err(format!("reading /proc/self/mountinfo: {e}")),
+        Err(e) => {
+            out.insert("proc_error".into(), json!(format!("reading /proc/self/mountinfo: {e}")));
+        }
     }
-    // /proc is not mounted: record that, then mount it ourselves to see the rest.
+    // /proc is not mounted: record that, then mount it ourselves to see the rest
+    // (our own mount is left out of "special_mounts").
     out.insert("proc_was_mounted".into(), json!(false));
     if let Err(e) = fs::create_dir_all("/proc") {
         rep.err(format!("creating /proc: {e}"));
@@ -306,8 +309,19 @@ fn make_nested(rep: &mut Report) -> Value {
     Value::Object(done)
 }
 
+/// Seconds since boot (CLOCK_BOOTTIME, the clock of the kernel's printk timestamps).
+fn uptime() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to fill in.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return -1.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 fn collect(rep: &mut Report) -> Value {
     let mut out = Map::new();
+    out.insert("uptime_s".into(), json!(uptime()));
     let pid = rustix::process::getpid().as_raw_nonzero().get();
     out.insert("pid".into(), json!(pid));
     let argv: Vec<OsString> = std::env::args_os().collect();
@@ -339,8 +353,12 @@ fn collect(rep: &mut Report) -> Value {
     out.insert("root_mount_count".into(), json!(roots.len()));
     out.insert("root_mount".into(), roots.last().map(|m| (*m).clone()).unwrap_or(Value::Null));
     let mut special = Map::new();
+    let proc_was_mounted = out.get("proc_was_mounted") == Some(&json!(true));
     for p in ["/dev", "/proc", "/sys", "/run"] {
-        let m = mounts.iter().rev().find(|m| m["mount_point"] == p).cloned().unwrap_or(Value::Null);
+        let mut m = mounts.iter().rev().find(|m| m["mount_point"] == p).cloned().unwrap_or(Value::Null);
+        if p == "/proc" && !proc_was_mounted {
+            m = Value::Null;
+        }
         special.insert(p.into(), m);
     }
     out.insert("special_mounts".into(), Value::Object(special));
