@@ -10,9 +10,10 @@ use std::path::Path;
 
 use dockroot::error::{Context, Error, Result};
 
-/// zstd level for the initramfs: near the best ratio with a window (8 MiB) the
-/// kernel's decompressor takes without trouble.
-pub const ZSTD_LEVEL: i32 = 19;
+/// zstd level for the initramfs. On Debian 12's default module set (20 MB of
+/// cpio) level 9 gives 4.7 MB in 0.5 s; level 19 gives 4.25 MB but takes 20 s,
+/// which every rebuild and test would pay for 10% less to read at boot.
+pub const ZSTD_LEVEL: i32 = 9;
 
 /// The largest module file read (compressed or not), and the largest a
 /// compressed module may expand to. The largest modules of distribution
