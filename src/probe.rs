@@ -1137,7 +1137,7 @@ fn parse_gpt_header(hdr: &[u8], lba: u64) -> Result<GptHeader, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::fs::File;
     use std::path::{Path, PathBuf};
