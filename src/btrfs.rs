@@ -293,11 +293,11 @@ pub fn is_subvolume(dir: BorrowedFd<'_>) -> Result<bool> {
     Ok(is_dir && ino == FIRST_FREE_OBJECTID)
 }
 
-fn require_subvolume(dir: BorrowedFd<'_>, what: &str) -> Result<()> {
+fn require_subvolume(dir: BorrowedFd<'_>, what: impl FnOnce() -> String) -> Result<()> {
     if is_subvolume(dir)? {
         Ok(())
     } else {
-        Err(Error::msg(format!("{what}: {} is not the root of a btrfs subvolume", describe_fd(dir))))
+        Err(Error::msg(format!("{}: {} is not the root of a btrfs subvolume", what(), describe_fd(dir))))
     }
 }
 
@@ -315,7 +315,7 @@ pub fn create_subvolume(parent: BorrowedFd<'_>, name: &str) -> Result<()> {
 /// read-only if `readonly`.
 pub fn snapshot(source: BorrowedFd<'_>, dest_parent: BorrowedFd<'_>, name: &str, readonly: bool) -> Result<()> {
     validate_name(name)?;
-    require_subvolume(source, &format!("snapshotting to {}/{name}", describe_fd(dest_parent)))?;
+    require_subvolume(source, || format!("snapshotting to {}/{name}", describe_fd(dest_parent)))?;
     let mut args = VolArgsV2::new();
     args.fd = i64::from(source.as_raw_fd());
     args.flags = if readonly { SUBVOL_RDONLY } else { 0 };
@@ -360,7 +360,7 @@ pub fn child_subvolumes(dir: BorrowedFd<'_>) -> Result<Vec<ChildSubvolume>> {
 }
 
 fn child_subvolumes_raw(dir: BorrowedFd<'_>) -> Result<Vec<(u64, Vec<u8>)>> {
-    require_subvolume(dir, "listing nested subvolumes")?;
+    require_subvolume(dir, || "listing nested subvolumes".to_string())?;
     let mut refs: Vec<(u64, u64)> = Vec::new();
     let mut min_treeid = 0u64;
     loop {
@@ -458,7 +458,14 @@ fn delete_nested(subvol: BorrowedFd<'_>, shown: &str, depth: usize) -> Result<()
     if depth >= MAX_NESTING {
         return Err(Error::msg(format!("subvolumes nest deeper than {MAX_NESTING} levels at {shown}; not deleting")));
     }
-    for (id, path) in child_subvolumes_raw(subvol)? {
+    let children = child_subvolumes_raw(subvol)?;
+    // Unlinking a nested subvolume changes its parent directory: a read-only
+    // parent (a kept root, say) must become writable first. It is deleted next.
+    if !children.is_empty() && is_readonly(subvol)? {
+        set_readonly(subvol, false)
+            .map_err(|e| e.context(format!("making {shown} writable to delete the subvolumes nested in it")))?;
+    }
+    for (id, path) in children {
         let child_shown = format!("{shown}/{}", show(&path));
         let (parent_rel, name) = split_parent(&path);
         let parent_dir = if parent_rel.is_empty() {
@@ -493,7 +500,7 @@ fn delete_nested(subvol: BorrowedFd<'_>, shown: &str, depth: usize) -> Result<()
 
 /// Make the subvolume whose root is `dir` read-only (or writable again).
 pub fn set_readonly(dir: BorrowedFd<'_>, readonly: bool) -> Result<()> {
-    require_subvolume(dir, "changing the read-only flag")?;
+    require_subvolume(dir, || "changing the read-only flag".to_string())?;
     // SAFETY: IOC_SUBVOL_GETFLAGS writes one u64 of subvolume flags.
     let flags = unsafe { rustix::ioctl::ioctl(dir, Getter::<IOC_SUBVOL_GETFLAGS, u64>::new()) }
         .context(|| format!("reading the flags of btrfs subvolume {}", describe_fd(dir)))?;

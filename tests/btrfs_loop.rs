@@ -184,6 +184,21 @@ fn delete_subvolume_removes_nested_ones_deepest_first() {
 }
 
 #[test]
+fn delete_works_through_read_only_subvolumes() {
+    let fs = LoopBtrfs::new();
+    nested_tree(&fs);
+    let top = LoopBtrfs::dir(&fs.mnt);
+    // A read-only root (a kept one) with read-only subvolumes nested in it.
+    for p in ["base/x/y/b/deep/er/c", "base/x/y/b", "base"] {
+        let d = LoopBtrfs::dir(&fs.mnt.join(p));
+        btrfs::set_readonly(d.as_fd(), true).unwrap();
+    }
+    btrfs::delete_subvolume(top.as_fd(), "base").unwrap();
+    assert!(fs.subvolume_list().is_empty());
+    assert!(!fs.mnt.join("base").exists());
+}
+
+#[test]
 fn delete_refuses_non_subvolumes() {
     let fs = LoopBtrfs::new();
     let top = LoopBtrfs::dir(&fs.mnt);
