@@ -1049,9 +1049,9 @@ fn read_gpt_at<R: ReadAt + ?Sized>(
         else {
             continue;
         };
-        if last < first {
+        let Some(sectors) = last.checked_sub(first).and_then(|n| n.checked_add(1)) else {
             continue;
-        }
+        };
         let name: Vec<u16> = ent
             .get(56..128)
             .unwrap_or(&[])
@@ -1068,7 +1068,7 @@ fn read_gpt_at<R: ReadAt + ?Sized>(
         parts.push(Partition {
             number,
             start_lba: first,
-            sectors: last - first + 1,
+            sectors,
             partuuid: guid_to_string(unique),
             partlabel: (!name.is_empty()).then_some(name),
         });
@@ -1406,6 +1406,34 @@ pub(crate) mod tests {
             .unwrap();
             let info = probe_path(&img).unwrap().unwrap();
             assert_ne!(info.label.as_deref(), Some("BOOTSECTOR"));
+            assert_like_blkid(&img, &info);
+        }
+    }
+
+    /// mkfs over an older filesystem leaves one signature, never an ambiguity.
+    #[test]
+    fn reformatted_device_has_one_filesystem() {
+        let s = Scratch::new("reformat");
+        let mkfs = |fs: &str, img: &str| match fs {
+            "btrfs" => run("mkfs.btrfs", &["-q", "-f", img]),
+            "vfat" => run("mkfs.vfat", &[img]),
+            "ext4" => run("mkfs.ext4", &["-q", "-F", img]),
+            _ => run("mkfs.xfs", &["-q", "-f", img]),
+        };
+        for (old, new) in [
+            ("btrfs", "vfat"),
+            ("btrfs", "ext4"),
+            ("vfat", "ext4"),
+            ("ext4", "btrfs"),
+            ("btrfs", "xfs"),
+            ("xfs", "btrfs"),
+        ] {
+            let img = s.file(&format!("{old}-{new}.img"), 320 << 20);
+            let p = img.to_str().unwrap();
+            mkfs(old, p);
+            mkfs(new, p);
+            let info = probe_path(&img).unwrap().unwrap();
+            assert_eq!(info.fstype.name(), new);
             assert_like_blkid(&img, &info);
         }
     }
