@@ -15,8 +15,15 @@ const KMSG_CHUNK: usize = 900;
 const DEVKMSG_SYSCTL: &str = "/proc/sys/kernel/printk_devkmsg";
 
 struct Logger {
-    kmsg: Mutex<Option<File>>,
+    kmsg: Mutex<Option<Kmsg>>,
     console: Mutex<LevelFilter>,
+}
+
+/// /dev/kmsg and the kernel's console log level when it was opened: the
+/// kernel itself echoes a record to the console when its level is below that.
+struct Kmsg {
+    file: File,
+    console_loglevel: u8,
 }
 
 static LOGGER: Logger = Logger { kmsg: Mutex::new(None), console: Mutex::new(LevelFilter::Info) };
@@ -40,9 +47,13 @@ pub fn set_console_debug(on: bool) {
 /// dropped; the returned guard value is the setting to restore before switch_root.
 pub fn attach_kmsg() -> Option<String> {
     match std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-        Ok(f) => {
+        Ok(file) => {
+            let console_loglevel = std::fs::read_to_string("/proc/sys/kernel/printk")
+                .ok()
+                .and_then(|s| parse_console_loglevel(&s))
+                .unwrap_or(0);
             if let Ok(mut k) = LOGGER.kmsg.lock() {
-                *k = Some(f);
+                *k = Some(Kmsg { file, console_loglevel });
             }
         }
         Err(e) => log::warn!("cannot open /dev/kmsg, logging to the console only: {e}"),
@@ -70,25 +81,53 @@ pub fn detach_kmsg(saved: Option<String>) {
     }
 }
 
-/// The console form of a message: "dockroot: text", with the level spelled out
-/// for warnings and errors.
-pub fn console_line(level: Level, msg: &str) -> String {
+/// The first field of /proc/sys/kernel/printk: the console log level.
+pub fn parse_console_loglevel(printk: &str) -> Option<u8> {
+    printk.split_whitespace().next()?.parse().ok()
+}
+
+fn syslog_level(level: Level) -> u8 {
     match level {
-        Level::Error => format!("{TAG}: ERROR: {msg}\n"),
-        Level::Warn => format!("{TAG}: WARNING: {msg}\n"),
-        _ => format!("{TAG}: {msg}\n"),
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// The text of a message with the level spelled out for warnings and errors.
+fn text(level: Level, msg: &str) -> String {
+    match level {
+        Level::Error => format!("ERROR: {msg}"),
+        Level::Warn => format!("WARNING: {msg}"),
+        _ => msg.to_string(),
+    }
+}
+
+/// The console form of a message: "dockroot: text".
+pub fn console_line(level: Level, msg: &str) -> String {
+    format!("{TAG}: {}\n", text(level, msg))
+}
+
+/// Whether to write a record to the console ourselves. Once /dev/kmsg is open
+/// the kernel echoes records below its console log level (so `quiet` hides
+/// progress lines as users expect); errors and warnings are written directly
+/// when the kernel would not show them.
+pub fn direct_to_console(level: Level, wanted: LevelFilter, kmsg_console_loglevel: Option<u8>) -> bool {
+    if level > wanted {
+        return false;
+    }
+    match kmsg_console_loglevel {
+        None => true,
+        Some(cl) => syslog_level(level) >= cl && (level <= Level::Warn || wanted >= LevelFilter::Debug),
     }
 }
 
 /// The /dev/kmsg records for a message: one per line of it, each at most
 /// [`KMSG_CHUNK`] bytes, with the syslog priority prefix.
 pub fn kmsg_records(level: Level, msg: &str) -> Vec<String> {
-    let pri = match level {
-        Level::Error => 3,
-        Level::Warn => 4,
-        Level::Info => 6,
-        Level::Debug | Level::Trace => 7,
-    };
+    let pri = syslog_level(level);
+    let msg = text(level, msg);
     let mut out = Vec::new();
     for line in msg.lines().filter(|l| !l.trim().is_empty()) {
         let mut rest = line;
@@ -112,17 +151,20 @@ impl Log for Logger {
 
     fn log(&self, record: &Record) {
         let msg = record.args().to_string();
-        let console = self.console.lock().map(|l| *l).unwrap_or(LevelFilter::Info);
-        if record.level() <= console {
-            // Nothing sensible to do if the console write fails.
-            let _ = std::io::stderr().write_all(console_line(record.level(), &msg).as_bytes());
-        }
+        let wanted = self.console.lock().map(|l| *l).unwrap_or(LevelFilter::Info);
+        let mut kmsg_level = None;
         if let Ok(mut guard) = self.kmsg.lock() {
             if let Some(kmsg) = guard.as_mut() {
+                kmsg_level = Some(kmsg.console_loglevel);
                 for rec in kmsg_records(record.level(), &msg) {
-                    let _ = kmsg.write_all(rec.as_bytes());
+                    // A failed kmsg write loses nothing the console does not show.
+                    let _ = kmsg.file.write_all(rec.as_bytes());
                 }
             }
+        }
+        if direct_to_console(record.level(), wanted, kmsg_level) {
+            // Nothing sensible to do if the console write fails.
+            let _ = std::io::stderr().write_all(console_line(record.level(), &msg).as_bytes());
         }
     }
 
@@ -141,9 +183,28 @@ mod tests {
     }
 
     #[test]
+    fn console_echo_rules() {
+        assert_eq!(parse_console_loglevel("7\t4\t1\t7\n"), Some(7));
+        assert_eq!(parse_console_loglevel(""), None);
+        // Before /dev/kmsg is open, everything wanted goes to the console.
+        assert!(direct_to_console(Level::Info, LevelFilter::Info, None));
+        assert!(!direct_to_console(Level::Debug, LevelFilter::Info, None));
+        // The kernel echoes levels below its console log level itself.
+        assert!(!direct_to_console(Level::Info, LevelFilter::Info, Some(7)));
+        assert!(!direct_to_console(Level::Error, LevelFilter::Info, Some(7)));
+        // quiet (console log level 4): progress hidden, warnings and errors still shown.
+        assert!(!direct_to_console(Level::Info, LevelFilter::Info, Some(4)));
+        assert!(direct_to_console(Level::Warn, LevelFilter::Info, Some(4)));
+        assert!(direct_to_console(Level::Error, LevelFilter::Info, Some(1)));
+        // dockroot.debug: what the kernel would not echo is written directly.
+        assert!(direct_to_console(Level::Debug, LevelFilter::Debug, Some(7)));
+        assert!(!direct_to_console(Level::Info, LevelFilter::Debug, Some(7)));
+    }
+
+    #[test]
     fn kmsg_split_lines_and_long_records() {
         let recs = kmsg_records(Level::Error, "first\n\nsecond");
-        assert_eq!(recs, vec!["<3>dockroot: first\n", "<3>dockroot: second\n"]);
+        assert_eq!(recs, vec!["<3>dockroot: ERROR: first\n", "<3>dockroot: second\n"]);
         let long = "é".repeat(1000); // 2000 bytes, multibyte boundaries
         let recs = kmsg_records(Level::Info, &long);
         assert_eq!(recs.len(), 3);
