@@ -99,7 +99,9 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
 
     let root_spec = DeviceSpec::parse(&plan.root).context(|| format!("root={}", plan.root))?;
     let policy = WaitPolicy { timeout: params.device_timeout, delay: params.rootdelay };
-    let root_dev = t.run("root device", || devices::wait_for(&root_spec, &policy))?;
+    let root_dev = t.run("root device", || {
+        devices::wait_for(&root_spec, &policy).map_err(|e| e.context(format!("root={}", plan.root)))
+    })?;
     log::info!("root device {} is {}", root_spec, root_dev.devnode.display());
 
     let top = t.run("mount top level", || mount_top_level(&root_dev, &plan))?;
@@ -318,8 +320,15 @@ fn apply_top_layer(
         mkdir_p(STAGING_TOPLAYER)?;
         let devnode = dev.devnode.to_string_lossy().into_owned();
         let flags = params.toplayerflags.clone().unwrap_or_default();
-        mount(&devnode, STAGING_TOPLAYER, &fstype, MountFlags::RDONLY, &flags)
-            .map_err(|e| e.context(format!("mounting the top layer device toplayer={toplayer}")))?;
+        let mut mounted = mount(&devnode, STAGING_TOPLAYER, &fstype, MountFlags::RDONLY, &flags);
+        if matches!(&mounted, Err(e) if e.errno() == Some(rustix::io::Errno::NODEV))
+            && dev.fs.as_ref().is_some_and(|fs| fs.fstype.is_ext())
+            && params.toplayerfstype.is_none()
+        {
+            // Kernels without ext2/ext3 drivers mount those with the ext4 driver.
+            mounted = mount(&devnode, STAGING_TOPLAYER, "ext4", MountFlags::RDONLY, &flags);
+        }
+        mounted.map_err(|e| e.context(format!("mounting the top layer device toplayer={toplayer}")))?;
         (Path::new(STAGING_TOPLAYER).join(subpath.join("/")), true)
     };
     let result = toplayer::apply(&src, rw);
