@@ -211,7 +211,8 @@ impl RootPlan {
         }
         let flags = p.rootflags.clone().unwrap_or_default();
         let staging_flags = cmdline::without_option(&cmdline::without_option(&flags, "subvol"), "subvolid");
-        let toplayer_path = p.toplayer_path.as_deref().map(|t| cmdline::relative_path("toplayer_path", t)).transpose()?;
+        let toplayer_path =
+            p.toplayer_path.as_deref().map(|t| cmdline::relative_path("toplayer_path", t)).transpose()?;
         Ok(RootPlan { root, fstype, rw_subvol, docker_path, staging_flags, toplayer_path })
     }
 }
@@ -288,7 +289,7 @@ fn apply_top_layer(
     let spec = DeviceSpec::parse(toplayer).context(|| format!("toplayer={toplayer}"))?;
     let subpath = plan.toplayer_path.clone().unwrap_or_default();
     let same_device = matches!(devices::find(&spec, std::slice::from_ref(root_dev)), Ok(Some(_)));
-    let (src, mounted): (PathBuf, bool) = if same_device && params.toplayerflags.as_deref().map_or(true, only_subvol) {
+    let (src, mounted): (PathBuf, bool) = if same_device && params.toplayerflags.as_deref().is_none_or(only_subvol) {
         // Same partition as root: reuse the top-level mount, no second mount.
         if plan.toplayer_path.is_none() {
             return Err(Error::msg(

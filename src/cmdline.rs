@@ -94,9 +94,7 @@ fn next_arg(s: &str) -> (Arg, &str) {
     let token = &body[..end];
     let rest = body.get(end..).unwrap_or("");
     // A leading quote of the whole argument drops a trailing quote.
-    let strip_trailing = |t: &str| -> String {
-        t.strip_suffix('"').unwrap_or(t).to_string()
-    };
+    let strip_trailing = |t: &str| -> String { t.strip_suffix('"').unwrap_or(t).to_string() };
     let arg = match equals {
         None => Arg { key: if quoted { strip_trailing(token) } else { token.to_string() }, value: None },
         Some(eq) => {
@@ -228,12 +226,7 @@ impl Params {
 
 /// The value of `name=` in a comma-separated mount option string.
 pub fn mount_option<'a>(options: &'a str, name: &str) -> Option<&'a str> {
-    options
-        .split(',')
-        .filter_map(|o| o.split_once('='))
-        .filter(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-        .next_back()
+    options.split(',').filter_map(|o| o.split_once('=')).filter(|(k, _)| *k == name).map(|(_, v)| v).next_back()
 }
 
 /// A mount option string with `name=...` options removed.

@@ -65,8 +65,9 @@ fn existing(parent: BorrowedFd<'_>, name: &str) -> Result<Existing> {
     };
     Ok(match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => {
-            let fd = rustix::fs::openat(parent, name, OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                .context(|| format!("opening the rw layer {name}"))?;
+            let fd =
+                rustix::fs::openat(parent, name, OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                    .context(|| format!("opening the rw layer {name}"))?;
             if btrfs::is_subvolume(fd.as_fd())? {
                 Existing::Subvolume
             } else {
@@ -87,7 +88,8 @@ pub fn replace(top: BorrowedFd<'_>, rw: &[String], image: BorrowedFd<'_>) -> Res
         .split_last()
         .context(|| "rootflags=subvol= names the top level itself; it must name the rw layer's subvolume")?;
     let display = rw.join("/");
-    let parent = open_beneath(top, parent_components).context(|| format!("the parent directory of the rw layer {display}"))?;
+    let parent =
+        open_beneath(top, parent_components).context(|| format!("the parent directory of the rw layer {display}"))?;
     for step in plan(existing(parent.as_fd(), name)?, &display)? {
         match step {
             Step::DeletePrevious => {
@@ -101,8 +103,13 @@ pub fn replace(top: BorrowedFd<'_>, rw: &[String], image: BorrowedFd<'_>) -> Res
             }
         }
     }
-    rustix::fs::openat(parent.as_fd(), name.as_str(), OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-        .context(|| format!("opening the new rw layer /{display}"))
+    rustix::fs::openat(
+        parent.as_fd(),
+        name.as_str(),
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .context(|| format!("opening the new rw layer /{display}"))
 }
 
 #[cfg(test)]

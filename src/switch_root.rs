@@ -99,7 +99,9 @@ fn preflight(new_root: &Path) -> Result<()> {
     let fs = rustix::fs::statfs("/").context(|| "statfs /")?;
     let magic = fs.f_type as i64;
     if magic != RAMFS_MAGIC && magic != TMPFS_MAGIC {
-        return Err(Error::msg(format!("/ is not an initramfs (filesystem magic {magic:#x}): refusing to switch root")));
+        return Err(Error::msg(format!(
+            "/ is not an initramfs (filesystem magic {magic:#x}): refusing to switch root"
+        )));
     }
     let root_dev = rustix::fs::stat("/").context(|| "stat /")?.st_dev;
     let new_dev = rustix::fs::stat(new_root).context(|| format!("stat {}", new_root.display()))?.st_dev;
@@ -128,8 +130,9 @@ pub fn switch_root(new_root: &Path, init: &str, args: &[String], env: &[(String,
         let target_is_dir = std::fs::symlink_metadata(&target).map(|m| m.is_dir()).unwrap_or(false);
         match move_action(mounted, target_is_dir) {
             MoveAction::Skip => {}
-            MoveAction::Move => rustix::mount::mount_move(dir, &target)
-                .context(|| format!("moving {dir} to {}", target.display()))?,
+            MoveAction::Move => {
+                rustix::mount::mount_move(dir, &target).context(|| format!("moving {dir} to {}", target.display()))?
+            }
             MoveAction::Detach => {
                 log::warn!("the new root has no {dir} directory: detaching {dir} instead of moving it");
                 rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH)
