@@ -47,7 +47,8 @@ fn required_env(name: &str, what: &str) -> PathBuf {
     let value = std::env::var_os(name).unwrap_or_else(|| {
         panic!("{name} is not set: it must name {what}. Run the boot tests through scripts/test, which builds and sets everything.")
     });
-    let path = PathBuf::from(value);
+    // Relative paths are taken from the workspace root (cargo runs tests in the package dir).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(PathBuf::from(value));
     assert!(
         path.exists(),
         "{name}={} does not exist (it must name {what}); run scripts/test to build it",
