@@ -153,7 +153,7 @@ pub fn write_index(index: &ModuleIndex) -> Result<String> {
     Ok(out)
 }
 
-fn split_list<'a>(field: &'a str, key: &str) -> std::result::Result<Vec<String>, String> {
+fn split_list(field: &str, key: &str) -> std::result::Result<Vec<String>, String> {
     let list = field
         .strip_prefix(key)
         .ok_or_else(|| format!("expected `{key}...`, found {field:?}"))?;

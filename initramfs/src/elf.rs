@@ -252,13 +252,13 @@ pub fn minimal_elf64(sections: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = vec![0u8; EHDR_LEN];
     let mut placed = Vec::new();
     for (_, data) in sections.iter().copied().chain([(".shstrtab", names.as_slice())]) {
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         placed.push((out.len() as u64, data.len() as u64));
         out.extend_from_slice(data);
     }
-    while out.len() % 8 != 0 {
+    while !out.len().is_multiple_of(8) {
         out.push(0);
     }
     let shoff = out.len() as u64;

@@ -1,0 +1,174 @@
+//! The builder on a real distribution kernel's modules directory, checked
+//! against kmod's own `modprobe --show-depends`.
+//!
+//! Needs DOCKROOT_TEST_KERNEL_MODULES=/path/to/lib/modules/RELEASE (with
+//! modules.dep: `scripts/fetch-kernel` runs depmod). Unset, these tests fail
+//! and say how to set it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn modules_dir() -> PathBuf {
+    let Some(dir) = std::env::var_os("DOCKROOT_TEST_KERNEL_MODULES") else {
+        panic!(
+            "DOCKROOT_TEST_KERNEL_MODULES is not set: point it at a real kernel modules directory with modules.dep, e.g.\n  \
+             DOCKROOT_TEST_KERNEL_MODULES=\"$(echo \"$(scripts/fetch-kernel | tail -n1)\"/lib/modules/*)\" cargo test -p dockroot-mkinitramfs"
+        )
+    };
+    let dir = PathBuf::from(dir);
+    assert!(
+        dir.join("modules.dep").is_file(),
+        "DOCKROOT_TEST_KERNEL_MODULES={} has no modules.dep (run depmod -b BASE RELEASE)",
+        dir.display()
+    );
+    dir
+}
+
+fn release(dir: &Path) -> String {
+    dir.file_name().unwrap().to_str().unwrap().to_owned()
+}
+
+/// Build an image from `dir` with these modules; returns (entries, summary).
+fn build(dir: &Path, work: &Path, out: &str, modules: &[&str]) -> (Vec<dockroot_mkinitramfs::cpio::Entry>, String) {
+    let cfg = config(work);
+    let out = work.join(out);
+    let init = static_init();
+    let mut args = vec![
+        "--kernel-modules",
+        dir.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--init",
+        init.to_str().unwrap(),
+    ];
+    for m in modules {
+        args.extend(["--module", m]);
+    }
+    let o = run(&args, &[]);
+    assert!(o.status.success(), "builder failed on {}: {}", dir.display(), stderr(&o));
+    (entries(&out), stderr(&o))
+}
+
+/// What `modprobe --show-depends NAME` would insmod, as module names, in its order.
+fn modprobe_plan(dir: &Path, name: &str) -> Vec<String> {
+    let base = dir.parent().and_then(Path::parent).and_then(Path::parent).unwrap();
+    assert!(dir.parent().unwrap().ends_with("lib/modules"), "{} is not BASE/lib/modules/RELEASE", dir.display());
+    let out = Command::new("modprobe")
+        .arg("-d")
+        .arg(base)
+        .args(["-S", &release(dir), "--show-depends", name])
+        .output()
+        .expect("modprobe (kmod) is installed");
+    assert!(out.status.success(), "modprobe --show-depends {name}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("insmod "))
+        .map(|p| dockroot_mkinitramfs::kmod::module_name_of(p.split_whitespace().next().unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn filesystem_and_disk_modules_match_modprobe() {
+    let dir = modules_dir();
+    let work = temp_dir("real-modprobe");
+    let targets = ["btrfs", "ext4", "xfs", "vfat", "nvme", "virtio_blk", "sd_mod", "usb_storage"];
+    let (entries, summary) = build(&dir, &work, "a.img", &targets);
+    let index = index(&entries);
+    assert_eq!(index.kernel, release(&dir));
+    let ours = names(&index);
+    for target in targets {
+        let theirs = modprobe_plan(&dir, target);
+        if theirs.is_empty() {
+            assert!(summary.contains(target), "{target}: built in for modprobe, but the summary does not say so:\n{summary}");
+            continue;
+        }
+        for m in &theirs {
+            assert!(ours.contains(m), "modprobe loads {m} for {target}, we do not include it: {ours:?}");
+        }
+        // modprobe loads the target last; everything before it must come before it here too.
+        let t = position(&index, theirs.last().unwrap());
+        for m in &theirs[..theirs.len() - 1] {
+            assert!(position(&index, m) < t, "{m} must load before {target}: {ours:?}");
+        }
+    }
+    // btrfs needs crc32c before it (or mounting fails): some provider must come first.
+    let btrfs = position(&index, "btrfs");
+    assert!(index.modules[..btrfs].iter().any(|m| m.name.starts_with("crc32c")) || summary.contains("crc32c"), "{ours:?}");
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+#[test]
+fn default_set_is_complete_plain_and_deterministic() {
+    let dir = modules_dir();
+    let rel = release(&dir);
+    let work = temp_dir("real-default");
+    let (entries, summary) = build(&dir, &work, "a.img", &[]);
+    let index = index(&entries);
+    assert!(position(&index, "btrfs") > 0, "{summary}");
+    let dep = std::fs::read_to_string(dir.join("modules.dep")).unwrap();
+    let dep = dockroot_mkinitramfs::kmod::parse_modules_dep(&dep, &dir).unwrap();
+    for m in &index.modules {
+        let entry = find(&entries, &m.path);
+        let info = dockroot_mkinitramfs::elf::modinfo(&entry.data).unwrap();
+        assert_eq!(info.release(), Some(rel.as_str()), "{}", m.name);
+        // The image holds the module exactly as the kernel package has it, decompressed.
+        let source = dir.join(&dep.paths[&m.name]);
+        let raw = std::fs::read(&source).unwrap();
+        let plain = match source.extension().and_then(|e| e.to_str()) {
+            Some("xz") => pipe("xz", &["-d", "-c"], &raw),
+            Some("zst") => pipe("zstd", &["-d", "-c"], &raw),
+            Some("gz") => pipe("gzip", &["-d", "-c"], &raw),
+            _ => raw,
+        };
+        assert!(plain == entry.data, "{} differs from {}", m.path, source.display());
+        // Every hard dependency of modules.dep is in the image, before the module.
+        let me = position(&index, &m.name);
+        for d in &dep.deps[&m.name] {
+            assert!(position(&index, d) < me, "{d} must come before {}", m.name);
+        }
+    }
+    // Same inputs, same bytes.
+    build(&dir, &work, "b.img", &[]);
+    assert!(std::fs::read(work.join("a.img")).unwrap() == std::fs::read(work.join("b.img")).unwrap(), "two builds differ");
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+#[test]
+fn without_index_files_the_same_modules_are_found() {
+    // The kernel's own files behind a symlink, without modules.dep and modules.alias:
+    // dependencies and aliases come from each module's .modinfo.
+    let dir = modules_dir();
+    let rel = release(&dir);
+    let work = temp_dir("real-fallback");
+    let bare = work.join("lib/modules").join(&rel);
+    std::fs::create_dir_all(&bare).unwrap();
+    std::os::unix::fs::symlink(dir.join("kernel"), bare.join("kernel")).unwrap();
+    for f in ["modules.builtin", "modules.builtin.modinfo"] {
+        if dir.join(f).exists() {
+            std::fs::copy(dir.join(f), bare.join(f)).unwrap();
+        }
+    }
+    let targets = ["btrfs", "ext4", "virtio_blk", "nvme"];
+    let (with, _) = build(&dir, &work, "with.img", &targets);
+    let (without, summary) = build(&bare, &work, "without.img", &targets);
+    assert!(summary.contains("modules.dep is missing") && summary.contains("modules.alias is missing"), "{summary}");
+    let (with, without) = (index(&with), index(&without));
+    let set = |i: &dockroot::modules::ModuleIndex| i.modules.iter().map(|m| m.name.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(set(&with), set(&without));
+    // modules.dep lists all dependencies transitively, depends= only direct ones:
+    // the order found without it must still respect every modules.dep dependency.
+    for m in &with.modules {
+        for d in &m.deps {
+            assert!(position(&without, d) < position(&without, &m.name), "{d} before {}", m.name);
+        }
+    }
+    std::fs::remove_dir_all(&work).unwrap();
+}
