@@ -273,7 +273,8 @@ impl Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (/{}): {} (errno {})", self.name, self.path, self.errno, self.errno.raw_os_error())?;
+        // Errno's Display reads like "Exec format error (os error 8)".
+        write!(f, "{} (/{}): {}", self.name, self.path, self.errno)?;
         if let Some(hint) = self.hint() {
             write!(f, ": {hint}")?;
         }
@@ -574,7 +575,7 @@ mod tests {
         assert!(text.starts_with("kernel modules: 2 loaded, 1 already present, 2 failed, 2 skipped ("), "{text}");
         assert!(
             text.contains("\n  failed: xor (/lib/modules/6.1.0-56-amd64/kernel/xor.ko): ")
-                && text.contains("built for another kernel?"),
+                && text.contains("(os error 8): built for another kernel?"),
             "{text}"
         );
         assert!(text.contains("\n  skipped: raid1 (needs btrfs, which did not load)"), "{text}");
