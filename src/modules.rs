@@ -154,9 +154,7 @@ pub fn write_index(index: &ModuleIndex) -> Result<String> {
 }
 
 fn split_list(field: &str, key: &str) -> std::result::Result<Vec<String>, String> {
-    let list = field
-        .strip_prefix(key)
-        .ok_or_else(|| format!("expected `{key}...`, found {field:?}"))?;
+    let list = field.strip_prefix(key).ok_or_else(|| format!("expected `{key}...`, found {field:?}"))?;
     if list.is_empty() {
         return Ok(Vec::new());
     }
@@ -178,7 +176,8 @@ pub fn parse_index(text: &str) -> Result<ModuleIndex> {
     }
     let kernel = match lines.next() {
         Some((n, l)) => {
-            let release = l.strip_prefix("kernel ").ok_or_else(|| bad(n, format!("expected `kernel RELEASE`, found {l:?}")))?;
+            let release =
+                l.strip_prefix("kernel ").ok_or_else(|| bad(n, format!("expected `kernel RELEASE`, found {l:?}")))?;
             check_release(release).map_err(|e| bad(n, e))?;
             release.to_owned()
         }
@@ -226,10 +225,7 @@ pub fn read_index(root: &Path) -> Result<Option<ModuleIndex>> {
         .read_to_string(&mut text)
         .context(|| format!("reading the module index {}", path.display()))?;
     if text.len() as u64 > INDEX_MAX_BYTES {
-        return Err(Error::msg(format!(
-            "the module index {} is larger than {INDEX_MAX_BYTES} bytes",
-            path.display()
-        )));
+        return Err(Error::msg(format!("the module index {} is larger than {INDEX_MAX_BYTES} bytes", path.display())));
     }
     parse_index(&text).map(Some).map_err(|e| e.context(format!("in {}", path.display())))
 }

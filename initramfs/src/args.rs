@@ -87,15 +87,8 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
             "-V" | "--version" => return Ok(Command::Version),
             _ => {}
         }
-        let known = [
-            "--kernel-modules",
-            "--kernel-release",
-            "--module",
-            "--config",
-            "--output",
-            "--init",
-            "--compression",
-        ];
+        let known =
+            ["--kernel-modules", "--kernel-release", "--module", "--config", "--output", "--init", "--compression"];
         if !known.contains(&opt) {
             return Err(if opt.starts_with('-') {
                 usage(format!("unknown option {arg}"))
@@ -153,10 +146,10 @@ pub fn mtime_from_env(value: Option<&str>) -> Result<u32> {
     match value.map(str::trim) {
         None | Some("") => Ok(0),
         Some(v) => {
-            let secs: u64 = v
-                .parse()
-                .map_err(|_| Error::msg(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?;
-            u32::try_from(secs).map_err(|_| Error::msg(format!("SOURCE_DATE_EPOCH={v} does not fit a cpio mtime (32 bits)")))
+            let secs: u64 =
+                v.parse().map_err(|_| Error::msg(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?;
+            u32::try_from(secs)
+                .map_err(|_| Error::msg(format!("SOURCE_DATE_EPOCH={v} does not fit a cpio mtime (32 bits)")))
         }
     }
 }

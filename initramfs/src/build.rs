@@ -25,15 +25,33 @@ pub const CONFIG_MAX_BYTES: u64 = 1 << 20;
 /// VMs. Names this kernel lacks (built in, or not shipped) are skipped with a note.
 pub const DEFAULT_MODULES: &[&str] = &[
     // Filesystems: the root, and the top layer.
-    "btrfs", "ext4", "xfs", "vfat", "nls_cp437", "nls_iso8859_1", "nls_utf8",
+    "btrfs",
+    "ext4",
+    "xfs",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "nls_utf8",
     // VMs: virtio (QEMU/KVM, most clouds).
-    "virtio_pci", "virtio_blk", "virtio_scsi",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
     // Disks: NVMe, SATA (AHCI, and QEMU's default PIIX IDE), SCSI disks.
-    "nvme", "ahci", "ata_piix", "sd_mod",
+    "nvme",
+    "ahci",
+    "ata_piix",
+    "sd_mod",
     // USB disks: host controllers, mass storage and UAS.
-    "xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd", "usb_storage", "uas",
+    "xhci_pci",
+    "ehci_pci",
+    "ohci_pci",
+    "uhci_hcd",
+    "usb_storage",
+    "uas",
     // SD cards and eMMC.
-    "mmc_block", "sdhci_pci", "sdhci_acpi",
+    "mmc_block",
+    "sdhci_pci",
+    "sdhci_acpi",
 ];
 
 /// What to build.
@@ -121,11 +139,8 @@ pub fn build_image(opts: &Options) -> Result<Built> {
     };
     let mut tree = KernelTree::open(&opts.kernel_modules, &release)?;
     let default_set = opts.modules.is_empty();
-    let requested: Vec<String> = if default_set {
-        DEFAULT_MODULES.iter().map(|s| s.to_string()).collect()
-    } else {
-        opts.modules.clone()
-    };
+    let requested: Vec<String> =
+        if default_set { DEFAULT_MODULES.iter().map(|s| s.to_string()).collect() } else { opts.modules.clone() };
     let mut plan = kmod::plan(&mut tree, &requested, !default_set)?;
     let index = write_index(&plan.index())?;
 

@@ -55,15 +55,12 @@ pub fn compress(data: &[u8], how: Compression) -> Result<Vec<u8>> {
         Compression::None => Ok(data.to_vec()),
         Compression::Zstd => {
             let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL).context(|| "setting up the zstd compressor")?;
-            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
-                .context(|| "enabling zstd checksums")?;
+            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).context(|| "enabling zstd checksums")?;
             c.compress(data).context(|| "compressing the initramfs with zstd")
         }
         Compression::Gzip => {
-            let mut enc = flate2::GzBuilder::new()
-                .mtime(0)
-                .operating_system(255)
-                .write(Vec::new(), flate2::Compression::best());
+            let mut enc =
+                flate2::GzBuilder::new().mtime(0).operating_system(255).write(Vec::new(), flate2::Compression::best());
             enc.write_all(data).context(|| "compressing the initramfs with gzip")?;
             enc.finish().context(|| "compressing the initramfs with gzip")
         }
@@ -78,10 +75,7 @@ pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
 
 fn read_all_capped<R: Read>(reader: R, cap: u64, what: impl Fn() -> String) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    reader
-        .take(cap.saturating_add(1))
-        .read_to_end(&mut out)
-        .context(|| format!("reading {}", what()))?;
+    reader.take(cap.saturating_add(1)).read_to_end(&mut out).context(|| format!("reading {}", what()))?;
     if out.len() as u64 > cap {
         return Err(Error::msg(format!("{} is larger than {cap} bytes", what())));
     }
@@ -90,10 +84,7 @@ fn read_all_capped<R: Read>(reader: R, cap: u64, what: impl Fn() -> String) -> R
 
 /// The compression suffix of a module file name, if any (`.xz`, `.zst`, `.gz`).
 pub fn module_suffix(file_name: &str) -> Option<&'static str> {
-    [".ko.xz", ".ko.zst", ".ko.gz"]
-        .into_iter()
-        .find(|s| file_name.ends_with(s))
-        .and_then(|s| s.strip_prefix(".ko"))
+    [".ko.xz", ".ko.zst", ".ko.gz"].into_iter().find(|s| file_name.ends_with(s)).and_then(|s| s.strip_prefix(".ko"))
 }
 
 /// Decompress a module read from `path` according to its suffix; a plain
@@ -124,12 +115,7 @@ mod tests {
 
     /// Pipe `input` through a command and return its stdout.
     fn pipe(cmd: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
-        let mut child = Command::new(cmd)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = Command::new(cmd).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         let mut stdin = child.stdin.take().unwrap();
         let input = input.to_vec();
         let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());

@@ -150,7 +150,8 @@ impl Archive {
                 Kind::CharDevice { major, minor } => (S_IFCHR, 1, &[], (*major, *minor)),
                 Kind::Symlink(target) => (S_IFLNK, 1, target.as_bytes(), (0, 0)),
             };
-            let header = Header { ino, mode: kind_bits | node.perm, nlink, mtime, rdev_major: rdev.0, rdev_minor: rdev.1 };
+            let header =
+                Header { ino, mode: kind_bits | node.perm, nlink, mtime, rdev_major: rdev.0, rdev_minor: rdev.1 };
             write_entry(&mut out, &header, path, data)?;
         }
         write_entry(
@@ -217,7 +218,8 @@ fn hex_field(header: &[u8], index: usize, offset: usize) -> Result<u32> {
     let end = start.checked_add(8).context(|| "bad field index")?;
     let raw = header.get(start..end).context(|| format!("cpio header at offset {offset} is truncated"))?;
     let text = std::str::from_utf8(raw).ok().filter(|t| t.bytes().all(|b| b.is_ascii_hexdigit()));
-    let text = text.context(|| format!("cpio header at offset {offset}: field {index} is not 8 hex digits: {raw:?}"))?;
+    let text =
+        text.context(|| format!("cpio header at offset {offset}: field {index} is not 8 hex digits: {raw:?}"))?;
     u32::from_str_radix(text, 16).context(|| format!("cpio header at offset {offset}: field {index}"))
 }
 
@@ -310,8 +312,8 @@ mod tests {
         a.add_file("ab", 0o644, b"xyz".to_vec()).unwrap();
         let out = a.write(0x1234).unwrap();
         let expected_header = concat!(
-            "070701", "00000001", "000081a4", "00000000", "00000000", "00000001", "00001234", "00000003",
-            "00000000", "00000000", "00000000", "00000000", "00000003", "00000000"
+            "070701", "00000001", "000081a4", "00000000", "00000000", "00000001", "00001234", "00000003", "00000000",
+            "00000000", "00000000", "00000000", "00000003", "00000000"
         );
         assert_eq!(std::str::from_utf8(&out[..110]).unwrap(), expected_header);
         // name "ab\0" padded so that 110 + 3 + 3 = 116 is a multiple of 4; data padded to 4.

@@ -81,8 +81,8 @@ fn header(data: &[u8]) -> Result<Header, String> {
     if h.shoff != 0 && (h.shnum == 0 || h.shstrndx == usize::from(SHN_XINDEX)) {
         let first = h.shoff;
         if h.shnum == 0 {
-            h.shnum = usize_at(data, first.checked_add(32).ok_or_else(bad)?)
-                .ok_or("section header 0 is outside the file")?;
+            h.shnum =
+                usize_at(data, first.checked_add(32).ok_or_else(bad)?).ok_or("section header 0 is outside the file")?;
         }
         if h.shstrndx == usize::from(SHN_XINDEX) {
             h.shstrndx = u32_at(data, first.checked_add(40).ok_or_else(bad)?)
@@ -118,7 +118,8 @@ fn section<'a>(data: &'a [u8], h: &Header, index: usize, names: Option<&'a [u8]>
     };
     let name = match names {
         Some(table) => {
-            let rest = table.get(name_off..).ok_or_else(|| format!("section {index}'s name is outside the string table"))?;
+            let rest =
+                table.get(name_off..).ok_or_else(|| format!("section {index}'s name is outside the string table"))?;
             let len = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
             rest.get(..len).unwrap_or_default()
         }
@@ -225,9 +226,10 @@ pub fn check_static_x86_64(data: &[u8]) -> Result<(), String> {
             return Err(format!("program header {i} is outside the file"));
         }
         match p_type {
-            PT_INTERP => {
-                return Err("dynamically linked (it has a program interpreter, PT_INTERP), but the initramfs holds no libraries".into())
-            }
+            PT_INTERP => return Err(
+                "dynamically linked (it has a program interpreter, PT_INTERP), but the initramfs holds no libraries"
+                    .into(),
+            ),
             PT_LOAD => loads = loads.saturating_add(1),
             _ => {}
         }
@@ -240,7 +242,8 @@ pub fn check_static_x86_64(data: &[u8]) -> Result<(), String> {
 
 /// Build a minimal ELF64 x86-64 relocatable file holding the given sections
 /// (name, contents). For tests and fuzzing: the shape of a kernel module as far
-/// as this reader is concerned.
+/// as this reader is concerned. Meant for a few small sections (sizes are not
+/// checked against the format's 32-bit name offsets and 16-bit counts).
 pub fn minimal_elf64(sections: &[(&str, &[u8])]) -> Vec<u8> {
     let mut names = vec![0u8];
     let mut name_offsets = Vec::new();
@@ -262,7 +265,7 @@ pub fn minimal_elf64(sections: &[(&str, &[u8])]) -> Vec<u8> {
         out.push(0);
     }
     let shoff = out.len() as u64;
-    let shnum = sections.len() as u16 + 2;
+    let shnum = u16::try_from(sections.len().saturating_add(2)).unwrap_or(u16::MAX);
     out.extend_from_slice(&[0u8; SHDR_LEN]); // the null section
     for (i, (offset, size)) in placed.iter().enumerate() {
         let mut sh = [0u8; SHDR_LEN];
@@ -285,7 +288,7 @@ pub fn minimal_elf64(sections: &[(&str, &[u8])]) -> Vec<u8> {
     out[52..54].copy_from_slice(&(EHDR_LEN as u16).to_le_bytes());
     out[58..60].copy_from_slice(&(SHDR_LEN as u16).to_le_bytes());
     out[60..62].copy_from_slice(&shnum.to_le_bytes());
-    out[62..64].copy_from_slice(&(shnum - 1).to_le_bytes());
+    out[62..64].copy_from_slice(&shnum.saturating_sub(1).to_le_bytes());
     out
 }
 
@@ -293,7 +296,8 @@ pub fn minimal_elf64(sections: &[(&str, &[u8])]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    const INFO: &[u8] = b"license=GPL\0depends=xor,raid6_pq\0softdep=pre: crc32c\0softdep=post: foo\0\0\0alias=fs-btrfs\0\
+    const INFO: &[u8] =
+        b"license=GPL\0depends=xor,raid6_pq\0softdep=pre: crc32c\0softdep=post: foo\0\0\0alias=fs-btrfs\0\
 vermagic=6.1.0-56-amd64 SMP preempt mod_unload modversions \0name=btrfs\0";
 
     #[test]

@@ -87,12 +87,12 @@ pub fn parse_modules_dep(text: &str, dir: &Path) -> Result<DepFile> {
             .split_once(':')
             .context(|| format!("modules.dep line {n}: expected `path: deps...`, found {line:?}"))?;
         let module = rel(module.trim(), n)?;
-        let name = module_name_of(&module)
-            .context(|| format!("modules.dep line {n}: {module:?} is not a .ko file"))?;
+        let name = module_name_of(&module).context(|| format!("modules.dep line {n}: {module:?} is not a .ko file"))?;
         let mut dep_names = Vec::new();
         for dep in deps.split_whitespace() {
             let dep = rel(dep, n)?;
-            let dep_name = module_name_of(&dep).context(|| format!("modules.dep line {n}: {dep:?} is not a .ko file"))?;
+            let dep_name =
+                module_name_of(&dep).context(|| format!("modules.dep line {n}: {dep:?} is not a .ko file"))?;
             out.paths.entry(dep_name.clone()).or_insert(dep);
             dep_names.push(dep_name);
         }
@@ -242,7 +242,10 @@ fn walk_modules(dir: &Path, notes: &mut BTreeSet<String>) -> Result<BTreeMap<Str
             let child = rel.join(entry.file_name());
             if kind.is_dir() {
                 if depth >= WALK_MAX_DEPTH {
-                    return Err(Error::msg(format!("{} is nested deeper than {WALK_MAX_DEPTH} levels", entry.path().display())));
+                    return Err(Error::msg(format!(
+                        "{} is nested deeper than {WALK_MAX_DEPTH} levels",
+                        entry.path().display()
+                    )));
                 }
                 stack.push((child, depth.saturating_add(1)));
             } else if kind.is_file() {
@@ -348,11 +351,8 @@ impl KernelTree {
         if self.builtin.contains(&name) {
             return Ok(Found::Builtin);
         }
-        let providers: Vec<String> = self
-            .scan_aliases()?
-            .get(&name)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let providers: Vec<String> =
+            self.scan_aliases()?.get(&name).map(|s| s.iter().cloned().collect()).unwrap_or_default();
         let providers: Vec<String> = providers.into_iter().filter(|m| self.paths.contains_key(m)).collect();
         if !providers.is_empty() {
             return Ok(Found::Modules(providers));
@@ -458,7 +458,8 @@ pub fn plan(tree: &mut KernelTree, requested: &[String], required: bool) -> Resu
         }
         let rel = tree.paths.get(&name).cloned().context(|| format!("module {name} has no file"))?;
         let data = read_module(&tree.dir, &rel)?;
-        let info = elf::modinfo(&data).map_err(|e| Error::msg(format!("module {name} ({}/{rel}): {e}", tree.dir.display())))?;
+        let info = elf::modinfo(&data)
+            .map_err(|e| Error::msg(format!("module {name} ({}/{rel}): {e}", tree.dir.display())))?;
         match info.release() {
             Some(r) if r == tree.release => {}
             Some(_) | None => {
@@ -495,7 +496,9 @@ pub fn plan(tree: &mut KernelTree, requested: &[String], required: bool) -> Resu
             parse_softdep_spec(spec, &mut soft);
         }
         for word in &soft.ignored {
-            plan.notes.insert(format!("module {name}: ignored softdep word {word:?} (not after pre: or post:, as modprobe does)"));
+            plan.notes.insert(format!(
+                "module {name}: ignored softdep word {word:?} (not after pre: or post:, as modprobe does)"
+            ));
         }
         let resolve_soft = |names: &[String], tree: &mut KernelTree, plan: &mut Plan| -> Result<BTreeSet<String>> {
             let mut out = BTreeSet::new();
@@ -548,13 +551,7 @@ pub fn plan(tree: &mut KernelTree, requested: &[String], required: bool) -> Resu
             Some(suffix) => node.source.strip_suffix(suffix).unwrap_or(&node.source).to_owned(),
             None => node.source.clone(),
         };
-        let soft = soft_waits
-            .get(&name)
-            .into_iter()
-            .flatten()
-            .filter(|s| !node.deps.contains(*s))
-            .cloned()
-            .collect();
+        let soft = soft_waits.get(&name).into_iter().flatten().filter(|s| !node.deps.contains(*s)).cloned().collect();
         plan.modules.push(PlannedModule {
             image_path: format!("lib/modules/{}/{plain}", tree.release),
             name,
@@ -686,7 +683,13 @@ mod tests {
 
     #[test]
     fn topological_order_is_deterministic() {
-        let w = waits(&[("btrfs", &["xor", "libcrc32c", "crc32c_generic"]), ("xor", &[]), ("libcrc32c", &[]), ("crc32c_generic", &[]), ("a", &[])]);
+        let w = waits(&[
+            ("btrfs", &["xor", "libcrc32c", "crc32c_generic"]),
+            ("xor", &[]),
+            ("libcrc32c", &[]),
+            ("crc32c_generic", &[]),
+            ("a", &[]),
+        ]);
         assert_eq!(topological_order(&w).unwrap(), ["a", "crc32c_generic", "libcrc32c", "xor", "btrfs"]);
         let w = waits(&[("c", &["b"]), ("b", &["a"]), ("a", &[])]);
         assert_eq!(topological_order(&w).unwrap(), ["a", "b", "c"]);

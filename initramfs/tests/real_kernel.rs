@@ -87,7 +87,10 @@ fn filesystem_and_disk_modules_match_modprobe() {
     for target in targets {
         let theirs = modprobe_plan(&dir, target);
         if theirs.is_empty() {
-            assert!(summary.contains(target), "{target}: built in for modprobe, but the summary does not say so:\n{summary}");
+            assert!(
+                summary.contains(target),
+                "{target}: built in for modprobe, but the summary does not say so:\n{summary}"
+            );
             continue;
         }
         for m in &theirs {
@@ -101,7 +104,10 @@ fn filesystem_and_disk_modules_match_modprobe() {
     }
     // btrfs needs crc32c before it (or mounting fails): some provider must come first.
     let btrfs = position(&index, "btrfs");
-    assert!(index.modules[..btrfs].iter().any(|m| m.name.starts_with("crc32c")) || summary.contains("crc32c"), "{ours:?}");
+    assert!(
+        index.modules[..btrfs].iter().any(|m| m.name.starts_with("crc32c")) || summary.contains("crc32c"),
+        "{ours:?}"
+    );
     std::fs::remove_dir_all(&work).unwrap();
 }
 
@@ -137,7 +143,10 @@ fn default_set_is_complete_plain_and_deterministic() {
     }
     // Same inputs, same bytes.
     build(&dir, &work, "b.img", &[]);
-    assert!(std::fs::read(work.join("a.img")).unwrap() == std::fs::read(work.join("b.img")).unwrap(), "two builds differ");
+    assert!(
+        std::fs::read(work.join("a.img")).unwrap() == std::fs::read(work.join("b.img")).unwrap(),
+        "two builds differ"
+    );
     std::fs::remove_dir_all(&work).unwrap();
 }
 

@@ -25,7 +25,12 @@ fn standard_tree(root: &Path) -> (Tree, Vec<u8>) {
     t.module("kernel/fs/ext4/ext4.ko", "ext4", RELEASE, &["depends=jbd2"]);
     t.module("kernel/fs/jbd2/jbd2.ko", "jbd2", RELEASE, &["depends="]);
     t.module("kernel/fs/ext4/ext4-post.ko", "ext4_post", RELEASE, &["depends="]);
-    t.module("kernel/drivers/block/virtio_blk.ko", "virtio_blk", RELEASE, &["alias=pci:v00001AF4d00001001sv*sd*bc*sc*i*"]);
+    t.module(
+        "kernel/drivers/block/virtio_blk.ko",
+        "virtio_blk",
+        RELEASE,
+        &["alias=pci:v00001AF4d00001001sv*sd*bc*sc*i*"],
+    );
     t.file(
         "modules.dep",
         "kernel/fs/btrfs/btrfs.ko.xz: kernel/crypto/xor.ko.zst kernel/lib/libcrc32c.ko.gz\n\
@@ -51,7 +56,10 @@ fn standard_tree(root: &Path) -> (Tree, Vec<u8>) {
          alias fs-btrfs btrfs\nalias pci:v00001AF4d00001001sv*sd*bc*sc*i* virtio_blk\n",
     );
     t.file("modules.builtin", "kernel/drivers/virtio/virtio_pci.ko\nkernel/crypto/sha256_generic.ko\n");
-    t.bytes("modules.builtin.modinfo", b"sha256_generic.alias=sha256\0sha256_generic.license=GPL\0virtio_pci.alias=pci:v00001AF4d*\0");
+    t.bytes(
+        "modules.builtin.modinfo",
+        b"sha256_generic.alias=sha256\0sha256_generic.license=GPL\0virtio_pci.alias=pci:v00001AF4d*\0",
+    );
     (t, btrfs)
 }
 
@@ -130,7 +138,10 @@ fn resolves_deps_softdeps_aliases_and_builtins_in_order() {
     let libcrc32c = &index.modules[position(&index, "libcrc32c")];
     assert_eq!(libcrc32c.soft, ["crc32c_generic", "crc32c_intel"], "softdep from .modinfo");
     let ext4 = &index.modules[position(&index, "ext4")];
-    assert_eq!((ext4.deps.as_slice(), ext4.soft.as_slice()), (&["jbd2".to_string()][..], &["crc32c_generic".to_string()][..]));
+    assert_eq!(
+        (ext4.deps.as_slice(), ext4.soft.as_slice()),
+        (&["jbd2".to_string()][..], &["crc32c_generic".to_string()][..])
+    );
     let post = &index.modules[position(&index, "ext4_post")];
     assert_eq!(post.soft, ["ext4"], "a post-softdep waits for the module naming it");
     assert!(!names(&index).contains(&"virtio_blk".to_string()), "not asked for");
@@ -234,7 +245,9 @@ fn vermagic_mismatch_is_refused_naming_module_vermagic_and_release() {
     b.tree.module("kernel/crypto/xor.ko.zst", "xor", "6.1.0-98-other", &["depends="]);
     let e = b.fails(&["--module", "btrfs"]);
     assert!(
-        e.contains("module xor (") && e.contains("has vermagic \"6.1.0-98-other SMP") && e.contains(&format!("the kernel release is {RELEASE}")),
+        e.contains("module xor (")
+            && e.contains("has vermagic \"6.1.0-98-other SMP")
+            && e.contains(&format!("the kernel release is {RELEASE}")),
         "{e}"
     );
 }
@@ -279,7 +292,10 @@ fn dependency_cycles_are_errors_naming_the_cycle() {
     b.tree.module("kernel/a/alpha.ko", "alpha", RELEASE, &[]);
     b.tree.module("kernel/a/beta.ko", "beta", RELEASE, &[]);
     let dep = std::fs::read_to_string(b.tree.dir.join("modules.dep")).unwrap();
-    b.tree.file("modules.dep", &format!("{dep}kernel/a/alpha.ko: kernel/a/beta.ko\nkernel/a/beta.ko: kernel/a/alpha.ko\n"));
+    b.tree.file(
+        "modules.dep",
+        &format!("{dep}kernel/a/alpha.ko: kernel/a/beta.ko\nkernel/a/beta.ko: kernel/a/alpha.ko\n"),
+    );
     let e = b.fails(&["--module", "alpha"]);
     assert!(e.contains("kernel module dependency cycle: alpha -> beta -> alpha"), "{e}");
 

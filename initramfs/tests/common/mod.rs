@@ -27,7 +27,11 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 /// The bytes of a fake module: an ELF with a `.modinfo` section.
 pub fn module_elf(name: &str, vermagic: &str, modinfo_extra: &[&str]) -> Vec<u8> {
     let mut info = Vec::new();
-    for item in modinfo_extra.iter().copied().chain([format!("name={name}").as_str(), &format!("vermagic={vermagic} SMP preempt mod_unload modversions ")]) {
+    for item in modinfo_extra
+        .iter()
+        .copied()
+        .chain([format!("name={name}").as_str(), &format!("vermagic={vermagic} SMP preempt mod_unload modversions ")])
+    {
         info.extend_from_slice(item.as_bytes());
         info.push(0);
     }
