@@ -252,8 +252,8 @@ fn load_modules() -> Result<()> {
         log::info!("no kernel modules in this initramfs");
         return Ok(());
     };
-    let report = modules::load_all(&index, Path::new("/"))?;
-    log::info!("{report}");
+    // load_all logs each failure and the summary itself.
+    modules::load_all(&index, Path::new("/"))?;
     Ok(())
 }
 

@@ -270,7 +270,7 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Errno's Display reads like "Exec format error (os error 8)".
-        write!(f, "{} (/{}): {}", self.name, self.path, self.errno)?;
+        write!(f, "{} (/{}): {}", self.name, self.path, crate::error::errno_text(self.errno))?;
         if let Some(hint) = self.hint() {
             write!(f, ": {hint}")?;
         }
@@ -372,7 +372,13 @@ pub fn load_with(index: &ModuleIndex, mut attempt: impl FnMut(&IndexEntry) -> At
             }
             Attempt::Failed(errno) => {
                 let failure = Failure { name: entry.name.clone(), path: entry.path.clone(), errno };
-                log::warn!("cannot load module {failure}");
+                if errno == Errno::NODEV {
+                    // Accelerated variants (crc32c_intel on a CPU without SSE4.2) and
+                    // drivers of absent hardware: expected, not worth a warning.
+                    log::info!("module {failure}");
+                } else {
+                    log::warn!("cannot load module {failure}");
+                }
                 missing.insert(entry.name.as_str());
                 report.failed.push(failure);
             }
