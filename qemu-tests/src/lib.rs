@@ -187,7 +187,8 @@ pub fn build_initramfs_with_init(artifacts: &Artifacts, init: &Path, modules: &[
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    fs::rename(&partial, &output).unwrap_or_else(|e| panic!("renaming {} to {}: {e}", partial.display(), output.display()));
+    fs::rename(&partial, &output)
+        .unwrap_or_else(|e| panic!("renaming {} to {}: {e}", partial.display(), output.display()));
     map.insert(key, output.clone());
     output
 }
@@ -496,13 +497,8 @@ mod tests {
         assert_eq!(printk_time(&s, "nothing like this"), None);
         let r = parse_testinit(&s).expect("report");
         assert_eq!(r["pid"], 1);
-        let out = BootOutput {
-            serial: s,
-            status: None,
-            timed_out: false,
-            elapsed: Duration::ZERO,
-            log_path: PathBuf::new(),
-        };
+        let out =
+            BootOutput { serial: s, status: None, timed_out: false, elapsed: Duration::ZERO, log_path: PathBuf::new() };
         let t = out.time_to_init().expect("time to init");
         assert!((t - 0.873835).abs() < 1e-9, "{t}");
     }

@@ -45,7 +45,8 @@ fn second_boot_replaces_the_rw_layer_and_its_nested_subvolume() {
     let disk = Disk::copy_of(&a.disk);
 
     // First boot: testinit leaves a marker file and a nested subvolume in the rw layer.
-    let mut spec = BootSpec::new(a.kernel(), initrd.clone(), &[disk.path()], &format!("{STANDARD_APPEND} -- --make-nested"));
+    let mut spec =
+        BootSpec::new(a.kernel(), initrd.clone(), &[disk.path()], &format!("{STANDARD_APPEND} -- --make-nested"));
     spec.name = Some("second_boot_first".into());
     let first = boot(&spec).expect_testinit();
     assert_eq!(first["errors"], serde_json::json!([]), "{first}");
@@ -55,7 +56,10 @@ fn second_boot_replaces_the_rw_layer_and_its_nested_subvolume() {
     let first_root_id = field(&first, &["root_btrfs", "subvolume_id"]).as_u64().expect("rw layer subvolume id");
 
     // Second boot from the same disk: a fresh rw layer, without the leftovers.
-    let spec = BootSpec { name: Some("second_boot_second".into()), ..BootSpec::new(a.kernel(), initrd, &[disk.path()], STANDARD_APPEND) };
+    let spec = BootSpec {
+        name: Some("second_boot_second".into()),
+        ..BootSpec::new(a.kernel(), initrd, &[disk.path()], STANDARD_APPEND)
+    };
     let second = boot(&spec).expect_testinit();
     assert_eq!(second["errors"], serde_json::json!([]), "{second}");
     assert_eq!(field(&second, &["paths", "/var/tmp/from-previous-boot", "exists"]), false, "rw layer not replaced");

@@ -19,7 +19,11 @@ fn testinit_initramfs(dir: &Path) -> std::path::PathBuf {
     let out = dir.join("initrd.cpio");
     let st = Command::new("sh")
         .arg("-c")
-        .arg(format!("cd '{}' && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet > '{}'", root.display(), out.display()))
+        .arg(format!(
+            "cd '{}' && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet > '{}'",
+            root.display(),
+            out.display()
+        ))
         .status()
         .unwrap();
     assert!(st.success(), "cpio failed");

@@ -193,9 +193,7 @@ fn btrfs_subvolume_id(path: &str) -> Result<u64, String> {
 
 /// statfs magic of the filesystem holding `path`.
 fn fs_magic(path: &str) -> Result<i64, String> {
-    rustix::fs::statfs(path)
-        .map(|s| s.f_type as i64)
-        .map_err(|e| format!("statfs {path}: {e}"))
+    rustix::fs::statfs(path).map(|s| s.f_type).map_err(|e| format!("statfs {path}: {e}"))
 }
 
 /// Whether `path` is the root of a btrfs subvolume, and its id.
@@ -261,7 +259,9 @@ fn make_nested(rep: &mut Report) -> Value {
     let mut done = Map::new();
     let marker = "/var/tmp/from-previous-boot";
     let boot_id = read_capped("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default();
-    match fs::create_dir_all("/var/tmp").and_then(|_| fs::write(marker, format!("written by testinit --make-nested, boot {boot_id}\n"))) {
+    match fs::create_dir_all("/var/tmp")
+        .and_then(|_| fs::write(marker, format!("written by testinit --make-nested, boot {boot_id}\n")))
+    {
         Ok(()) => {
             done.insert("marker".into(), json!(marker));
         }
@@ -372,7 +372,9 @@ fn collect(rep: &mut Report) -> Value {
 
     let mut paths: Vec<String> = Vec::new();
     match read_capped("/etc/testinit-paths") {
-        Ok(text) => paths.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from)),
+        Ok(text) => {
+            paths.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from))
+        }
         Err(e) => rep.err(format!("reading /etc/testinit-paths: {e}")),
     }
     paths.extend(extra_paths);
