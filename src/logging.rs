@@ -24,6 +24,9 @@ struct Logger {
 struct Kmsg {
     file: File,
     console_loglevel: u8,
+    /// Every record reaches the log (no rate limit), so the kernel's console
+    /// echo can be relied on.
+    echoed: bool,
 }
 
 static LOGGER: Logger = Logger { kmsg: Mutex::new(None), console: Mutex::new(LevelFilter::Info) };
@@ -42,10 +45,19 @@ pub fn set_console_debug(on: bool) {
     }
 }
 
-/// Start writing to /dev/kmsg (needs devtmpfs on /dev). Also lifts the kernel's
-/// rate limit on /dev/kmsg writes (10 lines per 5 s by default) so no line is
-/// dropped; the returned guard value is the setting to restore before switch_root.
+/// Start writing to /dev/kmsg (needs devtmpfs on /dev and proc on /proc).
+/// Also lifts the kernel's rate limit on /dev/kmsg writes (10 lines per 5 s by
+/// default) so no line is dropped; returns the setting to restore before
+/// switch_root. If the limit cannot be lifted (`printk.devkmsg=` given on the
+/// command line locks it), every line is also written to the console directly.
 pub fn attach_kmsg() -> Option<String> {
+    let old = std::fs::read_to_string(DEVKMSG_SYSCTL).ok().map(|s| s.trim().to_string());
+    // The kernel wants the trailing newline, or it refuses the value.
+    let lifted = match old.as_deref() {
+        Some("on") => true,
+        Some(_) => std::fs::write(DEVKMSG_SYSCTL, "on\n").is_ok(),
+        None => false,
+    };
     match std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
         Ok(file) => {
             let console_loglevel = std::fs::read_to_string("/proc/sys/kernel/printk")
@@ -53,26 +65,22 @@ pub fn attach_kmsg() -> Option<String> {
                 .and_then(|s| parse_console_loglevel(&s))
                 .unwrap_or(0);
             if let Ok(mut k) = LOGGER.kmsg.lock() {
-                *k = Some(Kmsg { file, console_loglevel });
+                *k = Some(Kmsg { file, console_loglevel, echoed: lifted });
             }
         }
         Err(e) => log::warn!("cannot open /dev/kmsg, logging to the console only: {e}"),
     }
-    let old = std::fs::read_to_string(DEVKMSG_SYSCTL).ok()?.trim().to_string();
-    if old == "ratelimit" {
-        // Failure only means the limit stays; the console still has everything.
-        std::fs::write(DEVKMSG_SYSCTL, "on").ok()?;
-        Some(old)
-    } else {
-        None
+    if !lifted {
+        log::warn!("cannot lift the /dev/kmsg rate limit: the kernel log may miss lines; the console has them all");
     }
+    old.filter(|o| lifted && o != "on")
 }
 
 /// Restore the /dev/kmsg rate limit setting saved by [`attach_kmsg`] and stop
 /// writing to /dev/kmsg (its fd must not leak into the next init).
 pub fn detach_kmsg(saved: Option<String>) {
     if let Some(old) = saved {
-        if let Err(e) = std::fs::write(DEVKMSG_SYSCTL, &old) {
+        if let Err(e) = std::fs::write(DEVKMSG_SYSCTL, format!("{old}\n")) {
             log::debug!("could not restore {DEVKMSG_SYSCTL} to {old}: {e}");
         }
     }
@@ -155,7 +163,7 @@ impl Log for Logger {
         let mut kmsg_level = None;
         if let Ok(mut guard) = self.kmsg.lock() {
             if let Some(kmsg) = guard.as_mut() {
-                kmsg_level = Some(kmsg.console_loglevel);
+                kmsg_level = kmsg.echoed.then_some(kmsg.console_loglevel);
                 for rec in kmsg_records(record.level(), &msg) {
                     // A failed kmsg write loses nothing the console does not show.
                     let _ = kmsg.file.write_all(rec.as_bytes());

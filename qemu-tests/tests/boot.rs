@@ -69,3 +69,214 @@ fn second_boot_replaces_the_rw_layer_and_its_nested_subvolume() {
     let second_root_id = field(&second, &["root_btrfs", "subvolume_id"]).as_u64().expect("rw layer subvolume id");
     assert_ne!(first_root_id, second_root_id, "the rw layer must be a new snapshot");
 }
+
+// ---------------------------------------------------------------------------
+// Helpers for the scenarios below.
+// ---------------------------------------------------------------------------
+
+/// Boot a fresh copy of the fixture with `append`; returns the output.
+fn boot_fixture(name: &str, append: &str) -> qemu_tests::BootOutput {
+    let a = Artifacts::from_env();
+    let initrd = build_initramfs(&a, MODULES, OS_CONFIG);
+    let disk = Disk::copy_of(&a.disk);
+    boot_disk(name, &a, initrd, &disk, append)
+}
+
+fn boot_disk(
+    name: &str,
+    a: &Artifacts,
+    initrd: std::path::PathBuf,
+    disk: &Disk,
+    append: &str,
+) -> qemu_tests::BootOutput {
+    let spec = BootSpec { name: Some(name.into()), ..BootSpec::new(a.kernel(), initrd, &[disk.path()], append) };
+    boot(&spec)
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+/// A failed boot must end in dockroot's message and a reboot (QEMU exits
+/// because of -no-reboot), never in a hang or a kernel panic.
+fn assert_fatal(out: &qemu_tests::BootOutput, wants: &[&str]) -> String {
+    assert!(!out.timed_out, "the init hung instead of rebooting:\n{}", out.tail(40));
+    assert!(out.testinit().is_none(), "the image's init ran although dockroot should have refused");
+    assert!(!out.contains("Kernel panic"), "kernel panic instead of a clean reboot:\n{}", out.tail(40));
+    let line = out
+        .serial
+        .lines()
+        .find(|l| l.contains("dockroot: ERROR: cannot boot: "))
+        .unwrap_or_else(|| panic!("no 'cannot boot' message:\n{}", out.tail(40)))
+        .to_string();
+    for w in wants {
+        assert!(out.serial.contains(w), "missing {w:?} in the failure output:\n{}", out.tail(60));
+    }
+    assert!(out.contains("dockroot: ERROR: rebooting in 1 s"), "no reboot notice:\n{}", out.tail(20));
+    assert!(out.contains("reboot: Restarting system"), "the kernel did not restart:\n{}", out.tail(20));
+    line
+}
+
+/// Run a command on the host, panicking with its output on failure.
+fn sh(cmd: &str) -> String {
+    let out = std::process::Command::new("sh").arg("-c").arg(cmd).output().expect("running sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Mount a disk image's top level on the host, run `f`, unmount.
+fn with_mounted<T>(disk: &Disk, f: impl FnOnce(&std::path::Path) -> T) -> T {
+    let mnt = tempfile::tempdir().expect("mount point");
+    sh(&format!("mount -o loop '{}' '{}'", disk.path().display(), mnt.path().display()));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
+    sh(&format!("umount '{}'", mnt.path().display()));
+    match r {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_booted_system_sees_a_clean_handover_and_dockroots_log() {
+    let out = boot_fixture("handover", STANDARD_APPEND);
+    let r = out.expect_testinit();
+    // A clean environment: only what the kernel gives an init.
+    assert_eq!(r["env"], serde_json::json!({"HOME": "/", "TERM": "linux"}), "{r}");
+    // The API filesystems moved into the new root.
+    let mounts = r["mounts"].as_array().expect("mounts");
+    for (point, fstype) in [("/dev", "devtmpfs"), ("/proc", "proc"), ("/sys", "sysfs"), ("/run", "tmpfs")] {
+        assert!(
+            mounts.iter().any(|m| m["mount_point"] == point && m["fstype"] == fstype),
+            "{point} ({fstype}) not mounted in the new root: {}",
+            r["mounts"]
+        );
+    }
+    // No staging mount of dockroot's survived the switch.
+    assert!(!mounts.iter().any(|m| m["mount_point"].as_str().unwrap_or("").contains(".dockroot")), "{}", r["mounts"]);
+    // The booted system's kernel log has dockroot's whole story.
+    let kmsg = strings(&r["kmsg_dockroot"]);
+    for want in [
+        "dockroot: root device LABEL=dockroot-test is /dev/vda",
+        "dockroot: rw layer /rwlayer is a fresh snapshot",
+        "dockroot: top layer",
+        "dockroot: ready: ",
+    ] {
+        assert!(kmsg.iter().any(|l| l.starts_with(want)), "kmsg lacks {want:?}: {kmsg:#?}");
+    }
+}
+
+#[test]
+fn top_layer_keeps_dotfiles_modes_owners_symlinks_and_hard_links() {
+    let out = boot_fixture("toplayer", STANDARD_APPEND);
+    let r = out.expect_testinit();
+    let p = |path: &str, key: &str| field(&r, &["paths", path, key]).clone();
+    assert_eq!(p("/root/.dotfile", "content"), "dotfile from the top layer\n");
+    assert_eq!(p("/etc/secret", "mode"), "0600");
+    assert_eq!(p("/etc/secret", "uid"), 1000);
+    assert_eq!(p("/etc/secret", "gid"), 1000);
+    assert_eq!(p("/etc/secret", "content"), "top secret\n");
+    assert_eq!(p("/etc/motd-link", "type"), "symlink");
+    assert_eq!(p("/etc/motd-link", "symlink_target"), "hostname");
+    assert_eq!(p("/etc/hard-a", "ino"), p("/etc/hard-b", "ino"), "hard link not kept");
+    assert_eq!(p("/etc/hard-a", "nlink"), 2);
+    // The image's own /etc/hostname was replaced by the top layer's.
+    assert_eq!(p("/etc/hostname", "content"), "dockroot-test-machine\n");
+}
+
+#[test]
+fn root_by_uuid_is_read_only_by_default() {
+    let uuid = "5c0a6d1e-2b7f-4f3e-9a8d-d0c4e700f1c5";
+    // An upper-case UUID and a docker_path with a leading slash mean the same thing.
+    let append = format!(
+        "root=UUID={} rootflags=subvol=/rwlayer docker_path=/var/lib/docker toplayer=UUID={uuid} toplayer_path=/toplayer",
+        uuid.to_uppercase()
+    );
+    let r = boot_fixture("root_by_uuid", &append).expect_testinit();
+    let opts = strings(&r["root_mount"]["mount_options"]);
+    assert!(opts.contains(&"ro".to_string()), "root must be read-only without rw: {opts:?}");
+    assert!(strings(&r["root_mount"]["super_options"]).contains(&"subvol=/rwlayer".to_string()), "{r}");
+    assert_eq!(field(&r, &["paths", "/layer3.txt", "content"]), "layer3\n");
+    assert_eq!(field(&r, &["paths", "/etc/hostname", "content"]), "dockroot-test-machine\n");
+}
+
+#[test]
+fn image_chosen_on_the_command_line_by_registry_port_path_tag() {
+    let append = format!("{STANDARD_APPEND} dockroot.image=localhost:5000/team/os:v1");
+    let out = boot_fixture("image_by_name", &append);
+    let r = out.expect_testinit();
+    assert_eq!(field(&r, &["paths", "/variant.txt", "content"]), "variant\n", "not the variant image");
+    assert_eq!(field(&r, &["paths", "/layer2.txt", "exists"]), false, "the embedded config's image was booted");
+    assert_eq!(field(&r, &["paths", "/layer1.txt", "content"]), "layer1\n");
+    assert_eq!(field(&r, &["paths", "/etc/hostname", "content"]), "dockroot-test-machine\n");
+    assert!(out.contains("image localhost:5000/team/os:v1 is sha256:"), "{}", out.tail(30));
+}
+
+#[test]
+fn image_chosen_by_a_short_image_id() {
+    let a = Artifacts::from_env();
+    let id = a.fixture()["images"]["variant"]["id"].as_str().expect("variant id in fixture.json").to_string();
+    let short = &id["sha256:".len().."sha256:".len() + 12];
+    let r = boot_fixture("image_by_id", &format!("{STANDARD_APPEND} dockroot.image={short}")).expect_testinit();
+    assert_eq!(field(&r, &["paths", "/variant.txt", "content"]), "variant\n", "image ID {short} not booted");
+}
+
+#[test]
+fn init_with_arguments() {
+    // `single` is not a kernel parameter, so the kernel hands it to init; so is
+    // everything after `--`, quoting and all.
+    let append = format!(r#"{STANDARD_APPEND} init=/sbin/init single -- alpha "beta gamma""#);
+    let r = boot_fixture("init_args", &append).expect_testinit();
+    assert_eq!(strings(&r["argv"]), vec!["/sbin/init", "single", "alpha", "beta gamma"], "{r}");
+    assert_eq!(r["pid"], 1);
+}
+
+#[test]
+fn missing_init_is_a_clear_error_and_a_reboot() {
+    let out = boot_fixture("missing_init", &format!("{STANDARD_APPEND} init=/sbin/nope dockroot.reboot_delay=1"));
+    assert_fatal(&out, &["no init found in the new root", "/sbin/nope"]);
+}
+
+#[test]
+fn unknown_image_is_a_clear_error_and_a_reboot() {
+    let out = boot_fixture(
+        "unknown_image",
+        &format!("{STANDARD_APPEND} dockroot.image=no/such:image dockroot.reboot_delay=1"),
+    );
+    let line = assert_fatal(&out, &["dockroot-test/os:latest", "localhost:5000/team/os:v1"]);
+    assert!(line.contains("no/such:image"), "the message must name the image: {line}");
+}
+
+#[test]
+fn missing_root_device_lists_what_was_seen() {
+    let append = "root=LABEL=no-such-disk rootflags=subvol=rwlayer dockroot.timeout=3 dockroot.reboot_delay=1";
+    let out = boot_fixture("missing_root", append);
+    let line = assert_fatal(&out, &["vda", "btrfs", "dockroot-test", "5c0a6d1e-2b7f-4f3e-9a8d-d0c4e700f1c5"]);
+    assert!(line.contains("root=LABEL=no-such-disk") && line.contains("LABEL=no-such-disk"), "{line}");
+}
+
+#[test]
+fn a_plain_directory_at_the_rw_layer_name_is_refused_and_kept() {
+    let a = Artifacts::from_env();
+    let initrd = build_initramfs(&a, MODULES, OS_CONFIG);
+    let disk = Disk::copy_of(&a.disk);
+    with_mounted(&disk, |m| {
+        std::fs::create_dir(m.join("precious")).unwrap();
+        std::fs::write(m.join("precious/thesis.txt"), b"years of work\n").unwrap();
+    });
+    let append = "root=LABEL=dockroot-test rootflags=subvol=precious rw dockroot.reboot_delay=1";
+    let out = boot_disk("plain_dir_rw", &a, initrd, &disk, append);
+    assert_fatal(&out, &["\"precious\"", "plain directory", "refusing to delete it"]);
+    with_mounted(&disk, |m| {
+        assert_eq!(std::fs::read_to_string(m.join("precious/thesis.txt")).unwrap(), "years of work\n");
+    });
+}

@@ -390,7 +390,48 @@ fn collect(rep: &mut Report) -> Value {
         }
         Err(e) => rep.err(format!("reading /proc/cmdline: {e}")),
     }
+    out.insert("kmsg_dockroot".into(), json!(read_kmsg_dockroot(rep)));
     Value::Object(out)
+}
+
+/// The kernel log's records written by dockroot ("dockroot: ..."), read from
+/// /dev/kmsg without blocking; shows that the booted system's dmesg has them.
+fn read_kmsg_dockroot(rep: &mut Report) -> Vec<String> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = match rustix::fs::open("/dev/kmsg", OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(fd) => fd,
+        // No /dev at all (testinit run straight as the initramfs's /init): nothing to read.
+        Err(rustix::io::Errno::NOENT) => return Vec::new(),
+        Err(e) => {
+            rep.err(format!("opening /dev/kmsg: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut lines = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    // Each read returns one record; the log holds a bounded number of them.
+    for _ in 0..100_000 {
+        match rustix::io::read(&fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                // "PRI,SEQ,TIME,FLAGS;message\n"
+                if let Some((_, msg)) = rec.split_once(';') {
+                    let msg = msg.lines().next().unwrap_or("");
+                    if msg.starts_with("dockroot: ") {
+                        lines.push(msg.to_string());
+                    }
+                }
+            }
+            Err(rustix::io::Errno::PIPE) => continue, // records overwritten while reading
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => {
+                rep.err(format!("reading /dev/kmsg: {e}"));
+                break;
+            }
+        }
+    }
+    lines
 }
 
 fn main() {
