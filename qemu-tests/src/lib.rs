@@ -74,6 +74,19 @@ impl Artifacts {
         required_env("DOCKROOT_TESTINIT", "the static testinit binary")
     }
 
+    /// The same artifacts with the other kernel scripts/test fetched
+    /// (`DOCKROOT_OTHER_KERNEL_DIR`: Debian 13 when the suite runs on Debian 12 and
+    /// the other way round), for tests that need two kernel releases at once.
+    pub fn with_other_kernel(&self) -> Artifacts {
+        Artifacts {
+            kernel_dir: required_env(
+                "DOCKROOT_OTHER_KERNEL_DIR",
+                "a second kernel directory from scripts/fetch-kernel",
+            ),
+            ..self.clone()
+        }
+    }
+
     /// The kernel image.
     pub fn kernel(&self) -> PathBuf {
         self.kernel_dir.join("vmlinuz")

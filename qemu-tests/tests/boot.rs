@@ -280,3 +280,48 @@ fn a_plain_directory_at_the_rw_layer_name_is_refused_and_kept() {
         assert_eq!(std::fs::read_to_string(m.join("precious/thesis.txt")).unwrap(), "years of work\n");
     });
 }
+
+#[test]
+fn top_layer_on_a_separate_ext4_disk() {
+    let a = Artifacts::from_env();
+    let initrd = build_initramfs(&a, &["virtio_blk", "virtio_pci", "btrfs", "ext4"], OS_CONFIG);
+    let disk = Disk::copy_of(&a.disk);
+    // A second disk: ext4 labelled "machine", made from a directory on the host.
+    let work = tempfile::tempdir().expect("temp dir");
+    let top = work.path().join("top");
+    std::fs::create_dir_all(top.join("machine/etc")).unwrap();
+    std::fs::write(top.join("machine/etc/hostname"), b"from-the-ext4-disk\n").unwrap();
+    std::fs::write(top.join("machine/etc/only-here"), b"ext4\n").unwrap();
+    let ext4 = work.path().join("machine.img");
+    sh(&format!("mkfs.ext4 -q -L machine -d '{}' '{}' 16M", top.display(), ext4.display()));
+
+    let append = "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=machine toplayer_path=machine";
+    let spec = BootSpec {
+        name: Some("toplayer_ext4".into()),
+        ..BootSpec::new(a.kernel(), initrd, &[disk.path(), &ext4], append)
+    };
+    let out = boot(&spec);
+    let r = out.expect_testinit();
+    assert_eq!(field(&r, &["paths", "/etc/hostname", "content"]), "from-the-ext4-disk\n", "{}", out.tail(30));
+    // The btrfs partition's own toplayer/ directory was not used.
+    assert_eq!(field(&r, &["paths", "/root/.dotfile", "exists"]), false);
+    assert!(out.contains("dockroot: top layer /.dockroot/toplayer/machine applied"), "{}", out.tail(30));
+    // Nothing of the top layer's device stays mounted in the booted system.
+    assert!(!r["mounts"].as_array().unwrap().iter().any(|m| m["fstype"] == "ext4"), "{}", r["mounts"]);
+}
+
+#[test]
+fn an_initramfs_for_another_kernel_is_refused_with_both_releases() {
+    let a = Artifacts::from_env();
+    let other = a.with_other_kernel();
+    // Modules of this kernel, booted by the other one.
+    let initrd = build_initramfs(&a, MODULES, OS_CONFIG);
+    let disk = Disk::copy_of(&a.disk);
+    let spec = BootSpec {
+        name: Some("other_kernel".into()),
+        ..BootSpec::new(other.kernel(), initrd, &[disk.path()], &format!("{STANDARD_APPEND} dockroot.reboot_delay=1"))
+    };
+    let out = boot(&spec);
+    let line = assert_fatal(&out, &["rebuild the initramfs"]);
+    assert!(line.contains(&a.kernel_release()) && line.contains(&other.kernel_release()), "{line}");
+}
