@@ -8,6 +8,7 @@ pub mod error;
 pub mod logging;
 pub mod cmdline;
 pub mod modules;
+pub mod uevent;
 pub mod probe;
 pub mod devices;
 pub mod btrfs;
