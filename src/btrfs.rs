@@ -527,6 +527,115 @@ pub fn sync(fd: BorrowedFd<'_>) -> Result<()> {
     rustix::fs::syncfs(fd).context(|| format!("syncing the filesystem of {}", describe_fd(fd)))
 }
 
+// ---------------------------------------------------------------------------
+// Multi-device filesystems: registering member devices with the kernel
+// ---------------------------------------------------------------------------
+
+/// The btrfs control device (misc major 10, minor 234).
+pub const CONTROL_PATH: &str = "/dev/btrfs-control";
+const CONTROL_MAJOR: u32 = 10;
+const CONTROL_MINOR: u32 = 234;
+
+const IOC_SCAN_DEV: Opcode = opcode::write::<VolArgs>(IOCTL_MAGIC, 4);
+const IOC_DEVICES_READY: Opcode = opcode::read::<VolArgs>(IOCTL_MAGIC, 39);
+
+/// An ioctl on the control device that takes a `struct btrfs_ioctl_vol_args`
+/// naming a device path and returns a plain int.
+struct DevicePathIoctl<const OPCODE: Opcode> {
+    args: VolArgs,
+}
+
+// SAFETY: SCAN_DEV and DEVICES_READY take a pointer to a
+// `struct btrfs_ioctl_vol_args` (which VolArgs mirrors, size checked at compile
+// time) and only read it; the result is the ioctl's return value.
+unsafe impl<const OPCODE: Opcode> rustix::ioctl::Ioctl for DevicePathIoctl<OPCODE> {
+    type Output = rustix::ioctl::IoctlOutput;
+    const IS_MUTATING: bool = true;
+
+    fn opcode(&self) -> Opcode {
+        OPCODE
+    }
+
+    fn as_ptr(&mut self) -> *mut std::ffi::c_void {
+        std::ptr::addr_of_mut!(self.args).cast()
+    }
+
+    unsafe fn output_from_ptr(
+        out: rustix::ioctl::IoctlOutput,
+        _: *mut std::ffi::c_void,
+    ) -> rustix::io::Result<Self::Output> {
+        Ok(out)
+    }
+}
+
+/// The vol_args for a device path: NUL-terminated, at most 4087 bytes.
+fn device_args(devnode: &std::path::Path) -> Result<VolArgs> {
+    let bytes = devnode.as_os_str().as_bytes();
+    let mut args = VolArgs::new();
+    let room = args.name.len();
+    let dest = args
+        .name
+        .get_mut(..bytes.len())
+        .filter(|_| bytes.len() < room && !bytes.contains(&0) && !bytes.is_empty())
+        .context(|| format!("device path {:?} does not fit a btrfs ioctl argument", devnode.display()))?;
+    dest.copy_from_slice(bytes);
+    Ok(args)
+}
+
+/// Open /dev/btrfs-control, creating the node first if /dev lacks it.
+fn open_control() -> Result<OwnedFd> {
+    let open = || rustix::fs::open(CONTROL_PATH, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty());
+    let fd = match open() {
+        Err(Errno::NOENT) => {
+            let dev = rustix::fs::makedev(CONTROL_MAJOR, CONTROL_MINOR);
+            match rustix::fs::mknodat(
+                rustix::fs::CWD,
+                CONTROL_PATH,
+                rustix::fs::FileType::CharacterDevice,
+                Mode::from_raw_mode(0o600),
+                dev,
+            ) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(Error::with(format!("creating {CONTROL_PATH} (10:234)"), e)),
+            }
+            open()
+        }
+        r => r,
+    };
+    fd.context(|| format!("opening {CONTROL_PATH} (is the btrfs driver loaded?)"))
+}
+
+/// Register `devnode` with the kernel as a btrfs member device
+/// (BTRFS_IOC_SCAN_DEV), so a multi-device filesystem can be mounted once all
+/// its members are registered. Harmless for a device already registered.
+pub fn scan_device(devnode: &std::path::Path) -> Result<()> {
+    let args = device_args(devnode)?;
+    let control = open_control()?;
+    // SAFETY: see DevicePathIoctl; `args.name` is a NUL-terminated path.
+    unsafe { rustix::ioctl::ioctl(&control, DevicePathIoctl::<IOC_SCAN_DEV> { args }) }
+        .context(|| format!("registering {} with btrfs (BTRFS_IOC_SCAN_DEV)", devnode.display()))?;
+    Ok(())
+}
+
+/// Whether every member device of the btrfs filesystem on `devnode` is
+/// registered with the kernel (BTRFS_IOC_DEVICES_READY, which also registers
+/// `devnode` itself). A single-device filesystem is always ready.
+pub fn devices_ready(devnode: &std::path::Path) -> Result<bool> {
+    let args = device_args(devnode)?;
+    let control = open_control()?;
+    // SAFETY: see DevicePathIoctl; `args.name` is a NUL-terminated path.
+    let r = unsafe { rustix::ioctl::ioctl(&control, DevicePathIoctl::<IOC_DEVICES_READY> { args }) }
+        .context(|| format!("asking btrfs whether {} is complete (BTRFS_IOC_DEVICES_READY)", devnode.display()))?;
+    match r {
+        0 => Ok(true),
+        1 => Ok(false),
+        other => Err(Error::msg(format!(
+            "BTRFS_IOC_DEVICES_READY on {} returned {other}, expected 0 or 1",
+            devnode.display()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +652,21 @@ mod tests {
         }
         let e = validate_name(&"x".repeat(256)).unwrap_err().to_string();
         assert!(e.contains("256 bytes"), "{e}");
+    }
+
+    #[test]
+    fn device_ioctls_match_the_kernel_and_check_paths() {
+        // _IOW(0x94, 4, 4096) and _IOR(0x94, 39, 4096) from linux/btrfs.h.
+        assert_eq!(IOC_SCAN_DEV as u64, 0x5000_9404);
+        assert_eq!(IOC_DEVICES_READY as u64, 0x9000_9427);
+        let args = device_args(std::path::Path::new("/dev/vdb1")).unwrap();
+        assert_eq!(&args.name[..10], b"/dev/vdb1\0");
+        assert!(args.name[9..].iter().all(|&b| b == 0));
+        let long = format!("/dev/{}", "x".repeat(4082));
+        assert!(device_args(std::path::Path::new(&long)).is_ok());
+        let e = device_args(std::path::Path::new(&format!("{long}y"))).err().unwrap().to_string();
+        assert!(e.contains("does not fit"), "{e}");
+        assert!(device_args(std::path::Path::new("")).is_err());
     }
 
     #[test]
