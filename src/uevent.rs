@@ -206,9 +206,8 @@ impl Listener {
         loop {
             match rustix::net::recvfrom(&self.fd, &mut buf, RecvFlags::DONTWAIT | RecvFlags::TRUNC) {
                 Ok((_, len, from)) => {
-                    let from_kernel = from
-                        .and_then(|a| SocketAddrNetlink::try_from(a).ok())
-                        .is_some_and(|a| a.pid() == 0);
+                    let from_kernel =
+                        from.and_then(|a| SocketAddrNetlink::try_from(a).ok()).is_some_and(|a| a.pid() == 0);
                     if !from_kernel {
                         continue;
                     }
@@ -325,8 +324,8 @@ mod tests {
 
     #[test]
     fn odd_values_are_tolerated() {
-        let ev = parse(b"add@/devices/x\0MAJOR=abc\0MINOR=99999999999\0=\0junk\0DEVNAME=\xffx\0\0\0SEQNUM=-1\0")
-            .unwrap();
+        let ev =
+            parse(b"add@/devices/x\0MAJOR=abc\0MINOR=99999999999\0=\0junk\0DEVNAME=\xffx\0\0\0SEQNUM=-1\0").unwrap();
         assert_eq!((ev.major, ev.minor, ev.seqnum), (None, None, None));
         assert_eq!(ev.devname.as_deref(), Some("\u{fffd}x"));
     }
