@@ -81,41 +81,27 @@ impl DeviceSpec {
         if let Some(name) = s.strip_prefix("/dev/") {
             let bad = name.is_empty()
                 || name.ends_with('/')
-                || name
-                    .split('/')
-                    .any(|c| c.is_empty() || c == "." || c == "..");
+                || name.split('/').any(|c| c.is_empty() || c == "." || c == "..");
             if bad {
-                return Err(Error::msg(format!(
-                    "device name {s:?}: not a device path; {SPEC_FORMS}"
-                )));
+                return Err(Error::msg(format!("device name {s:?}: not a device path; {SPEC_FORMS}")));
             }
             return Ok(DeviceSpec::Path(s.to_string()));
         }
         if let Some((maj, min)) = s.split_once(':') {
             let num = |x: &str| {
-                (!x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| x.parse::<u32>().ok())
-                    .flatten()
+                (!x.is_empty() && x.bytes().all(|b| b.is_ascii_digit())).then(|| x.parse::<u32>().ok()).flatten()
             };
             return match (num(maj), num(min)) {
                 (Some(a), Some(b)) => Ok(DeviceSpec::MajMin(a, b)),
-                _ => Err(Error::msg(format!(
-                    "device name {s:?}: bad MAJ:MIN; {SPEC_FORMS}"
-                ))),
+                _ => Err(Error::msg(format!("device name {s:?}: bad MAJ:MIN; {SPEC_FORMS}"))),
             };
         }
         if !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
             // The kernel's hexadecimal dev_t (new_decode_dev): 0801 is 8:1.
-            let dev = u32::from_str_radix(s, 16)
-                .map_err(|e| Error::with(format!("device name {s:?}"), e))?;
-            return Ok(DeviceSpec::MajMin(
-                (dev & 0xfff00) >> 8,
-                (dev & 0xff) | ((dev >> 12) & 0xfff00),
-            ));
+            let dev = u32::from_str_radix(s, 16).map_err(|e| Error::with(format!("device name {s:?}"), e))?;
+            return Ok(DeviceSpec::MajMin((dev & 0xfff00) >> 8, (dev & 0xff) | ((dev >> 12) & 0xfff00)));
         }
-        Err(Error::msg(format!(
-            "unrecognised device name {s:?}: {SPEC_FORMS}"
-        )))
+        Err(Error::msg(format!("unrecognised device name {s:?}: {SPEC_FORMS}")))
     }
 }
 
@@ -148,10 +134,7 @@ fn udev_unescape(s: &str) -> Result<String> {
         if b == b'\\' {
             if let Some([b'x', h, l, after @ ..]) = Some(tail) {
                 let hex = [*h, *l];
-                if let Some(v) = std::str::from_utf8(&hex)
-                    .ok()
-                    .and_then(|x| u8::from_str_radix(x, 16).ok())
-                {
+                if let Some(v) = std::str::from_utf8(&hex).ok().and_then(|x| u8::from_str_radix(x, 16).ok()) {
                     out.push(v);
                     rest = after;
                     continue;
@@ -187,9 +170,7 @@ pub struct BlockDevice {
 fn read_attr(path: &Path) -> Result<String> {
     let f = File::open(path).context(|| format!("opening {}", path.display()))?;
     let mut s = String::new();
-    f.take(4096)
-        .read_to_string(&mut s)
-        .context(|| format!("reading {}", path.display()))?;
+    f.take(4096).read_to_string(&mut s).context(|| format!("reading {}", path.display()))?;
     Ok(s.trim().to_string())
 }
 
@@ -198,20 +179,15 @@ where
     T::Err: std::error::Error + Send + Sync + 'static,
 {
     let s = read_attr(path)?;
-    s.parse()
-        .map_err(|e| Error::with(format!("{}: bad number {s:?}", path.display()), e))
+    s.parse().map_err(|e| Error::with(format!("{}: bad number {s:?}", path.display()), e))
 }
 
 fn read_majmin(sysdir: &Path) -> Result<(u32, u32)> {
     let path = sysdir.join("dev");
     let s = read_attr(&path)?;
-    let (a, b) = s
-        .split_once(':')
-        .context(|| format!("{}: expected MAJ:MIN, found {s:?}", path.display()))?;
-    let parse = |x: &str| {
-        x.parse::<u32>()
-            .map_err(|e| Error::with(format!("{}: bad MAJ:MIN {s:?}", path.display()), e))
-    };
+    let (a, b) = s.split_once(':').context(|| format!("{}: expected MAJ:MIN, found {s:?}", path.display()))?;
+    let parse =
+        |x: &str| x.parse::<u32>().map_err(|e| Error::with(format!("{}: bad MAJ:MIN {s:?}", path.display()), e));
     Ok((parse(a)?, parse(b)?))
 }
 
@@ -228,18 +204,13 @@ struct SysEntry {
 
 fn read_sys_entry(class_dir: &Path, name: &str) -> Result<SysEntry> {
     let link = class_dir.join(name);
-    let sysdir =
-        std::fs::canonicalize(&link).context(|| format!("resolving {}", link.display()))?;
+    let sysdir = std::fs::canonicalize(&link).context(|| format!("resolving {}", link.display()))?;
     let (major, minor) = read_majmin(&sysdir)?;
     let sectors: u64 = read_num(&sysdir.join("size"))?;
-    let size_bytes = sectors
-        .checked_mul(512)
-        .context(|| format!("{}: size {sectors} overflows", sysdir.display()))?;
+    let size_bytes = sectors.checked_mul(512).context(|| format!("{}: size {sectors} overflows", sysdir.display()))?;
     let part = if sysdir.join("partition").exists() {
         let number: u32 = read_num(&sysdir.join("partition"))?;
-        let parent = sysdir
-            .parent()
-            .context(|| format!("{}: partition without a parent disk", sysdir.display()))?;
+        let parent = sysdir.parent().context(|| format!("{}: partition without a parent disk", sysdir.display()))?;
         let parent_name = parent
             .file_name()
             .and_then(|n| n.to_str())
@@ -249,13 +220,7 @@ fn read_sys_entry(class_dir: &Path, name: &str) -> Result<SysEntry> {
     } else {
         None
     };
-    Ok(SysEntry {
-        name: name.to_string(),
-        major,
-        minor,
-        size_bytes,
-        part,
-    })
+    Ok(SysEntry { name: name.to_string(), major, minor, size_bytes, part })
 }
 
 /// Devices never worth probing: RAM disks and compressed swap.
@@ -271,9 +236,7 @@ fn ignored_name(name: &str) -> bool {
 /// the error is kept in its `probe_error`. Sorted by MAJ:MIN.
 pub fn scan(sys_class_block: &Path, dev_dir: &Path) -> Vec<BlockDevice> {
     let names: Vec<String> = match std::fs::read_dir(sys_class_block) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect(),
+        Ok(rd) => rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
         Err(e) => {
             log::warn!("cannot list {}: {e}", sys_class_block.display());
             return Vec::new();
@@ -297,12 +260,9 @@ pub fn scan(sys_class_block: &Path, dev_dir: &Path) -> Vec<BlockDevice> {
             }),
         }
     }
-    let partitioned: std::collections::HashSet<&str> = entries
-        .iter()
-        .filter_map(|e| e.part.as_ref().map(|p| p.1.as_str()))
-        .collect();
-    let mut tables: HashMap<String, std::result::Result<Option<(PartitionTable, u64)>, String>> =
-        HashMap::new();
+    let partitioned: std::collections::HashSet<&str> =
+        entries.iter().filter_map(|e| e.part.as_ref().map(|p| p.1.as_str())).collect();
+    let mut tables: HashMap<String, std::result::Result<Option<(PartitionTable, u64)>, String>> = HashMap::new();
     for e in &entries {
         let devnode = devnode_path(dev_dir, &e.name);
         let mut dev = BlockDevice {
@@ -317,9 +277,7 @@ pub fn scan(sys_class_block: &Path, dev_dir: &Path) -> Vec<BlockDevice> {
         };
         let mut errors = Vec::new();
         if let Some((number, parent, parent_dir, start)) = &e.part {
-            let table = tables
-                .entry(parent.clone())
-                .or_insert_with(|| read_disk_table(dev_dir, parent, parent_dir));
+            let table = tables.entry(parent.clone()).or_insert_with(|| read_disk_table(dev_dir, parent, parent_dir));
             match table {
                 Ok(Some((t, ss))) => match attach_partition(t, *ss, *number, *start) {
                     Ok(p) => dev.partition = Some(p),
@@ -398,16 +356,12 @@ fn open_device(devnode: &Path, major: u32, minor: u32) -> Result<File> {
     ensure_devnode(devnode, major, minor)?;
     let file = File::open(devnode).context(|| format!("opening {}", devnode.display()))?;
     let st = rustix::fs::fstat(&file).context(|| format!("stat {}", devnode.display()))?;
-    let is_block =
-        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::BlockDevice;
+    let is_block = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::BlockDevice;
     if is_block {
         let rdev = st.st_rdev;
         let (a, b) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
         if (a, b) != (major, minor) {
-            return Err(Error::msg(format!(
-                "{} is device {a}:{b}, but sysfs says {major}:{minor}",
-                devnode.display()
-            )));
+            return Err(Error::msg(format!("{} is device {a}:{b}, but sysfs says {major}:{minor}", devnode.display())));
         }
     }
     Ok(file)
@@ -424,21 +378,9 @@ fn ensure_devnode(path: &Path, major: u32, minor: u32) -> Result<()> {
     }
     let mode = rustix::fs::Mode::from_raw_mode(0o600);
     let dev = rustix::fs::makedev(major, minor);
-    match rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        rustix::fs::FileType::BlockDevice,
-        mode,
-        dev,
-    ) {
+    match rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::BlockDevice, mode, dev) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
-        Err(e) => Err(Error::with(
-            format!(
-                "creating block device node {} ({major}:{minor})",
-                path.display()
-            ),
-            e,
-        )),
+        Err(e) => Err(Error::with(format!("creating block device node {} ({major}:{minor})", path.display()), e)),
     }
 }
 
@@ -454,67 +396,41 @@ pub fn find<'a>(spec: &DeviceSpec, devs: &'a [BlockDevice]) -> Result<Option<&'a
     let fs = |d: &'a BlockDevice| d.fs.as_ref();
     let part = |d: &'a BlockDevice| d.partition.as_ref();
     match spec {
-        DeviceSpec::Path(p) => Ok(devs.iter().find(|d| {
-            d.devnode == Path::new(p)
-                || p.strip_prefix("/dev/") == Some(d.name.replace('!', "/").as_str())
-        })),
-        DeviceSpec::MajMin(a, b) => Ok(devs.iter().find(|d| (d.major, d.minor) == (*a, *b))),
-        DeviceSpec::Uuid(u) => Ok(devs.iter().find(|d| {
-            fs(d)
-                .and_then(|f| f.uuid.as_deref())
-                .is_some_and(|x| x.eq_ignore_ascii_case(u))
-        })),
-        DeviceSpec::PartUuid(u) => Ok(devs
+        DeviceSpec::Path(p) => Ok(devs
             .iter()
-            .find(|d| part(d).is_some_and(|p| p.partuuid.eq_ignore_ascii_case(u)))),
+            .find(|d| d.devnode == Path::new(p) || p.strip_prefix("/dev/") == Some(d.name.replace('!', "/").as_str()))),
+        DeviceSpec::MajMin(a, b) => Ok(devs.iter().find(|d| (d.major, d.minor) == (*a, *b))),
+        DeviceSpec::Uuid(u) => {
+            Ok(devs.iter().find(|d| fs(d).and_then(|f| f.uuid.as_deref()).is_some_and(|x| x.eq_ignore_ascii_case(u))))
+        }
+        DeviceSpec::PartUuid(u) => {
+            Ok(devs.iter().find(|d| part(d).is_some_and(|p| p.partuuid.eq_ignore_ascii_case(u))))
+        }
         DeviceSpec::Label(l) => {
-            let hits: Vec<&BlockDevice> = devs
-                .iter()
-                .filter(|d| fs(d).and_then(|f| f.label.as_deref()) == Some(l.as_str()))
-                .collect();
-            let one_fs = hits.windows(2).all(|w| {
-                match (w.first().and_then(|d| fs(d)), w.get(1).and_then(|d| fs(d))) {
-                    (Some(a), Some(b)) => {
-                        a.fstype == probe::FsType::Btrfs && a.fstype == b.fstype && a.uuid == b.uuid
-                    }
-                    _ => false,
-                }
+            let hits: Vec<&BlockDevice> =
+                devs.iter().filter(|d| fs(d).and_then(|f| f.label.as_deref()) == Some(l.as_str())).collect();
+            let one_fs = hits.windows(2).all(|w| match (w.first().and_then(|d| fs(d)), w.get(1).and_then(|d| fs(d))) {
+                (Some(a), Some(b)) => a.fstype == probe::FsType::Btrfs && a.fstype == b.fstype && a.uuid == b.uuid,
+                _ => false,
             });
             unique(spec, hits, one_fs)
         }
         DeviceSpec::PartLabel(l) => {
-            let hits: Vec<&BlockDevice> = devs
-                .iter()
-                .filter(|d| part(d).and_then(|p| p.partlabel.as_deref()) == Some(l.as_str()))
-                .collect();
+            let hits: Vec<&BlockDevice> =
+                devs.iter().filter(|d| part(d).and_then(|p| p.partlabel.as_deref()) == Some(l.as_str())).collect();
             unique(spec, hits, false)
         }
     }
 }
 
-fn unique<'a>(
-    spec: &DeviceSpec,
-    hits: Vec<&'a BlockDevice>,
-    same_fs: bool,
-) -> Result<Option<&'a BlockDevice>> {
+fn unique<'a>(spec: &DeviceSpec, hits: Vec<&'a BlockDevice>, same_fs: bool) -> Result<Option<&'a BlockDevice>> {
     if hits.len() > 1 && !same_fs {
         let names: Vec<String> = hits
             .iter()
             .map(|d| {
-                let uuid =
-                    d.fs.as_ref()
-                        .and_then(|f| f.uuid.as_deref())
-                        .map(|u| format!(" UUID={u}"));
-                let puuid = d
-                    .partition
-                    .as_ref()
-                    .map(|p| format!(" PARTUUID={}", p.partuuid));
-                format!(
-                    "{} ({}{})",
-                    d.devnode.display(),
-                    uuid.unwrap_or_default(),
-                    puuid.unwrap_or_default()
-                )
+                let uuid = d.fs.as_ref().and_then(|f| f.uuid.as_deref()).map(|u| format!(" UUID={u}"));
+                let puuid = d.partition.as_ref().map(|p| format!(" PARTUUID={}", p.partuuid));
+                format!("{} ({}{})", d.devnode.display(), uuid.unwrap_or_default(), puuid.unwrap_or_default())
             })
             .collect();
         return Err(Error::msg(format!(
@@ -544,25 +460,12 @@ const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// for, the timeout, and lists every block device seen (see [`describe`]).
 /// An ambiguous `LABEL=`/`PARTLABEL=` fails at once.
 pub fn wait_for(spec: &DeviceSpec, policy: &WaitPolicy) -> Result<BlockDevice> {
-    wait_for_in(
-        spec,
-        policy,
-        Path::new("/sys/class/block"),
-        Path::new("/dev"),
-    )
+    wait_for_in(spec, policy, Path::new("/sys/class/block"), Path::new("/dev"))
 }
 
-fn wait_for_in(
-    spec: &DeviceSpec,
-    policy: &WaitPolicy,
-    sys: &Path,
-    dev: &Path,
-) -> Result<BlockDevice> {
+fn wait_for_in(spec: &DeviceSpec, policy: &WaitPolicy, sys: &Path, dev: &Path) -> Result<BlockDevice> {
     if !policy.delay.is_zero() {
-        log::info!(
-            "waiting {} (rootdelay) before looking for {spec}",
-            fmt_duration(policy.delay)
-        );
+        log::info!("waiting {} (rootdelay) before looking for {spec}", fmt_duration(policy.delay));
         std::thread::sleep(policy.delay);
     }
     let start = Instant::now();
@@ -626,11 +529,7 @@ fn fmt_size(bytes: u64) -> String {
 fn cell(v: Option<&str>) -> String {
     match v {
         None => "-".to_string(),
-        Some(s)
-            if s.is_empty()
-                || s.chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || c == '"') =>
-        {
+        Some(s) if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"') => {
             format!("{s:?}")
         }
         Some(s) => s.to_string(),
@@ -643,17 +542,7 @@ pub fn describe(devs: &[BlockDevice]) -> String {
     if devs.is_empty() {
         return "(no block devices found)\n".to_string();
     }
-    let header = [
-        "NAME",
-        "MAJ:MIN",
-        "SIZE",
-        "FSTYPE",
-        "LABEL",
-        "UUID",
-        "PARTUUID",
-        "PARTLABEL",
-        "ERROR",
-    ];
+    let header = ["NAME", "MAJ:MIN", "SIZE", "FSTYPE", "LABEL", "UUID", "PARTUUID", "PARTLABEL", "ERROR"];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for d in devs {
         let fs = d.fs.as_ref();
@@ -667,10 +556,7 @@ pub fn describe(devs: &[BlockDevice]) -> String {
             cell(fs.and_then(|f| f.uuid.as_deref())),
             cell(p.map(|p| p.partuuid.as_str())),
             cell(p.and_then(|p| p.partlabel.as_deref())),
-            d.probe_error
-                .as_deref()
-                .map(|e| cell(Some(e)).trim_matches('"').to_string())
-                .unwrap_or_else(|| "-".into()),
+            d.probe_error.as_deref().map(|e| cell(Some(e)).trim_matches('"').to_string()).unwrap_or_else(|| "-".into()),
         ]);
     }
     let mut widths = vec![0usize; header.len()];
@@ -708,70 +594,33 @@ mod tests {
     #[test]
     fn parse_all_forms() {
         assert_eq!(parse("/dev/vda2"), DeviceSpec::Path("/dev/vda2".into()));
-        assert_eq!(
-            parse("/dev/cciss/c0d0p1"),
-            DeviceSpec::Path("/dev/cciss/c0d0p1".into())
-        );
+        assert_eq!(parse("/dev/cciss/c0d0p1"), DeviceSpec::Path("/dev/cciss/c0d0p1".into()));
         assert_eq!(parse("LABEL=root fs"), DeviceSpec::Label("root fs".into()));
         assert_eq!(parse("LABEL=a=b"), DeviceSpec::Label("a=b".into()));
         assert_eq!(
             parse("UUID=0A1B2C3D-4e5f-4061-8293-a4b5c6d7e8f9"),
             DeviceSpec::Uuid("0A1B2C3D-4e5f-4061-8293-a4b5c6d7e8f9".into())
         );
-        assert_eq!(
-            parse("UUID=1234-ABCD"),
-            DeviceSpec::Uuid("1234-ABCD".into())
-        );
-        assert_eq!(
-            parse("PARTUUID=deadbeef-05"),
-            DeviceSpec::PartUuid("deadbeef-05".into())
-        );
-        assert_eq!(
-            parse("PARTLABEL=dockroot"),
-            DeviceSpec::PartLabel("dockroot".into())
-        );
+        assert_eq!(parse("UUID=1234-ABCD"), DeviceSpec::Uuid("1234-ABCD".into()));
+        assert_eq!(parse("PARTUUID=deadbeef-05"), DeviceSpec::PartUuid("deadbeef-05".into()));
+        assert_eq!(parse("PARTLABEL=dockroot"), DeviceSpec::PartLabel("dockroot".into()));
         assert_eq!(parse("8:17"), DeviceSpec::MajMin(8, 17));
         assert_eq!(parse("259:0"), DeviceSpec::MajMin(259, 0));
         assert_eq!(parse("0801"), DeviceSpec::MajMin(8, 1));
         assert_eq!(parse("fe00"), DeviceSpec::MajMin(254, 0));
         assert_eq!(parse("10300"), DeviceSpec::MajMin(259, 0));
-        assert_eq!(
-            parse("/dev/disk/by-label/my\\x2flabel\\x20x"),
-            DeviceSpec::Label("my/label x".into())
-        );
-        assert_eq!(
-            parse("/dev/disk/by-label/\\xc3\\xbcber"),
-            DeviceSpec::Label("über".into())
-        );
-        assert_eq!(
-            parse("/dev/disk/by-uuid/1234-ABCD"),
-            DeviceSpec::Uuid("1234-ABCD".into())
-        );
-        assert_eq!(
-            parse("/dev/disk/by-partuuid/deadbeef-01"),
-            DeviceSpec::PartUuid("deadbeef-01".into())
-        );
-        assert_eq!(
-            parse("/dev/disk/by-partlabel/EFI\\x20system"),
-            DeviceSpec::PartLabel("EFI system".into())
-        );
+        assert_eq!(parse("/dev/disk/by-label/my\\x2flabel\\x20x"), DeviceSpec::Label("my/label x".into()));
+        assert_eq!(parse("/dev/disk/by-label/\\xc3\\xbcber"), DeviceSpec::Label("über".into()));
+        assert_eq!(parse("/dev/disk/by-uuid/1234-ABCD"), DeviceSpec::Uuid("1234-ABCD".into()));
+        assert_eq!(parse("/dev/disk/by-partuuid/deadbeef-01"), DeviceSpec::PartUuid("deadbeef-01".into()));
+        assert_eq!(parse("/dev/disk/by-partlabel/EFI\\x20system"), DeviceSpec::PartLabel("EFI system".into()));
         // A backslash that is not an escape stays.
-        assert_eq!(
-            parse("/dev/disk/by-label/a\\b\\x4"),
-            DeviceSpec::Label("a\\b\\x4".into())
-        );
+        assert_eq!(parse("/dev/disk/by-label/a\\b\\x4"), DeviceSpec::Label("a\\b\\x4".into()));
     }
 
     #[test]
     fn display_round_trips() {
-        for s in [
-            "/dev/sda1",
-            "LABEL=x y",
-            "UUID=abc",
-            "PARTUUID=deadbeef-01",
-            "PARTLABEL=p",
-            "8:1",
-        ] {
+        for s in ["/dev/sda1", "LABEL=x y", "UUID=abc", "PARTUUID=deadbeef-01", "PARTLABEL=p", "8:1"] {
             assert_eq!(parse(s).to_string(), s);
             assert_eq!(parse(&parse(s).to_string()), parse(s));
         }
@@ -822,12 +671,7 @@ mod tests {
     }
 
     fn with_fs(mut d: BlockDevice, t: FsType, label: Option<&str>, uuid: &str) -> BlockDevice {
-        d.fs = Some(FsInfo {
-            fstype: t,
-            label: label.map(Into::into),
-            uuid: Some(uuid.into()),
-            btrfs: None,
-        });
+        d.fs = Some(FsInfo { fstype: t, label: label.map(Into::into), uuid: Some(uuid.into()), btrfs: None });
         d
     }
 
@@ -852,23 +696,13 @@ mod tests {
                 Some("esp"),
             ),
             with_part(
-                with_fs(
-                    dev("sda2", 2),
-                    FsType::Btrfs,
-                    Some("dock"),
-                    "0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9",
-                ),
+                with_fs(dev("sda2", 2), FsType::Btrfs, Some("dock"), "0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9"),
                 2,
                 "0a0b0c0d-aaaa-bbbb-cccc-000000000002",
                 Some("root"),
             ),
             with_part(
-                with_fs(
-                    dev("sdb5", 21),
-                    FsType::Ext4,
-                    Some("data"),
-                    "11111111-2222-3333-4444-555555555555",
-                ),
+                with_fs(dev("sdb5", 21), FsType::Ext4, Some("data"), "11111111-2222-3333-4444-555555555555"),
                 5,
                 "deadbeef-05",
                 None,
@@ -887,52 +721,30 @@ mod tests {
         assert_eq!(found("8:21", &devs).as_deref(), Some("sdb5"));
         assert_eq!(found("LABEL=dock", &devs).as_deref(), Some("sda2"));
         assert_eq!(found("LABEL=Dock", &devs), None);
-        assert_eq!(
-            found("UUID=0A1B2C3D-4E5F-4061-8293-A4B5C6D7E8F9", &devs).as_deref(),
-            Some("sda2")
-        );
+        assert_eq!(found("UUID=0A1B2C3D-4E5F-4061-8293-A4B5C6D7E8F9", &devs).as_deref(), Some("sda2"));
         assert_eq!(found("UUID=abcd-1234", &devs).as_deref(), Some("sda1"));
-        assert_eq!(
-            found("PARTUUID=DEADBEEF-05", &devs).as_deref(),
-            Some("sdb5")
-        );
-        assert_eq!(
-            found("PARTUUID=0a0b0c0d-aaaa-bbbb-cccc-000000000001", &devs).as_deref(),
-            Some("sda1")
-        );
+        assert_eq!(found("PARTUUID=DEADBEEF-05", &devs).as_deref(), Some("sdb5"));
+        assert_eq!(found("PARTUUID=0a0b0c0d-aaaa-bbbb-cccc-000000000001", &devs).as_deref(), Some("sda1"));
         assert_eq!(found("PARTLABEL=root", &devs).as_deref(), Some("sda2"));
         assert_eq!(found("PARTLABEL=nothing", &devs), None);
         assert_eq!(found("/dev/sdc", &devs), None);
         let mut cciss = dev("cciss!c0d0p1", 3);
         cciss.devnode = PathBuf::from("/dev/cciss/c0d0p1");
-        assert_eq!(
-            found("/dev/cciss/c0d0p1", &[cciss]).as_deref(),
-            Some("cciss!c0d0p1")
-        );
+        assert_eq!(found("/dev/cciss/c0d0p1", &[cciss]).as_deref(), Some("cciss!c0d0p1"));
     }
 
     #[test]
     fn duplicate_labels_are_an_error_naming_both() {
         let mut devs = sample();
-        devs.push(with_fs(
-            dev("sdc1", 33),
-            FsType::Ext4,
-            Some("dock"),
-            "99999999-2222-3333-4444-555555555555",
-        ));
+        devs.push(with_fs(dev("sdc1", 33), FsType::Ext4, Some("dock"), "99999999-2222-3333-4444-555555555555"));
         let e = find(&parse("LABEL=dock"), &devs).unwrap_err().to_string();
         assert!(e.contains("LABEL=dock is ambiguous"), "{e}");
         assert!(e.contains("/dev/sda2") && e.contains("/dev/sdc1"), "{e}");
         devs.push(with_part(dev("sdc2", 34), 2, "x-02", Some("root")));
-        let e = find(&parse("PARTLABEL=root"), &devs)
-            .unwrap_err()
-            .to_string();
+        let e = find(&parse("PARTLABEL=root"), &devs).unwrap_err().to_string();
         assert!(e.contains("/dev/sda2") && e.contains("/dev/sdc2"), "{e}");
         // Other lookups are unaffected.
-        assert_eq!(
-            found("UUID=99999999-2222-3333-4444-555555555555", &devs).as_deref(),
-            Some("sdc1")
-        );
+        assert_eq!(found("UUID=99999999-2222-3333-4444-555555555555", &devs).as_deref(), Some("sdc1"));
     }
 
     #[test]
@@ -941,20 +753,13 @@ mod tests {
         let member = |name: &str, minor: u32, devid: u64| {
             let mut d = with_fs(dev(name, minor), FsType::Btrfs, Some("raid"), uuid);
             if let Some(fs) = d.fs.as_mut() {
-                fs.btrfs = Some(BtrfsMember {
-                    num_devices: 2,
-                    devid,
-                    dev_uuid: format!("{devid}"),
-                });
+                fs.btrfs = Some(BtrfsMember { num_devices: 2, devid, dev_uuid: format!("{devid}") });
             }
             d
         };
         let devs = vec![member("vdb", 16, 1), member("vdc", 32, 2)];
         assert_eq!(found("LABEL=raid", &devs).as_deref(), Some("vdb"));
-        assert_eq!(
-            found(&format!("UUID={uuid}"), &devs).as_deref(),
-            Some("vdb")
-        );
+        assert_eq!(found(&format!("UUID={uuid}"), &devs).as_deref(), Some("vdb"));
         // Same label, different btrfs filesystems: ambiguous.
         let mut other = member("vdd", 48, 1);
         if let Some(fs) = other.fs.as_mut() {
@@ -971,32 +776,15 @@ mod tests {
         bad.probe_error = Some("opening /dev/sdd: Input/output error".into());
         bad.size_bytes = 1536 * 1024;
         devs.push(bad);
-        let mut spacey = with_fs(
-            dev("sde", 64),
-            FsType::Xfs,
-            Some("my\tlabel"),
-            "22222222-2222-3333-4444-555555555555",
-        );
+        let mut spacey =
+            with_fs(dev("sde", 64), FsType::Xfs, Some("my\tlabel"), "22222222-2222-3333-4444-555555555555");
         spacey.size_bytes = 512;
         devs.push(spacey);
         let t = describe(&devs);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 7, "{t}");
         let cols: Vec<&str> = lines[0].split_whitespace().collect();
-        assert_eq!(
-            cols,
-            [
-                "NAME",
-                "MAJ:MIN",
-                "SIZE",
-                "FSTYPE",
-                "LABEL",
-                "UUID",
-                "PARTUUID",
-                "PARTLABEL",
-                "ERROR"
-            ]
-        );
+        assert_eq!(cols, ["NAME", "MAJ:MIN", "SIZE", "FSTYPE", "LABEL", "UUID", "PARTUUID", "PARTLABEL", "ERROR"]);
         let sda2: Vec<&str> = lines[3].split_whitespace().collect();
         assert_eq!(
             sda2,
@@ -1020,10 +808,7 @@ mod tests {
                 && lines[5].ends_with("opening /dev/sdd: Input/output error"),
             "{t}"
         );
-        assert!(
-            lines[6].contains("\"my\\tlabel\"") && lines[6].contains(" 512 "),
-            "{t}"
-        );
+        assert!(lines[6].contains("\"my\\tlabel\"") && lines[6].contains(" 512 "), "{t}");
         // Columns line up: every row has the UUID column at the same place.
         let at = lines[0].find("UUID").unwrap();
         assert_eq!(&lines[3][at..at + 8], "0a1b2c3d");
@@ -1053,11 +838,7 @@ mod tests {
 
     impl FakeSys {
         fn new(s: &Scratch) -> FakeSys {
-            let f = FakeSys {
-                sys: s.0.join("sys/class/block"),
-                dev: s.0.join("dev"),
-                root: s.0.join("sys"),
-            };
+            let f = FakeSys { sys: s.0.join("sys/class/block"), dev: s.0.join("dev"), root: s.0.join("sys") };
             std::fs::create_dir_all(&f.sys).unwrap();
             std::fs::create_dir_all(&f.dev).unwrap();
             f
@@ -1108,30 +889,12 @@ mod tests {
             ],
         );
         f.add("pci0/virtio1/block/vda", "254:0", 131072, None);
-        f.add(
-            "pci0/virtio1/block/vda/vda1",
-            "254:1",
-            81920,
-            Some((1, 2048)),
-        );
-        f.add(
-            "pci0/virtio1/block/vda/vda2",
-            "254:2",
-            16384,
-            Some((2, 83968)),
-        );
+        f.add("pci0/virtio1/block/vda/vda1", "254:1", 81920, Some((1, 2048)));
+        f.add("pci0/virtio1/block/vda/vda2", "254:2", 16384, Some((2, 83968)));
         let vda1 = f.node("vda1", 128 << 20);
         run(
             "mkfs.btrfs",
-            &[
-                "-q",
-                "-f",
-                "-L",
-                "dock",
-                "-U",
-                "0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9",
-                vda1.to_str().unwrap(),
-            ],
+            &["-q", "-f", "-L", "dock", "-U", "0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9", vda1.to_str().unwrap()],
         );
         f.node("vda2", 8 << 20);
         // vdb: MBR disk with a logical partition holding ext4.
@@ -1149,17 +912,9 @@ mod tests {
         assert!(child.wait().unwrap().success());
         f.add("pci0/virtio2/block/vdb", "254:16", 65536, None);
         f.add("pci0/virtio2/block/vdb/vdb1", "254:17", 2, Some((1, 2048)));
-        f.add(
-            "pci0/virtio2/block/vdb/vdb5",
-            "254:21",
-            20000,
-            Some((5, 4096)),
-        );
+        f.add("pci0/virtio2/block/vdb/vdb5", "254:21", 20000, Some((5, 4096)));
         let vdb5 = f.node("vdb5", 16 << 20);
-        run(
-            "mkfs.ext4",
-            &["-q", "-F", "-L", "data", vdb5.to_str().unwrap()],
-        );
+        run("mkfs.ext4", &["-q", "-F", "-L", "data", vdb5.to_str().unwrap()]);
         f.node("vdb1", 1024);
         // Skipped: an unbound loop device, a ram disk.
         f.add("virtual/block/loop0", "7:0", 0, None);
@@ -1167,10 +922,7 @@ mod tests {
         // A whole-disk vfat (no partitions).
         f.add("virtual/block/sr0", "11:0", 8192, None);
         let sr0 = f.node("sr0", 4 << 20);
-        run(
-            "mkfs.vfat",
-            &["-n", "CIDATA", "-i", "0badf00d", sr0.to_str().unwrap()],
-        );
+        run("mkfs.vfat", &["-n", "CIDATA", "-i", "0badf00d", sr0.to_str().unwrap()]);
         f
     }
 
@@ -1180,64 +932,37 @@ mod tests {
         let f = build_fake(&s);
         let devs = scan(&f.sys, &f.dev);
         let names: Vec<&str> = devs.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["sr0", "vda", "vda1", "vda2", "vdb", "vdb1", "vdb5"],
-            "{}",
-            describe(&devs)
-        );
+        assert_eq!(names, ["sr0", "vda", "vda1", "vda2", "vdb", "vdb1", "vdb5"], "{}", describe(&devs));
         for d in &devs {
             assert_eq!(d.probe_error, None, "{}", describe(&devs));
         }
         let by = |n: &str| devs.iter().find(|d| d.name == n).unwrap();
         let vda1 = by("vda1");
-        assert_eq!(
-            (vda1.major, vda1.minor, vda1.size_bytes),
-            (254, 1, 40 << 20)
-        );
+        assert_eq!((vda1.major, vda1.minor, vda1.size_bytes), (254, 1, 40 << 20));
         assert_eq!(vda1.devnode, f.dev.join("vda1"));
         let fs = vda1.fs.as_ref().unwrap();
-        assert_eq!(
-            (fs.fstype, fs.label.as_deref()),
-            (FsType::Btrfs, Some("dock"))
-        );
+        assert_eq!((fs.fstype, fs.label.as_deref()), (FsType::Btrfs, Some("dock")));
         let p = vda1.partition.as_ref().unwrap();
         assert_eq!(
             (p.number, p.partuuid.as_str(), p.partlabel.as_deref()),
             (1, "aaaaaaaa-0000-4000-8000-000000000001", Some("dockroot"))
         );
-        assert_eq!(
-            by("vda").fs,
-            None,
-            "whole disks with partitions are not probed"
-        );
+        assert_eq!(by("vda").fs, None, "whole disks with partitions are not probed");
         assert_eq!(by("vda").partition, None);
         assert_eq!(by("vda2").fs, None);
         assert_eq!(by("vda2").partition.as_ref().unwrap().number, 2);
         let vdb5 = by("vdb5");
         assert_eq!(vdb5.partition.as_ref().unwrap().partuuid, "0badcafe-05");
         assert_eq!(vdb5.fs.as_ref().unwrap().fstype, FsType::Ext4);
-        assert_eq!(
-            by("vdb1").partition.as_ref().unwrap().partuuid,
-            "0badcafe-01"
-        );
-        assert_eq!(
-            by("sr0").fs.as_ref().unwrap().uuid.as_deref(),
-            Some("0BAD-F00D")
-        );
+        assert_eq!(by("vdb1").partition.as_ref().unwrap().partuuid, "0badcafe-01");
+        assert_eq!(by("sr0").fs.as_ref().unwrap().uuid.as_deref(), Some("0BAD-F00D"));
 
         assert_eq!(found("LABEL=dock", &devs).as_deref(), Some("vda1"));
         assert_eq!(found("PARTLABEL=dockroot", &devs).as_deref(), Some("vda1"));
-        assert_eq!(
-            found("PARTUUID=0BADCAFE-05", &devs).as_deref(),
-            Some("vdb5")
-        );
+        assert_eq!(found("PARTUUID=0BADCAFE-05", &devs).as_deref(), Some("vdb5"));
         assert_eq!(found("UUID=0bad-f00d", &devs).as_deref(), Some("sr0"));
         let by_node = DeviceSpec::Path(f.dev.join("vdb5").to_str().unwrap().to_string());
-        assert_eq!(
-            find(&by_node, &devs).unwrap().map(|d| d.name.as_str()),
-            Some("vdb5")
-        );
+        assert_eq!(find(&by_node, &devs).unwrap().map(|d| d.name.as_str()), Some("vdb5"));
         assert_eq!(found("/dev/vdb5", &devs).as_deref(), Some("vdb5"));
     }
 
@@ -1246,11 +971,7 @@ mod tests {
         let s = Scratch::new("scanerr");
         let f = build_fake(&s);
         // The kernel disagrees with the table about where vda2 starts.
-        std::fs::write(
-            f.root.join("devices/pci0/virtio1/block/vda/vda2/start"),
-            "99999\n",
-        )
-        .unwrap();
+        std::fs::write(f.root.join("devices/pci0/virtio1/block/vda/vda2/start"), "99999\n").unwrap();
         // A partition number the table does not have.
         f.add("pci0/virtio1/block/vda/vda9", "254:9", 100, Some((9, 1)));
         f.node("vda9", 51200);
@@ -1259,72 +980,42 @@ mod tests {
         // No node for it: scan creates one (MAJ:MIN of no driver), then cannot open it.
         f.add("virtual/block/ghost0", "4095:250", 100, None);
         let devs = scan(&f.sys, &f.dev);
-        let by = |n: &str| {
-            devs.iter()
-                .find(|d| d.name == n)
-                .unwrap_or_else(|| panic!("{n} missing: {}", describe(&devs)))
-        };
+        let by =
+            |n: &str| devs.iter().find(|d| d.name == n).unwrap_or_else(|| panic!("{n} missing: {}", describe(&devs)));
         let err = |n: &str| by(n).probe_error.clone().unwrap_or_default();
-        assert!(
-            err("vda2").contains("the kernel says 512-byte sector 99999"),
-            "{}",
-            err("vda2")
-        );
+        assert!(err("vda2").contains("the kernel says 512-byte sector 99999"), "{}", err("vda2"));
         assert_eq!(by("vda2").partition, None);
-        assert!(
-            err("vda9").contains("partition 9 of vda: not in the disk's partition table"),
-            "{}",
-            err("vda9")
-        );
+        assert!(err("vda9").contains("partition 9 of vda: not in the disk's partition table"), "{}", err("vda9"));
         assert!(err("bad0").contains("bad MAJ:MIN"), "{}", err("bad0"));
         assert!(err("ghost0").contains("opening"), "{}", err("ghost0"));
         let meta = std::fs::symlink_metadata(f.dev.join("ghost0")).unwrap();
         use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
         assert!(meta.file_type().is_block_device());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert_eq!(
-            (
-                rustix::fs::major(meta.rdev()),
-                rustix::fs::minor(meta.rdev())
-            ),
-            (4095, 250)
-        );
+        assert_eq!((rustix::fs::major(meta.rdev()), rustix::fs::minor(meta.rdev())), (4095, 250));
         // The other devices are still all there and fine.
         assert_eq!(by("vda1").probe_error, None);
         assert_eq!(found("LABEL=dock", &devs).as_deref(), Some("vda1"));
         let table = describe(&devs);
-        assert!(
-            table.contains("ghost0") && table.contains("4095:250"),
-            "{table}"
-        );
+        assert!(table.contains("ghost0") && table.contains("4095:250"), "{table}");
     }
 
     #[test]
     fn wait_for_finds_or_times_out_with_a_table() {
         let s = Scratch::new("wait");
         let f = build_fake(&s);
-        let quick = WaitPolicy {
-            timeout: Duration::from_millis(300),
-            delay: Duration::from_millis(10),
-        };
+        let quick = WaitPolicy { timeout: Duration::from_millis(300), delay: Duration::from_millis(10) };
         let d = wait_for_in(&parse("LABEL=data"), &quick, &f.sys, &f.dev).unwrap();
         assert_eq!(d.name, "vdb5");
         let started = Instant::now();
-        let e = wait_for_in(&parse("LABEL=nope"), &quick, &f.sys, &f.dev)
-            .unwrap_err()
-            .to_string();
+        let e = wait_for_in(&parse("LABEL=nope"), &quick, &f.sys, &f.dev).unwrap_err().to_string();
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert!(
-            e.starts_with(
-                "no block device matching LABEL=nope appeared within 0.3s; block devices seen:\n"
-            ),
+            e.starts_with("no block device matching LABEL=nope appeared within 0.3s; block devices seen:\n"),
             "{e}"
         );
         assert!(
-            e.contains("vda1")
-                && e.contains("dock")
-                && e.contains("0badcafe-05")
-                && e.contains("PARTLABEL"),
+            e.contains("vda1") && e.contains("dock") && e.contains("0badcafe-05") && e.contains("PARTLABEL"),
             "{e}"
         );
         // A device appearing while we wait is found.
@@ -1332,10 +1023,7 @@ mod tests {
             let sys = f.sys.clone();
             let dev = f.dev.clone();
             move || {
-                let slow = WaitPolicy {
-                    timeout: Duration::from_secs(5),
-                    delay: Duration::ZERO,
-                };
+                let slow = WaitPolicy { timeout: Duration::from_secs(5), delay: Duration::ZERO };
                 wait_for_in(&DeviceSpec::MajMin(254, 33), &slow, &sys, &dev)
             }
         });

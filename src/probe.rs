@@ -71,11 +71,7 @@ impl ReadAt for Vec<u8> {
 /// Read exactly `len` bytes at `offset`. A short read (the device ends before
 /// `offset + len`) gives `Ok(None)`: there is no such structure on this device.
 /// I/O errors are returned.
-pub fn read_exact_at<R: ReadAt + ?Sized>(
-    dev: &R,
-    offset: u64,
-    len: usize,
-) -> Result<Option<Vec<u8>>> {
+pub fn read_exact_at<R: ReadAt + ?Sized>(dev: &R, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; len];
     let mut done = 0usize;
     while done < len {
@@ -89,12 +85,7 @@ pub fn read_exact_at<R: ReadAt + ?Sized>(
             Ok(0) => return Ok(None),
             Ok(n) => done = done.saturating_add(n),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(Error::with(
-                    format!("reading {len} bytes at offset {offset}"),
-                    e,
-                ))
-            }
+            Err(e) => return Err(Error::with(format!("reading {len} bytes at offset {offset}"), e)),
         }
     }
     Ok(Some(buf))
@@ -148,9 +139,7 @@ fn xxh64(data: &[u8]) -> u64 {
     const P4: u64 = 0x85EB_CA77_C2B2_AE63;
     const P5: u64 = 0x27D4_EB2F_1656_67C5;
     fn round(acc: u64, input: u64) -> u64 {
-        acc.wrapping_add(input.wrapping_mul(P2))
-            .rotate_left(31)
-            .wrapping_mul(P1)
+        acc.wrapping_add(input.wrapping_mul(P2)).rotate_left(31).wrapping_mul(P1)
     }
     fn merge(acc: u64, v: u64) -> u64 {
         (acc ^ round(0, v)).wrapping_mul(P1).wrapping_add(P4)
@@ -474,12 +463,7 @@ fn parse_ext(sb: &[u8]) -> Option<FsInfo> {
     } else {
         FsType::Ext4
     };
-    Some(FsInfo {
-        fstype,
-        label: label_from(bytes(sb, 0x78, 16)?),
-        uuid: uuid_from(arr(sb, 0x68)?),
-        btrfs: None,
-    })
+    Some(FsInfo { fstype, label: label_from(bytes(sb, 0x78, 16)?), uuid: uuid_from(arr(sb, 0x68)?), btrfs: None })
 }
 
 fn probe_xfs<R: ReadAt + ?Sized>(dev: &R) -> Result<Option<FsInfo>> {
@@ -533,11 +517,7 @@ fn xfs_sane(sb: &[u8]) -> Option<usize> {
         && imax_pct <= 100
         && dblocks != 0
         && dblocks <= agcount.checked_mul(agblocks)?
-        && dblocks
-            >= agcount
-                .checked_sub(1)?
-                .checked_mul(agblocks)?
-                .checked_add(64)?;
+        && dblocks >= agcount.checked_sub(1)?.checked_mul(agblocks)?.checked_add(64)?;
     if !sane {
         return None;
     }
@@ -639,9 +619,7 @@ fn parse_fat_bpb(bs: &[u8]) -> Option<FatBpb> {
     }
     let fat_sectors_total = fat_len.checked_mul(fats)?;
     let dir_sectors = root_entries.checked_mul(32)?.div_ceil(sector_size);
-    let meta = reserved
-        .checked_add(fat_sectors_total)?
-        .checked_add(dir_sectors)?;
+    let meta = reserved.checked_add(fat_sectors_total)?.checked_add(dir_sectors)?;
     let clusters = sectors.checked_sub(meta)? / cluster_sectors;
     let max = if fat32 {
         FAT32_MAX
@@ -671,11 +649,7 @@ fn parse_fat_bpb(bs: &[u8]) -> Option<FatBpb> {
 
 /// Look for the volume-label entry among `entries` directory entries at
 /// `offset`, stopping at the end-of-directory marker.
-fn fat_dir_label<R: ReadAt + ?Sized>(
-    dev: &R,
-    offset: u64,
-    entries: u64,
-) -> Result<Option<[u8; 11]>> {
+fn fat_dir_label<R: ReadAt + ?Sized>(dev: &R, offset: u64, entries: u64) -> Result<Option<[u8; 11]>> {
     const CHUNK: u64 = 512; // entries per read (16 KiB)
     let mut done = 0u64;
     while done < entries {
@@ -723,10 +697,7 @@ fn probe_vfat<R: ReadAt + ?Sized>(dev: &R) -> Result<Option<FsInfo>> {
     let ss = bpb.sector_size;
     let mut dir_label = None;
     if !bpb.fat32 {
-        let root = bpb
-            .reserved
-            .saturating_add(bpb.fat_sectors_total)
-            .saturating_mul(ss);
+        let root = bpb.reserved.saturating_add(bpb.fat_sectors_total).saturating_mul(ss);
         dir_label = fat_dir_label(dev, root, bpb.root_entries)?;
     } else {
         // Follow the root directory's cluster chain (bounded, like libblkid).
@@ -738,32 +709,24 @@ fn probe_vfat<R: ReadAt + ?Sized>(dev: &R) -> Result<Option<FsInfo>> {
             if next < 2 || next >= fat_entries {
                 break;
             }
-            let sector = (next - 2)
-                .saturating_mul(bpb.cluster_sectors)
-                .saturating_add(data_start);
+            let sector = (next - 2).saturating_mul(bpb.cluster_sectors).saturating_add(data_start);
             dir_label = fat_dir_label(dev, sector.saturating_mul(ss), cluster_bytes / 32)?;
             if dir_label.is_some() {
                 break;
             }
-            let fat_off = bpb
-                .reserved
-                .saturating_mul(ss)
-                .saturating_add(next.saturating_mul(4));
+            let fat_off = bpb.reserved.saturating_mul(ss).saturating_add(next.saturating_mul(4));
             let Some(e) = read_exact_at(dev, fat_off, 4)? else {
                 break;
             };
             next = u64::from(le32(&e, 0).unwrap_or(0) & 0x0fff_ffff);
         }
         if bpb.fsinfo_sector != 0 {
-            let Some(fsinfo) = read_exact_at(dev, bpb.fsinfo_sector.saturating_mul(ss), 512)?
-            else {
+            let Some(fsinfo) = read_exact_at(dev, bpb.fsinfo_sector.saturating_mul(ss), 512)? else {
                 return Ok(None);
             };
             let sig1 = bytes(&fsinfo, 0, 4).unwrap_or(&[]);
             let sig2 = bytes(&fsinfo, 484, 4).unwrap_or(&[]);
-            if !matches!(sig1, b"RRaA" | b"RRdA" | [0, 0, 0, 0])
-                || !matches!(sig2, b"rrAa" | [0, 0, 0, 0])
-            {
+            if !matches!(sig1, b"RRaA" | b"RRdA" | [0, 0, 0, 0]) || !matches!(sig2, b"rrAa" | [0, 0, 0, 0]) {
                 return Ok(None);
             }
         }
@@ -772,19 +735,10 @@ fn probe_vfat<R: ReadAt + ?Sized>(dev: &R) -> Result<Option<FsInfo>> {
         Some(l) if &l != FAT_NO_NAME => l,
         _ => bpb.boot_label,
     };
-    let label = if &label == FAT_NO_NAME {
-        None
-    } else {
-        label_from(&label)
-    };
+    let label = if &label == FAT_NO_NAME { None } else { label_from(&label) };
     let [s0, s1, s2, s3] = bpb.serial;
     let uuid = (bpb.serial != [0; 4]).then(|| format!("{s3:02X}{s2:02X}-{s1:02X}{s0:02X}"));
-    Ok(Some(FsInfo {
-        fstype: FsType::Vfat,
-        label,
-        uuid,
-        btrfs: None,
-    }))
+    Ok(Some(FsInfo { fstype: FsType::Vfat, label, uuid, btrfs: None }))
 }
 
 // ---------------------------------------------------------------------------
@@ -827,14 +781,9 @@ pub struct PartitionTable {
 /// 0xEE) means GPT: the primary header at LBA 1 is used if valid, else the
 /// backup in the last sector (when the disk size is known); if neither is
 /// valid, an error says why.
-pub fn read_partition_table<R: ReadAt + ?Sized>(
-    disk: &R,
-    sector_size: u64,
-) -> Result<Option<PartitionTable>> {
+pub fn read_partition_table<R: ReadAt + ?Sized>(disk: &R, sector_size: u64) -> Result<Option<PartitionTable>> {
     if !sector_size.is_power_of_two() || !(512..=65536).contains(&sector_size) {
-        return Err(Error::msg(format!(
-            "unsupported logical sector size {sector_size}"
-        )));
+        return Err(Error::msg(format!("unsupported logical sector size {sector_size}")));
     }
     let Some(mbr) = read_exact_at(disk, 0, 512)? else {
         return Ok(None);
@@ -842,9 +791,7 @@ pub fn read_partition_table<R: ReadAt + ?Sized>(
     if bytes(&mbr, 0x1fe, 2) != Some(&[0x55, 0xAA]) {
         return Ok(None);
     }
-    let entries: Vec<MbrEntry> = (0..4)
-        .filter_map(|i| MbrEntry::parse(&mbr, 0x1be + 16 * i))
-        .collect();
+    let entries: Vec<MbrEntry> = (0..4).filter_map(|i| MbrEntry::parse(&mbr, 0x1be + 16 * i)).collect();
     if entries.iter().any(|e| e.kind == 0xEE) {
         return read_gpt(disk, sector_size).map(Some);
     }
@@ -880,12 +827,7 @@ impl MbrEntry {
 /// Most partitions Linux creates on one disk; also bounds the EBR chain walk.
 const MAX_PARTITIONS: u32 = 256;
 
-fn read_mbr<R: ReadAt + ?Sized>(
-    disk: &R,
-    ss: u64,
-    sig: u32,
-    primary: &[MbrEntry],
-) -> Result<PartitionTable> {
+fn read_mbr<R: ReadAt + ?Sized>(disk: &R, ss: u64, sig: u32, primary: &[MbrEntry]) -> Result<PartitionTable> {
     let partuuid = |n: u32| format!("{sig:08x}-{n:02x}");
     let mut parts = Vec::new();
     // Primary slots keep their numbers 1-4, gaps included.
@@ -910,17 +852,14 @@ fn read_mbr<R: ReadAt + ?Sized>(
             let Some(off) = this.checked_mul(ss) else {
                 break;
             };
-            let Some(ebr) = read_exact_at(disk, off, 512)
-                .context(|| format!("reading the EBR at sector {this}"))?
+            let Some(ebr) = read_exact_at(disk, off, 512).context(|| format!("reading the EBR at sector {this}"))?
             else {
                 break;
             };
             if bytes(&ebr, 0x1fe, 2) != Some(&[0x55, 0xAA]) {
                 break;
             }
-            let entries: Vec<MbrEntry> = (0..4)
-                .filter_map(|i| MbrEntry::parse(&ebr, 0x1be + 16 * i))
-                .collect();
+            let entries: Vec<MbrEntry> = (0..4).filter_map(|i| MbrEntry::parse(&ebr, 0x1be + 16 * i)).collect();
             for (i, e) in entries.iter().enumerate() {
                 if e.sectors == 0 || e.is_extended() {
                     continue;
@@ -931,14 +870,9 @@ fn read_mbr<R: ReadAt + ?Sized>(
                 if i >= 2 {
                     // Slots 3 and 4 of an EBR often hold garbage: keep them only
                     // if they lie inside this EBR's area and the extended partition.
-                    let inside = e
-                        .start
-                        .checked_add(e.sectors)
-                        .is_some_and(|end| end <= this_size)
+                    let inside = e.start.checked_add(e.sectors).is_some_and(|end| end <= this_size)
                         && start >= ext_start
-                        && start
-                            .checked_add(e.sectors)
-                            .is_some_and(|end| end <= ext_start.saturating_add(ext_size));
+                        && start.checked_add(e.sectors).is_some_and(|end| end <= ext_start.saturating_add(ext_size));
                     if !inside {
                         continue;
                     }
@@ -966,12 +900,7 @@ fn read_mbr<R: ReadAt + ?Sized>(
             this_size = link.sectors;
         }
     }
-    Ok(PartitionTable {
-        kind: TableKind::Mbr {
-            disk_signature: sig,
-        },
-        partitions: parts,
-    })
+    Ok(PartitionTable { kind: TableKind::Mbr { disk_signature: sig }, partitions: parts })
 }
 
 fn read_gpt<R: ReadAt + ?Sized>(disk: &R, ss: u64) -> Result<PartitionTable> {
@@ -980,16 +909,11 @@ fn read_gpt<R: ReadAt + ?Sized>(disk: &R, ss: u64) -> Result<PartitionTable> {
         Ok(t) => return Ok(t),
         Err(why) => why,
     };
-    let last_lba = disk
-        .size_hint()
-        .map(|size| size / ss)
-        .and_then(|n| n.checked_sub(1));
+    let last_lba = disk.size_hint().map(|size| size / ss).and_then(|n| n.checked_sub(1));
     let backup_err = match last_lba {
         Some(lba) if lba > 1 => match read_gpt_at(disk, ss, lba)? {
             Ok(t) => {
-                log::warn!(
-                    "primary GPT header is invalid ({primary_err}); using the backup header"
-                );
+                log::warn!("primary GPT header is invalid ({primary_err}); using the backup header");
                 return Ok(t);
             }
             Err(why) => why,
@@ -1003,11 +927,7 @@ fn read_gpt<R: ReadAt + ?Sized>(disk: &R, ss: u64) -> Result<PartitionTable> {
 
 /// Read and check the GPT header at `lba` and its entry array. The inner
 /// `Err` says why this header is not valid; the outer one is an I/O error.
-fn read_gpt_at<R: ReadAt + ?Sized>(
-    disk: &R,
-    ss: u64,
-    lba: u64,
-) -> Result<Result<PartitionTable, String>> {
+fn read_gpt_at<R: ReadAt + ?Sized>(disk: &R, ss: u64, lba: u64) -> Result<Result<PartitionTable, String>> {
     let Ok(ss_usize) = usize::try_from(ss) else {
         return Ok(Err("sector size too large".into()));
     };
@@ -1018,18 +938,11 @@ fn read_gpt_at<R: ReadAt + ?Sized>(
         Ok(h) => h,
         Err(why) => return Ok(Err(why)),
     };
-    let Some(array_len) = table
-        .entries
-        .checked_mul(table.entry_size)
-        .and_then(|n| usize::try_from(n).ok())
-    else {
+    let Some(array_len) = table.entries.checked_mul(table.entry_size).and_then(|n| usize::try_from(n).ok()) else {
         return Ok(Err("partition entry array too large".into()));
     };
     let Some(array) = read_exact_at(disk, table.entries_lba.saturating_mul(ss), array_len)? else {
-        return Ok(Err(format!(
-            "partition entries at LBA {} are beyond the end of the disk",
-            table.entries_lba
-        )));
+        return Ok(Err(format!("partition entries at LBA {} are beyond the end of the disk", table.entries_lba)));
     };
     let crc = crc32(&array);
     if crc != table.entries_crc {
@@ -1044,9 +957,7 @@ fn read_gpt_at<R: ReadAt + ?Sized>(
         if type_guid == [0; 16] {
             continue;
         }
-        let (Some(first), Some(last), Some(unique)) =
-            (le64(ent, 32), le64(ent, 40), arr::<16>(ent, 16))
-        else {
+        let (Some(first), Some(last), Some(unique)) = (le64(ent, 32), le64(ent, 40), arr::<16>(ent, 16)) else {
             continue;
         };
         let Some(sectors) = last.checked_sub(first).and_then(|n| n.checked_add(1)) else {
@@ -1056,12 +967,7 @@ fn read_gpt_at<R: ReadAt + ?Sized>(
             .get(56..128)
             .unwrap_or(&[])
             .chunks_exact(2)
-            .map(|c| {
-                u16::from_le_bytes([
-                    c.first().copied().unwrap_or(0),
-                    c.get(1).copied().unwrap_or(0),
-                ])
-            })
+            .map(|c| u16::from_le_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)]))
             .take_while(|&c| c != 0)
             .collect();
         let name = String::from_utf16_lossy(&name);
@@ -1073,12 +979,7 @@ fn read_gpt_at<R: ReadAt + ?Sized>(
             partlabel: (!name.is_empty()).then_some(name),
         });
     }
-    Ok(Ok(PartitionTable {
-        kind: TableKind::Gpt {
-            disk_guid: table.disk_guid,
-        },
-        partitions: parts,
-    }))
+    Ok(Ok(PartitionTable { kind: TableKind::Gpt { disk_guid: table.disk_guid }, partitions: parts }))
 }
 
 struct GptHeader {
@@ -1095,11 +996,7 @@ fn parse_gpt_header(hdr: &[u8], lba: u64) -> Result<GptHeader, String> {
         return Err("no \"EFI PART\" signature".into());
     }
     let size = le32(hdr, 12).ok_or_else(short)?;
-    let Some(covered) = usize::try_from(size)
-        .ok()
-        .filter(|&s| s >= 92)
-        .and_then(|s| hdr.get(..s))
-    else {
+    let Some(covered) = usize::try_from(size).ok().filter(|&s| s >= 92).and_then(|s| hdr.get(..s)) else {
         return Err(format!("bad header size {size}"));
     };
     let stored = le32(hdr, 16).ok_or_else(short)?;
@@ -1109,9 +1006,7 @@ fn parse_gpt_header(hdr: &[u8], lba: u64) -> Result<GptHeader, String> {
     }
     let crc = crc32(&copy);
     if crc != stored {
-        return Err(format!(
-            "header CRC mismatch (stored {stored:08x}, computed {crc:08x})"
-        ));
+        return Err(format!("header CRC mismatch (stored {stored:08x}, computed {crc:08x})"));
     }
     let my_lba = le64(hdr, 24).ok_or_else(short)?;
     if my_lba != lba {
@@ -1123,9 +1018,7 @@ fn parse_gpt_header(hdr: &[u8], lba: u64) -> Result<GptHeader, String> {
         return Err(format!("unsupported partition entry size {entry_size}"));
     }
     if entries == 0 || entries > 8192 {
-        return Err(format!(
-            "unreasonable number of partition entries {entries}"
-        ));
+        return Err(format!("unreasonable number of partition entries {entries}"));
     }
     Ok(GptHeader {
         disk_guid: guid_to_string(arr(hdr, 56).ok_or_else(short)?),
@@ -1147,8 +1040,7 @@ pub(crate) mod tests {
     pub(crate) struct Scratch(pub PathBuf);
     impl Scratch {
         pub(crate) fn new(name: &str) -> Scratch {
-            let dir =
-                std::env::temp_dir().join(format!("dockroot-probe-{}-{name}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("dockroot-probe-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             Scratch(dir)
@@ -1172,11 +1064,7 @@ pub(crate) mod tests {
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {prog} (is it installed?): {e}"));
-        assert!(
-            out.status.success(),
-            "{prog} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{prog} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -1199,28 +1087,17 @@ pub(crate) mod tests {
 
     /// Assert the probe says exactly what blkid says.
     fn assert_like_blkid(path: &Path, info: &FsInfo) {
-        assert_eq!(
-            blkid(path, "TYPE", None).as_deref(),
-            Some(info.fstype.name()),
-            "{path:?}"
-        );
+        assert_eq!(blkid(path, "TYPE", None).as_deref(), Some(info.fstype.name()), "{path:?}");
         assert_eq!(blkid(path, "LABEL", None), info.label, "{path:?}");
         assert_eq!(blkid(path, "UUID", None), info.uuid, "{path:?}");
         if let Some(m) = &info.btrfs {
-            assert_eq!(
-                blkid(path, "UUID_SUB", None).as_deref(),
-                Some(m.dev_uuid.as_str())
-            );
+            assert_eq!(blkid(path, "UUID_SUB", None).as_deref(), Some(m.dev_uuid.as_str()));
         }
     }
 
     fn flip(path: &Path, offset: u64) {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
         let mut b = [0u8];
         f.read_exact_at(&mut b, offset).unwrap();
         b[0] ^= 0x01;
@@ -1247,14 +1124,9 @@ pub(crate) mod tests {
 
     #[test]
     fn guid_formats() {
-        let raw = [
-            0x78, 0x56, 0x34, 0x12, 0x34, 0x12, 0x78, 0x56, 0x9a, 0xbc, 1, 2, 3, 4, 5, 6,
-        ];
+        let raw = [0x78, 0x56, 0x34, 0x12, 0x34, 0x12, 0x78, 0x56, 0x9a, 0xbc, 1, 2, 3, 4, 5, 6];
         assert_eq!(guid_to_string(raw), "12345678-1234-5678-9abc-010203040506");
-        assert_eq!(
-            uuid_from(raw).unwrap(),
-            "78563412-3412-7856-9abc-010203040506"
-        );
+        assert_eq!(uuid_from(raw).unwrap(), "78563412-3412-7856-9abc-010203040506");
         assert_eq!(uuid_from([0; 16]), None);
         assert_eq!(label_from(b"root  \t\0junk"), Some("root".to_string()));
         assert_eq!(label_from(b"   \0"), None);
@@ -1263,19 +1135,11 @@ pub(crate) mod tests {
     #[test]
     fn btrfs_like_blkid_and_checksums() {
         let s = Scratch::new("btrfs");
-        for (csum, label) in [
-            ("crc32c", "my root ü"),
-            ("xxhash", "x"),
-            ("sha256", "s"),
-            ("blake2", "b"),
-        ] {
+        for (csum, label) in [("crc32c", "my root ü"), ("xxhash", "x"), ("sha256", "s"), ("blake2", "b")] {
             let img = s.file(&format!("{csum}.img"), 128 << 20);
             let img_s = img.to_str().unwrap();
             let uuid = "0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9";
-            run(
-                "mkfs.btrfs",
-                &["-q", "-f", "--csum", csum, "-L", label, "-U", uuid, img_s],
-            );
+            run("mkfs.btrfs", &["-q", "-f", "--csum", csum, "-L", label, "-U", uuid, img_s]);
             let info = probe_path(&img).unwrap().expect("btrfs not found");
             assert_eq!(info.fstype, FsType::Btrfs);
             assert_eq!(info.label.as_deref(), Some(label));
@@ -1284,10 +1148,7 @@ pub(crate) mod tests {
             assert_eq!((m.num_devices, m.devid), (1, 1));
             assert_like_blkid(&img, &info);
             // Same answer from an in-memory copy of the first MiB.
-            assert_eq!(
-                probe_filesystem(&head(&img, 1 << 20)).unwrap(),
-                Some(info.clone())
-            );
+            assert_eq!(probe_filesystem(&head(&img, 1 << 20)).unwrap(), Some(info.clone()));
             // A flipped byte anywhere in the checksummed area: not btrfs any more
             // (blake2b is not verified, so it is still found).
             flip(&img, BTRFS_SB_OFFSET + 0x800);
@@ -1328,15 +1189,8 @@ pub(crate) mod tests {
         let img = s.0.join("0.img");
         flip(&img, 1024 + 0x200);
         assert_eq!(probe_path(&img).unwrap(), None);
-        let out = Command::new("dumpe2fs")
-            .arg("-h")
-            .arg(&img)
-            .output()
-            .expect("cannot run dumpe2fs");
-        assert!(
-            !out.status.success(),
-            "dumpe2fs accepted the corrupted superblock"
-        );
+        let out = Command::new("dumpe2fs").arg("-h").arg(&img).output().expect("cannot run dumpe2fs");
+        assert!(!out.status.success(), "dumpe2fs accepted the corrupted superblock");
     }
 
     #[test]
@@ -1346,18 +1200,7 @@ pub(crate) mod tests {
             let img = s.file(&format!("{i}.img"), 320 << 20);
             let uuid = format!("9876543{i}-1234-4234-8234-123456789abc");
             let opt = format!("{crc},uuid={uuid}");
-            run(
-                "mkfs.xfs",
-                &[
-                    "-q",
-                    "-f",
-                    "-L",
-                    "twelve_chars",
-                    "-m",
-                    &opt,
-                    img.to_str().unwrap(),
-                ],
-            );
+            run("mkfs.xfs", &["-q", "-f", "-L", "twelve_chars", "-m", &opt, img.to_str().unwrap()]);
             let info = probe_path(&img).unwrap().expect("xfs not found");
             assert_eq!(info.fstype, FsType::Xfs);
             assert_eq!(info.label.as_deref(), Some("twelve_chars"));
@@ -1388,10 +1231,7 @@ pub(crate) mod tests {
             assert_eq!(blkid(&img, "VERSION", None).as_deref(), Some(version));
             let info = probe_path(&img).unwrap().expect("vfat not found");
             assert_eq!(info.fstype, FsType::Vfat);
-            assert_eq!(
-                info.uuid.as_deref(),
-                Some(format!("{i}BCD-EF0{i}").as_str())
-            );
+            assert_eq!(info.uuid.as_deref(), Some(format!("{i}BCD-EF0{i}").as_str()));
             assert_like_blkid(&img, &info);
         }
         assert_eq!(probe_path(&s.0.join("3.img")).unwrap().unwrap().label, None);
@@ -1448,10 +1288,7 @@ pub(crate) mod tests {
         run("mkfs.btrfs", &["-q", "-f", img.to_str().unwrap()]);
         assert!(probe_filesystem(&head(&img, 1 << 20)).unwrap().is_some());
         // Cut inside the superblock.
-        assert_eq!(
-            probe_filesystem(&head(&img, 64 * 1024 + 2000)).unwrap(),
-            None
-        );
+        assert_eq!(probe_filesystem(&head(&img, 64 * 1024 + 2000)).unwrap(), None);
         assert!(read_partition_table(&[0u8; 512][..], 3000).is_err());
     }
 
@@ -1471,12 +1308,7 @@ pub(crate) mod tests {
         seeds.push(mk("e", 8 << 20, "mkfs.ext4", &["-q", "-F"]));
         seeds.push(mk("v", 64 << 20, "mkfs.vfat", &["-F", "32"]));
         seeds.push(mk("v16", 16 << 20, "mkfs.vfat", &[]));
-        seeds.push(mk(
-            "g",
-            8 << 20,
-            "sgdisk",
-            &["-o", "-n", "1:0:+1M", "-n", "2:0:+1M"],
-        ));
+        seeds.push(mk("g", 8 << 20, "sgdisk", &["-o", "-n", "1:0:+1M", "-n", "2:0:+1M"]));
         let mut rng = 0x2545_F491_4F6C_DD1Du64;
         let mut next = move || {
             rng ^= rng << 13;
@@ -1484,9 +1316,7 @@ pub(crate) mod tests {
             rng ^= rng << 17;
             rng
         };
-        let hot = [
-            0usize, 0x1be, 0x200, 0x400, 0x438, 0x4000, 0x10000, 0x10040, 0x100c4,
-        ];
+        let hot = [0usize, 0x1be, 0x200, 0x400, 0x438, 0x4000, 0x10000, 0x10040, 0x100c4];
         for round in 0..3000 {
             let mut img = seeds[round % seeds.len()].clone();
             for _ in 0..(1 + next() % 8) {
@@ -1504,15 +1334,7 @@ pub(crate) mod tests {
 
     /// `partx` (libblkid) listing: (number, start, sectors, partuuid, name).
     fn partx(path: &Path) -> Vec<(u32, u64, u64, String, Option<String>)> {
-        let out = run(
-            "partx",
-            &[
-                "-o",
-                "NR,START,SECTORS,UUID,NAME",
-                "-P",
-                path.to_str().unwrap(),
-            ],
-        );
+        let out = run("partx", &["-o", "NR,START,SECTORS,UUID,NAME", "-P", path.to_str().unwrap()]);
         out.lines()
             .map(|line| {
                 let mut vals = Vec::new();
@@ -1534,13 +1356,7 @@ pub(crate) mod tests {
                     vals.push(String::from_utf8(bytes).unwrap());
                 }
                 let name = (!vals[4].is_empty()).then(|| vals[4].clone());
-                (
-                    vals[0].parse().unwrap(),
-                    vals[1].parse().unwrap(),
-                    vals[2].parse().unwrap(),
-                    vals[3].clone(),
-                    name,
-                )
+                (vals[0].parse().unwrap(), vals[1].parse().unwrap(), vals[2].parse().unwrap(), vals[3].clone(), name)
             })
             .collect()
     }
@@ -1548,15 +1364,7 @@ pub(crate) mod tests {
     fn as_tuples(t: &PartitionTable) -> Vec<(u32, u64, u64, String, Option<String>)> {
         t.partitions
             .iter()
-            .map(|p| {
-                (
-                    p.number,
-                    p.start_lba,
-                    p.sectors,
-                    p.partuuid.clone(),
-                    p.partlabel.clone(),
-                )
-            })
+            .map(|p| (p.number, p.start_lba, p.sectors, p.partuuid.clone(), p.partlabel.clone()))
             .collect()
     }
 
@@ -1588,19 +1396,9 @@ pub(crate) mod tests {
                 d,
             ],
         );
-        let t = read_partition_table(&File::open(&disk).unwrap(), 512)
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            t.kind,
-            TableKind::Gpt {
-                disk_guid: "11111111-2222-3333-4444-555555555555".into()
-            }
-        );
-        assert_eq!(
-            blkid(&disk, "PTUUID", None).as_deref(),
-            Some("11111111-2222-3333-4444-555555555555")
-        );
+        let t = read_partition_table(&File::open(&disk).unwrap(), 512).unwrap().unwrap();
+        assert_eq!(t.kind, TableKind::Gpt { disk_guid: "11111111-2222-3333-4444-555555555555".into() });
+        assert_eq!(blkid(&disk, "PTUUID", None).as_deref(), Some("11111111-2222-3333-4444-555555555555"));
         let got = as_tuples(&t);
         assert_eq!(got, partx(&disk));
         assert_eq!(got.len(), 3);
@@ -1616,20 +1414,10 @@ pub(crate) mod tests {
             }
         }
         let part = s.file("part.img", 8 << 20);
-        run(
-            "mkfs.ext4",
-            &["-q", "-F", "-L", "inpart", part.to_str().unwrap()],
-        );
+        run("mkfs.ext4", &["-q", "-F", "-L", "inpart", part.to_str().unwrap()]);
         run(
             "dd",
-            &[
-                &format!("if={}", part.display()),
-                &format!("of={d}"),
-                "bs=1M",
-                "seek=1",
-                "conv=notrunc",
-                "status=none",
-            ],
+            &[&format!("if={}", part.display()), &format!("of={d}"), "bs=1M", "seek=1", "conv=notrunc", "status=none"],
         );
         let f = File::open(&disk).unwrap();
         let info = probe_filesystem(&At(&f, 2048 * 512)).unwrap().unwrap();
@@ -1638,9 +1426,7 @@ pub(crate) mod tests {
 
         // Break the primary header: the backup at the end of the disk is used.
         flip(&disk, 512 + 60);
-        let t2 = read_partition_table(&File::open(&disk).unwrap(), 512)
-            .unwrap()
-            .unwrap();
+        let t2 = read_partition_table(&File::open(&disk).unwrap(), 512).unwrap().unwrap();
         assert_eq!(as_tuples(&t2), got);
         // Without a disk size there is no backup to find: a clear error.
         let mem = head(&disk, 1 << 20);
@@ -1648,9 +1434,7 @@ pub(crate) mod tests {
         assert!(err.contains("header CRC mismatch"), "{err}");
         // Break the backup too.
         flip(&disk, (64 << 20) - 512 + 60);
-        let err = read_partition_table(&File::open(&disk).unwrap(), 512)
-            .unwrap_err()
-            .to_string();
+        let err = read_partition_table(&File::open(&disk).unwrap(), 512).unwrap_err().to_string();
         assert!(err.contains("no valid GPT"), "{err}");
     }
 
@@ -1671,22 +1455,10 @@ pub(crate) mod tests {
             .spawn()
             .expect("cannot run sfdisk");
         use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
         assert!(child.wait().unwrap().success());
-        let t = read_partition_table(&File::open(&disk).unwrap(), 512)
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            t.kind,
-            TableKind::Mbr {
-                disk_signature: 0xdeadbeef
-            }
-        );
+        let t = read_partition_table(&File::open(&disk).unwrap(), 512).unwrap().unwrap();
+        assert_eq!(t.kind, TableKind::Mbr { disk_signature: 0xdeadbeef });
         let got = as_tuples(&t);
         let numbers: Vec<u32> = got.iter().map(|p| p.0).collect();
         assert_eq!(numbers, [1, 2, 3, 5, 6, 7]);
@@ -1709,10 +1481,7 @@ pub(crate) mod tests {
         let disk = s.file("d.img", 8 << 20);
         run("sgdisk", &["-o", "-n", "1:0:0", disk.to_str().unwrap()]);
         let mut img = std::fs::read(&disk).unwrap();
-        assert!(matches!(
-            read_partition_table(&img, 512).unwrap().unwrap().kind,
-            TableKind::Gpt { .. }
-        ));
+        assert!(matches!(read_partition_table(&img, 512).unwrap().unwrap().kind, TableKind::Gpt { .. }));
         // Protective MBR but no GPT header at all: an error, never an MBR reading.
         img[512..1024].fill(0);
         img.truncate(1 << 20);
