@@ -1,9 +1,12 @@
 //! Find the block device a boot parameter names, without udev.
 //!
 //! Pure part: [`DeviceSpec::parse`] (what the kernel's `root=` and the usual
-//! initramfs conventions accept), [`find`] and [`describe`]. Thin part: [`scan`]
-//! lists `/sys/class/block`, probes each device with [`crate::probe`], and
-//! [`wait_for`] repeats that until the device shows up or the time is over.
+//! initramfs conventions accept), [`find`], [`assess`] (found, absent, or a
+//! multi-device btrfs still missing members) and [`describe`]. Thin part:
+//! [`scan`] lists `/sys/class/block` and probes each device with
+//! [`crate::probe`]; a [`Waiter`] scans once, then rescans only when kernel
+//! uevents say block devices changed, registers btrfs members with the
+//! kernel, and gives up at the deadline with a table of what it saw.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,8 +15,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::btrfs;
 use crate::error::{Context, Error, Result};
 use crate::probe::{self, FsInfo, Partition, PartitionTable};
+use crate::uevent::{Listener, Received, Uevent};
 
 /// How a boot parameter names a block device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,50 +455,418 @@ pub struct WaitPolicy {
     pub delay: Duration,
 }
 
-/// How often to rescan while waiting.
-const POLL: Duration = Duration::from_millis(100);
 /// How often to say that we are still waiting.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// With `degraded`, how long to keep waiting for missing members of a
+/// multi-device btrfs once one member is there (never beyond the timeout):
+/// disks of one machine appear within a second or two of each other, so 10 s
+/// covers a slow controller without delaying a degraded boot much.
+pub const DEGRADED_WAIT: Duration = Duration::from_secs(10);
+/// Without a uevent socket (a kernel without CONFIG_NET): rescan this often.
+const FALLBACK_RESCAN: Duration = Duration::from_secs(1);
 
-/// Wait until the device `spec` names appears in /sys/class/block and /dev,
-/// rescanning every 100 ms. On timeout the error names the device searched
-/// for, the timeout, and lists every block device seen (see [`describe`]).
-/// An ambiguous `LABEL=`/`PARTLABEL=` fails at once.
-pub fn wait_for(spec: &DeviceSpec, policy: &WaitPolicy) -> Result<BlockDevice> {
-    wait_for_in(spec, policy, Path::new("/sys/class/block"), Path::new("/dev"))
+/// What the boot does while devices are awaited.
+pub trait WaitHooks {
+    /// Called for every kernel uevent received while waiting, before the
+    /// block device table is updated (the boot loads drivers for MODALIAS).
+    fn on_uevent(&mut self, ev: &Uevent);
+    /// The uevent queue overflowed: events were lost (rescan what you track).
+    fn on_overflow(&mut self) {}
+    /// Lines appended to the timeout message (modules loaded, modaliases no
+    /// module matched, ...).
+    fn diagnostics(&self) -> Vec<String>;
 }
 
-fn wait_for_in(spec: &DeviceSpec, policy: &WaitPolicy, sys: &Path, dev: &Path) -> Result<BlockDevice> {
-    if !policy.delay.is_zero() {
-        log::info!("waiting {} (rootdelay) before looking for {spec}", fmt_duration(policy.delay));
-        std::thread::sleep(policy.delay);
+/// Hooks that do nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHooks;
+
+impl WaitHooks for NoHooks {
+    fn on_uevent(&mut self, _: &Uevent) {}
+    fn diagnostics(&self) -> Vec<String> {
+        Vec::new()
     }
-    let start = Instant::now();
-    let mut next_report = REPORT_EVERY;
-    loop {
-        let devs = scan(sys, dev);
-        if let Some(d) = find(spec, &devs)? {
-            return Ok(d.clone());
+}
+
+/// The members of one multi-device btrfs found among the block devices,
+/// from their superblocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BtrfsMembers {
+    pub uuid: String,
+    pub label: Option<String>,
+    /// Devices the filesystem has (its superblock's num_devices).
+    pub num_devices: u64,
+    /// (devid, device node) of each member found, by devid.
+    pub found: Vec<(u64, PathBuf)>,
+}
+
+impl BtrfsMembers {
+    /// The members of the btrfs with filesystem UUID `uuid` in `devs`.
+    pub fn collect(devs: &[BlockDevice], uuid: &str) -> BtrfsMembers {
+        let mut m = BtrfsMembers { uuid: uuid.to_string(), label: None, num_devices: 0, found: Vec::new() };
+        for d in devs {
+            let Some(fs) = d.fs.as_ref().filter(|f| f.uuid.as_deref() == Some(uuid)) else {
+                continue;
+            };
+            let Some(b) = fs.btrfs.as_ref() else {
+                continue;
+            };
+            m.label = m.label.or_else(|| fs.label.clone());
+            m.num_devices = m.num_devices.max(b.num_devices);
+            m.found.push((b.devid, d.devnode.clone()));
         }
-        let waited = start.elapsed();
-        if waited >= policy.timeout {
-            return Err(Error::msg(format!(
-                "no block device matching {spec} appeared within {}; block devices seen:\n{}",
-                fmt_duration(policy.timeout),
-                describe(&devs)
-            )));
-        }
-        if waited >= next_report {
-            log::info!(
-                "still waiting for {spec} ({} of {}; {} block devices seen)",
-                fmt_duration(waited),
-                fmt_duration(policy.timeout),
-                devs.len()
-            );
-            next_report = next_report.saturating_add(REPORT_EVERY);
-        }
-        std::thread::sleep(POLL.min(policy.timeout.saturating_sub(waited)));
+        m.found.sort();
+        m
     }
+
+    /// Distinct devids found.
+    fn distinct(&self) -> usize {
+        let mut ids: Vec<u64> = self.found.iter().map(|(id, _)| *id).collect();
+        ids.dedup();
+        ids.len()
+    }
+
+    /// Whether the superblocks found cover all num_devices devices.
+    pub fn complete(&self) -> bool {
+        u64::try_from(self.distinct()).is_ok_and(|n| n >= self.num_devices)
+    }
+
+    /// Devids in 1..=num_devices not found. Devids are 1..N unless devices
+    /// were removed or added later, so this is the likely list, not a certain one.
+    pub fn missing_devids(&self) -> Vec<u64> {
+        (1..=self.num_devices.min(4096)).filter(|id| !self.found.iter().any(|(f, _)| f == id)).collect()
+    }
+
+    /// "btrfs LABEL=x UUID=y has 2 devices; found devid 1 (/dev/vdb); missing 1 (devid 2?)".
+    pub fn summary(&self) -> String {
+        let found: Vec<String> = self.found.iter().map(|(id, p)| format!("devid {id} ({})", p.display())).collect();
+        let missing = u64::try_from(self.distinct()).map_or(0, |n| self.num_devices.saturating_sub(n));
+        let ids: Vec<String> = self.missing_devids().iter().map(|i| i.to_string()).collect();
+        let likely = if ids.is_empty() { String::new() } else { format!(", likely devid {}", ids.join(", ")) };
+        format!(
+            "btrfs filesystem {}UUID={} has {} devices; found {}: {}; missing {missing}{likely}",
+            self.label.as_deref().map(|l| format!("LABEL={} ", cell(Some(l)))).unwrap_or_default(),
+            self.uuid,
+            self.num_devices,
+            self.found.len(),
+            if found.is_empty() { "none".to_string() } else { found.join(", ") },
+        )
+    }
+}
+
+/// Where a wait stands, given the devices seen (the pure decision).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assessment {
+    /// The device is there (and complete, if it is part of a multi-device btrfs).
+    Ready(BlockDevice),
+    /// No device matches yet.
+    Absent,
+    /// A member of a multi-device btrfs matches, but members are missing.
+    Incomplete(BlockDevice, BtrfsMembers),
+}
+
+/// Decide whether the device `spec` names is ready among `devs`.
+/// `kernel_ready` is asked only for a member of a multi-device btrfs: the
+/// kernel's view (BTRFS_IOC_DEVICES_READY) when it has one (`Some`), else the
+/// superblocks found decide. An ambiguous `LABEL=`/`PARTLABEL=` is an error.
+pub fn assess(
+    spec: &DeviceSpec,
+    devs: &[BlockDevice],
+    kernel_ready: impl FnOnce(&BlockDevice) -> Option<bool>,
+) -> Result<Assessment> {
+    let Some(dev) = find(spec, devs)? else {
+        return Ok(Assessment::Absent);
+    };
+    let multi = dev.fs.as_ref().and_then(|f| Some((f.uuid.as_deref()?, f.btrfs.as_ref()?.num_devices)));
+    let Some((uuid, _)) = multi.filter(|(_, n)| *n > 1) else {
+        return Ok(Assessment::Ready(dev.clone()));
+    };
+    let members = BtrfsMembers::collect(devs, uuid);
+    let complete = kernel_ready(dev).unwrap_or_else(|| members.complete());
+    Ok(if complete { Assessment::Ready(dev.clone()) } else { Assessment::Incomplete(dev.clone(), members) })
+}
+
+/// What a wait cost, for the log (and to show it is event-driven).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WaitStats {
+    /// Full scans of /sys/class/block.
+    pub scans: u32,
+    /// Uevents received.
+    pub uevents: u32,
+    /// Of those, block device events (each batch of them causes one rescan).
+    pub block_uevents: u32,
+}
+
+/// Waits for block devices, woken by kernel uevents (no polling).
+///
+/// Create it early: the uevent socket queues every event from then on, so
+/// nothing that appears between its creation and a wait is missed, and the
+/// hooks see those events during the next wait. Each wait scans once, then
+/// sleeps until uevents arrive; a batch containing a block device event (or a
+/// queue overflow) causes one rescan of all block devices — a rescan reads a
+/// few sysfs attributes and superblocks per device (from the page cache after
+/// the first time), which is cheaper and simpler than keeping an index by
+/// devpath consistent with partition table changes. Every btrfs member device
+/// found is registered with the kernel (BTRFS_IOC_SCAN_DEV) once.
+pub struct Waiter {
+    listener: Option<Listener>,
+    sys: PathBuf,
+    dev: PathBuf,
+    /// Whether to register btrfs devices with the kernel (off for fake sysfs trees).
+    btrfs_ioctls: bool,
+    fallback_rescan: Duration,
+    /// Devices registered with btrfs: MAJ:MIN -> (fs UUID, devid).
+    registered: HashMap<(u32, u32), (String, u64)>,
+    /// btrfs ioctl failures per device, shown in the table.
+    btrfs_errors: HashMap<(u32, u32), String>,
+    stats: WaitStats,
+}
+
+impl Waiter {
+    /// A waiter on /sys/class/block and /dev. If the uevent socket cannot be
+    /// opened (a kernel without networking), it warns and rescans every
+    /// second instead.
+    pub fn new() -> Waiter {
+        let listener = match Listener::open() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("{e}; without uevents, block devices are rescanned every {}", fmt_duration(FALLBACK_RESCAN));
+                None
+            }
+        };
+        Waiter::with(listener, Path::new("/sys/class/block"), Path::new("/dev"), true)
+    }
+
+    fn with(listener: Option<Listener>, sys: &Path, dev: &Path, btrfs_ioctls: bool) -> Waiter {
+        Waiter {
+            listener,
+            sys: sys.to_path_buf(),
+            dev: dev.to_path_buf(),
+            btrfs_ioctls,
+            fallback_rescan: FALLBACK_RESCAN,
+            registered: HashMap::new(),
+            btrfs_errors: HashMap::new(),
+            stats: WaitStats::default(),
+        }
+    }
+
+    /// Counters over this waiter's life.
+    pub fn stats(&self) -> WaitStats {
+        self.stats
+    }
+
+    /// Wait until the device `spec` names is there, `policy.timeout` at most
+    /// (after `policy.delay`, during which events already reach the hooks).
+    ///
+    /// If it is a member of a multi-device btrfs, also wait until the kernel
+    /// has all its members. With `degraded` (the `degraded` mount option is
+    /// set), wait for missing members [`DEGRADED_WAIT`] at most, then return
+    /// the device with a loud warning: the caller mounts it degraded.
+    ///
+    /// On timeout the error says what was awaited, for how long, the missing
+    /// btrfs members if that is what is missing, the table of block devices
+    /// seen ([`describe`]) and the hooks' diagnostics. An ambiguous
+    /// `LABEL=`/`PARTLABEL=` fails at once.
+    pub fn wait_for(
+        &mut self,
+        spec: &DeviceSpec,
+        policy: &WaitPolicy,
+        degraded: bool,
+        hooks: &mut dyn WaitHooks,
+    ) -> Result<BlockDevice> {
+        let begin = self.stats;
+        if !policy.delay.is_zero() {
+            log::info!("waiting {} (rootdelay) before looking for {spec}", fmt_duration(policy.delay));
+            let until = later(Instant::now(), policy.delay);
+            while Instant::now() < until {
+                self.pump(until, hooks)?;
+            }
+        }
+        let start = Instant::now();
+        let deadline = later(start, policy.timeout);
+        let mut next_report = later(start, REPORT_EVERY);
+        let mut grace_end: Option<Instant> = None;
+        let mut devs = self.rescan();
+        loop {
+            let step = assess(spec, &devs, |d| self.kernel_ready(d))?;
+            let now = Instant::now();
+            match step {
+                Assessment::Ready(d) => {
+                    let s = self.stats;
+                    log::info!(
+                        "found {spec}: {} ({}) after {}, {} scans, {} uevents",
+                        d.devnode.display(),
+                        d.fs.as_ref().map_or("no known filesystem", |f| f.fstype.name()),
+                        fmt_duration(start.elapsed()),
+                        s.scans.saturating_sub(begin.scans),
+                        s.uevents.saturating_sub(begin.uevents)
+                    );
+                    return Ok(d);
+                }
+                Assessment::Incomplete(d, members) if degraded => {
+                    let end = *grace_end.get_or_insert_with(|| later(now, DEGRADED_WAIT).min(deadline));
+                    if now >= end {
+                        log::warn!(
+                            "MOUNTING DEGRADED: {}; mounting {} with 'degraded' as asked, without redundancy \
+                             for what the missing devices held: bring them back or replace them (btrfs replace) soon",
+                            members.summary(),
+                            d.devnode.display()
+                        );
+                        return Ok(d);
+                    }
+                }
+                Assessment::Incomplete(_, members) if now >= deadline => {
+                    return Err(self.timeout_error(
+                        format!(
+                            "{spec}: {} after {}; mount option 'degraded' mounts it without the missing devices",
+                            members.summary(),
+                            fmt_duration(policy.timeout)
+                        ),
+                        &devs,
+                        hooks,
+                    ));
+                }
+                Assessment::Absent if now >= deadline => {
+                    return Err(self.timeout_error(
+                        format!("no block device matching {spec} appeared within {}", fmt_duration(policy.timeout)),
+                        &devs,
+                        hooks,
+                    ));
+                }
+                Assessment::Incomplete(..) | Assessment::Absent => {}
+            }
+            if now >= next_report {
+                log::info!(
+                    "still waiting for {spec} ({} of {}; {} block devices seen)",
+                    fmt_duration(now - start),
+                    fmt_duration(policy.timeout),
+                    devs.len()
+                );
+                next_report = later(next_report, REPORT_EVERY);
+            }
+            let wake = [Some(deadline), Some(next_report), grace_end].into_iter().flatten().min().unwrap_or(deadline);
+            if self.pump(wake, hooks)? {
+                devs = self.rescan();
+            }
+        }
+    }
+
+    fn timeout_error(&self, what: String, devs: &[BlockDevice], hooks: &dyn WaitHooks) -> Error {
+        let mut msg = format!("{what}; block devices seen:\n{}", describe(devs));
+        for line in hooks.diagnostics() {
+            msg.push_str(&line);
+            msg.push('\n');
+        }
+        Error::msg(msg.trim_end().to_string())
+    }
+
+    /// Wait for uevents until `wake` at most, give each to the hooks, and
+    /// drain what else is queued. True if block devices may have changed.
+    fn pump(&mut self, wake: Instant, hooks: &mut dyn WaitHooks) -> Result<bool> {
+        let Some(listener) = &self.listener else {
+            let now = Instant::now();
+            std::thread::sleep(wake.saturating_duration_since(now).min(self.fallback_rescan));
+            return Ok(true);
+        };
+        let mut dirty = false;
+        let mut until = wake;
+        while let Some(got) = listener.recv(until)? {
+            match got {
+                Received::Event(ev) => {
+                    self.stats.uevents = self.stats.uevents.saturating_add(1);
+                    if ev.is_block() {
+                        self.stats.block_uevents = self.stats.block_uevents.saturating_add(1);
+                        log::debug!(
+                            "uevent: {} {} ({})",
+                            ev.action.name(),
+                            ev.devname.as_deref().unwrap_or("?"),
+                            ev.devpath
+                        );
+                        dirty = true;
+                    }
+                    hooks.on_uevent(&ev);
+                }
+                Received::Overflow => {
+                    log::warn!("the uevent queue overflowed; rescanning all block devices");
+                    hooks.on_overflow();
+                    dirty = true;
+                }
+            }
+            // Something arrived: take what else is queued now, then act.
+            until = Instant::now();
+        }
+        Ok(dirty)
+    }
+
+    /// Scan all block devices and register new btrfs members with the kernel.
+    fn rescan(&mut self) -> Vec<BlockDevice> {
+        self.stats.scans = self.stats.scans.saturating_add(1);
+        let mut devs = scan(&self.sys, &self.dev);
+        if self.btrfs_ioctls {
+            for d in &devs {
+                let Some((uuid, b)) = d.fs.as_ref().and_then(|f| Some((f.uuid.clone()?, f.btrfs.as_ref()?))) else {
+                    continue;
+                };
+                let key = (d.major, d.minor);
+                let id = (uuid, b.devid);
+                if self.registered.get(&key) == Some(&id) {
+                    continue;
+                }
+                match btrfs::scan_device(&d.devnode) {
+                    Ok(()) => {
+                        log::debug!("registered btrfs device {} (UUID={} devid {})", d.devnode.display(), id.0, id.1);
+                        self.registered.insert(key, id);
+                        self.btrfs_errors.remove(&key);
+                    }
+                    Err(e) => {
+                        self.btrfs_errors.insert(key, e.to_string());
+                    }
+                }
+            }
+        }
+        for d in &mut devs {
+            if let Some(e) = self.btrfs_errors.get(&(d.major, d.minor)) {
+                d.probe_error = Some(match d.probe_error.take() {
+                    Some(p) => format!("{p}; {e}"),
+                    None => e.clone(),
+                });
+            }
+        }
+        devs
+    }
+
+    /// The kernel's view of whether `d`'s multi-device btrfs is complete; None
+    /// if it cannot be asked (the error is kept for the table).
+    fn kernel_ready(&mut self, d: &BlockDevice) -> Option<bool> {
+        if !self.btrfs_ioctls {
+            return None;
+        }
+        match btrfs::devices_ready(&d.devnode) {
+            Ok(ready) => Some(ready),
+            Err(e) => {
+                log::warn!("{e}; judging from the superblocks found instead");
+                self.btrfs_errors.insert((d.major, d.minor), e.to_string());
+                None
+            }
+        }
+    }
+}
+
+/// `t + d`, or a year after `t` if that cannot be represented.
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).or_else(|| t.checked_add(Duration::from_secs(365 * 86400))).unwrap_or(t)
+}
+
+impl Default for Waiter {
+    fn default() -> Self {
+        Waiter::new()
+    }
+}
+
+/// Wait for one device with no hooks and without `degraded`: a [`Waiter`]
+/// used once (see [`Waiter::wait_for`]).
+pub fn wait_for(spec: &DeviceSpec, policy: &WaitPolicy) -> Result<BlockDevice> {
+    Waiter::new().wait_for(spec, policy, false, &mut NoHooks)
 }
 
 fn fmt_duration(d: Duration) -> String {
@@ -536,13 +909,14 @@ fn cell(v: Option<&str>) -> String {
     }
 }
 
-/// A table of block devices (name, MAJ:MIN, size, filesystem type, LABEL,
-/// UUID, PARTUUID, PARTLABEL and probe errors), for "device not found" messages.
+/// A table of block devices (name, MAJ:MIN, size in lsblk's units, filesystem
+/// type, LABEL, UUID, btrfs devid/num_devices for multi-device btrfs members,
+/// PARTUUID, PARTLABEL and probe errors), for "device not found" messages.
 pub fn describe(devs: &[BlockDevice]) -> String {
     if devs.is_empty() {
         return "(no block devices found)\n".to_string();
     }
-    let header = ["NAME", "MAJ:MIN", "SIZE", "FSTYPE", "LABEL", "UUID", "PARTUUID", "PARTLABEL", "ERROR"];
+    let header = ["NAME", "MAJ:MIN", "SIZE", "FSTYPE", "LABEL", "UUID", "DEVID", "PARTUUID", "PARTLABEL", "ERROR"];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for d in devs {
         let fs = d.fs.as_ref();
@@ -554,6 +928,9 @@ pub fn describe(devs: &[BlockDevice]) -> String {
             cell(fs.map(|f| f.fstype.name())),
             cell(fs.and_then(|f| f.label.as_deref())),
             cell(fs.and_then(|f| f.uuid.as_deref())),
+            fs.and_then(|f| f.btrfs.as_ref())
+                .filter(|b| b.num_devices > 1)
+                .map_or_else(|| "-".to_string(), |b| format!("{}/{}", b.devid, b.num_devices)),
             cell(p.map(|p| p.partuuid.as_str())),
             cell(p.and_then(|p| p.partlabel.as_deref())),
             d.probe_error.as_deref().map(|e| cell(Some(e)).trim_matches('"').to_string()).unwrap_or_else(|| "-".into()),
@@ -780,11 +1157,17 @@ mod tests {
             with_fs(dev("sde", 64), FsType::Xfs, Some("my\tlabel"), "22222222-2222-3333-4444-555555555555");
         spacey.size_bytes = 512;
         devs.push(spacey);
+        if let Some(fs) = devs[2].fs.as_mut() {
+            fs.btrfs = Some(BtrfsMember { num_devices: 2, devid: 1, dev_uuid: "x".into() });
+        }
         let t = describe(&devs);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 7, "{t}");
         let cols: Vec<&str> = lines[0].split_whitespace().collect();
-        assert_eq!(cols, ["NAME", "MAJ:MIN", "SIZE", "FSTYPE", "LABEL", "UUID", "PARTUUID", "PARTLABEL", "ERROR"]);
+        assert_eq!(
+            cols,
+            ["NAME", "MAJ:MIN", "SIZE", "FSTYPE", "LABEL", "UUID", "DEVID", "PARTUUID", "PARTLABEL", "ERROR"]
+        );
         let sda2: Vec<&str> = lines[3].split_whitespace().collect();
         assert_eq!(
             sda2,
@@ -795,13 +1178,14 @@ mod tests {
                 "btrfs",
                 "dock",
                 "0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9",
+                "1/2",
                 "0a0b0c0d-aaaa-bbbb-cccc-000000000002",
                 "root",
                 "-"
             ]
         );
         let sdb5: Vec<&str> = lines[4].split_whitespace().collect();
-        assert_eq!(sdb5[6..8], ["deadbeef-05", "-"]);
+        assert_eq!(sdb5[6..9], ["-", "deadbeef-05", "-"]);
         assert!(
             lines[5].starts_with("sdd ")
                 && lines[5].contains("1.5M")
@@ -1000,15 +1384,34 @@ mod tests {
         assert!(table.contains("ghost0") && table.contains("4095:250"), "{table}");
     }
 
+    /// A waiter on a fake tree: no uevents (rescans every 20 ms), no btrfs ioctls.
+    fn fake_waiter(f: &FakeSys) -> Waiter {
+        let mut w = Waiter::with(None, &f.sys, &f.dev, false);
+        w.fallback_rescan = Duration::from_millis(20);
+        w
+    }
+
+    struct Diag(Vec<String>);
+
+    impl WaitHooks for Diag {
+        fn on_uevent(&mut self, _: &Uevent) {}
+        fn diagnostics(&self) -> Vec<String> {
+            self.0.clone()
+        }
+    }
+
     #[test]
     fn wait_for_finds_or_times_out_with_a_table() {
         let s = Scratch::new("wait");
         let f = build_fake(&s);
         let quick = WaitPolicy { timeout: Duration::from_millis(300), delay: Duration::from_millis(10) };
-        let d = wait_for_in(&parse("LABEL=data"), &quick, &f.sys, &f.dev).unwrap();
+        let mut w = fake_waiter(&f);
+        let d = w.wait_for(&parse("LABEL=data"), &quick, false, &mut NoHooks).unwrap();
         assert_eq!(d.name, "vdb5");
+        assert_eq!(w.stats().scans, 1, "found by the first scan");
         let started = Instant::now();
-        let e = wait_for_in(&parse("LABEL=nope"), &quick, &f.sys, &f.dev).unwrap_err().to_string();
+        let mut diag = Diag(vec!["modules loaded: virtio_blk".into(), "no module for: pci:v1234".into()]);
+        let e = w.wait_for(&parse("LABEL=nope"), &quick, false, &mut diag).unwrap_err().to_string();
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert!(
             e.starts_with("no block device matching LABEL=nope appeared within 0.3s; block devices seen:\n"),
@@ -1018,18 +1421,164 @@ mod tests {
             e.contains("vda1") && e.contains("dock") && e.contains("0badcafe-05") && e.contains("PARTLABEL"),
             "{e}"
         );
+        assert!(e.ends_with("\nmodules loaded: virtio_blk\nno module for: pci:v1234"), "{e}");
         // A device appearing while we wait is found.
         let late = std::thread::spawn({
-            let sys = f.sys.clone();
-            let dev = f.dev.clone();
+            let mut w = fake_waiter(&f);
             move || {
                 let slow = WaitPolicy { timeout: Duration::from_secs(5), delay: Duration::ZERO };
-                wait_for_in(&DeviceSpec::MajMin(254, 33), &slow, &sys, &dev)
+                w.wait_for(&DeviceSpec::MajMin(254, 33), &slow, false, &mut NoHooks)
             }
         });
         std::thread::sleep(Duration::from_millis(250));
         f.node("vdc", 1 << 20);
         f.add("virtual/block/vdc", "254:33", 2048, None);
         assert_eq!(late.join().unwrap().unwrap().name, "vdc");
+        // Ambiguous: fails at once, not at the timeout.
+        let copy = f.node("sr1", 4 << 20);
+        std::fs::copy(f.dev.join("sr0"), &copy).unwrap();
+        f.add("virtual/block/sr1", "11:1", 8192, None);
+        let started = Instant::now();
+        let e = w.wait_for(&parse("LABEL=CIDATA"), &quick, false, &mut NoHooks).unwrap_err().to_string();
+        assert!(started.elapsed() < Duration::from_millis(250), "{e}");
+        assert!(e.contains("LABEL=CIDATA is ambiguous") && e.contains("sr0") && e.contains("sr1"), "{e}");
+        // By UUID, the copy is no obstacle.
+        assert!(w.wait_for(&parse("UUID=0BAD-F00D"), &quick, false, &mut NoHooks).is_ok());
+    }
+
+    fn member(name: &str, minor: u32, uuid: &str, devid: u64, n: u64) -> BlockDevice {
+        let mut d = with_fs(dev(name, minor), FsType::Btrfs, Some("raid"), uuid);
+        if let Some(fs) = d.fs.as_mut() {
+            fs.btrfs = Some(BtrfsMember { num_devices: n, devid, dev_uuid: format!("{devid}") });
+        }
+        d
+    }
+
+    #[test]
+    fn assess_decides_found_absent_incomplete() {
+        let uuid = "0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9";
+        let never = |_: &BlockDevice| -> Option<bool> { panic!("kernel asked for a single-device filesystem") };
+        let name = |a: Assessment| match a {
+            Assessment::Ready(d) => format!("ready {}", d.name),
+            Assessment::Absent => "absent".into(),
+            Assessment::Incomplete(d, m) => format!("incomplete {} {:?}", d.name, m.missing_devids()),
+        };
+        let devs = sample();
+        assert_eq!(name(assess(&parse("LABEL=dock"), &devs, never).unwrap()), "ready sda2");
+        assert_eq!(name(assess(&parse("LABEL=none"), &devs, never).unwrap()), "absent");
+        let mut dup = devs.clone();
+        dup.push(with_fs(dev("sdc1", 33), FsType::Ext4, Some("dock"), "99999999-2222-3333-4444-555555555555"));
+        assert!(assess(&parse("LABEL=dock"), &dup, never).is_err());
+
+        // Two of three members: incomplete by the superblocks, unless the kernel says otherwise.
+        let devs = vec![member("vdb", 16, uuid, 1, 3), member("vdd", 48, uuid, 3, 3), dev("vdc", 32)];
+        assert_eq!(name(assess(&parse("LABEL=raid"), &devs, |_| None).unwrap()), "incomplete vdb [2]");
+        assert_eq!(name(assess(&parse("LABEL=raid"), &devs, |_| Some(true)).unwrap()), "ready vdb");
+        let mut asked = None;
+        let a = assess(&parse("/dev/vdd"), &devs, |d| {
+            asked = Some(d.name.clone());
+            Some(false)
+        });
+        assert_eq!(name(a.unwrap()), "incomplete vdd [2]");
+        assert_eq!(asked.as_deref(), Some("vdd"));
+        // All three: complete by superblocks, but the kernel's word counts.
+        let mut all = devs.clone();
+        all.push(member("vde", 64, uuid, 2, 3));
+        assert_eq!(name(assess(&parse(&format!("UUID={uuid}")), &all, |_| None).unwrap()), "ready vdb");
+        assert_eq!(name(assess(&parse("LABEL=raid"), &all, |_| Some(false)).unwrap()), "incomplete vdb []");
+
+        let m = BtrfsMembers::collect(&devs, uuid);
+        assert_eq!(m.num_devices, 3);
+        assert_eq!(m.found, vec![(1, PathBuf::from("/dev/vdb")), (3, PathBuf::from("/dev/vdd"))]);
+        assert!(!m.complete());
+        assert_eq!(
+            m.summary(),
+            format!(
+                "btrfs filesystem LABEL=raid UUID={uuid} has 3 devices; found 2: devid 1 (/dev/vdb), \
+                 devid 3 (/dev/vdd); missing 1, likely devid 2"
+            )
+        );
+        let none = BtrfsMembers::collect(&[], uuid);
+        assert_eq!(none.summary(), format!("btrfs filesystem UUID={uuid} has 0 devices; found 0: none; missing 0"));
+    }
+
+    /// A two-device btrfs raid1 on image files, as fake vdx and vdy.
+    fn fake_raid1(f: &FakeSys, both: bool) {
+        let a = f.node("vdx", 160 << 20);
+        let b = f.node("vdy", 160 << 20);
+        run(
+            "mkfs.btrfs",
+            &[
+                "-q",
+                "-f",
+                "-L",
+                "pair",
+                "-U",
+                "5eed5eed-0000-4000-8000-000000000002",
+                "-d",
+                "raid1",
+                "-m",
+                "raid1",
+                a.to_str().unwrap(),
+                b.to_str().unwrap(),
+            ],
+        );
+        f.add("virtual/block/vdx", "254:64", 160 << 11, None);
+        if both {
+            f.add("virtual/block/vdy", "254:80", 160 << 11, None);
+        }
+    }
+
+    #[test]
+    fn multi_device_btrfs_waits_for_every_member() {
+        let s = Scratch::new("raid1");
+        let f = FakeSys::new(&s);
+        fake_raid1(&f, true);
+        let quick = WaitPolicy { timeout: Duration::from_millis(300), delay: Duration::ZERO };
+        let devs = scan(&f.sys, &f.dev);
+        let ids: Vec<(u64, u64)> = devs
+            .iter()
+            .map(|d| d.fs.as_ref().and_then(|f| f.btrfs.as_ref()).map(|b| (b.devid, b.num_devices)).unwrap())
+            .collect();
+        assert_eq!(ids, [(1, 2), (2, 2)], "{}", describe(&devs));
+        let d = fake_waiter(&f).wait_for(&parse("LABEL=pair"), &quick, false, &mut NoHooks).unwrap();
+        assert_eq!(d.name, "vdx");
+        assert!(describe(&devs).contains(" 2/2 "), "{}", describe(&devs));
+
+        let s = Scratch::new("raid1half");
+        let f = FakeSys::new(&s);
+        fake_raid1(&f, false);
+        let started = Instant::now();
+        let e = fake_waiter(&f).wait_for(&parse("LABEL=pair"), &quick, false, &mut NoHooks).unwrap_err().to_string();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(
+            e.starts_with(
+                "LABEL=pair: btrfs filesystem LABEL=pair UUID=5eed5eed-0000-4000-8000-000000000002 has 2 devices; \
+                 found 1: devid 1 ("
+            ),
+            "{e}"
+        );
+        assert!(e.contains("vdx); missing 1, likely devid 2 after 0.3s; mount option 'degraded'"), "{e}");
+        assert!(e.contains("block devices seen:\n") && e.contains(" 1/2 "), "{e}");
+        // degraded: mounted after waiting DEGRADED_WAIT, capped by the timeout.
+        let started = Instant::now();
+        let d = fake_waiter(&f).wait_for(&parse("LABEL=pair"), &quick, true, &mut NoHooks).unwrap();
+        assert_eq!(d.name, "vdx");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+        // The missing member turning up during the degraded wait ends it early.
+        let late = std::thread::spawn({
+            let mut w = fake_waiter(&f);
+            move || {
+                let slow = WaitPolicy { timeout: Duration::from_secs(30), delay: Duration::ZERO };
+                let t = Instant::now();
+                (w.wait_for(&parse("LABEL=pair"), &slow, true, &mut NoHooks), t.elapsed())
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        f.add("virtual/block/vdy", "254:80", 160 << 11, None);
+        let (r, took) = late.join().unwrap();
+        assert_eq!(r.unwrap().name, "vdx");
+        assert!(took < DEGRADED_WAIT, "{took:?}");
     }
 }
