@@ -4,17 +4,20 @@
 //! exit or panic).
 
 use std::convert::Infallible;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::MountFlags;
 
+use crate::cmdline::BootMode;
 use crate::cmdline::{self, Params};
 use crate::devices::{self, BlockDevice, DeviceSpec, WaitPolicy};
 use crate::error::{Context, Error, Result};
 use crate::reference::{self, ImageSpec};
+use crate::rwlayer::{RootInfo, RwStore};
+use crate::store::ResolvedImage;
 use crate::{btrfs, logging, modules, rwlayer, store, switch_root, toplayer};
 
 /// Where the root partition's top level (subvolid=5) is mounted while we work.
@@ -105,35 +108,25 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     log::info!("root device {} is {}", root_spec, root_dev.devnode.display());
 
     let top = t.run("mount top level", || mount_top_level(&root_dev, &plan))?;
-    let resolved = t.run("resolve image", || {
-        let docker_root = Path::new(STAGING_TOP).join(plan.docker_path.join("/"));
-        store::resolve_docker_btrfs(&docker_root, &image)
-    })?;
-    log::info!(
-        "image {} is {} (layer subvolume {})",
-        resolved.reference,
-        resolved.image_id,
-        resolved.subvolume.display()
-    );
-    let rw = t.run("rw layer", || {
-        let mut image_dir = plan.docker_path.clone();
-        image_dir.extend(resolved.subvolume.iter().map(|c| c.to_string_lossy().into_owned()));
-        let image_fd = rwlayer::open_beneath(top.as_fd(), &image_dir)
-            .context(|| format!("the layer subvolume of image {}", resolved.reference))?;
-        if !btrfs::is_subvolume(image_fd.as_fd())? {
-            return Err(Error::msg(format!(
-                "/{} (top layer of image {}) is not a btrfs subvolume: is dockerd using the btrfs storage driver?",
-                image_dir.join("/"),
-                resolved.reference
-            )));
-        }
-        rwlayer::replace(top.as_fd(), &plan.rw_subvol, image_fd.as_fd())
-    })?;
-    log::info!("rw layer /{} is a fresh snapshot of {}", plan.rw_subvol.join("/"), resolved.reference);
-
-    t.run("top layer", || apply_top_layer(&params, &plan, &root_dev, &policy, rw.as_fd()))?;
-    btrfs::sync(rw.as_fd()).context(|| "syncing the rw layer")?;
-    drop(rw);
+    let mut record = Record::default();
+    let candidates = switch_root::init_candidates(params.init.as_deref());
+    let ctx = Ctx {
+        params: &params,
+        plan: &plan,
+        image: &image,
+        root_dev: &root_dev,
+        policy: &policy,
+        candidates: &candidates,
+    };
+    let store = RwStore::open(top.as_fd(), &plan.rw_subvol)?;
+    match store.recover() {
+        Ok(done) => record.recovered = done,
+        Err(e) => record.warn(format!("could not clean up after an interrupted boot: {e}")),
+    }
+    let booted = choose_root(&ctx, &mut t, &store, top.as_fd(), &mut record)?;
+    record.kept = store.kept().map(|k| k.iter().map(|n| store.kept_shown(n)).collect()).unwrap_or_default();
+    record.rw_layer = store.rw_shown();
+    drop(store);
     drop(top);
     t.run("unmount staging", || {
         rustix::mount::unmount(STAGING_TOP, rustix::mount::UnmountFlags::empty())
@@ -141,10 +134,10 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     })?;
 
     let new_root = t.run("mount root", || mount_new_root(&root_dev, &plan, params.read_only))?;
-    let candidates = switch_root::init_candidates(params.init.as_deref());
     let init = switch_root::find_init(new_root.as_fd(), &candidates)?;
     drop(new_root);
 
+    record.write(&params, &root_dev, &booted, &t);
     log::info!("ready: {}", t.summary());
     logging::detach_kmsg(kmsg_saved);
     // The init's arguments are ours: the kernel passed us what it did not
@@ -153,6 +146,227 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     let term = std::env::var("TERM").unwrap_or_else(|_| "linux".to_string());
     let env = [("HOME".to_string(), "/".to_string()), ("TERM".to_string(), term)];
     switch_root::switch_root(Path::new(NEW_ROOT), &init, &init_args, &env)
+}
+
+/// Where the boot record is written (the initramfs's /run moves into the new root).
+pub const BOOT_RECORD: &str = "/run/dockroot/boot.json";
+
+/// What the boot needs to know at every step of choosing the root.
+struct Ctx<'a> {
+    params: &'a Params,
+    plan: &'a RootPlan,
+    image: &'a ImageSpec,
+    root_dev: &'a BlockDevice,
+    policy: &'a WaitPolicy,
+    candidates: &'a [String],
+}
+
+/// Which root this boot ended up with, and why.
+enum Booted {
+    /// A fresh snapshot of the image with the top layer.
+    Fresh(ResolvedImage),
+    /// The current rw layer as it was (`dockroot.boot=persist`).
+    Persisted,
+    /// A writable copy of a kept root (`dockroot.boot=previous`).
+    Previous(String),
+    /// The fresh root could not be made: an older root instead.
+    Fallback { reason: String, from: String },
+}
+
+/// The facts for /run/dockroot/boot.json, gathered along the way.
+#[derive(Default)]
+struct Record {
+    warnings: Vec<String>,
+    recovered: Vec<String>,
+    retired: Option<String>,
+    pruned: Vec<String>,
+    kept: Vec<String>,
+    rw_layer: String,
+}
+
+impl Record {
+    fn warn(&mut self, w: String) {
+        log::warn!("{w}");
+        self.warnings.push(w);
+    }
+
+    fn write(&self, params: &Params, root_dev: &BlockDevice, booted: &Booted, t: &Timings) {
+        let (booted_name, image, fallback) = match booted {
+            Booted::Fresh(r) => (
+                "fresh".to_string(),
+                serde_json::json!({
+                    "reference": r.reference, "id": r.image_id, "diff_ids": r.diff_ids,
+                    "chain_ids": r.chain_ids, "layer_subvolume": r.subvolume.to_string_lossy(),
+                }),
+                serde_json::Value::Null,
+            ),
+            Booted::Persisted => ("persist".to_string(), serde_json::Value::Null, serde_json::Value::Null),
+            Booted::Previous(k) => (format!("previous: {k}"), serde_json::Value::Null, serde_json::Value::Null),
+            Booted::Fallback { reason, from } => (
+                format!("fallback: {from}"),
+                serde_json::Value::Null,
+                serde_json::json!({"reason": reason, "booted": from}),
+            ),
+        };
+        let stages: serde_json::Map<String, serde_json::Value> =
+            t.stages.iter().map(|(n, d)| (n.to_string(), serde_json::json!(d.as_secs_f64() * 1000.0))).collect();
+        let fs = root_dev.fs.as_ref();
+        let json = serde_json::json!({
+            "dockroot": env!("CARGO_PKG_VERSION"),
+            "requested": params.mode.name(),
+            "booted": booted_name,
+            "image": image,
+            "fallback": fallback,
+            "rw_layer": self.rw_layer,
+            "root_device": {
+                "devnode": root_dev.devnode.to_string_lossy(),
+                "label": fs.and_then(|f| f.label.clone()),
+                "uuid": fs.and_then(|f| f.uuid.clone()),
+            },
+            "retired": self.retired,
+            "pruned": self.pruned,
+            "kept": self.kept,
+            "keep": params.keep,
+            "recovered": self.recovered,
+            "warnings": self.warnings,
+            "stages_ms": stages,
+            "total_ms": t.start.map(|s| s.elapsed().as_secs_f64() * 1000.0),
+        });
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all("/run/dockroot")?;
+            std::fs::write(BOOT_RECORD, format!("{json:#}\n"))
+        };
+        if let Err(e) = write() {
+            log::warn!("could not write {BOOT_RECORD}: {e}");
+        }
+    }
+}
+
+/// Decide which root to boot and put it at the rw layer's name.
+fn choose_root(
+    ctx: &Ctx,
+    t: &mut Timings,
+    store: &RwStore,
+    top: BorrowedFd<'_>,
+    record: &mut Record,
+) -> Result<Booted> {
+    match ctx.params.mode {
+        BootMode::Fresh => {}
+        BootMode::Persist => match usable(store.current()?, ctx) {
+            Some(_) => {
+                log::info!("dockroot.boot=persist: booting the current rw layer {} as it is", store.rw_shown());
+                return Ok(Booted::Persisted);
+            }
+            None => record.warn(format!(
+                "dockroot.boot=persist, but there is no bootable rw layer at {}: booting a fresh one",
+                store.rw_shown()
+            )),
+        },
+        BootMode::Previous => match newest_usable_kept(store, ctx)? {
+            Some((name, fd)) => {
+                t.run("rw layer", || copy_kept(store, &name, fd, ctx.params.keep, record))?;
+                log::info!("dockroot.boot=previous: booting a copy of {}", store.kept_shown(&name));
+                return Ok(Booted::Previous(store.kept_shown(&name)));
+            }
+            None => record.warn("dockroot.boot=previous, but no kept root has an init: booting a fresh one".into()),
+        },
+    }
+    match build_fresh(ctx, t, store, top) {
+        Ok(resolved) => {
+            let commit = t.run("install", || store.commit(ctx.params.keep))?;
+            record.retired = commit.retired;
+            record.pruned = commit.pruned;
+            log::info!("rw layer {} is a fresh snapshot of {}", store.rw_shown(), resolved.reference);
+            Ok(Booted::Fresh(resolved))
+        }
+        Err(e) => {
+            store.abort();
+            fall_back(e, ctx, store, record)
+        }
+    }
+}
+
+/// The fresh root, built under the temporary name: resolve the image,
+/// snapshot it, apply the top layer, check the init.
+fn build_fresh(ctx: &Ctx, t: &mut Timings, store: &RwStore, top: BorrowedFd<'_>) -> Result<ResolvedImage> {
+    let resolved = t.run("resolve image", || {
+        let docker_root = Path::new(STAGING_TOP).join(ctx.plan.docker_path.join("/"));
+        store::resolve_docker_btrfs(&docker_root, ctx.image)
+    })?;
+    log::info!(
+        "image {} is {} (layer subvolume {})",
+        resolved.reference,
+        resolved.image_id,
+        resolved.subvolume.display()
+    );
+    let new = t.run("snapshot", || {
+        let mut image_dir = ctx.plan.docker_path.clone();
+        image_dir.extend(resolved.subvolume.iter().map(|c| c.to_string_lossy().into_owned()));
+        let image_fd = rwlayer::open_beneath(top, &image_dir)
+            .context(|| format!("the layer subvolume of image {}", resolved.reference))?;
+        if !btrfs::is_subvolume(image_fd.as_fd())? {
+            return Err(Error::msg(format!(
+                "/{} (top layer of image {}) is not a btrfs subvolume: is dockerd using the btrfs storage driver?",
+                image_dir.join("/"),
+                resolved.reference
+            )));
+        }
+        let info = RootInfo { created: rwlayer::now_stamp(), image: resolved.image_id.clone() };
+        store
+            .begin(image_fd.as_fd(), &info)
+            .map_err(|e| e.context(format!("snapshotting image {}", resolved.reference)))
+    })?;
+    t.run("top layer", || apply_top_layer(ctx.params, ctx.plan, ctx.root_dev, ctx.policy, new.as_fd()))?;
+    switch_root::find_init(new.as_fd(), ctx.candidates)
+        .map_err(|e| e.context(format!("in image {}", resolved.reference)))?;
+    Ok(resolved)
+}
+
+/// The root's fd if it has an init.
+fn usable(root: Option<OwnedFd>, ctx: &Ctx) -> Option<OwnedFd> {
+    root.filter(|fd| switch_root::find_init(fd.as_fd(), ctx.candidates).is_ok())
+}
+
+fn newest_usable_kept(store: &RwStore, ctx: &Ctx) -> Result<Option<(String, OwnedFd)>> {
+    for name in store.kept()?.into_iter().rev() {
+        match store.open_kept(&name) {
+            Ok(fd) if switch_root::find_init(fd.as_fd(), ctx.candidates).is_ok() => return Ok(Some((name, fd))),
+            Ok(_) => log::warn!("kept root {} has no init: skipped", store.kept_shown(&name)),
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+    Ok(None)
+}
+
+/// Make a writable copy of kept root `name` the rw layer.
+fn copy_kept(store: &RwStore, name: &str, fd: OwnedFd, keep: usize, record: &mut Record) -> Result<()> {
+    let image = rwlayer::read_info(fd.as_fd()).map(|i| i.image).unwrap_or_else(|| "unknown".into());
+    store.begin(fd.as_fd(), &RootInfo { created: rwlayer::now_stamp(), image })?;
+    let commit =
+        store.commit(keep).map_err(|e| e.context(format!("installing a copy of {}", store.kept_shown(name))))?;
+    record.retired = commit.retired;
+    record.pruned = commit.pruned;
+    Ok(())
+}
+
+/// The failure policy: a fresh root could not be made, so boot the last root
+/// that booted (the current rw layer, as it is), or failing that a copy of the
+/// newest kept root with an init; loudly. Only if there is none is it fatal.
+fn fall_back(err: Error, ctx: &Ctx, store: &RwStore, record: &mut Record) -> Result<Booted> {
+    let reason = err.to_string();
+    log::error!("cannot prepare a fresh root: {reason}");
+    if usable(store.current()?, ctx).is_some() {
+        let from = format!("{} as it was", store.rw_shown());
+        record.warn(format!("FALLBACK: booting the previous root {from}; fix the problem above and reboot"));
+        return Ok(Booted::Fallback { reason, from });
+    }
+    if let Some((name, fd)) = newest_usable_kept(store, ctx)? {
+        copy_kept(store, &name, fd, ctx.params.keep, record)?;
+        let from = format!("a copy of {}", store.kept_shown(&name));
+        record.warn(format!("FALLBACK: booting {from}; fix the problem above and reboot"));
+        return Ok(Booted::Fallback { reason, from });
+    }
+    Err(Error::msg(format!("{reason}; and there is no previous root to fall back to")))
 }
 
 /// The image to boot: `dockroot.image=` if given, else the embedded config.

@@ -21,6 +21,10 @@ pub const DEFAULT_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const ROOTWAIT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default delay between a fatal error's message and the reboot.
 pub const DEFAULT_REBOOT_DELAY: Duration = Duration::from_secs(30);
+/// Default number of previous roots kept (`dockroot.keep=`).
+pub const DEFAULT_KEEP: usize = 3;
+/// Most previous roots that can be kept.
+pub const MAX_KEEP: usize = 100;
 /// Longest delay accepted for any `*delay=`/timeout parameter (one day).
 const MAX_SECONDS: u64 = 86_400;
 
@@ -111,6 +115,27 @@ fn next_arg(s: &str) -> (Arg, &str) {
     (arg, rest)
 }
 
+/// What to boot (`dockroot.boot=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootMode {
+    /// A fresh snapshot of the image with the top layer (the default).
+    Fresh,
+    /// The newest kept root as it was (rescue): a writable snapshot of it, no top layer.
+    Previous,
+    /// The current rw layer as it is, changes and all (this once).
+    Persist,
+}
+
+impl BootMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            BootMode::Fresh => "fresh",
+            BootMode::Previous => "previous",
+            BootMode::Persist => "persist",
+        }
+    }
+}
+
 /// The boot parameters dockroot understands, after parsing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Params {
@@ -142,6 +167,10 @@ pub struct Params {
     pub reboot_delay: Duration,
     /// `dockroot.debug`: debug messages on the console too.
     pub debug: bool,
+    /// `dockroot.boot=`: fresh (default), previous or persist.
+    pub mode: BootMode,
+    /// `dockroot.keep=`: how many previous roots to keep.
+    pub keep: usize,
     /// Things worth a warning (unknown `dockroot.*` keys, ignored values).
     pub warnings: Vec<String>,
 }
@@ -164,6 +193,8 @@ impl Default for Params {
             rootdelay: Duration::ZERO,
             reboot_delay: DEFAULT_REBOOT_DELAY,
             debug: false,
+            mode: BootMode::Fresh,
+            keep: DEFAULT_KEEP,
             warnings: Vec::new(),
         }
     }
@@ -208,6 +239,27 @@ impl Params {
                 "dockroot.timeout" => explicit_timeout = Some(seconds("dockroot.timeout", v.unwrap_or(""))?),
                 "dockroot.reboot_delay" => p.reboot_delay = seconds("dockroot.reboot_delay", v.unwrap_or(""))?,
                 "dockroot.debug" => p.debug = true,
+                "dockroot.boot" => {
+                    p.mode = match v {
+                        Some("fresh") => BootMode::Fresh,
+                        Some("previous") => BootMode::Previous,
+                        Some("persist") => BootMode::Persist,
+                        other => {
+                            return Err(Error::msg(format!(
+                                "kernel parameter dockroot.boot={}: expected fresh, previous or persist",
+                                other.unwrap_or("")
+                            )))
+                        }
+                    }
+                }
+                "dockroot.keep" => {
+                    let raw = v.unwrap_or("");
+                    p.keep = raw.parse().ok().filter(|n| *n <= MAX_KEEP).ok_or_else(|| {
+                        Error::msg(format!(
+                            "kernel parameter dockroot.keep={raw:?}: expected a number from 0 to {MAX_KEEP}"
+                        ))
+                    })?;
+                }
                 k if k.starts_with("dockroot.") => {
                     p.warnings.push(format!("unknown kernel parameter {k} ignored"));
                 }
@@ -396,6 +448,19 @@ mod tests {
             let e = Params::parse(&split(s).0).unwrap_err();
             assert!(e.to_string().contains("needs a value"), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn boot_mode_and_keep() {
+        let p = Params::parse(&[]).unwrap();
+        assert_eq!((p.mode, p.keep), (BootMode::Fresh, DEFAULT_KEEP));
+        let p = Params::parse(&split("dockroot.boot=previous dockroot.keep=0").0).unwrap();
+        assert_eq!((p.mode, p.keep), (BootMode::Previous, 0));
+        assert_eq!(Params::parse(&split("dockroot.boot=persist").0).unwrap().mode, BootMode::Persist);
+        let e = Params::parse(&split("dockroot.boot=yesterday").0).unwrap_err().to_string();
+        assert!(e.contains("dockroot.boot=yesterday") && e.contains("fresh, previous or persist"), "{e}");
+        assert!(Params::parse(&split("dockroot.keep=101").0).is_err());
+        assert!(Params::parse(&split("dockroot.keep=-1").0).is_err());
     }
 
     #[test]

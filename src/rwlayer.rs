@@ -1,10 +1,25 @@
-//! Stage 7: the rw layer, a writable btrfs snapshot of the image's root.
+//! Stage 7: the rw layer, a writable btrfs snapshot of the image's root, and
+//! the previous roots kept beside it.
 //!
-//! The rw layer is the subvolume named by `rootflags=subvol=NAME`, relative
-//! to the partition's top level. A previous boot's rw layer (with any
-//! subvolumes the booted system nested in it) is deleted, then the image
-//! subvolume is snapshotted to that name. Anything at that name that is not a
-//! subvolume is user data: dockroot refuses to touch it.
+//! The rw layer is the subvolume named by `rootflags=subvol=NAME`. It is never
+//! rebuilt in place: a new root is built under a temporary name, synced, marked
+//! ready by a rename, and only then is the previous root retired (renamed into
+//! the kept directory and made read-only) and the new one renamed into place.
+//! Each rename is atomic, so a power cut at any moment leaves either the old
+//! root or a complete new one (never a half-applied top layer at NAME), and
+//! [`RwStore::recover`] finishes or undoes an interrupted boot:
+//!
+//! | on disk after a crash            | recovery                                   |
+//! |----------------------------------|--------------------------------------------|
+//! | `NAME.dockroot-tmp`              | half built: deleted                        |
+//! | `NAME.dockroot-ready`, NAME      | complete but not installed: deleted        |
+//! | `NAME.dockroot-ready`, no NAME   | the old root was retired: ready installed  |
+//! | a writable root in `NAME.kept/`  | made read-only                             |
+//!
+//! Kept roots live in `NAME.kept/<created>-<image id, 12 hex>`, where
+//! `created` is the UTC time the root was made; the newest are kept
+//! (`dockroot.keep=`), older ones are deleted with their nested subvolumes.
+//! Anything at NAME that is not a subvolume is user data and is refused.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -13,7 +28,13 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use crate::btrfs;
 use crate::error::{Context, Error, Result};
 
-/// What is at the rw layer's name before we start.
+const TMP_SUFFIX: &str = ".dockroot-tmp";
+const READY_SUFFIX: &str = ".dockroot-ready";
+const KEPT_SUFFIX: &str = ".kept";
+const XATTR_CREATED: &str = "user.dockroot.created";
+const XATTR_IMAGE: &str = "user.dockroot.image";
+
+/// What is at one of the rw layer's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Existing {
     Absent,
@@ -22,25 +43,118 @@ pub enum Existing {
     Other(&'static str),
 }
 
-/// One action on the rw layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// Delete the previous rw layer, nested subvolumes first.
-    DeletePrevious,
-    /// Snapshot the image subvolume (writable) to the rw layer's name.
-    Snapshot,
+/// Where a root came from, stored as xattrs on its top directory so that a
+/// retired root can be named after its own boot, not the retirement's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootInfo {
+    /// UTC time the root was created, as [`utc_stamp`] writes it.
+    pub created: String,
+    /// The image ID ("sha256:...") or a word for what it was made from.
+    pub image: String,
 }
 
-/// Plan the replacement of the rw layer (pure).
-pub fn plan(existing: Existing, rw_name: &str) -> Result<Vec<Step>> {
+/// One step of recovering from an interrupted boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Delete the half-built `NAME.dockroot-tmp`.
+    DeleteTmp,
+    /// Rename `NAME.dockroot-ready` to NAME (the old root was already retired).
+    InstallReady,
+    /// Delete `NAME.dockroot-ready` (NAME is still the old, intact root).
+    DeleteReady,
+}
+
+/// Decide how to recover from an interrupted boot (pure).
+pub fn recovery_plan(current: Existing, tmp: Existing, ready: Existing) -> Result<Vec<Recovery>> {
+    let mut steps = Vec::new();
+    for (what, e) in [("temporary", tmp), ("ready", ready)] {
+        if let Existing::Other(kind) = e {
+            return Err(Error::msg(format!(
+                "dockroot's {what} rw layer name is taken by a {kind}, not a subvolume: refusing to touch it"
+            )));
+        }
+    }
+    if tmp == Existing::Subvolume {
+        steps.push(Recovery::DeleteTmp);
+    }
+    if ready == Existing::Subvolume {
+        steps.push(if current == Existing::Absent { Recovery::InstallReady } else { Recovery::DeleteReady });
+    }
+    Ok(steps)
+}
+
+/// Check that NAME holds nothing dockroot may not replace (pure).
+pub fn check_current(existing: Existing, shown: &str) -> Result<()> {
     match existing {
-        Existing::Absent => Ok(vec![Step::Snapshot]),
-        Existing::Subvolume => Ok(vec![Step::DeletePrevious, Step::Snapshot]),
         Existing::Other(kind) => Err(Error::msg(format!(
-            "the rw layer {rw_name:?} (rootflags=subvol=) exists but is a {kind}, not a btrfs subvolume: \
+            "the rw layer {shown:?} (rootflags=subvol=) exists but is a {kind}, not a btrfs subvolume: \
              refusing to delete it; move it away or choose another subvol= name"
         ))),
+        _ => Ok(()),
     }
+}
+
+/// Which kept roots to delete so that `keep` remain: the oldest (names sort
+/// by creation time). Names that are not dockroot's are left alone (pure).
+pub fn prune_plan(kept: &[String], keep: usize) -> Vec<String> {
+    let mut ours: Vec<&String> = kept.iter().filter(|n| is_kept_name(n)).collect();
+    ours.sort();
+    let excess = ours.len().saturating_sub(keep);
+    ours.into_iter().take(excess).cloned().collect()
+}
+
+/// A kept root's directory name: `<created>-<12 hex of the image id>`, made
+/// unique among `existing` with a `.N` suffix (pure).
+pub fn kept_name(info: &RootInfo, existing: &[String]) -> String {
+    let hex = info.image.strip_prefix("sha256:").unwrap_or(&info.image);
+    let short: String = hex.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+    let short = if short.is_empty() { "unknown".to_string() } else { short };
+    let base = format!("{}-{short}", info.created);
+    if !existing.contains(&base) {
+        return base;
+    }
+    (2..).map(|n| format!("{base}.{n}")).find(|c| !existing.contains(c)).unwrap_or(base)
+}
+
+/// Whether a directory entry in the kept directory is one of ours
+/// (`YYYYMMDDTHHMMSSZ-...`).
+pub fn is_kept_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() > 17
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+}
+
+/// Seconds since the epoch as `YYYYMMDDTHHMMSSZ` (UTC; pure).
+pub fn utc_stamp(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    // Howard Hinnant's algorithm, shifted so that eras start on 0000-03-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The current time as a [`utc_stamp`].
+pub fn now_stamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    utc_stamp(secs)
 }
 
 /// Open the directory `components` below `top`, following no symlinks and
@@ -57,17 +171,24 @@ pub fn open_beneath(top: BorrowedFd<'_>, components: &[String]) -> Result<OwnedF
     .context(|| format!("opening /{path} on the root partition"))
 }
 
+fn open_dir(parent: BorrowedFd<'_>, name: &str) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        parent,
+        name,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
 fn existing(parent: BorrowedFd<'_>, name: &str) -> Result<Existing> {
     let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(rustix::io::Errno::NOENT) => return Ok(Existing::Absent),
-        Err(e) => return Err(Error::with(format!("stat of the rw layer {name}"), e)),
+        Err(e) => return Err(Error::with(format!("stat of {name}"), e)),
     };
     Ok(match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => {
-            let fd =
-                rustix::fs::openat(parent, name, OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                    .context(|| format!("opening the rw layer {name}"))?;
+            let fd = open_dir(parent, name).context(|| format!("opening {name}"))?;
             if btrfs::is_subvolume(fd.as_fd())? {
                 Existing::Subvolume
             } else {
@@ -80,47 +201,310 @@ fn existing(parent: BorrowedFd<'_>, name: &str) -> Result<Existing> {
     })
 }
 
-/// Replace the rw layer at `rw` (components below `top`, the top-level
-/// subvolume) with a fresh writable snapshot of `image`. Returns an fd of the
-/// new rw layer's root directory.
-pub fn replace(top: BorrowedFd<'_>, rw: &[String], image: BorrowedFd<'_>) -> Result<OwnedFd> {
-    let (name, parent_components) = rw
-        .split_last()
-        .context(|| "rootflags=subvol= names the top level itself; it must name the rw layer's subvolume")?;
-    let display = rw.join("/");
-    let parent =
-        open_beneath(top, parent_components).context(|| format!("the parent directory of the rw layer {display}"))?;
-    for step in plan(existing(parent.as_fd(), name)?, &display)? {
-        match step {
-            Step::DeletePrevious => {
-                log::info!("deleting the previous rw layer /{display}");
-                btrfs::delete_subvolume(parent.as_fd(), name)
-                    .map_err(|e| e.context(format!("deleting the previous rw layer /{display}")))?;
+/// Read a root's [`RootInfo`] from its xattrs (None if it has none: made by
+/// another tool, or by hand).
+pub fn read_info(root: BorrowedFd<'_>) -> Option<RootInfo> {
+    let get = |name: &str| -> Option<String> {
+        let mut buf = [0u8; 128];
+        let n = rustix::fs::fgetxattr(root, name, &mut buf).ok()?;
+        String::from_utf8(buf.get(..n)?.to_vec()).ok()
+    };
+    Some(RootInfo { created: get(XATTR_CREATED)?, image: get(XATTR_IMAGE)? })
+}
+
+fn write_info(root: BorrowedFd<'_>, info: &RootInfo) -> Result<()> {
+    for (name, value) in [(XATTR_CREATED, &info.created), (XATTR_IMAGE, &info.image)] {
+        rustix::fs::fsetxattr(root, name, value.as_bytes(), rustix::fs::XattrFlags::empty())
+            .context(|| format!("recording {name}={value} on the new rw layer"))?;
+    }
+    Ok(())
+}
+
+/// What [`RwStore::commit`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Commit {
+    /// Where the previous root went, relative to the parent directory.
+    pub retired: Option<String>,
+    /// Kept roots deleted to respect `dockroot.keep=`.
+    pub pruned: Vec<String>,
+}
+
+/// The rw layer's directory on the root partition, and the operations on it.
+pub struct RwStore {
+    parent: OwnedFd,
+    /// "/a/b" of the parent directory, for messages.
+    parent_shown: String,
+    name: String,
+}
+
+impl RwStore {
+    /// Open the parent directory of the rw layer `rw` (components below the
+    /// top level `top`) and refuse at once if NAME holds anything but a subvolume.
+    pub fn open(top: BorrowedFd<'_>, rw: &[String]) -> Result<RwStore> {
+        let (name, parent) = rw.split_last().context(|| "rootflags=subvol= names the top level, not a subvolume")?;
+        btrfs::validate_name(&format!("{name}{READY_SUFFIX}"))?;
+        let parent_fd =
+            open_beneath(top, parent).context(|| format!("the parent directory of the rw layer /{}", rw.join("/")))?;
+        let store = RwStore {
+            parent: parent_fd,
+            parent_shown: parent.iter().map(|c| format!("/{c}")).collect(),
+            name: name.clone(),
+        };
+        check_current(existing(store.parent.as_fd(), &store.name)?, &rw.join("/"))?;
+        Ok(store)
+    }
+
+    fn shown(&self, name: &str) -> String {
+        format!("{}/{name}", self.parent_shown)
+    }
+
+    /// The rw layer's path from the top level, e.g. "/rwlayer".
+    pub fn rw_shown(&self) -> String {
+        self.shown(&self.name)
+    }
+
+    fn tmp(&self) -> String {
+        format!("{}{TMP_SUFFIX}", self.name)
+    }
+
+    fn ready(&self) -> String {
+        format!("{}{READY_SUFFIX}", self.name)
+    }
+
+    fn kept_dir_name(&self) -> String {
+        format!("{}{KEPT_SUFFIX}", self.name)
+    }
+
+    /// Finish or undo whatever an interrupted boot left, and make sure every
+    /// kept root is read-only. Returns what was done, for the boot record.
+    pub fn recover(&self) -> Result<Vec<String>> {
+        let p = self.parent.as_fd();
+        let plan = recovery_plan(existing(p, &self.name)?, existing(p, &self.tmp())?, existing(p, &self.ready())?)?;
+        let mut done = Vec::new();
+        for step in plan {
+            match step {
+                Recovery::DeleteTmp => {
+                    log::warn!("deleting {}, left half-built by an interrupted boot", self.shown(&self.tmp()));
+                    btrfs::delete_subvolume(p, &self.tmp())?;
+                    done.push(format!("deleted the half-built {}", self.shown(&self.tmp())));
+                }
+                Recovery::DeleteReady => {
+                    log::warn!(
+                        "deleting {}, complete but never installed by an interrupted boot",
+                        self.shown(&self.ready())
+                    );
+                    btrfs::delete_subvolume(p, &self.ready())?;
+                    done.push(format!("deleted the uninstalled {}", self.shown(&self.ready())));
+                }
+                Recovery::InstallReady => {
+                    log::warn!(
+                        "an interrupted boot retired the previous root: installing {}",
+                        self.shown(&self.ready())
+                    );
+                    rustix::fs::renameat(p, self.ready(), p, self.name.as_str())
+                        .context(|| format!("renaming {} to {}", self.shown(&self.ready()), self.rw_shown()))?;
+                    btrfs::sync(p)?;
+                    done.push(format!("installed {} left by an interrupted boot", self.shown(&self.ready())));
+                }
             }
-            Step::Snapshot => {
-                btrfs::snapshot(image, parent.as_fd(), name, false)
-                    .map_err(|e| e.context(format!("snapshotting the image to the rw layer /{display}")))?;
+        }
+        if let Some(dir) = self.kept_dir()? {
+            for name in self.kept()? {
+                let fd = open_dir(dir.as_fd(), &name).context(|| format!("opening kept root {name}"))?;
+                if btrfs::is_subvolume(fd.as_fd())? && !btrfs::is_readonly(fd.as_fd())? {
+                    btrfs::set_readonly(fd.as_fd(), true)?;
+                    done.push(format!("made kept root {name} read-only"));
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// The current rw layer's root, if there is one.
+    pub fn current(&self) -> Result<Option<OwnedFd>> {
+        match existing(self.parent.as_fd(), &self.name)? {
+            Existing::Subvolume => {
+                Ok(Some(open_dir(self.parent.as_fd(), &self.name).context(|| format!("opening {}", self.rw_shown()))?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn kept_dir(&self) -> Result<Option<OwnedFd>> {
+        match open_dir(self.parent.as_fd(), &self.kept_dir_name()) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(Error::with(format!("opening {}", self.shown(&self.kept_dir_name())), e)),
+        }
+    }
+
+    /// The kept roots' names, oldest first.
+    pub fn kept(&self) -> Result<Vec<String>> {
+        let Some(dir) = self.kept_dir()? else { return Ok(Vec::new()) };
+        let mut names = Vec::new();
+        let mut entries =
+            rustix::fs::Dir::read_from(&dir).context(|| format!("reading {}", self.shown(&self.kept_dir_name())))?;
+        while let Some(entry) = entries.read() {
+            let entry = entry.context(|| format!("reading {}", self.shown(&self.kept_dir_name())))?;
+            if let Ok(name) = entry.file_name().to_str() {
+                if is_kept_name(name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// A kept root's path from the top level, for messages and the boot record.
+    pub fn kept_shown(&self, name: &str) -> String {
+        self.shown(&format!("{}/{name}", self.kept_dir_name()))
+    }
+
+    /// Open kept root `name`.
+    pub fn open_kept(&self, name: &str) -> Result<OwnedFd> {
+        let dir = self.kept_dir()?.context(|| format!("no {} directory", self.shown(&self.kept_dir_name())))?;
+        open_dir(dir.as_fd(), name).context(|| format!("opening kept root {}", self.kept_shown(name)))
+    }
+
+    /// Start a new root: a writable snapshot of `source` at the temporary
+    /// name, labelled with `info`. Returns its root directory.
+    pub fn begin(&self, source: BorrowedFd<'_>, info: &RootInfo) -> Result<OwnedFd> {
+        let p = self.parent.as_fd();
+        btrfs::snapshot(source, p, &self.tmp(), false)?;
+        let fd = open_dir(p, &self.tmp()).context(|| format!("opening {}", self.shown(&self.tmp())))?;
+        write_info(fd.as_fd(), info)?;
+        Ok(fd)
+    }
+
+    /// Throw away a new root that could not be completed.
+    pub fn abort(&self) {
+        if let Ok(Existing::Subvolume) = existing(self.parent.as_fd(), &self.tmp()) {
+            if let Err(e) = btrfs::delete_subvolume(self.parent.as_fd(), &self.tmp()) {
+                log::warn!("could not delete the unfinished {} (the next boot will): {e}", self.shown(&self.tmp()));
             }
         }
     }
-    rustix::fs::openat(
-        parent.as_fd(),
-        name.as_str(),
-        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .context(|| format!("opening the new rw layer /{display}"))
+
+    /// Install the new root built since [`begin`](Self::begin): sync it, mark
+    /// it ready, retire the current root into the kept directory (read-only),
+    /// rename the new one into place, sync, then delete kept roots beyond `keep`.
+    pub fn commit(&self, keep: usize) -> Result<Commit> {
+        let p = self.parent.as_fd();
+        btrfs::sync(p)?;
+        rustix::fs::renameat(p, self.tmp(), p, self.ready())
+            .context(|| format!("renaming {} to {}", self.shown(&self.tmp()), self.shown(&self.ready())))?;
+        btrfs::sync(p)?;
+        let mut commit = Commit::default();
+        if let Some(current) = self.current()? {
+            commit.retired = Some(self.retire(current)?);
+        }
+        rustix::fs::renameat(p, self.ready(), p, self.name.as_str())
+            .context(|| format!("renaming {} to {}", self.shown(&self.ready()), self.rw_shown()))?;
+        btrfs::sync(p)?;
+        commit.pruned = self.prune(keep);
+        Ok(commit)
+    }
+
+    /// Rename the current root into the kept directory and make it read-only.
+    fn retire(&self, current: OwnedFd) -> Result<String> {
+        let p = self.parent.as_fd();
+        let info =
+            read_info(current.as_fd()).unwrap_or_else(|| RootInfo { created: now_stamp(), image: "unknown".into() });
+        drop(current);
+        let dir_name = self.kept_dir_name();
+        match rustix::fs::mkdirat(p, dir_name.as_str(), Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(Error::with(format!("creating {}", self.shown(&dir_name)), e)),
+        }
+        let dir = self.kept_dir()?.context(|| format!("{} vanished", self.shown(&dir_name)))?;
+        let name = kept_name(&info, &self.kept()?);
+        rustix::fs::renameat(p, self.name.as_str(), &dir, name.as_str())
+            .context(|| format!("retiring {} to {}", self.rw_shown(), self.kept_shown(&name)))?;
+        let kept = open_dir(dir.as_fd(), &name).context(|| format!("opening {}", self.kept_shown(&name)))?;
+        btrfs::set_readonly(kept.as_fd(), true)?;
+        log::info!("the previous root is kept read-only as {}", self.kept_shown(&name));
+        Ok(self.kept_shown(&name))
+    }
+
+    /// Delete kept roots beyond `keep`, oldest first. Failures are warnings:
+    /// an extra kept root costs space, not the boot.
+    fn prune(&self, keep: usize) -> Vec<String> {
+        let (Ok(Some(dir)), Ok(kept)) = (self.kept_dir(), self.kept()) else { return Vec::new() };
+        let mut pruned = Vec::new();
+        for name in prune_plan(&kept, keep) {
+            match btrfs::delete_subvolume(dir.as_fd(), &name) {
+                Ok(()) => {
+                    log::info!("deleted the old kept root {} (dockroot.keep={keep})", self.kept_shown(&name));
+                    pruned.push(self.kept_shown(&name));
+                }
+                Err(e) => log::warn!("could not delete the old kept root {}: {e}", self.kept_shown(&name)),
+            }
+        }
+        pruned
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Existing::*;
 
     #[test]
-    fn plans() {
-        assert_eq!(plan(Existing::Absent, "rw").unwrap(), vec![Step::Snapshot]);
-        assert_eq!(plan(Existing::Subvolume, "rw").unwrap(), vec![Step::DeletePrevious, Step::Snapshot]);
-        let e = plan(Existing::Other("plain directory"), "roots/rw").unwrap_err().to_string();
+    fn recovery_after_every_crash_point() {
+        // Nothing left over.
+        assert_eq!(recovery_plan(Subvolume, Absent, Absent).unwrap(), vec![]);
+        assert_eq!(recovery_plan(Absent, Absent, Absent).unwrap(), vec![]);
+        // Crash while building: the half-built root goes, the old one stays.
+        assert_eq!(recovery_plan(Subvolume, Subvolume, Absent).unwrap(), vec![Recovery::DeleteTmp]);
+        assert_eq!(recovery_plan(Absent, Subvolume, Absent).unwrap(), vec![Recovery::DeleteTmp]);
+        // Crash after "ready", before retiring: the old root is intact at NAME.
+        assert_eq!(recovery_plan(Subvolume, Absent, Subvolume).unwrap(), vec![Recovery::DeleteReady]);
+        // Crash after retiring, before installing: finish the install.
+        assert_eq!(recovery_plan(Absent, Absent, Subvolume).unwrap(), vec![Recovery::InstallReady]);
+        assert_eq!(
+            recovery_plan(Absent, Subvolume, Subvolume).unwrap(),
+            vec![Recovery::DeleteTmp, Recovery::InstallReady]
+        );
+        // Someone else's files at our names are never touched.
+        let e = recovery_plan(Subvolume, Other("plain directory"), Absent).unwrap_err().to_string();
+        assert!(e.contains("temporary") && e.contains("plain directory") && e.contains("refusing"), "{e}");
+    }
+
+    #[test]
+    fn current_must_be_a_subvolume_or_absent() {
+        assert!(check_current(Absent, "rw").is_ok());
+        assert!(check_current(Subvolume, "rw").is_ok());
+        let e = check_current(Other("plain directory"), "roots/rw").unwrap_err().to_string();
         assert!(e.contains("\"roots/rw\"") && e.contains("plain directory") && e.contains("refusing"), "{e}");
+    }
+
+    #[test]
+    fn stamps() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z"); // leap day of a century leap year
+        assert_eq!(utc_stamp(1_795_851_296), "20261128T073456Z");
+        assert_eq!(utc_stamp(4_102_444_799), "20991231T235959Z");
+        assert_eq!(utc_stamp(4_107_542_399), "21000228T235959Z"); // 2100 is not a leap year
+        assert!(is_kept_name(&format!("{}-0123456789ab", utc_stamp(1_795_851_296))));
+    }
+
+    #[test]
+    fn kept_names_and_pruning() {
+        let info = RootInfo { created: "20261128T073456Z".into(), image: format!("sha256:{}", "ab".repeat(32)) };
+        assert_eq!(kept_name(&info, &[]), "20261128T073456Z-abababababab");
+        let taken = vec!["20261128T073456Z-abababababab".to_string(), "20261128T073456Z-abababababab.2".to_string()];
+        assert_eq!(kept_name(&info, &taken), "20261128T073456Z-abababababab.3");
+        let odd = RootInfo { created: "20261128T073456Z".into(), image: "../..".into() };
+        assert_eq!(kept_name(&odd, &[]), "20261128T073456Z-unknown");
+        assert!(!is_kept_name("notes.txt") && !is_kept_name("20261128T073456Z") && !is_kept_name("2026112xT073456Z-a"));
+
+        let kept: Vec<String> = ["20261103T000000Z-a", "20261101T000000Z-b", "mine", "20261102T000000Z-c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(prune_plan(&kept, 3), Vec::<String>::new());
+        assert_eq!(prune_plan(&kept, 1), vec!["20261101T000000Z-b", "20261102T000000Z-c"]);
+        assert_eq!(prune_plan(&kept, 0).len(), 3, "never the user's own 'mine'");
     }
 }

@@ -391,6 +391,13 @@ fn collect(rep: &mut Report) -> Value {
         Err(e) => rep.err(format!("reading /proc/cmdline: {e}")),
     }
     out.insert("kmsg_dockroot".into(), json!(read_kmsg_dockroot(rep)));
+    // dockroot's boot record, as the booted system sees it.
+    let record = match read_capped("/run/dockroot/boot.json") {
+        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| json!({ "parse_error": e.to_string() })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
+        Err(e) => json!({ "read_error": e.to_string() }),
+    };
+    out.insert("boot_record".into(), record);
     Value::Object(out)
 }
 

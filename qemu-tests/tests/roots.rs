@@ -1,0 +1,235 @@
+//! Boot tests for what happens across boots: atomic replacement of the rw
+//! layer, kept previous roots, dockroot.boot=previous|persist, the boot record
+//! and the failure policy (fall back to the last root that booted).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qemu_tests::{boot, build_initramfs, field, Artifacts, BootOutput, BootSpec, Disk};
+use serde_json::Value;
+
+const MODULES: &[&str] = &["virtio_blk", "virtio_pci", "btrfs"];
+const OS_CONFIG: &str = r#"{"docker_image":"dockroot-test/os","docker_tag":"latest"}"#;
+const APPEND: &str =
+    "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=dockroot-test toplayer_path=toplayer";
+
+struct Machine {
+    a: Artifacts,
+    initrd: PathBuf,
+    disk: Disk,
+}
+
+impl Machine {
+    fn new() -> Machine {
+        let a = Artifacts::from_env();
+        let initrd = build_initramfs(&a, MODULES, OS_CONFIG);
+        let disk = Disk::copy_of(&a.disk);
+        Machine { a, initrd, disk }
+    }
+
+    fn boot(&self, name: &str, extra: &str) -> BootOutput {
+        let spec = BootSpec {
+            name: Some(name.into()),
+            ..BootSpec::new(self.a.kernel(), self.initrd.clone(), &[self.disk.path()], &format!("{APPEND} {extra}"))
+        };
+        boot(&spec)
+    }
+
+    /// Boot and return testinit's report, which must have no errors.
+    fn report(&self, name: &str, extra: &str) -> Value {
+        let out = self.boot(name, extra);
+        let r = out.expect_testinit();
+        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+        assert!(r["boot_record"].is_object(), "no /run/dockroot/boot.json in the booted system: {r}");
+        r
+    }
+
+    /// Run `f` with the disk's top level mounted on the host.
+    fn inspect<T>(&self, f: impl FnOnce(&Path) -> T) -> T {
+        let mnt = tempfile::tempdir().expect("mount point");
+        run(&format!("mount -o loop '{}' '{}'", self.disk.path().display(), mnt.path().display()));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
+        run(&format!("umount '{}'", mnt.path().display()));
+        r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+}
+
+fn run(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("running sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kept_dirs(top: &Path) -> Vec<String> {
+    let mut v: Vec<String> = match std::fs::read_dir(top.join("rwlayer.kept")) {
+        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}
+
+fn marker(r: &Value) -> &Value {
+    field(r, &["paths", "/var/tmp/from-previous-boot", "exists"])
+}
+
+#[test]
+fn boots_keep_previous_roots_read_only_and_prune_the_oldest() {
+    let m = Machine::new();
+    let os_id = m.a.fixture()["images"]["os"]["id"].as_str().unwrap().to_string();
+    let first = m.report("keep_1", "dockroot.keep=2 -- --make-nested");
+    let rec = &first["boot_record"];
+    assert_eq!(rec["booted"], "fresh", "{rec}");
+    assert_eq!(rec["image"]["id"], os_id.as_str(), "{rec}");
+    assert_eq!(rec["rw_layer"], "/rwlayer");
+    assert_eq!(rec["retired"], Value::Null, "nothing to retire on the first boot: {rec}");
+    assert!(rec["stages_ms"]["snapshot"].is_number(), "{rec}");
+
+    let second = m.report("keep_2", "dockroot.keep=2");
+    assert_eq!(marker(&second), false, "the rw layer was not replaced");
+    let retired = second["boot_record"]["retired"].as_str().expect("the first root was retired").to_string();
+    assert!(
+        retired.starts_with("/rwlayer.kept/") && retired.ends_with(&os_id["sha256:".len().."sha256:".len() + 12]),
+        "{retired}"
+    );
+    m.report("keep_3", "dockroot.keep=2");
+    let fourth = m.report("keep_4", "dockroot.keep=2");
+    assert_eq!(fourth["boot_record"]["kept"].as_array().unwrap().len(), 2, "{}", fourth["boot_record"]);
+    assert_eq!(fourth["boot_record"]["pruned"].as_array().unwrap().len(), 1, "{}", fourth["boot_record"]);
+
+    m.inspect(|top| {
+        let kept = kept_dirs(top);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        // The first root (with the nested subvolume) was the oldest: pruned, nested and all.
+        assert!(!kept.iter().any(|k| retired.ends_with(k.as_str())), "the oldest root was not pruned: {kept:?}");
+        for k in &kept {
+            let path = top.join("rwlayer.kept").join(k);
+            let ro = run(&format!("btrfs property get -ts '{}' ro", path.display()));
+            assert_eq!(ro.trim(), "ro=true", "{k} is writable");
+            assert!(path.join("layer3.txt").exists(), "{k} is not a whole root");
+        }
+        assert!(!top.join("rwlayer.dockroot-tmp").exists() && !top.join("rwlayer.dockroot-ready").exists());
+        let list = run(&format!("btrfs subvolume list -o '{}'", top.display()));
+        assert!(!list.contains("var/lib/machines"), "a pruned root's nested subvolume survived:\n{list}");
+    });
+}
+
+#[test]
+fn persist_keeps_this_boots_changes_and_previous_boots_the_kept_root() {
+    let m = Machine::new();
+    let first = m.report("modes_1", "-- --make-nested");
+    assert_eq!(marker(&first), true);
+    // persist: the same root, changes and all.
+    let second = m.report("modes_2", "dockroot.boot=persist");
+    assert_eq!(second["boot_record"]["booted"], "persist");
+    assert_eq!(marker(&second), true, "persist lost the changes");
+    assert_eq!(
+        field(&second, &["root_btrfs", "subvolume_id"]),
+        field(&first, &["root_btrfs", "subvolume_id"]),
+        "persist must boot the very same subvolume"
+    );
+    // A fresh boot retires it; previous brings a copy of it back.
+    let third = m.report("modes_3", "");
+    assert_eq!(marker(&third), false);
+    let fourth = m.report("modes_4", "dockroot.boot=previous");
+    let booted = fourth["boot_record"]["booted"].as_str().unwrap();
+    assert!(booted.starts_with("previous: /rwlayer.kept/"), "{booted}");
+    assert_eq!(marker(&fourth), true, "previous did not boot the root with the first boot's changes");
+    // A btrfs snapshot does not descend into nested subvolumes: the copy has an empty directory there.
+    assert_eq!(field(&fourth, &["paths", "/var/lib/machines", "btrfs", "is_subvolume"]), false, "{fourth}");
+}
+
+#[test]
+fn an_unbootable_image_falls_back_to_the_last_root_that_booted() {
+    let m = Machine::new();
+    let first = m.report("fallback_1", "-- --make-nested");
+    assert_eq!(marker(&first), true);
+    let out = m.boot("fallback_2", "dockroot.image=no/such:image");
+    let r = out.expect_testinit();
+    let rec = &r["boot_record"];
+    assert!(rec["booted"].as_str().unwrap().starts_with("fallback: /rwlayer as it was"), "{rec}");
+    assert!(rec["fallback"]["reason"].as_str().unwrap().contains("no/such:image"), "{rec}");
+    assert!(rec["warnings"].to_string().contains("FALLBACK"), "{rec}");
+    assert_eq!(marker(&r), true, "the fallback must boot the last root as it was");
+    assert!(out.contains("dockroot: ERROR: cannot prepare a fresh root:"), "{}", out.tail(30));
+    assert!(
+        out.contains("dockroot: WARNING: FALLBACK: booting the previous root /rwlayer as it was"),
+        "{}",
+        out.tail(30)
+    );
+}
+
+#[test]
+fn a_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
+    let a = Artifacts::from_env();
+    let m = Machine {
+        initrd: build_initramfs(&a, &["virtio_blk", "virtio_pci", "btrfs", "ext4"], OS_CONFIG),
+        disk: Disk::copy_of(&a.disk),
+        a,
+    };
+    let first = m.report("enospc_1", "-- --make-nested");
+    assert_eq!(marker(&first), true);
+    // Fill the btrfs partition, leaving a little room for metadata.
+    m.inspect(|top| {
+        let filler = top.join("filler");
+        run(&format!("dd if=/dev/zero of='{}' bs=1M status=none 2>/dev/null || true", filler.display()));
+        run(&format!("sync && truncate -s -24M '{}' && sync", filler.display()));
+    });
+    // A top layer on a second disk (ext4) with more data than fits: copying it
+    // into the new root (same filesystem as the full one) must fail with ENOSPC.
+    let work = tempfile::tempdir().expect("temp dir");
+    let src = work.path().join("src/machine");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hostname"), b"never-applied\n").unwrap();
+    run(&format!("dd if=/dev/urandom of='{}' bs=1M count=64 status=none", src.join("big").display()));
+    let ext4 = work.path().join("machine.img");
+    run(&format!("mkfs.ext4 -q -L machine -d '{}' '{}' 128M", src.parent().unwrap().display(), ext4.display()));
+    let append =
+        format!("root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=machine toplayer_path=machine");
+    let spec = BootSpec {
+        name: Some("enospc_2".into()),
+        ..BootSpec::new(m.a.kernel(), m.initrd.clone(), &[m.disk.path(), &ext4], &append)
+    };
+    let out = boot(&spec);
+    let r = out.expect_testinit();
+    let rec = &r["boot_record"];
+    assert!(rec["booted"].as_str().unwrap().starts_with("fallback: /rwlayer as it was"), "{rec}");
+    assert!(rec["fallback"]["reason"].as_str().unwrap().contains("No space left on device"), "{rec}");
+    assert!(rec["fallback"]["reason"].as_str().unwrap().contains("top layer"), "{rec}");
+    assert_eq!(marker(&r), true, "the previous root must boot intact");
+    assert_eq!(field(&r, &["paths", "/etc/hostname", "content"]), "dockroot-test-machine\n");
+    m.inspect(|top| {
+        assert!(!top.join("rwlayer.dockroot-tmp").exists(), "the half-built root was left behind");
+        assert!(top.join("rwlayer/var/tmp/from-previous-boot").exists());
+    });
+}
+
+#[test]
+fn leftovers_of_an_interrupted_boot_are_finished_or_cleaned() {
+    let m = Machine::new();
+    m.report("leftover_1", "-- --make-nested");
+    // As if power was cut after the previous root was retired but before the new
+    // one was renamed into place: only NAME.dockroot-ready exists, plus a half-built tmp.
+    m.inspect(|top| {
+        run(&format!("mv '{0}/rwlayer' '{0}/rwlayer.dockroot-ready'", top.display()));
+        run(&format!(
+            "btrfs subvolume snapshot '{0}/rwlayer.dockroot-ready' '{0}/rwlayer.dockroot-tmp' >/dev/null",
+            top.display()
+        ));
+    });
+    let r = m.report("leftover_2", "dockroot.boot=persist");
+    let rec = &r["boot_record"];
+    let recovered = rec["recovered"].to_string();
+    assert!(recovered.contains("deleted the half-built /rwlayer.dockroot-tmp"), "{rec}");
+    assert!(recovered.contains("installed /rwlayer.dockroot-ready"), "{rec}");
+    assert_eq!(rec["booted"], "persist", "{rec}");
+    assert_eq!(marker(&r), true, "the ready root was not the one installed");
+    m.inspect(|top| {
+        assert!(!top.join("rwlayer.dockroot-tmp").exists() && !top.join("rwlayer.dockroot-ready").exists());
+    });
+}
