@@ -690,14 +690,18 @@ impl Waiter {
         loop {
             let step = assess(spec, &devs, |d| self.kernel_ready(d))?;
             let now = Instant::now();
+            let incomplete = match &step {
+                Assessment::Incomplete(_, members) => format!("; {}", members.summary()),
+                _ => String::new(),
+            };
             match step {
                 Assessment::Ready(d) => {
                     let s = self.stats;
                     log::info!(
-                        "found {spec}: {} ({}) after {}, {} scans, {} uevents",
+                        "found {spec}: {} ({}) after {} ms, {} scans, {} uevents",
                         d.devnode.display(),
                         d.fs.as_ref().map_or("no known filesystem", |f| f.fstype.name()),
-                        fmt_duration(start.elapsed()),
+                        start.elapsed().as_millis(),
                         s.scans.saturating_sub(begin.scans),
                         s.uevents.saturating_sub(begin.uevents)
                     );
@@ -718,7 +722,8 @@ impl Waiter {
                 Assessment::Incomplete(_, members) if now >= deadline => {
                     return Err(self.timeout_error(
                         format!(
-                            "{spec}: {} after {}; mount option 'degraded' mounts it without the missing devices",
+                            "{spec}: {}; waited {}; the mount option 'degraded' (rootflags=degraded for root) \
+                             mounts it without them",
                             members.summary(),
                             fmt_duration(policy.timeout)
                         ),
@@ -737,8 +742,8 @@ impl Waiter {
             }
             if now >= next_report {
                 log::info!(
-                    "still waiting for {spec} ({} of {}; {} block devices seen)",
-                    fmt_duration(now - start),
+                    "still waiting for {spec} ({} of {}; {} block devices seen{incomplete})",
+                    fmt_duration(now.saturating_duration_since(start)),
                     fmt_duration(policy.timeout),
                     devs.len()
                 );
@@ -1558,7 +1563,7 @@ mod tests {
             ),
             "{e}"
         );
-        assert!(e.contains("vdx); missing 1, likely devid 2 after 0.3s; mount option 'degraded'"), "{e}");
+        assert!(e.contains("vdx); missing 1, likely devid 2; waited 0.3s; the mount option 'degraded'"), "{e}");
         assert!(e.contains("block devices seen:\n") && e.contains(" 1/2 "), "{e}");
         // degraded: mounted after waiting DEGRADED_WAIT, capped by the timeout.
         let started = Instant::now();

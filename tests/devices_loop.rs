@@ -229,8 +229,9 @@ fn raid1_member_missing_is_an_error_or_mounts_degraded() {
     let mut w = Waiter::new();
     let e = w.wait_for(&spec, &policy, false, &mut NoHooks).unwrap_err().to_string();
     let want = format!(
-        "LABEL={}: btrfs filesystem LABEL={} UUID={} has 2 devices; found 1: devid 1 ({}); missing 1, likely devid 2 \
-         after 1.5s; mount option 'degraded' mounts it without the missing devices; block devices seen:\n",
+        "LABEL={}: btrfs filesystem LABEL={} UUID={} has 2 devices; found 1: devid 1 ({}); missing 1, likely devid 2; \
+         waited 1.5s; the mount option 'degraded' (rootflags=degraded for root) mounts it without them; \
+         block devices seen:\n",
         r.label,
         r.label,
         r.uuid,
