@@ -9,6 +9,9 @@
 //! - `DOCKROOT_DISK`: the fixture disk from `qemu-tests/fixtures/make-docker-disk`
 //! - `DOCKROOT_TESTINIT` (optional): the static testinit binary, for harness self-tests
 //! - `DOCKROOT_QEMU_KVM=1` (optional): use KVM instead of TCG
+//! - `DOCKROOT_LAYOUT_GPT`, `DOCKROOT_LAYOUT_MBR`, `DOCKROOT_LAYOUT_RAID1A`,
+//!   `DOCKROOT_LAYOUT_RAID1B`, `DOCKROOT_LAYOUT_INFO` (for the hardware tests): the disk
+//!   layouts from `qemu-tests/fixtures/make-layouts` (see [`Layouts`])
 //!
 //! Tests fail, never skip, when an artifact is missing.
 
@@ -116,6 +119,57 @@ impl Artifacts {
         let path = self.disk.with_file_name("fixture.json");
         let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+    }
+}
+
+/// The partitioned and multi-device disks `qemu-tests/fixtures/make-layouts` derives
+/// from the fixture disk (boot [`Disk::copy_of`] them, never the originals).
+#[derive(Debug, Clone)]
+pub struct Layouts {
+    /// GPT: partition 1 an ESP (vfat, label `ESP`, `toplayer/etc/hostname`),
+    /// partition 2 (`dockroot-root`) the btrfs fixture.
+    pub gpt: PathBuf,
+    /// MBR (disk id 1234abcd): partition 1 the btrfs fixture, logical partition 5 an
+    /// ext4 filesystem (label `mbr-logical`, `toplayer/etc/hostname`).
+    pub mbr: PathBuf,
+    /// btrfs RAID1 member devid 1 (the fixture's filesystem, same UUID).
+    pub raid1a: PathBuf,
+    /// btrfs RAID1 member devid 2.
+    pub raid1b: PathBuf,
+    /// `layouts.json`: the GUIDs, labels, devids of the layouts above.
+    pub info: Value,
+}
+
+impl Layouts {
+    /// Reads the `DOCKROOT_LAYOUT_*` variables `scripts/test` sets; panics naming the
+    /// missing one and scripts/test if any is unset.
+    pub fn from_env() -> Layouts {
+        let what = "a disk layout from qemu-tests/fixtures/make-layouts";
+        let info_path = required_env("DOCKROOT_LAYOUT_INFO", "layouts.json from qemu-tests/fixtures/make-layouts");
+        let text = fs::read_to_string(&info_path).unwrap_or_else(|e| panic!("reading {}: {e}", info_path.display()));
+        Layouts {
+            gpt: required_env("DOCKROOT_LAYOUT_GPT", what),
+            mbr: required_env("DOCKROOT_LAYOUT_MBR", what),
+            raid1a: required_env("DOCKROOT_LAYOUT_RAID1A", what),
+            raid1b: required_env("DOCKROOT_LAYOUT_RAID1B", what),
+            info: serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", info_path.display())),
+        }
+    }
+
+    /// A string field of `layouts.json` by a path of keys; panics if absent.
+    pub fn get(&self, keys: &[&str]) -> String {
+        match field(&self.info, keys) {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            other => panic!("layouts.json has no {keys:?} (found {other}); rebuild with make-layouts"),
+        }
+    }
+}
+
+impl Artifacts {
+    /// The disk layouts for the hardware tests ([`Layouts::from_env`]).
+    pub fn layouts(&self) -> Layouts {
+        Layouts::from_env()
     }
 }
 
@@ -248,6 +302,25 @@ pub enum DiskInterface {
     Nvme,
     /// IDE on the PC's built-in controller (`/dev/sdX`; modules ata_piix, sd_mod).
     Ide,
+    /// SATA on an AHCI controller (`ich9-ahci` + `ide-hd`; `/dev/sdX`; modules ahci, sd_mod).
+    Ahci,
+    /// USB mass storage on an xHCI controller (`qemu-xhci` + `usb-storage`; `/dev/sdX`;
+    /// modules xhci_pci, usb_storage, sd_mod).
+    Usb,
+}
+
+impl DiskInterface {
+    /// A short name, for log lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DiskInterface::Virtio => "virtio-blk",
+            DiskInterface::VirtioScsi => "virtio-scsi",
+            DiskInterface::Nvme => "nvme",
+            DiskInterface::Ide => "ide",
+            DiskInterface::Ahci => "ahci",
+            DiskInterface::Usb => "usb-storage",
+        }
+    }
 }
 
 /// One disk of a boot.
@@ -262,6 +335,34 @@ impl DiskSpec {
     pub fn virtio(path: &Path) -> DiskSpec {
         DiskSpec { path: path.to_path_buf(), interface: DiskInterface::Virtio }
     }
+
+    /// A disk on `interface`.
+    pub fn new(path: &Path, interface: DiskInterface) -> DiskSpec {
+        DiskSpec { path: path.to_path_buf(), interface }
+    }
+}
+
+/// A disk plugged into the running VM through QEMU's QMP monitor.
+#[derive(Debug, Clone)]
+pub struct Hotplug {
+    /// The disk; its interface must be [`DiskInterface::Virtio`] (PCI hotplug through
+    /// ACPI on the `pc` machine) or [`DiskInterface::Usb`] (on an xHCI controller the
+    /// harness adds at start for it).
+    pub disk: DiskSpec,
+    /// Start the clock when the serial output first contains this (e.g. the kernel's
+    /// "Run /init as init process"); None: when QEMU starts.
+    pub after: Option<String>,
+    /// How long after that to plug the disk in.
+    pub delay: Duration,
+}
+
+/// When a [`Hotplug`] happened.
+#[derive(Debug, Clone)]
+pub struct HotplugDone {
+    /// QEMU's device id (`hotplug0`, ...).
+    pub id: String,
+    /// Wall time from QEMU's start to the `device_add` reply.
+    pub at: Duration,
 }
 
 /// What to boot.
@@ -277,6 +378,8 @@ pub struct BootSpec {
     pub memory_mb: u32,
     /// Names the log file (target/qemu-logs/<name>.log); defaults to the test's name.
     pub name: Option<String>,
+    /// Disks to plug in while the VM runs (through a QMP socket).
+    pub hotplug: Vec<Hotplug>,
 }
 
 impl BootSpec {
@@ -290,6 +393,7 @@ impl BootSpec {
             timeout: Duration::from_secs(180),
             memory_mb: 1024,
             name: None,
+            hotplug: Vec::new(),
         }
     }
 }
@@ -307,6 +411,8 @@ pub struct BootOutput {
     pub elapsed: Duration,
     /// Where the serial log was saved.
     pub log_path: PathBuf,
+    /// The hotplugs done, in order (see [`BootSpec::hotplug`]).
+    pub hotplugged: Vec<HotplugDone>,
 }
 
 /// The timestamp of the first printk line containing `needle`, in seconds.
@@ -397,6 +503,143 @@ fn qemu_drive_args(i: usize, d: &DiskSpec) -> Vec<String> {
             "-device".into(),
             format!("scsi-hd,drive=scsid{i},bus=scsi{i}.0"),
         ],
+        DiskInterface::Ahci => vec![
+            "-device".into(),
+            format!("ich9-ahci,id=ahci{i}"),
+            "-drive".into(),
+            format!("file={file},format=raw,if=none,id=ahcid{i}"),
+            "-device".into(),
+            format!("ide-hd,drive=ahcid{i},bus=ahci{i}.0"),
+        ],
+        DiskInterface::Usb => vec![
+            "-device".into(),
+            format!("qemu-xhci,id=xhci{i}"),
+            "-drive".into(),
+            format!("file={file},format=raw,if=none,id=usbd{i}"),
+            "-device".into(),
+            format!("usb-storage,drive=usbd{i},bus=xhci{i}.0,serial=dockroot{i}"),
+        ],
+    }
+}
+
+/// The xHCI controller hot-plugged USB disks go on.
+const HOTPLUG_XHCI: &str = "hotplug-xhci";
+
+/// A QMP connection (QEMU's JSON monitor) on a unix socket.
+struct Qmp {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl Qmp {
+    /// Connects (retrying while QEMU creates the socket) and leaves capabilities negotiation.
+    fn connect(path: &Path) -> Result<Qmp, String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => return Err(format!("connecting to {}: {e}", path.display())),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| format!("QMP socket: {e}"))?;
+        let writer = stream.try_clone().map_err(|e| format!("QMP socket: {e}"))?;
+        let mut q = Qmp { reader: std::io::BufReader::new(stream), writer };
+        let greeting = q.read()?;
+        if greeting.get("QMP").is_none() {
+            return Err(format!("unexpected QMP greeting {greeting}"));
+        }
+        q.execute("qmp_capabilities", serde_json::json!({}))?;
+        Ok(q)
+    }
+
+    fn read(&mut self) -> Result<Value, String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).map_err(|e| format!("reading from QMP: {e}"))?;
+        if n == 0 {
+            return Err("QMP connection closed".into());
+        }
+        serde_json::from_str(&line).map_err(|e| format!("QMP sent {line:?}: {e}"))
+    }
+
+    /// Runs a command; its `return` value, or the error QEMU gave.
+    fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
+        let msg = serde_json::json!({"execute": command, "arguments": arguments});
+        writeln!(self.writer, "{msg}").map_err(|e| format!("writing to QMP: {e}"))?;
+        loop {
+            let v = self.read()?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(format!("QMP {msg}: {e}"));
+            }
+            // Anything else is an asynchronous event: skip it.
+        }
+    }
+
+    /// Plugs `disk` in as device `id`.
+    fn hotplug(&mut self, id: &str, disk: &DiskSpec) -> Result<(), String> {
+        let node = format!("{id}-node");
+        self.execute(
+            "blockdev-add",
+            serde_json::json!({
+                "driver": "raw",
+                "node-name": node,
+                "file": {"driver": "file", "filename": disk.path.display().to_string()},
+            }),
+        )?;
+        let device = match disk.interface {
+            DiskInterface::Virtio => serde_json::json!({"driver": "virtio-blk-pci", "id": id, "drive": node}),
+            DiskInterface::Usb => serde_json::json!({
+                "driver": "usb-storage", "id": id, "drive": node, "bus": format!("{HOTPLUG_XHCI}.0"), "serial": id,
+            }),
+            other => return Err(format!("hotplug of a {} disk is not supported by the harness", other.name())),
+        };
+        self.execute("device_add", device)?;
+        Ok(())
+    }
+}
+
+/// The hotplugs of one boot, driven from the wait loop.
+struct HotplugState {
+    qmp_path: PathBuf,
+    qmp: Option<Qmp>,
+    pending: Vec<(usize, Hotplug, Option<Instant>)>,
+    done: Vec<HotplugDone>,
+}
+
+impl HotplugState {
+    /// Does what is due, given the serial output so far. Panics if QEMU refuses.
+    fn step(&mut self, serial: &[u8], started: Instant) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (idx, (i, h, clock)) in self.pending.iter_mut().enumerate() {
+            if clock.is_none() {
+                let seen = match &h.after {
+                    None => true,
+                    Some(needle) => !needle.is_empty() && serial.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                };
+                if seen {
+                    *clock = Some(now);
+                }
+            }
+            if clock.is_some_and(|c| now.duration_since(c) >= h.delay) {
+                due.push((idx, *i));
+            }
+        }
+        for (idx, i) in due.iter().rev() {
+            let (_, h, _) = self.pending.remove(*idx);
+            if self.qmp.is_none() {
+                self.qmp = Some(Qmp::connect(&self.qmp_path).unwrap_or_else(|e| panic!("QMP: {e}")));
+            }
+            let id = format!("hotplug{i}");
+            if let Some(q) = self.qmp.as_mut() {
+                q.hotplug(&id, &h.disk).unwrap_or_else(|e| panic!("hotplugging {}: {e}", h.disk.path.display()));
+            }
+            self.done.push(HotplugDone { id, at: started.elapsed() });
+        }
     }
 }
 
@@ -421,6 +664,22 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
     for (i, d) in spec.disks.iter().enumerate() {
         cmd.args(qemu_drive_args(i, d));
     }
+    let qmp_dir = tempfile::Builder::new()
+        .prefix("dockroot-qmp-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("creating a directory for the QMP socket: {e}"));
+    let mut hotplug = HotplugState {
+        qmp_path: qmp_dir.path().join("qmp.sock"),
+        qmp: None,
+        pending: spec.hotplug.iter().cloned().enumerate().map(|(i, h)| (i, h, None)).collect(),
+        done: Vec::new(),
+    };
+    if !spec.hotplug.is_empty() {
+        cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", hotplug.qmp_path.display()));
+        if spec.hotplug.iter().any(|h| h.disk.interface == DiskInterface::Usb) {
+            cmd.arg("-device").arg(format!("qemu-xhci,id={HOTPLUG_XHCI}"));
+        }
+    }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
 
     let started = Instant::now();
@@ -431,7 +690,9 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
     if let Ok(mut l) = log.lock() {
         let _ = writeln!(l, "# {cmd:?}");
     }
-    let reader = |mut pipe: Box<dyn Read + Send>, log: Arc<Mutex<fs::File>>| {
+    // The serial output so far, for hotplugs waiting on a line.
+    let live: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let reader = |mut pipe: Box<dyn Read + Send>, log: Arc<Mutex<fs::File>>, live: Option<Arc<Mutex<Vec<u8>>>>| {
         std::thread::spawn(move || {
             let mut all = Vec::new();
             let mut buf = [0u8; 8192];
@@ -444,14 +705,18 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
                         if let Ok(mut l) = log.lock() {
                             let _ = l.write_all(chunk);
                         }
+                        if let Some(Ok(mut v)) = live.as_ref().map(|l| l.lock()) {
+                            v.extend_from_slice(chunk);
+                        }
                     }
                 }
             }
             all
         })
     };
-    let stdout = reader(Box::new(child.stdout.take().expect("piped stdout")), log.clone());
-    let stderr = reader(Box::new(child.stderr.take().expect("piped stderr")), log.clone());
+    let live_serial = (!spec.hotplug.is_empty()).then(|| live.clone());
+    let stdout = reader(Box::new(child.stdout.take().expect("piped stdout")), log.clone(), live_serial);
+    let stderr = reader(Box::new(child.stderr.take().expect("piped stderr")), log.clone(), None);
 
     let mut timed_out = false;
     let status = loop {
@@ -462,10 +727,17 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
                 let _ = child.kill();
                 break child.wait().ok();
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                if !hotplug.pending.is_empty() {
+                    let serial = live.lock().map(|v| v.clone()).unwrap_or_default();
+                    hotplug.step(&serial, started);
+                }
+                std::thread::sleep(Duration::from_millis(50))
+            }
             Err(_) => break None,
         }
     };
+    drop(hotplug.qmp.take());
     let elapsed = started.elapsed();
     let out = stdout.join().unwrap_or_default();
     let err = stderr.join().unwrap_or_default();
@@ -474,8 +746,17 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
         serial.push_str("\n# qemu stderr:\n");
         serial.push_str(&String::from_utf8_lossy(&err));
     }
-    let serial = serial.replace('\r', "");
-    let output = BootOutput { serial, status, timed_out, elapsed, log_path };
+    let mut serial = serial.replace('\r', "");
+    for h in &hotplug.pending {
+        serial.push_str(&format!("\n# harness: hotplug of {} never happened\n", h.1.disk.path.display()));
+    }
+    for h in &hotplug.done {
+        let line = format!("# harness: {} plugged in at {:.2} s wall\n", h.id, h.at.as_secs_f64());
+        if let Ok(mut l) = log.lock() {
+            let _ = l.write_all(line.as_bytes());
+        }
+    }
+    let output = BootOutput { serial, status, timed_out, elapsed, log_path, hotplugged: hotplug.done };
 
     // Always visible (not captured by the test harness): how long the boot took.
     let fmt = |t: Option<f64>| t.map(|t| format!("{t:.2} s")).unwrap_or_else(|| "-".into());
@@ -510,8 +791,14 @@ mod tests {
         assert_eq!(printk_time(&s, "nothing like this"), None);
         let r = parse_testinit(&s).expect("report");
         assert_eq!(r["pid"], 1);
-        let out =
-            BootOutput { serial: s, status: None, timed_out: false, elapsed: Duration::ZERO, log_path: PathBuf::new() };
+        let out = BootOutput {
+            serial: s,
+            status: None,
+            timed_out: false,
+            elapsed: Duration::ZERO,
+            log_path: PathBuf::new(),
+            hotplugged: Vec::new(),
+        };
         let t = out.time_to_init().expect("time to init");
         assert!((t - 0.873835).abs() < 1e-9, "{t}");
     }
