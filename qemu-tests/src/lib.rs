@@ -380,6 +380,20 @@ pub struct BootSpec {
     pub name: Option<String>,
     /// Disks to plug in while the VM runs (through a QMP socket).
     pub hotplug: Vec<Hotplug>,
+    /// Cut the power: SIGKILL QEMU this long after the serial output first contains
+    /// the needle (see [`KillAfter`]).
+    pub kill_after: Option<KillAfter>,
+}
+
+/// A power cut at a chosen moment: QEMU is SIGKILLed `delay` after `needle` first
+/// appears on the serial console. What the guest had written to its virtual disk
+/// survives (QEMU's default cache mode, writeback, has passed it to the host's page
+/// cache); what was still in the guest's page cache is lost, as in a power cut.
+#[derive(Debug, Clone)]
+pub struct KillAfter {
+    /// E.g. the kernel's "Run /init as init process" or one of dockroot's log lines.
+    pub needle: String,
+    pub delay: Duration,
 }
 
 impl BootSpec {
@@ -394,6 +408,7 @@ impl BootSpec {
             memory_mb: 1024,
             name: None,
             hotplug: Vec::new(),
+            kill_after: None,
         }
     }
 }
@@ -413,6 +428,9 @@ pub struct BootOutput {
     pub log_path: PathBuf,
     /// The hotplugs done, in order (see [`BootSpec::hotplug`]).
     pub hotplugged: Vec<HotplugDone>,
+    /// When the harness SIGKILLed QEMU for [`BootSpec::kill_after`]: wall time from
+    /// QEMU's start (None: not killed that way).
+    pub killed_at: Option<Duration>,
 }
 
 /// The timestamp of the first printk line containing `needle`, in seconds.
@@ -714,11 +732,13 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
             all
         })
     };
-    let live_serial = (!spec.hotplug.is_empty()).then(|| live.clone());
+    let live_serial = (!spec.hotplug.is_empty() || spec.kill_after.is_some()).then(|| live.clone());
     let stdout = reader(Box::new(child.stdout.take().expect("piped stdout")), log.clone(), live_serial);
     let stderr = reader(Box::new(child.stderr.take().expect("piped stderr")), log.clone(), None);
 
     let mut timed_out = false;
+    // kill_after: how far the needle search got, when the needle was seen, when QEMU was killed.
+    let (mut kill_scan, mut kill_seen, mut killed_at) = (0usize, None::<Instant>, None::<Duration>);
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break Some(s),
@@ -726,6 +746,25 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
                 timed_out = true;
                 let _ = child.kill();
                 break child.wait().ok();
+            }
+            Ok(None) if spec.kill_after.is_some() && killed_at.is_none() => {
+                let k = spec.kill_after.as_ref().expect("checked");
+                if kill_seen.is_none() {
+                    let serial = live.lock().map(|v| v.get(kill_scan..).unwrap_or_default().to_vec()).unwrap_or_default();
+                    let needle = k.needle.as_bytes();
+                    if !needle.is_empty() && serial.windows(needle.len()).any(|w| w == needle) {
+                        kill_seen = Some(Instant::now());
+                    } else {
+                        kill_scan += serial.len().saturating_sub(needle.len());
+                    }
+                }
+                if kill_seen.is_some_and(|t| t.elapsed() >= k.delay) {
+                    let _ = child.kill();
+                    killed_at = Some(started.elapsed());
+                } else {
+                    // Fine-grained: the interesting moments are milliseconds apart.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
             Ok(None) => {
                 if !hotplug.pending.is_empty() {
@@ -756,7 +795,14 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
             let _ = l.write_all(line.as_bytes());
         }
     }
-    let output = BootOutput { serial, status, timed_out, elapsed, log_path, hotplugged: hotplug.done };
+    if let Some(at) = killed_at {
+        let line = format!("# harness: QEMU killed (power cut) at {:.3} s wall\n", at.as_secs_f64());
+        serial.push_str(&line);
+        if let Ok(mut l) = log.lock() {
+            let _ = l.write_all(line.as_bytes());
+        }
+    }
+    let output = BootOutput { serial, status, timed_out, elapsed, log_path, hotplugged: hotplug.done, killed_at };
 
     // Always visible (not captured by the test harness): how long the boot took.
     let fmt = |t: Option<f64>| t.map(|t| format!("{t:.2} s")).unwrap_or_else(|| "-".into());
@@ -798,6 +844,7 @@ mod tests {
             elapsed: Duration::ZERO,
             log_path: PathBuf::new(),
             hotplugged: Vec::new(),
+            killed_at: None,
         };
         let t = out.time_to_init().expect("time to init");
         assert!((t - 0.873835).abs() < 1e-9, "{t}");
