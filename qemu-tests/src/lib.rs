@@ -818,6 +818,122 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
     output
 }
 
+/// A digest of everything below `root`, by path relative to it ("." is `root` itself):
+/// file type, mode, owner, link count, size, and a hash of the content, the symlink
+/// target or the device number; each extended attribute is an entry of its own,
+/// `"{path} xattr {name}"`, with its value. Symlinks are never followed; nested btrfs
+/// subvolumes are walked like directories. Top-level names in `skip` are left out.
+/// Times are not part of it: the digest says whether files are byte-identical.
+pub fn tree_digest(root: &Path, skip: &[&str]) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![(root.to_path_buf(), ".".to_string())];
+    while let Some((path, rel)) = stack.pop() {
+        let md = fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+        let ft = md.file_type();
+        let what = if ft.is_file() {
+            let mut f = fs::File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+            let mut h = DefaultHasher::new();
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => h.write(&buf[..n]),
+                    Err(e) => panic!("reading {}: {e}", path.display()),
+                }
+            }
+            format!("file {:016x}", h.finish())
+        } else if ft.is_symlink() {
+            let t = fs::read_link(&path).unwrap_or_else(|e| panic!("readlink {}: {e}", path.display()));
+            format!("symlink -> {}", t.display())
+        } else if ft.is_dir() {
+            let mut names: Vec<String> = fs::read_dir(&path)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+                .map(|e| e.unwrap_or_else(|e| panic!("reading {}: {e}", path.display())))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| rel != "." || !skip.contains(&n.as_str()))
+                .collect();
+            names.sort();
+            for n in names.iter().rev() {
+                let child = if rel == "." { n.clone() } else { format!("{rel}/{n}") };
+                stack.push((path.join(n), child));
+            }
+            "dir".to_string()
+        } else if ft.is_block_device() || ft.is_char_device() {
+            format!("device {:x}", md.rdev())
+        } else {
+            "special".to_string()
+        };
+        let size = if ft.is_dir() { 0 } else { md.len() };
+        let entry = format!("{what} mode {:o} owner {}:{} links {} size {size}", md.mode(), md.uid(), md.gid(), md.nlink());
+        for (name, value) in xattrs(&path) {
+            out.insert(format!("{rel} xattr {name}"), value);
+        }
+        out.insert(rel, entry);
+    }
+    out
+}
+
+/// The extended attributes of `path` (not following a symlink), values as lossy text.
+fn xattrs(path: &Path) -> Vec<(String, String)> {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return Vec::new() };
+    let mut names = vec![0u8; 65536];
+    // SAFETY: `c` is a NUL-terminated path, `names` a writable buffer of the given size.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    let Ok(n) = usize::try_from(n) else { return Vec::new() };
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(cname) = std::ffi::CString::new(name) else { continue };
+        let mut value = vec![0u8; 65536];
+        // SAFETY: both strings are NUL-terminated, `value` is a writable buffer of the given size.
+        let len = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        let value = usize::try_from(len).map(|l| String::from_utf8_lossy(&value[..l]).into_owned());
+        out.push((String::from_utf8_lossy(name).into_owned(), value.unwrap_or_else(|_| "(unreadable)".into())));
+    }
+    out
+}
+
+/// How two [`tree_digest`]s differ, one line per path (at most `max` lines), for messages.
+pub fn digest_diff(
+    before: &std::collections::BTreeMap<String, String>,
+    after: &std::collections::BTreeMap<String, String>,
+    max: usize,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (k, v) in before {
+        match after.get(k) {
+            None => lines.push(format!("gone: {k} ({v})")),
+            Some(w) if w != v => lines.push(format!("changed: {k}: {v} => {w}")),
+            Some(_) => {}
+        }
+    }
+    lines.extend(after.iter().filter(|(k, _)| !before.contains_key(*k)).map(|(k, v)| format!("new: {k} ({v})")));
+    lines.truncate(max);
+    lines
+}
+
+/// Mounts the btrfs disk image `disk` read-only (loop device, no log replay: the
+/// host never writes to it), runs `f` on its top level, and unmounts.
+pub fn with_disk_mounted_ro<T>(disk: &Path, f: impl FnOnce(&Path) -> T) -> T {
+    let mnt = tempfile::Builder::new()
+        .prefix("dockroot-inspect-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("creating a mount point: {e}"));
+    let out = Command::new("mount")
+        .args(["-t", "btrfs", "-o", "ro,loop,nologreplay"])
+        .arg(disk)
+        .arg(mnt.path())
+        .output()
+        .unwrap_or_else(|e| panic!("running mount: {e}"));
+    assert!(out.status.success(), "mounting {} read-only: {}", disk.display(), String::from_utf8_lossy(&out.stderr));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
+    let um = Command::new("umount").arg(mnt.path()).output();
+    if !matches!(&um, Ok(o) if o.status.success()) {
+        let _ = Command::new("umount").arg("-l").arg(mnt.path()).status();
+    }
+    r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
 /// Looks up a report field by a path of keys, e.g. `field(&r, &["paths", "/etc/hostname", "content"])`.
 pub fn field<'a>(report: &'a Value, keys: &[&str]) -> &'a Value {
     keys.iter().fold(report, |v, k| v.get(*k).unwrap_or(&Value::Null))
