@@ -922,7 +922,7 @@ pub fn with_disk_mounted_ro<T>(disk: &Path, f: impl FnOnce(&Path) -> T) -> T {
         .tempdir()
         .unwrap_or_else(|e| panic!("creating a mount point: {e}"));
     let out = Command::new("mount")
-        .args(["-t", "btrfs", "-o", "ro,loop,nologreplay"])
+        .args(["-t", "btrfs", "-o", "ro,loop,rescue=nologreplay"])
         .arg(disk)
         .arg(mnt.path())
         .output()

@@ -1,0 +1,294 @@
+//! Boot tests for hostile and broken input (issue 4 item 5): images whose /etc is a
+//! symlink out of the root, a Docker store that is corrupt in each of the ways a
+//! power cut or a bad tool leaves it (the previous root must boot, the reason must be
+//! on the console and in the boot record), and kernel command lines that try to leave
+//! the partition's top level (refused before anything on the disk is touched).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qemu_tests::{
+    boot, build_initramfs, digest_diff, field, tree_digest, with_disk_mounted_ro, Artifacts, BootOutput, BootSpec, Disk,
+};
+use serde_json::Value;
+
+const MODULES: &[&str] = &["virtio_blk", "virtio_pci", "btrfs"];
+const OS_CONFIG: &str = r#"{"docker_image":"dockroot-test/os","docker_tag":"latest"}"#;
+const APPEND: &str =
+    "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=dockroot-test toplayer_path=toplayer";
+/// The rw layer's names on the disk: everything else must stay as it was.
+const RW_NAMES: &[&str] = &["rwlayer", "rwlayer.kept", "rwlayer.dockroot-tmp", "rwlayer.dockroot-ready"];
+
+struct Machine {
+    a: Artifacts,
+    initrd: PathBuf,
+    disk: Disk,
+}
+
+impl Machine {
+    fn new(config: &str) -> Machine {
+        let a = Artifacts::from_env();
+        let initrd = build_initramfs(&a, MODULES, config);
+        let disk = Disk::copy_of(&a.disk);
+        Machine { a, initrd, disk }
+    }
+
+    fn boot(&self, name: &str, append: &str) -> BootOutput {
+        let spec = BootSpec {
+            name: Some(name.into()),
+            ..BootSpec::new(self.a.kernel(), self.initrd.clone(), &[self.disk.path()], append)
+        };
+        boot(&spec)
+    }
+
+    /// Boot with the standard command line plus `extra`; testinit's report, which must have no errors.
+    fn report(&self, name: &str, extra: &str) -> Value {
+        let out = self.boot(name, &format!("{APPEND} {extra}"));
+        let r = out.expect_testinit();
+        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+        assert!(r["boot_record"].is_object(), "no /run/dockroot/boot.json in the booted system: {r}");
+        r
+    }
+
+    /// Digest of the whole disk except the rw layer and its kept/temporary names.
+    fn outside(&self) -> BTreeMap<String, String> {
+        with_disk_mounted_ro(self.disk.path(), |top| tree_digest(top, RW_NAMES))
+    }
+
+    /// Run `f` with the disk's top level mounted read-write on the host.
+    fn modify<T>(&self, f: impl FnOnce(&Path) -> T) -> T {
+        let mnt = tempfile::tempdir().expect("mount point");
+        run(&format!("mount -o loop '{}' '{}'", self.disk.path().display(), mnt.path().display()));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
+        run(&format!("sync && umount '{}'", mnt.path().display()));
+        r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+}
+
+fn run(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("running sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn assert_same(what: &str, before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) {
+    let diff = digest_diff(before, after, 40);
+    assert!(diff.is_empty(), "{what} changed:\n{}", diff.join("\n"));
+}
+
+fn marker(r: &Value) -> &Value {
+    field(r, &["paths", "/var/tmp/from-previous-boot", "exists"])
+}
+
+/// Boot an image whose /etc is a symlink to `target` with the top layer (which
+/// writes etc/hostname, etc/secret, hard links and a symlink in etc/): everything
+/// lands inside the rw layer, where the image's own symlink says (its /), and
+/// nothing else on the disk changes.
+fn etc_symlink_stays_inside(image_key: &str, target: &str) {
+    let a = Artifacts::from_env();
+    let image = a.fixture()["images"][image_key].clone();
+    let reference = image["reference"].as_str().expect("reference in fixture.json");
+    let (repo, tag) = reference.rsplit_once(':').expect("name:tag");
+    let m = Machine::new(&format!(r#"{{"docker_image":"{repo}","docker_tag":"{tag}"}}"#));
+    let before = m.outside();
+    assert!(before.contains_key("var/lib/docker") && before.contains_key("toplayer/etc/hostname"), "digest too small");
+
+    let r = m.report(&format!("hostile_{image_key}"), "-- --stat /hostname --stat /etc --stat /secret");
+    let rec = &r["boot_record"];
+    assert_eq!(rec["booted"], "fresh", "{rec}");
+    assert_eq!(rec["image"]["id"], image["id"], "{rec}");
+    // The booted system sees /etc -> target, and the top layer's files through it.
+    assert_eq!(field(&r, &["paths", "/etc", "symlink_target"]), target, "{r}");
+    assert_eq!(field(&r, &["paths", "/etc/hostname", "content"]), "dockroot-test-machine\n");
+    assert_eq!(field(&r, &["paths", "/hostname", "content"]), "dockroot-test-machine\n");
+    assert_eq!(field(&r, &["paths", "/secret", "mode"]), "0600");
+    assert_eq!(field(&r, &["paths", "/secret", "uid"]), 1000);
+
+    let after = m.outside();
+    assert_same("the disk outside the rw layer", &before, &after);
+    with_disk_mounted_ro(m.disk.path(), |top| {
+        let rw = top.join("rwlayer");
+        let etc = std::fs::read_link(rw.join("etc")).expect("the image's /etc symlink is gone");
+        assert_eq!(etc, Path::new(target), "the rw layer's /etc symlink was replaced");
+        for f in ["hostname", "secret", "hard-a", "hard-b", "motd-link"] {
+            assert!(rw.join(f).symlink_metadata().is_ok(), "the top layer's etc/{f} is not at /{f} in the rw layer");
+        }
+        assert_eq!(std::fs::read_to_string(rw.join("hostname")).unwrap(), "dockroot-test-machine\n");
+        assert!(
+            !top.join("hostname").exists() && !top.join("secret").exists(),
+            "the top layer escaped to the top level"
+        );
+    });
+}
+
+#[test]
+fn an_image_with_etc_a_symlink_to_root_keeps_the_top_layer_inside() {
+    etc_symlink_stays_inside("hostile_etc_root", "/");
+}
+
+#[test]
+fn an_image_with_etc_a_symlink_up_keeps_the_top_layer_inside() {
+    etc_symlink_stays_inside("hostile_etc_up", "../../..");
+}
+
+/// One way of breaking the Docker store, undone after its boot.
+struct Breakage {
+    name: &'static str,
+    /// Breaks the store (the disk mounted read-write at the path); returns what to restore.
+    apply: Box<dyn Fn(&Path) -> Restore>,
+    /// What the fallback reason must name.
+    reason_names: Vec<String>,
+}
+
+enum Restore {
+    /// Put the file back as it was (None: it did not exist).
+    File(PathBuf, Option<Vec<u8>>),
+    Nothing,
+}
+
+#[test]
+fn a_broken_docker_store_falls_back_to_the_previous_root() {
+    let m = Machine::new(OS_CONFIG);
+    let fx = m.a.fixture();
+    let os = &fx["images"]["os"];
+    let s = |v: &Value| v.as_str().expect("string in fixture.json").to_string();
+    let chains: Vec<String> = os["chain_ids"].as_array().unwrap().iter().map(s).collect();
+    let top_cache = s(&os["top_cache_id"]);
+    let store = "var/lib/docker/image/btrfs";
+    let repos = format!("{store}/repositories.json");
+    let base_parent =
+        format!("{store}/layerdb/sha256/{}/parent", chains[0].strip_prefix("sha256:").expect("sha256: chain id"));
+
+    let replace = |rel: String, content: Box<dyn Fn(&Path)>| -> Box<dyn Fn(&Path) -> Restore> {
+        Box::new(move |top: &Path| {
+            let path = top.join(&rel);
+            let old = std::fs::read(&path).ok();
+            content(&path);
+            Restore::File(path.strip_prefix(top).unwrap().to_path_buf(), old)
+        })
+    };
+    let breakages = vec![
+        Breakage {
+            name: "garbage",
+            apply: replace(
+                repos.clone(),
+                Box::new(|p| std::fs::write(p, b"{\"Repositories\": {\x00\xff garbage").unwrap()),
+            ),
+            reason_names: vec!["repositories.json".into(), "not valid JSON".into()],
+        },
+        Breakage {
+            name: "empty",
+            apply: replace(repos.clone(), Box::new(|p| std::fs::write(p, b"").unwrap())),
+            reason_names: vec!["repositories.json".into()],
+        },
+        Breakage {
+            name: "huge",
+            apply: replace(
+                repos.clone(),
+                Box::new(|p| {
+                    run(&format!("head -c 100M /dev/zero | tr '\\0' ' ' > '{}'", p.display()));
+                }),
+            ),
+            reason_names: vec!["repositories.json".into(), "larger than".into()],
+        },
+        Breakage {
+            // The base layer claims the top layer as its parent: the chain loops.
+            name: "parent_loop",
+            apply: replace(
+                base_parent.clone(),
+                Box::new({
+                    let top_chain = chains.last().unwrap().clone();
+                    move |p| std::fs::write(p, top_chain.as_bytes()).unwrap()
+                }),
+            ),
+            reason_names: vec![base_parent.clone()],
+        },
+        Breakage {
+            name: "no_layer_subvolume",
+            apply: Box::new({
+                let top_cache = top_cache.clone();
+                move |top: &Path| {
+                    let sub = top.join("var/lib/docker/btrfs/subvolumes").join(&top_cache);
+                    run(&format!("btrfs subvolume delete '{}' >/dev/null", sub.display()));
+                    Restore::Nothing
+                }
+            }),
+            reason_names: vec![top_cache.clone(), "dockroot-test/os".into()],
+        },
+    ];
+
+    let first = m.report("broken_store_first", "-- --make-nested");
+    assert_eq!(marker(&first), true);
+    let first_root = field(&first, &["root_btrfs", "subvolume_id"]).clone();
+    for b in &breakages {
+        let restore = m.modify(|top| (b.apply)(top));
+        let before = m.outside();
+        let out = m.boot(&format!("broken_store_{}", b.name), APPEND);
+        let r = out.expect_testinit();
+        assert_eq!(r["errors"], serde_json::json!([]), "{}: {r}", b.name);
+        let rec = &r["boot_record"];
+        let booted = rec["booted"].as_str().unwrap_or_default();
+        assert!(booted.starts_with("fallback: /rwlayer as it was"), "{}: {rec}", b.name);
+        let reason = rec["fallback"]["reason"].as_str().unwrap_or_default();
+        for n in &b.reason_names {
+            assert!(reason.contains(n.as_str()), "{}: the reason does not name {n:?}: {reason}", b.name);
+        }
+        assert_eq!(marker(&r), true, "{}: the previous root did not boot with its changes", b.name);
+        assert_eq!(field(&r, &["root_btrfs", "subvolume_id"]), &first_root, "{}: not the same root", b.name);
+        let console = format!("dockroot: ERROR: cannot prepare a fresh root: {reason}");
+        assert!(
+            out.contains(&console),
+            "{}: the console does not show the reason {reason:?}:\n{}",
+            b.name,
+            out.tail(30)
+        );
+        assert!(out.contains("dockroot: WARNING: FALLBACK: booting the previous root"), "{}", out.tail(30));
+        assert_same(&format!("{}: the disk outside the rw layer", b.name), &before, &m.outside());
+        with_disk_mounted_ro(m.disk.path(), |top| {
+            assert!(!top.join("rwlayer.dockroot-tmp").exists(), "{}: a half-built root was left", b.name);
+            assert!(!top.join("rwlayer.kept").exists(), "{}: the fallback retired the root it booted", b.name);
+        });
+        if let Restore::File(rel, old) = restore {
+            m.modify(|top| match &old {
+                Some(bytes) => std::fs::write(top.join(&rel), bytes).unwrap(),
+                None => std::fs::remove_file(top.join(&rel)).unwrap(),
+            });
+        }
+    }
+}
+
+/// Kernel command lines that name paths outside the partition's top level are
+/// refused before anything is mounted: a clear message, a reboot, the disk untouched.
+#[test]
+fn paths_leaving_the_top_level_on_the_command_line_are_refused() {
+    let m = Machine::new(OS_CONFIG);
+    let image_hash = || run(&format!("sha256sum '{}'", m.disk.path().display()));
+    let before = image_hash();
+    let cases = [
+        (
+            "cmdline_subvol_dotdot",
+            "root=LABEL=dockroot-test rootflags=subvol=../x rw toplayer=LABEL=dockroot-test toplayer_path=toplayer",
+            "rootflags=subvol=\"../x\": '..' is not allowed",
+        ),
+        (
+            "cmdline_docker_path_dotdot",
+            &format!("{APPEND} docker_path=a/../.."),
+            "docker_path=\"a/../..\": '..' is not allowed",
+        ),
+    ];
+    for (name, append, want) in cases {
+        let out = m.boot(name, &format!("{append} dockroot.reboot_delay=1"));
+        assert!(!out.timed_out, "{name}: no reboot:\n{}", out.tail(30));
+        assert!(out.testinit().is_none(), "{name}: booted anyway");
+        assert!(out.contains("dockroot: ERROR: cannot boot:") && out.contains(want), "{name}:\n{}", out.tail(30));
+        assert!(out.contains("rebooting in 1 s"), "{name}:\n{}", out.tail(30));
+        assert!(out.contains("reboot: Restarting system"), "{name}: did not reboot:\n{}", out.tail(30));
+    }
+    assert_eq!(image_hash(), before, "the disk changed");
+}
