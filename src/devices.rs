@@ -414,10 +414,7 @@ pub fn find<'a>(spec: &DeviceSpec, devs: &'a [BlockDevice]) -> Result<Option<&'a
         DeviceSpec::Label(l) => {
             let hits: Vec<&BlockDevice> =
                 devs.iter().filter(|d| fs(d).and_then(|f| f.label.as_deref()) == Some(l.as_str())).collect();
-            let one_fs = hits.windows(2).all(|w| match (w.first().and_then(|d| fs(d)), w.get(1).and_then(|d| fs(d))) {
-                (Some(a), Some(b)) => a.fstype == probe::FsType::Btrfs && a.fstype == b.fstype && a.uuid == b.uuid,
-                _ => false,
-            });
+            let one_fs = members_of_one_btrfs(&hits);
             unique(spec, hits, one_fs)
         }
         DeviceSpec::PartLabel(l) => {
@@ -426,6 +423,41 @@ pub fn find<'a>(spec: &DeviceSpec, devs: &'a [BlockDevice]) -> Result<Option<&'a
             unique(spec, hits, false)
         }
     }
+}
+
+/// Whether `devs` are distinct members of one multi-device btrfs: same UUID,
+/// each a different devid. Two devices with the same UUID and devid are copies
+/// (a `dd` of the disk on a USB stick, say), not members.
+fn members_of_one_btrfs(devs: &[&BlockDevice]) -> bool {
+    let mut ids = Vec::with_capacity(devs.len());
+    let mut uuid = None;
+    for d in devs {
+        let Some((u, b)) = d.fs.as_ref().and_then(|f| Some((f.uuid.as_deref()?, f.btrfs.as_ref()?))) else {
+            return false;
+        };
+        if *uuid.get_or_insert(u) != u {
+            return false;
+        }
+        ids.push(b.devid);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids.len() == devs.len()
+}
+
+/// Other devices `spec` (a `UUID=` or `PARTUUID=`) matches besides `found`,
+/// leaving out the other members of `found`'s multi-device btrfs: copies of
+/// the same filesystem or partition, worth a warning since any could be used.
+pub fn duplicates<'a>(spec: &DeviceSpec, devs: &'a [BlockDevice], found: &BlockDevice) -> Vec<&'a BlockDevice> {
+    let same = |d: &BlockDevice| match spec {
+        DeviceSpec::Uuid(u) => d.fs.as_ref().and_then(|f| f.uuid.as_deref()).is_some_and(|x| x.eq_ignore_ascii_case(u)),
+        DeviceSpec::PartUuid(u) => d.partition.as_ref().is_some_and(|p| p.partuuid.eq_ignore_ascii_case(u)),
+        _ => false,
+    };
+    devs.iter()
+        .filter(|d| (d.major, d.minor) != (found.major, found.minor) && same(d))
+        .filter(|d| !members_of_one_btrfs(&[found, d]))
+        .collect()
 }
 
 fn unique<'a>(spec: &DeviceSpec, hits: Vec<&'a BlockDevice>, same_fs: bool) -> Result<Option<&'a BlockDevice>> {
@@ -696,6 +728,15 @@ impl Waiter {
             };
             match step {
                 Assessment::Ready(d) => {
+                    let copies: Vec<String> =
+                        duplicates(spec, &devs, &d).iter().map(|c| c.devnode.display().to_string()).collect();
+                    if !copies.is_empty() {
+                        log::warn!(
+                            "{spec} also matches {} (a copy?); using {}, the first by device number",
+                            copies.join(", "),
+                            d.devnode.display()
+                        );
+                    }
                     let s = self.stats;
                     log::info!(
                         "found {spec}: {} ({}) after {} ms, {} scans, {} uevents",
@@ -1142,6 +1183,22 @@ mod tests {
         let devs = vec![member("vdb", 16, 1), member("vdc", 32, 2)];
         assert_eq!(found("LABEL=raid", &devs).as_deref(), Some("vdb"));
         assert_eq!(found(&format!("UUID={uuid}"), &devs).as_deref(), Some("vdb"));
+        // A copy of a member (same UUID and devid, a dd to a USB stick): ambiguous by label,
+        // the first by UUID, with the copy reported.
+        let devs = vec![member("vdb", 16, 1), member("vdc", 32, 2), member("sda", 48, 1)];
+        let e = find(&parse("LABEL=raid"), &devs).unwrap_err().to_string();
+        assert!(e.contains("LABEL=raid is ambiguous") && e.contains("/dev/sda") && e.contains("/dev/vdb"), "{e}");
+        let by_uuid = find(&parse(&format!("UUID={uuid}")), &devs).unwrap().unwrap();
+        assert_eq!(by_uuid.name, "vdb");
+        let copies: Vec<&str> =
+            duplicates(&parse(&format!("UUID={uuid}")), &devs, by_uuid).iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(copies, ["sda"]);
+        assert!(duplicates(&parse("LABEL=raid"), &devs, by_uuid).is_empty());
+        let single =
+            vec![with_fs(dev("sda1", 1), FsType::Ext4, None, uuid), with_fs(dev("sdb1", 17), FsType::Ext4, None, uuid)];
+        let copies: Vec<&str> =
+            duplicates(&parse(&format!("UUID={uuid}")), &single, &single[0]).iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(copies, ["sdb1"]);
         // Same label, different btrfs filesystems: ambiguous.
         let mut other = member("vdd", 48, 1);
         if let Some(fs) = other.fs.as_mut() {
