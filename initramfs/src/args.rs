@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use dockroot::error::{Error, Result};
 
-use crate::build::{Options, DEFAULT_MODULES};
+use crate::build::{Options, DEFAULT_DRIVERS, DEFAULT_FILESYSTEMS};
 use crate::compress::Compression;
 
 /// What the command line asks for.
@@ -12,28 +12,47 @@ use crate::compress::Compression;
 pub enum Command {
     Help,
     Version,
-    Build(Options),
+    Build(Box<Options>),
 }
 
 /// The `--help` text.
 pub fn help() -> String {
-    let defaults = DEFAULT_MODULES.join(" ");
+    let filesystems = DEFAULT_FILESYSTEMS.join(" ");
+    let drivers = DEFAULT_DRIVERS.join(" ");
     format!(
         "\
 dockroot-mkinitramfs {version}: build the dockroot initramfs.
 
 Usage:
   dockroot-mkinitramfs --kernel-modules /lib/modules/RELEASE --config FILE --output FILE
-                       [--module NAME ...] [--init PATH] [--compression zstd|gzip|none]
-                       [--kernel-release RELEASE]
+                       [--module NAME ...] [--hostonly [--sysfs DIR] [--mounts FILE]]
+                       [--init PATH] [--compression zstd|gzip|none] [--kernel-release RELEASE]
+                       [--firmware-dir DIR] [--keep-compressed] [--kernel-config FILE]
 
 Writes a newc cpio, compressed, holding:
   /init                     the static dockroot binary (--init)
   /etc/docker-btrfs.json    the config (--config): {{\"docker_image\": \"...\", \"docker_tag\": \"...\"}}
   /dev/console              so the kernel gives /init its stdio
   /dev /proc /sys /run /etc empty mount points
-  /lib/modules/RELEASE/...  the kernel modules asked for and all they need, decompressed, never stripped
-  /lib/modules/dockroot-modules.index  the load order the init follows
+  /lib/modules/RELEASE/...  the kernel modules and all they need, decompressed, never stripped
+  /lib/modules/dockroot-modules.index  what to load when, in which order, and the
+                            modules' device aliases (modules.alias patterns)
+  /lib/firmware/...         firmware files the modules name (modinfo firmware=), if found
+
+Which modules:
+  generic (the default, no --module, no --hostonly): one image for any machine.
+    Loaded at every boot, the filesystems:
+      {filesystems}
+    Loaded when the init finds a device whose modalias matches one of their
+    aliases (walking /sys/devices, then on every uevent), the drivers:
+      {drivers}
+  --module NAME: only these (and what they need), loaded at every boot.
+  --hostonly: only what this machine needs: the modules whose aliases match the
+    modalias strings of its devices (/sys/devices/**/modalias), loaded when the
+    device is found at boot; and at every boot btrfs, the filesystems mounted at
+    / and /boot* (from /proc/self/mounts), and any --module names.
+  Names of the generic set or the filesystems that this kernel does not have
+  (built in, or not shipped) are skipped with a note.
 
 Options:
   --kernel-modules DIR   the kernel's modules directory, /lib/modules/RELEASE (required)
@@ -41,18 +60,27 @@ Options:
   --module NAME          a module (or alias) to include with its dependencies and soft
                          dependencies; repeat for more. A name this kernel does not have is
                          an error; a built-in one is skipped with a note.
+  --hostonly             only what this machine needs (see above)
+  --sysfs DIR            the sysfs --hostonly reads (default /sys; for tests)
+  --mounts FILE          the mount table --hostonly reads (default /proc/self/mounts; for tests)
   --config FILE          the JSON config with \"docker_image\" (required)
   --output FILE          where to write the image (required)
   --init PATH            the init binary, a static x86-64 executable
                          (default: dockroot next to this program)
   --compression KIND     zstd (default, level {level}), gzip or none
+  --firmware-dir DIR     where firmware files are (default: lib/firmware beside DIR's
+                         lib/modules, so /lib/firmware for /lib/modules/RELEASE). The
+                         kernel loads firmware from the initramfs's /lib/firmware itself
+                         (CONFIG_FW_LOADER); a missing file is a note, not an error.
+  --keep-compressed      store .ko.xz/.ko.zst/.ko.gz modules as shipped (a smaller image):
+                         the kernel decompresses them (finit_module with
+                         MODULE_INIT_COMPRESSED_FILE). Refused unless the kernel's
+                         configuration says it can (CONFIG_MODULE_DECOMPRESS and the
+                         matching CONFIG_MODULE_COMPRESS_*).
+  --kernel-config FILE   the kernel's build configuration (default: boot/config-RELEASE
+                         beside DIR's lib/modules, so /boot/config-RELEASE)
   -h, --help             this text
   -V, --version          the version
-
-Without --module, a default set for real machines and VMs is included:
-  {defaults}
-Names of the default set that this kernel does not have (built in, or not shipped) are
-skipped with a note.
 
 The same inputs give the same bytes: entries sorted, uid/gid 0, mtime 0 (or
 SOURCE_DATE_EPOCH if set), fixed compression settings.
@@ -75,6 +103,12 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
     let mut output = None;
     let mut init = None;
     let mut compression = None;
+    let mut sysfs = None;
+    let mut mounts = None;
+    let mut firmware_dir = None;
+    let mut kernel_config = None;
+    let mut hostonly = false;
+    let mut keep_compressed = false;
 
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -85,10 +119,32 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
         match opt {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
+            "--hostonly" | "--keep-compressed" => {
+                if inline.is_some() {
+                    return Err(usage(format!("option {opt} takes no value")));
+                }
+                let flag = if opt == "--hostonly" { &mut hostonly } else { &mut keep_compressed };
+                if *flag {
+                    return Err(usage(format!("option {opt} given twice")));
+                }
+                *flag = true;
+                continue;
+            }
             _ => {}
         }
-        let known =
-            ["--kernel-modules", "--kernel-release", "--module", "--config", "--output", "--init", "--compression"];
+        let known = [
+            "--kernel-modules",
+            "--kernel-release",
+            "--module",
+            "--config",
+            "--output",
+            "--init",
+            "--compression",
+            "--sysfs",
+            "--mounts",
+            "--firmware-dir",
+            "--kernel-config",
+        ];
         if !known.contains(&opt) {
             return Err(if opt.starts_with('-') {
                 usage(format!("unknown option {arg}"))
@@ -117,6 +173,10 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
             "--config" => once(&mut config)?,
             "--output" => once(&mut output)?,
             "--init" => once(&mut init)?,
+            "--sysfs" => once(&mut sysfs)?,
+            "--mounts" => once(&mut mounts)?,
+            "--firmware-dir" => once(&mut firmware_dir)?,
+            "--kernel-config" => once(&mut kernel_config)?,
             _ => once(&mut compression)?,
         }
     }
@@ -125,20 +185,28 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
     let kernel_modules = required(kernel_modules, "--kernel-modules /lib/modules/RELEASE")?;
     let config = required(config, "--config FILE")?;
     let output = required(output, "--output FILE")?;
-    let compression = match compression {
-        Some(c) => Compression::parse(&c)?,
-        None => Compression::Zstd,
-    };
-    Ok(Command::Build(Options {
-        kernel_modules: PathBuf::from(kernel_modules),
-        kernel_release,
-        modules,
-        config: PathBuf::from(config),
-        output: PathBuf::from(output),
-        init: init.map(PathBuf::from),
-        compression,
-        mtime,
-    }))
+    if !hostonly && (sysfs.is_some() || mounts.is_some()) {
+        return Err(usage("--sysfs and --mounts only make sense with --hostonly"));
+    }
+    let mut opts = Options::new(PathBuf::from(kernel_modules), PathBuf::from(config), PathBuf::from(output));
+    opts.kernel_release = kernel_release;
+    opts.modules = modules;
+    opts.init = init.map(PathBuf::from);
+    if let Some(c) = compression {
+        opts.compression = Compression::parse(&c)?;
+    }
+    opts.mtime = mtime;
+    opts.hostonly = hostonly;
+    if let Some(s) = sysfs {
+        opts.sysfs = PathBuf::from(s);
+    }
+    if let Some(m) = mounts {
+        opts.mounts = PathBuf::from(m);
+    }
+    opts.firmware_dir = firmware_dir.map(PathBuf::from);
+    opts.keep_compressed = keep_compressed;
+    opts.kernel_config = kernel_config.map(PathBuf::from);
+    Ok(Command::Build(Box::new(opts)))
 }
 
 /// The entries' mtime: `SOURCE_DATE_EPOCH` if set and not empty, else 0.
@@ -189,6 +257,21 @@ mod tests {
         };
         assert_eq!(o.compression, Compression::Zstd);
         assert!(o.modules.is_empty() && o.init.is_none());
+        assert!(!o.hostonly && !o.keep_compressed);
+        assert_eq!((o.sysfs.to_str(), o.mounts.to_str()), (Some("/sys"), Some("/proc/self/mounts")));
+
+        let Command::Build(o) = parse(
+            &args("--kernel-modules d --config c --output o --hostonly --sysfs /fake/sys --mounts=/fake/mounts --keep-compressed --kernel-config /k/config --firmware-dir /fw"),
+            0,
+        )
+        .unwrap() else {
+            panic!("not a build")
+        };
+        assert!(o.hostonly && o.keep_compressed);
+        assert_eq!(o.sysfs, PathBuf::from("/fake/sys"));
+        assert_eq!(o.mounts, PathBuf::from("/fake/mounts"));
+        assert_eq!(o.kernel_config, Some(PathBuf::from("/k/config")));
+        assert_eq!(o.firmware_dir, Some(PathBuf::from("/fw")));
     }
 
     #[test]
@@ -198,6 +281,7 @@ mod tests {
         assert!(matches!(parse(&args("--version"), 0).unwrap(), Command::Version));
         let h = help();
         assert!(h.contains("--kernel-modules") && h.contains("btrfs ext4 xfs vfat") && h.contains("SOURCE_DATE_EPOCH"));
+        assert!(h.contains("--hostonly") && h.contains("--keep-compressed") && h.contains("virtio_pci virtio_blk"));
     }
 
     #[test]
@@ -210,6 +294,11 @@ mod tests {
         assert!(err("--output a --output b").contains("--output given twice"));
         assert!(err("stray").contains("unexpected argument \"stray\""));
         assert!(err("--kernel-modules d --config c --output o --compression lz4").contains("zstd, gzip or none"));
+        assert!(
+            err("--kernel-modules d --config c --output o --hostonly --hostonly").contains("--hostonly given twice")
+        );
+        assert!(err("--kernel-modules d --config c --output o --hostonly=yes").contains("--hostonly takes no value"));
+        assert!(err("--kernel-modules d --config c --output o --sysfs /x").contains("only make sense with --hostonly"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Putting the initramfs together: the init, the config, the device node the
 //! kernel needs for stdio, the modules and their index, as one compressed cpio.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use dockroot::modules::{write_index, INDEX_PATH};
 use crate::compress::{compress, read_capped, Compression};
 use crate::cpio::Archive;
 use crate::elf;
-use crate::kmod::{self, KernelTree, Plan};
+use crate::kmod::{self, Found, KernelTree, Plan, Request};
 
 /// Where the config goes in the initramfs (the prior art's path).
 pub const CONFIG_PATH: &str = "etc/docker-btrfs.json";
@@ -20,26 +21,28 @@ pub const INIT_MAX_BYTES: u64 = 64 << 20;
 /// The largest config file read (the init refuses more than 64 KiB anyway).
 pub const CONFIG_MAX_BYTES: u64 = 1 << 20;
 
-/// The modules included when no `--module` is given: what it takes to reach
-/// a btrfs root (and a top layer on ext4, xfs or vfat) on common machines and
-/// VMs. Names this kernel lacks (built in, or not shipped) are skipped with a note.
-pub const DEFAULT_MODULES: &[&str] = &[
-    // Filesystems: the root, and the top layer.
-    "btrfs",
-    "ext4",
-    "xfs",
-    "vfat",
-    "nls_cp437",
-    "nls_iso8859_1",
-    "nls_utf8",
-    // VMs: virtio (QEMU/KVM, most clouds).
+/// Filesystems the generic image loads at every boot (they have no modalias):
+/// the root, and the top layer on ext4, xfs or vfat (with the codepages vfat
+/// mounts need).
+pub const DEFAULT_FILESYSTEMS: &[&str] = &["btrfs", "ext4", "xfs", "vfat", "nls_cp437", "nls_iso8859_1", "nls_utf8"];
+
+/// Drivers the generic image carries for common machines and VMs, loaded at
+/// boot only when a device's modalias matches one of their aliases. Names this
+/// kernel lacks (built in, or not shipped) are skipped with a note.
+pub const DEFAULT_DRIVERS: &[&str] = &[
+    // VMs: virtio (QEMU/KVM, most clouds), VMware, Hyper-V, Xen.
     "virtio_pci",
     "virtio_blk",
     "virtio_scsi",
-    // Disks: NVMe, SATA (AHCI, and QEMU's default PIIX IDE), SCSI disks.
+    "vmw_pvscsi",
+    "hv_storvsc",
+    "xen_blkfront",
+    // Disks: NVMe, SATA (AHCI, and QEMU's default PIIX IDE), SAS HBAs and RAID, SCSI disks.
     "nvme",
     "ahci",
     "ata_piix",
+    "mpt3sas",
+    "megaraid_sas",
     "sd_mod",
     // USB disks: host controllers, mass storage and UAS.
     "xhci_pci",
@@ -54,6 +57,9 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "sdhci_acpi",
 ];
 
+/// Filesystem types whose mounts need more than their own module.
+const FS_EXTRAS: &[(&str, &[&str])] = &[("vfat", &["nls_cp437", "nls_iso8859_1", "nls_utf8"])];
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -61,7 +67,7 @@ pub struct Options {
     pub kernel_modules: PathBuf,
     /// The kernel release; default: the file name of `kernel_modules`.
     pub kernel_release: Option<String>,
-    /// Modules asked for; empty means [`DEFAULT_MODULES`].
+    /// Modules asked for by name (`--module`).
     pub modules: Vec<String>,
     pub config: PathBuf,
     pub output: PathBuf,
@@ -70,6 +76,72 @@ pub struct Options {
     pub compression: Compression,
     /// mtime of every entry (0, or SOURCE_DATE_EPOCH).
     pub mtime: u32,
+    /// Only what this machine needs (`--hostonly`).
+    pub hostonly: bool,
+    /// The sysfs `--hostonly` reads (`--sysfs`, default `/sys`).
+    pub sysfs: PathBuf,
+    /// The mount table `--hostonly` reads (`--mounts`, default `/proc/self/mounts`).
+    pub mounts: PathBuf,
+    /// Where firmware files are (`--firmware-dir`); default: `lib/firmware` next
+    /// to the modules directory's `lib/modules`.
+    pub firmware_dir: Option<PathBuf>,
+    /// Store modules compressed as shipped (`--keep-compressed`).
+    pub keep_compressed: bool,
+    /// The kernel's build configuration (`--kernel-config`); default:
+    /// `boot/config-RELEASE` next to the modules directory's `lib/modules`.
+    pub kernel_config: Option<PathBuf>,
+}
+
+impl Options {
+    /// Options with the defaults for everything but the required paths.
+    pub fn new(kernel_modules: PathBuf, config: PathBuf, output: PathBuf) -> Options {
+        Options {
+            kernel_modules,
+            kernel_release: None,
+            modules: Vec::new(),
+            config,
+            output,
+            init: None,
+            compression: Compression::Zstd,
+            mtime: 0,
+            hostonly: false,
+            sysfs: PathBuf::from("/sys"),
+            mounts: PathBuf::from("/proc/self/mounts"),
+            firmware_dir: None,
+            keep_compressed: false,
+            kernel_config: None,
+        }
+    }
+}
+
+/// Which modules the image carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// No `--module`, no `--hostonly`: [`DEFAULT_FILESYSTEMS`] always, [`DEFAULT_DRIVERS`] by modalias.
+    Generic,
+    /// `--module` names only, all loaded at every boot.
+    Listed,
+    /// `--hostonly`: what this machine's devices and mounts need.
+    HostOnly(HostOnly),
+}
+
+/// What `--hostonly` found on this machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostOnly {
+    /// Modalias strings of the devices.
+    pub modaliases: usize,
+    /// Modules whose aliases matched them.
+    pub drivers: Vec<String>,
+    /// Filesystem types mounted at / and /boot*.
+    pub filesystems: Vec<String>,
+}
+
+/// A firmware file going into the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firmware {
+    /// Its path in the image: `lib/firmware/NAME` (with `.xz`/`.zst` if stored so).
+    pub image_path: String,
+    pub len: usize,
 }
 
 /// What went into the image, for the summary.
@@ -85,8 +157,33 @@ pub struct Built {
     pub config_image: String,
     /// The module plan (module data dropped).
     pub plan: Plan,
-    /// True if the default set was used.
-    pub default_set: bool,
+    pub mode: Mode,
+    /// Firmware files included.
+    pub firmware: Vec<Firmware>,
+    /// Firmware named by included modules but not found: (module, name).
+    pub firmware_missing: Vec<MissingFirmware>,
+    /// Where firmware was looked for.
+    pub firmware_dir: PathBuf,
+}
+
+/// `BASE` of a modules directory `BASE/lib/modules/RELEASE`, if it has that shape.
+fn base_of(modules_dir: &Path) -> Option<&Path> {
+    let lib_modules = modules_dir.parent()?;
+    if !lib_modules.ends_with("lib/modules") {
+        return None;
+    }
+    lib_modules.parent()?.parent()
+}
+
+/// Where firmware is looked for by default: `BASE/lib/firmware` for
+/// `BASE/lib/modules/RELEASE` (so `/lib/firmware` for the host's own modules).
+pub fn default_firmware_dir(modules_dir: &Path) -> PathBuf {
+    base_of(modules_dir).map(|b| b.join("lib/firmware")).unwrap_or_else(|| PathBuf::from("/lib/firmware"))
+}
+
+/// Where the kernel configuration is by default: `BASE/boot/config-RELEASE`.
+pub fn default_kernel_config(modules_dir: &Path, release: &str) -> Option<PathBuf> {
+    base_of(modules_dir).map(|b| b.join("boot").join(format!("config-{release}")))
 }
 
 /// The kernel release of a modules directory: its file name.
@@ -121,6 +218,249 @@ fn read_init(path: &Path) -> Result<Vec<u8>> {
     Ok(data)
 }
 
+/// A kernel build configuration (`CONFIG_X=y` lines).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelConfig {
+    pub path: PathBuf,
+    values: BTreeMap<String, String>,
+}
+
+impl KernelConfig {
+    /// Parse the text of a kernel `.config`.
+    pub fn parse(path: &Path, text: &str) -> KernelConfig {
+        let mut values = BTreeMap::new();
+        for line in text.lines().map(str::trim) {
+            // `# CONFIG_X is not set` says the option exists and is off.
+            if let Some(key) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
+                values.insert(key.to_owned(), "n".to_owned());
+            } else if let Some((k, v)) = line.split_once('=').filter(|(k, _)| k.starts_with("CONFIG_")) {
+                values.insert(k.to_owned(), v.trim_matches('"').to_owned());
+            }
+        }
+        KernelConfig { path: path.to_owned(), values }
+    }
+
+    /// Read `path`; `Ok(None)` if it does not exist.
+    pub fn read(path: &Path) -> Result<Option<KernelConfig>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = read_capped(path, CONFIG_MAX_BYTES.saturating_mul(16))?;
+        Ok(Some(KernelConfig::parse(path, &String::from_utf8_lossy(&bytes))))
+    }
+
+    /// True if `key` is `y` (built in).
+    pub fn is_y(&self, key: &str) -> bool {
+        self.values.get(key).is_some_and(|v| v == "y")
+    }
+
+    /// Can the kernel load modules compressed with `suffix` (`.xz`, `.zst`,
+    /// `.gz`) itself (finit_module with MODULE_INIT_COMPRESSED_FILE)? It needs
+    /// CONFIG_MODULE_DECOMPRESS and was built for one compression only.
+    pub fn decompresses_modules(&self, suffix: &str) -> std::result::Result<(), String> {
+        let (key, kind) = compression_config(suffix);
+        if !self.is_y("CONFIG_MODULE_DECOMPRESS") {
+            return Err(format!("{} does not set CONFIG_MODULE_DECOMPRESS=y", self.path.display()));
+        }
+        if !self.is_y(key) {
+            return Err(format!(
+                "{} has CONFIG_MODULE_DECOMPRESS but not {key}=y: it decompresses other modules than {kind}",
+                self.path.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Does the kernel's firmware loader read `.xz`/`.zst` firmware files?
+    pub fn decompresses_firmware(&self, suffix: &str) -> bool {
+        match suffix {
+            // Before 5.19, CONFIG_FW_LOADER_COMPRESS alone meant xz.
+            ".xz" => {
+                self.is_y("CONFIG_FW_LOADER_COMPRESS_XZ")
+                    || self.is_y("CONFIG_FW_LOADER_COMPRESS")
+                        && !self.values.contains_key("CONFIG_FW_LOADER_COMPRESS_XZ")
+            }
+            ".zst" => self.is_y("CONFIG_FW_LOADER_COMPRESS_ZSTD"),
+            _ => true,
+        }
+    }
+}
+
+fn compression_config(suffix: &str) -> (&'static str, &'static str) {
+    match suffix {
+        ".xz" => ("CONFIG_MODULE_COMPRESS_XZ", "xz"),
+        ".zst" => ("CONFIG_MODULE_COMPRESS_ZSTD", "zstd"),
+        _ => ("CONFIG_MODULE_COMPRESS_GZIP", "gzip"),
+    }
+}
+
+/// Mount points of a mount table (`/proc/self/mounts`) at `/`, `/boot` and
+/// below `/boot`, with their filesystem types. Octal escapes (`\040`) decoded.
+pub fn root_and_boot_filesystems(mounts: &str) -> Vec<(String, String)> {
+    let unescape = |s: &str| -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0usize;
+        while let Some(&c) = b.get(i) {
+            let oct =
+                b.get(i.saturating_add(1)..i.saturating_add(4)).filter(|d| d.iter().all(|x| (b'0'..=b'7').contains(x)));
+            match (c, oct) {
+                (b'\\', Some(d)) => {
+                    let v = d.iter().fold(0u32, |a, x| a * 8 + u32::from(x - b'0'));
+                    out.push(u8::try_from(v).unwrap_or(b'?'));
+                    i = i.saturating_add(4);
+                }
+                _ => {
+                    out.push(c);
+                    i = i.saturating_add(1);
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let mut out = Vec::new();
+    for line in mounts.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_), Some(target), Some(fstype)) = (f.next(), f.next(), f.next()) else { continue };
+        let target = unescape(target);
+        if target == "/" || target == "/boot" || target.starts_with("/boot/") {
+            out.push((target, fstype.to_owned()));
+        }
+    }
+    out
+}
+
+/// Find what `--hostonly` needs on this machine: drivers for its devices
+/// (modalias strings under `sysfs/devices`), modules for the filesystems at
+/// `/` and `/boot*`.
+fn hostonly_request(opts: &Options, tree: &mut KernelTree) -> Result<(Request, HostOnly)> {
+    let devices = opts.sysfs.join("devices");
+    let modaliases =
+        dockroot::modules::collect_modaliases(&devices, dockroot::modules::SYSFS_MAX_DEPTH).map_err(|e| {
+            e.context(format!("--hostonly: reading the modalias strings of this machine under {}", devices.display()))
+        })?;
+    let table = tree.alias_table()?;
+    let mut drivers = BTreeSet::new();
+    for modalias in modaliases.keys() {
+        drivers.extend(table.lookup(modalias));
+    }
+    let mounts = read_capped(&opts.mounts, CONFIG_MAX_BYTES.saturating_mul(16))
+        .map_err(|e| e.context("--hostonly: reading the mount table"))?;
+    let mut filesystems: BTreeSet<String> = BTreeSet::new();
+    for (_, fstype) in root_and_boot_filesystems(&String::from_utf8_lossy(&mounts)) {
+        filesystems.insert(fstype);
+    }
+    let mut always = vec!["btrfs".to_string()];
+    for fs in &filesystems {
+        let name =
+            if matches!(tree.find(&format!("fs-{fs}"))?, Found::Absent) { fs.clone() } else { format!("fs-{fs}") };
+        always.push(name);
+        for (t, extras) in FS_EXTRAS {
+            if t == fs {
+                always.extend(extras.iter().map(|s| s.to_string()));
+            }
+        }
+    }
+    let found = HostOnly {
+        modaliases: modaliases.len(),
+        drivers: drivers.iter().cloned().collect(),
+        filesystems: filesystems.into_iter().collect(),
+    };
+    let request = Request {
+        always,
+        required_always: opts.modules.clone(),
+        drivers: drivers.into_iter().collect(),
+        keep_compressed: opts.keep_compressed,
+    };
+    Ok((request, found))
+}
+
+/// Refuse `--keep-compressed` for module formats the target kernel cannot decompress itself.
+fn check_keep_compressed(opts: &Options, release: &str, plan: &Plan) -> Result<()> {
+    let mut suffixes: BTreeSet<&str> = BTreeSet::new();
+    for m in &plan.modules {
+        if let Some(s) = crate::compress::module_suffix(&m.source) {
+            suffixes.insert(s);
+        }
+    }
+    if suffixes.is_empty() {
+        return Ok(());
+    }
+    let path = match (&opts.kernel_config, default_kernel_config(&opts.kernel_modules, release)) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p,
+        (None, None) => {
+            return Err(Error::msg(format!(
+                "--keep-compressed: cannot tell whether kernel {release} decompresses modules itself: give --kernel-config FILE"
+            )))
+        }
+    };
+    let config = KernelConfig::read(&path)?.context(|| {
+        format!(
+            "--keep-compressed: cannot tell whether kernel {release} decompresses modules itself: {} does not exist; \
+             give --kernel-config FILE, or drop --keep-compressed",
+            path.display()
+        )
+    })?;
+    for suffix in suffixes {
+        config.decompresses_modules(suffix).map_err(|why| {
+            Error::msg(format!(
+                "--keep-compressed: kernel {release} cannot load .ko{suffix} modules itself ({why}): \
+                 drop --keep-compressed to store them decompressed"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Firmware a module names that was not found: (module, file name).
+pub type MissingFirmware = (String, String);
+
+/// The most bytes read of one firmware file.
+pub const FIRMWARE_MAX_BYTES: u64 = 64 << 20;
+
+/// Add the firmware the modules name: `DIR/NAME`, or `NAME.zst`/`NAME.xz` as
+/// the kernel's loader tries them, stored as found (decompressed if the
+/// kernel configuration is known and its loader cannot read that suffix).
+fn add_firmware(
+    archive: &mut Archive,
+    plan: &Plan,
+    dir: &Path,
+    config: Option<&KernelConfig>,
+) -> Result<(Vec<Firmware>, Vec<MissingFirmware>)> {
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for m in &plan.modules {
+        for name in &m.firmware {
+            if !done.insert(name.as_str()) {
+                continue;
+            }
+            if name.is_empty() || !Path::new(name).components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+                missing.push((m.name.clone(), format!("{name} (not a clean relative path, ignored)")));
+                continue;
+            }
+            let Some((suffix, path)) =
+                ["", ".zst", ".xz"].iter().map(|s| (*s, dir.join(format!("{name}{s}")))).find(|(_, p)| p.is_file())
+            else {
+                missing.push((m.name.clone(), name.clone()));
+                continue;
+            };
+            let data = read_capped(&path, FIRMWARE_MAX_BYTES)?;
+            let (image_path, data) = match config {
+                Some(c) if !suffix.is_empty() && !c.decompresses_firmware(suffix) => {
+                    let plain = crate::compress::decompress_file(&path, data, FIRMWARE_MAX_BYTES)?;
+                    (format!("lib/firmware/{name}"), plain)
+                }
+                _ => (format!("lib/firmware/{name}{suffix}"), data),
+            };
+            found.push(Firmware { image_path: image_path.clone(), len: data.len() });
+            archive.add_file(&image_path, 0o644, data)?;
+        }
+    }
+    Ok((found, missing))
+}
+
 /// Build the compressed image in memory.
 pub fn build_image(opts: &Options) -> Result<Built> {
     let init_path = match &opts.init {
@@ -138,10 +478,29 @@ pub fn build_image(opts: &Options) -> Result<Built> {
         None => release_of(&opts.kernel_modules)?,
     };
     let mut tree = KernelTree::open(&opts.kernel_modules, &release)?;
-    let default_set = opts.modules.is_empty();
-    let requested: Vec<String> =
-        if default_set { DEFAULT_MODULES.iter().map(|s| s.to_string()).collect() } else { opts.modules.clone() };
-    let mut plan = kmod::plan(&mut tree, &requested, !default_set)?;
+    let (request, mode) = if opts.hostonly {
+        let (request, found) = hostonly_request(opts, &mut tree)?;
+        (request, Mode::HostOnly(found))
+    } else if opts.modules.is_empty() {
+        let request = Request {
+            always: DEFAULT_FILESYSTEMS.iter().map(|s| s.to_string()).collect(),
+            drivers: DEFAULT_DRIVERS.iter().map(|s| s.to_string()).collect(),
+            keep_compressed: opts.keep_compressed,
+            ..Request::default()
+        };
+        (request, Mode::Generic)
+    } else {
+        let request = Request {
+            required_always: opts.modules.clone(),
+            keep_compressed: opts.keep_compressed,
+            ..Request::default()
+        };
+        (request, Mode::Listed)
+    };
+    let mut plan = kmod::plan(&mut tree, &request)?;
+    if opts.keep_compressed {
+        check_keep_compressed(opts, &release, &plan)?;
+    }
     let index = write_index(&plan.index())?;
 
     let mut archive = Archive::new();
@@ -159,6 +518,15 @@ pub fn build_image(opts: &Options) -> Result<Built> {
     for m in &mut plan.modules {
         archive.add_file(&m.image_path, 0o644, std::mem::take(&mut m.data))?;
     }
+    let firmware_dir = opts.firmware_dir.clone().unwrap_or_else(|| default_firmware_dir(&opts.kernel_modules));
+    let kernel_config = match (&opts.kernel_config, default_kernel_config(&opts.kernel_modules, &release)) {
+        (Some(p), _) => {
+            KernelConfig::read(p)?.context(|| format!("--kernel-config {} does not exist", p.display())).map(Some)?
+        }
+        (None, Some(p)) => KernelConfig::read(&p)?,
+        (None, None) => None,
+    };
+    let (firmware, firmware_missing) = add_firmware(&mut archive, &plan, &firmware_dir, kernel_config.as_ref())?;
     let cpio = archive.write(opts.mtime)?;
     let image = compress(&cpio, opts.compression)?;
     Ok(Built {
@@ -168,7 +536,10 @@ pub fn build_image(opts: &Options) -> Result<Built> {
         init_len,
         config_image: spec.to_string(),
         plan,
-        default_set,
+        mode,
+        firmware,
+        firmware_missing,
+        firmware_dir,
     })
 }
 
@@ -210,12 +581,37 @@ pub fn summary(opts: &Options, built: &Built) -> String {
     let _ = writeln!(s, "  init: {} ({} bytes)", built.init.display(), built.init_len);
     let _ = writeln!(s, "  config: {} (image {})", opts.config.display(), built.config_image);
     let plan = &built.plan;
+    match &built.mode {
+        Mode::Generic => {
+            let _ = writeln!(s, "  generic image: filesystems at every boot, drivers when a device's modalias asks");
+        }
+        Mode::Listed => {
+            let _ = writeln!(s, "  modules named by --module, loaded at every boot");
+        }
+        Mode::HostOnly(h) => {
+            let _ = writeln!(
+                s,
+                "  hostonly: {} modalias strings under {}/devices matched {} modules: {}",
+                h.modaliases,
+                opts.sysfs.display(),
+                h.drivers.len(),
+                list(&h.drivers)
+            );
+            let _ = writeln!(
+                s,
+                "  hostonly: filesystems at / and /boot ({}): {}",
+                opts.mounts.display(),
+                if h.filesystems.is_empty() { "none".to_owned() } else { list(&h.filesystems) }
+            );
+        }
+    }
+    let (always, by_modalias) = plan.counts();
+    let aliases: usize = plan.modules.iter().map(|m| m.aliases.len()).sum();
     let _ = writeln!(
         s,
-        "  kernel {}: {} modules{} in load order: {}",
+        "  kernel {}: {} modules ({always} always, {by_modalias} by modalias; {aliases} device aliases) in load order: {}",
         plan.release,
         plan.modules.len(),
-        if built.default_set { " (default set)" } else { "" },
         list(plan.modules.iter().map(|m| &m.name))
     );
     if !plan.builtin.is_empty() {
@@ -224,9 +620,33 @@ pub fn summary(opts: &Options, built: &Built) -> String {
     if !plan.absent.is_empty() {
         let _ = writeln!(s, "  not in this kernel (skipped): {}", list(&plan.absent));
     }
-    let decompressed = plan.modules.iter().filter(|m| crate::compress::module_suffix(&m.source).is_some()).count();
-    if decompressed > 0 {
-        let _ = writeln!(s, "  decompressed {decompressed} compressed module files (.ko.xz/.ko.zst/.ko.gz)");
+    let compressed = plan.modules.iter().filter(|m| crate::compress::module_suffix(&m.source).is_some()).count();
+    if compressed > 0 {
+        if opts.keep_compressed {
+            let _ = writeln!(
+                s,
+                "  kept {compressed} module files compressed (.ko.xz/.ko.zst/.ko.gz): the kernel decompresses them"
+            );
+        } else {
+            let _ = writeln!(s, "  decompressed {compressed} compressed module files (.ko.xz/.ko.zst/.ko.gz)");
+        }
+    }
+    if !built.firmware.is_empty() {
+        let bytes: usize = built.firmware.iter().map(|f| f.len).sum();
+        let _ = writeln!(
+            s,
+            "  firmware from {}: {} files ({bytes} bytes): {}",
+            built.firmware_dir.display(),
+            built.firmware.len(),
+            list(built.firmware.iter().map(|f| f.image_path.trim_start_matches("lib/firmware/")))
+        );
+    }
+    for (module, name) in &built.firmware_missing {
+        let _ = writeln!(
+            s,
+            "  note: firmware {name} (named by {module}) is not in {}: devices that need it will not work",
+            built.firmware_dir.display()
+        );
     }
     for note in &plan.notes {
         let _ = writeln!(s, "  note: {note}");

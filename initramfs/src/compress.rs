@@ -87,20 +87,31 @@ pub fn module_suffix(file_name: &str) -> Option<&'static str> {
     [".ko.xz", ".ko.zst", ".ko.gz"].into_iter().find(|s| file_name.ends_with(s)).and_then(|s| s.strip_prefix(".ko"))
 }
 
+/// Decompress a file read from `path` according to its suffix (`.xz`, `.zst`,
+/// `.gz`), at most `cap` bytes of output; another suffix is returned as it is.
+pub fn decompress_file(path: &Path, data: Vec<u8>, cap: u64) -> Result<Vec<u8>> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let what = || format!("{} (decompressed)", path.display());
+    let fail = |e: std::io::Error| Error::with(format!("decompressing {}", path.display()), e);
+    if name.ends_with(".xz") {
+        read_all_capped(liblzma::read::XzDecoder::new(data.as_slice()), cap, what)
+    } else if name.ends_with(".zst") {
+        let dec = zstd::stream::read::Decoder::new(data.as_slice()).map_err(fail)?;
+        read_all_capped(dec, cap, what)
+    } else if name.ends_with(".gz") {
+        read_all_capped(flate2::read::MultiGzDecoder::new(data.as_slice()), cap, what)
+    } else {
+        Ok(data)
+    }
+}
+
 /// Decompress a module read from `path` according to its suffix; a plain
 /// `.ko` is returned as it is. The output is capped at [`MODULE_MAX_BYTES`].
 pub fn decompress_module(path: &Path, data: Vec<u8>) -> Result<Vec<u8>> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let what = || format!("{} (decompressed)", path.display());
-    let fail = |e: std::io::Error| Error::with(format!("decompressing {}", path.display()), e);
     match module_suffix(&name) {
         None => Ok(data),
-        Some(".xz") => read_all_capped(liblzma::read::XzDecoder::new(data.as_slice()), MODULE_MAX_BYTES, what),
-        Some(".zst") => {
-            let dec = zstd::stream::read::Decoder::new(data.as_slice()).map_err(fail)?;
-            read_all_capped(dec, MODULE_MAX_BYTES, what)
-        }
-        Some(_) => read_all_capped(flate2::read::MultiGzDecoder::new(data.as_slice()), MODULE_MAX_BYTES, what),
+        Some(_) => decompress_file(path, data, MODULE_MAX_BYTES),
     }
 }
 

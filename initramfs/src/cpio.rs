@@ -9,7 +9,6 @@
 //! with the entry `TRAILER!!!`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use dockroot::error::{Context, Error, Result};
 
@@ -470,7 +469,7 @@ mod tests {
         assert!(console.file_type().is_char_device());
         assert_eq!(console.rdev(), libc_makedev(5, 1));
         assert_eq!(console.mode() & 0o7777, 0o600);
-        assert_eq!(std::fs::read_link(root.join("lib64")).unwrap(), Path::new("lib"));
+        assert_eq!(std::fs::read_link(root.join("lib64")).unwrap(), std::path::Path::new("lib"));
         assert!(root.join("proc").is_dir() && root.join("sys").is_dir() && root.join("run").is_dir());
         assert_eq!(std::fs::metadata(root.join("init")).unwrap().mtime(), 0);
         std::fs::remove_dir_all(&dir).unwrap();

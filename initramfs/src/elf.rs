@@ -168,6 +168,8 @@ pub struct Modinfo {
     pub aliases: Vec<String>,
     /// `name=`, if present.
     pub name: Option<String>,
+    /// Every `firmware=` value: files the module may ask the kernel's firmware loader for.
+    pub firmware: Vec<String>,
 }
 
 impl Modinfo {
@@ -189,6 +191,7 @@ pub fn parse_modinfo(section: &[u8]) -> Modinfo {
             "softdep" => info.softdeps.push(value.to_owned()),
             "alias" => info.aliases.push(value.to_owned()),
             "name" => info.name = Some(value.to_owned()),
+            "firmware" => info.firmware.push(value.to_owned()),
             _ => {}
         }
     }

@@ -14,8 +14,10 @@
 //!   `crc32c_intel` provide). Only aliases that match the name exactly count
 //!   (no wildcard patterns: those are for devices), and *every* module
 //!   providing the alias is included, since which one works depends on the CPU.
-//!   Without modules.alias, the aliases are read from every module's `.modinfo`
-//!   (slow, only when needed).
+//!   Device aliases (`bus:...` patterns) of the included modules go into the
+//!   index for the init's modalias matching, and `--hostonly` matches this
+//!   machine's modaliases against all of them. Without modules.alias, the
+//!   aliases are read from every module's `.modinfo` (slow, only when needed).
 //! - `modules.builtin` and `modules.builtin.modinfo`: modules and aliases built
 //!   into the kernel are skipped with a note.
 //!
@@ -23,12 +25,17 @@
 //! vermagic of the kernel release. The load order puts hard dependencies and
 //! pre-softdeps before a module and post-softdeps after it, ties broken by
 //! name; a cycle is an error that names it.
+//!
+//! Each included module is loaded `always` if a module asked for as such
+//! (filesystems, `--module` names) needs it, directly or not; the others
+//! (drivers of the generic set, what `--hostonly` found in sysfs, and what
+//! they need) only when a device's modalias asks for them at boot.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 use dockroot::error::{Context, Error, Result};
-use dockroot::modules::{normalize_name, IndexEntry, ModuleIndex};
+use dockroot::modules::{check_pattern, normalize_name, Alias, AliasTable, IndexEntry, Load, ModuleIndex};
 
 use crate::compress::{decompress_module, module_suffix, read_capped, MODULE_MAX_BYTES};
 use crate::elf;
@@ -152,18 +159,44 @@ fn is_pattern(alias: &str) -> bool {
     alias.contains(['*', '?', '['])
 }
 
-/// Parse modules.alias, keeping only exact (non-wildcard) aliases: alias → modules.
-pub fn parse_alias_file(text: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+/// True if an alias is a device alias (`bus:...`): what a modalias can match.
+/// Name aliases (`fs-btrfs`, `crypto-crc32c`, `char-major-10-234`) are not;
+/// `devname:` aliases are for udev's static nodes, not devices.
+pub fn is_device_alias(alias: &str) -> bool {
+    alias.contains(':') && !alias.starts_with("devname:")
+}
+
+/// modules.alias, parsed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AliasFile {
+    /// Exact (non-wildcard) aliases: alias → modules.
+    pub exact: BTreeMap<String, BTreeSet<String>>,
+    /// Device aliases: module → patterns, as written.
+    pub device: BTreeMap<String, Vec<String>>,
+}
+
+impl AliasFile {
+    fn add(&mut self, alias: &str, module: &str) {
+        let module = normalize_name(module);
+        if is_device_alias(alias) {
+            self.device.entry(module.clone()).or_default().push(alias.to_owned());
+        }
+        if !is_pattern(alias) {
+            self.exact.entry(normalize_name(alias)).or_default().insert(module);
+        }
+    }
+}
+
+/// Parse modules.alias: exact aliases (names) and device alias patterns.
+pub fn parse_alias_file(text: &str) -> AliasFile {
+    let mut out = AliasFile::default();
     for line in text.lines() {
         let mut words = line.split_whitespace();
         if words.next() != Some("alias") {
             continue;
         }
         let (Some(alias), Some(module)) = (words.next(), words.next()) else { continue };
-        if !is_pattern(alias) {
-            out.entry(normalize_name(alias)).or_default().insert(normalize_name(module));
-        }
+        out.add(alias, module);
     }
     out
 }
@@ -210,8 +243,8 @@ pub struct KernelTree {
     /// Dependencies from modules.dep; `None` when it is missing.
     dep_file: Option<BTreeMap<String, Vec<String>>>,
     softdep_file: BTreeMap<String, Vec<String>>,
-    /// Exact aliases; `None` until read when modules.alias is missing.
-    aliases: Option<BTreeMap<String, BTreeSet<String>>>,
+    /// Aliases; `None` until read when modules.alias is missing.
+    aliases: Option<AliasFile>,
     builtin: BTreeSet<String>,
     builtin_aliases: BTreeMap<String, BTreeSet<String>>,
     /// Things worth telling the user (missing index files, duplicates...).
@@ -321,25 +354,43 @@ impl KernelTree {
         })
     }
 
-    /// Read every module's `.modinfo` aliases (when modules.alias is missing).
-    fn scan_aliases(&mut self) -> Result<&BTreeMap<String, BTreeSet<String>>> {
+    /// The aliases: modules.alias, or every module's `.modinfo` aliases when it is missing.
+    fn aliases(&mut self) -> Result<&AliasFile> {
         if self.aliases.is_none() {
             self.notes.insert(format!(
                 "{}/modules.alias is missing: read the aliases of {} modules from their .modinfo",
                 self.dir.display(),
                 self.paths.len()
             ));
-            let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            let mut file = AliasFile::default();
             for (name, rel) in &self.paths {
                 let data = read_module(&self.dir, rel)?;
                 let info = elf::modinfo(&data).map_err(|e| Error::msg(format!("module {name} ({rel}): {e}")))?;
-                for alias in info.aliases.iter().filter(|a| !is_pattern(a)) {
-                    map.entry(normalize_name(alias)).or_default().insert(name.clone());
+                for alias in &info.aliases {
+                    file.add(alias, name);
                 }
             }
-            self.aliases = Some(map);
+            self.aliases = Some(file);
         }
         self.aliases.as_ref().context(|| "module aliases not read")
+    }
+
+    /// The device alias patterns of module `name`, as written.
+    pub fn device_aliases(&mut self, name: &str) -> Result<Vec<String>> {
+        Ok(self.aliases()?.device.get(name).cloned().unwrap_or_default())
+    }
+
+    /// A table of every device alias of this kernel's modules (for `--hostonly`).
+    pub fn alias_table(&mut self) -> Result<AliasTable> {
+        self.aliases()?;
+        let paths = &self.paths;
+        let file = self.aliases.as_ref().context(|| "module aliases not read")?;
+        let pairs = file
+            .device
+            .iter()
+            .filter(|(m, _)| paths.contains_key(*m))
+            .flat_map(|(m, ps)| ps.iter().map(move |p| (p.as_str(), m.as_str())));
+        Ok(AliasTable::new(pairs))
     }
 
     /// What `name` (a module name or an alias) is in this kernel.
@@ -352,7 +403,7 @@ impl KernelTree {
             return Ok(Found::Builtin);
         }
         let providers: Vec<String> =
-            self.scan_aliases()?.get(&name).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+            self.aliases()?.exact.get(&name).map(|s| s.iter().cloned().collect()).unwrap_or_default();
         let providers: Vec<String> = providers.into_iter().filter(|m| self.paths.contains_key(m)).collect();
         if !providers.is_empty() {
             return Ok(Found::Modules(providers));
@@ -375,14 +426,23 @@ pub struct PlannedModule {
     pub name: String,
     /// Its file in the modules directory, relative (possibly compressed).
     pub source: String,
-    /// Its path in the initramfs: `lib/modules/RELEASE/...ko`, decompressed.
+    /// Its path in the initramfs: `lib/modules/RELEASE/...ko`, decompressed
+    /// (or as shipped, `.ko.xz`..., with `keep_compressed`).
     pub image_path: String,
-    /// The plain (decompressed, never stripped) module.
+    /// The bytes that go into the image (plain, or as shipped with `keep_compressed`).
     pub data: Vec<u8>,
+    /// When the init loads it.
+    pub load: Load,
     /// Hard dependencies.
     pub deps: Vec<String>,
-    /// Modules to load before it if they can be (pre-softdeps, and modules naming it as post-softdep).
-    pub soft: Vec<String>,
+    /// Pre-softdeps: modules to load before it if they can be.
+    pub pre: Vec<String>,
+    /// Post-softdeps: modules to load after it.
+    pub post: Vec<String>,
+    /// Its device alias patterns.
+    pub aliases: Vec<String>,
+    /// Firmware files it names (`firmware=` in its modinfo).
+    pub firmware: Vec<String>,
 }
 
 /// The modules and their load order.
@@ -409,12 +469,40 @@ impl Plan {
                 .map(|m| IndexEntry {
                     name: m.name.clone(),
                     path: m.image_path.clone(),
+                    load: m.load,
                     deps: m.deps.clone(),
-                    soft: m.soft.clone(),
+                    pre: m.pre.clone(),
+                    post: m.post.clone(),
                 })
+                .collect(),
+            aliases: self
+                .modules
+                .iter()
+                .flat_map(|m| m.aliases.iter().map(|p| Alias { pattern: p.clone(), module: m.name.clone() }))
                 .collect(),
         }
     }
+
+    /// How many modules load `always`, and how many by modalias.
+    pub fn counts(&self) -> (usize, usize) {
+        let always = self.modules.iter().filter(|m| m.load == Load::Always).count();
+        (always, self.modules.len().saturating_sub(always))
+    }
+}
+
+/// What to include.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Loaded at every boot (filesystems); a name this kernel lacks is skipped with a note.
+    pub always: Vec<String>,
+    /// Loaded at every boot (`--module` names); a name this kernel lacks is an error.
+    pub required_always: Vec<String>,
+    /// Loaded when a device asks for them (drivers of the generic set, or what
+    /// `--hostonly` found); names this kernel lacks are skipped with a note. One
+    /// without any device alias is loaded always, with a note.
+    pub drivers: Vec<String>,
+    /// Store modules as the kernel ships them (`.ko.xz`...) instead of decompressed.
+    pub keep_compressed: bool,
 }
 
 struct Node {
@@ -423,17 +511,15 @@ struct Node {
     deps: BTreeSet<String>,
     pre: BTreeSet<String>,
     post: BTreeSet<String>,
+    firmware: Vec<String>,
 }
 
-/// Resolve `requested` names and everything they need. With `required`, a
-/// name this kernel does not have is an error; otherwise it is skipped with a
-/// note (for the default set).
-pub fn plan(tree: &mut KernelTree, requested: &[String], required: bool) -> Result<Plan> {
-    let mut plan = Plan { release: tree.release.clone(), ..Plan::default() };
-    let mut pending: BTreeSet<String> = BTreeSet::new();
-    for name in requested {
+/// Resolve names to modules of `tree`: found modules go into `pending`.
+fn resolve_roots(tree: &mut KernelTree, names: &[String], required: bool, plan: &mut Plan) -> Result<BTreeSet<String>> {
+    let mut roots = BTreeSet::new();
+    for name in names {
         match tree.find(name)? {
-            Found::Modules(ms) => pending.extend(ms),
+            Found::Modules(ms) => roots.extend(ms),
             Found::Builtin => {
                 plan.builtin.insert(normalize_name(name));
             }
@@ -450,6 +536,23 @@ pub fn plan(tree: &mut KernelTree, requested: &[String], required: bool) -> Resu
             }
         }
     }
+    Ok(roots)
+}
+
+/// Resolve the requested names and everything they need, and decide when
+/// each loads (see the module docs).
+pub fn plan(tree: &mut KernelTree, request: &Request) -> Result<Plan> {
+    let mut plan = Plan { release: tree.release.clone(), ..Plan::default() };
+    let mut always_roots = resolve_roots(tree, &request.required_always, true, &mut plan)?;
+    always_roots.extend(resolve_roots(tree, &request.always, false, &mut plan)?);
+    let driver_roots = resolve_roots(tree, &request.drivers, false, &mut plan)?;
+    for d in &driver_roots {
+        if !always_roots.contains(d) && tree.device_aliases(d)?.is_empty() {
+            plan.notes.insert(format!("module {d} has no device alias: it is loaded at every boot"));
+            always_roots.insert(d.clone());
+        }
+    }
+    let mut pending: BTreeSet<String> = always_roots.iter().chain(&driver_roots).cloned().collect();
 
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     while let Some(name) = pending.pop_first() {
@@ -457,8 +560,9 @@ pub fn plan(tree: &mut KernelTree, requested: &[String], required: bool) -> Resu
             continue;
         }
         let rel = tree.paths.get(&name).cloned().context(|| format!("module {name} has no file"))?;
-        let data = read_module(&tree.dir, &rel)?;
-        let info = elf::modinfo(&data)
+        let raw = read_capped(&tree.dir.join(&rel), MODULE_MAX_BYTES)?;
+        let plain = decompress_module(&tree.dir.join(&rel), raw.clone())?;
+        let info = elf::modinfo(&plain)
             .map_err(|e| Error::msg(format!("module {name} ({}/{rel}): {e}", tree.dir.display())))?;
         match info.release() {
             Some(r) if r == tree.release => {}
@@ -515,50 +619,71 @@ pub fn plan(tree: &mut KernelTree, requested: &[String], required: bool) -> Resu
             }
             Ok(out)
         };
-        let pre = resolve_soft(&soft.pre, tree, &mut plan)?;
+        let pre: BTreeSet<String> =
+            resolve_soft(&soft.pre, tree, &mut plan)?.into_iter().filter(|p| !deps.contains(p)).collect();
         let post = resolve_soft(&soft.post, tree, &mut plan)?;
         for m in deps.iter().chain(&pre).chain(&post) {
             if !nodes.contains_key(m) {
                 pending.insert(m.clone());
             }
         }
-        nodes.insert(name, Node { source: rel, data, deps, pre, post });
+        let data = if request.keep_compressed { raw } else { plain };
+        nodes.insert(name, Node { source: rel, data, deps, pre, post, firmware: info.firmware });
     }
 
     // What each module waits for: hard deps, pre-softdeps, and the modules naming it as post-softdep.
-    let mut soft_waits: BTreeMap<String, BTreeSet<String>> =
-        nodes.iter().map(|(n, node)| (n.clone(), node.pre.clone())).collect();
+    let mut waits: BTreeMap<String, BTreeSet<String>> =
+        nodes.iter().map(|(n, node)| (n.clone(), node.deps.iter().chain(&node.pre).cloned().collect())).collect();
     for (n, node) in &nodes {
         for p in &node.post {
-            if let Some(w) = soft_waits.get_mut(p) {
+            if let Some(w) = waits.get_mut(p) {
                 w.insert(n.clone());
             }
         }
     }
-    let waits: BTreeMap<String, BTreeSet<String>> = nodes
-        .iter()
-        .map(|(n, node)| {
-            let mut all = node.deps.clone();
-            all.extend(soft_waits.get(n).into_iter().flatten().cloned());
-            (n.clone(), all)
-        })
-        .collect();
     let order = topological_order(&waits)?;
+
+    // `always`: the always roots and everything they bring along.
+    let mut always: BTreeSet<String> = BTreeSet::new();
+    let mut stack: Vec<String> = always_roots.into_iter().collect();
+    while let Some(n) = stack.pop() {
+        if let Some(node) = nodes.get(&n) {
+            if always.insert(n.clone()) {
+                stack.extend(node.deps.iter().chain(&node.pre).chain(&node.post).cloned());
+            }
+        }
+    }
 
     for name in order {
         let node = nodes.remove(&name).context(|| format!("module {name} lost while ordering"))?;
-        let plain = match module_suffix(&node.source) {
-            Some(suffix) => node.source.strip_suffix(suffix).unwrap_or(&node.source).to_owned(),
-            None => node.source.clone(),
+        let stored = match module_suffix(&node.source) {
+            Some(suffix) if !request.keep_compressed => {
+                node.source.strip_suffix(suffix).unwrap_or(&node.source).to_owned()
+            }
+            _ => node.source.clone(),
         };
-        let soft = soft_waits.get(&name).into_iter().flatten().filter(|s| !node.deps.contains(*s)).cloned().collect();
+        let mut aliases = Vec::new();
+        for pattern in tree.device_aliases(&name)? {
+            match check_pattern(&pattern) {
+                Ok(()) => aliases.push(pattern),
+                Err(e) => {
+                    plan.notes.insert(format!("module {name}: {e}: left out, as depmod does"));
+                }
+            }
+        }
+        aliases.sort();
+        aliases.dedup();
         plan.modules.push(PlannedModule {
-            image_path: format!("lib/modules/{}/{plain}", tree.release),
+            image_path: format!("lib/modules/{}/{stored}", tree.release),
+            load: if always.contains(&name) { Load::Always } else { Load::Modalias },
             name,
             source: node.source,
             data: node.data,
             deps: node.deps.into_iter().collect(),
-            soft,
+            pre: node.pre.into_iter().collect(),
+            post: node.post.into_iter().collect(),
+            aliases,
+            firmware: node.firmware,
         });
     }
     plan.notes.extend(tree.notes.iter().cloned());
@@ -666,11 +791,20 @@ mod tests {
     fn parses_aliases_exactly_and_builtins() {
         let a = parse_alias_file(
             "alias crc32c crc32c_intel\nalias crc32c crc32c_generic\nalias crypto-crc32c crc32c-intel\n\
-             alias cpu:type:x86,ven*fam*mod*:feature:*0094* crc32c_intel\n",
+             alias cpu:type:x86,ven*fam*mod*:feature:*0094* crc32c_intel\nalias devname:btrfs-control btrfs\n\
+             alias pci:v00001AF4d00001001sv*sd*bc*sc*i* virtio-blk\nalias virtio:d00000002v* virtio_blk\n\
+             alias acpi*:PNP0D40:* sdhci_acpi\nalias fs-btrfs btrfs\n",
         );
-        assert_eq!(a["crc32c"].iter().collect::<Vec<_>>(), ["crc32c_generic", "crc32c_intel"]);
-        assert_eq!(a["crypto_crc32c"].iter().collect::<Vec<_>>(), ["crc32c_intel"]);
-        assert_eq!(a.len(), 2, "wildcard aliases are not names");
+        assert_eq!(a.exact["crc32c"].iter().collect::<Vec<_>>(), ["crc32c_generic", "crc32c_intel"]);
+        assert_eq!(a.exact["crypto_crc32c"].iter().collect::<Vec<_>>(), ["crc32c_intel"]);
+        assert_eq!(a.exact["fs_btrfs"].iter().collect::<Vec<_>>(), ["btrfs"]);
+        assert_eq!(a.exact.len(), 4, "wildcard aliases are not names: {:?}", a.exact.keys());
+        // Device aliases by module, as written; names and devname: are not device aliases.
+        assert_eq!(a.device["crc32c_intel"], ["cpu:type:x86,ven*fam*mod*:feature:*0094*"]);
+        assert_eq!(a.device["virtio_blk"], ["pci:v00001AF4d00001001sv*sd*bc*sc*i*", "virtio:d00000002v*"]);
+        assert_eq!(a.device["sdhci_acpi"], ["acpi*:PNP0D40:*"]);
+        assert!(!a.device.contains_key("btrfs"));
+        assert_eq!(a.device.len(), 3);
         let b = parse_builtin_file("kernel/crypto/sha256_generic.ko\nkernel/drivers/nvmem/nvmem_core.ko\n");
         assert!(b.contains("sha256_generic") && b.contains("nvmem_core"));
         let bm = parse_builtin_modinfo(b"sha256_generic.alias=sha256\0sha256_generic.license=GPL\0x.alias=pci:v*\0");

@@ -181,3 +181,128 @@ fn without_index_files_the_same_modules_are_found() {
     }
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+/// Modalias strings of QEMU's devices (virtio, NVMe, AHCI, xHCI, USB storage,
+/// SCSI disks), and of this machine's own devices.
+fn sample_modaliases() -> Vec<String> {
+    let mut out: Vec<String> = [
+        "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+        "pci:v00001AF4d00001004sv00001AF4sd00000008bc01sc00i00",
+        "virtio:d00000002v00001AF4",
+        "virtio:d00000008v00001AF4",
+        "pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02",
+        "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01",
+        "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80",
+        "pci:v00001B36d0000000Dsv00001AF4sd00001100bc0Csc03i30",
+        "usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00",
+        "usb:v1D6Bp0003d0601dc09dsc00dp03ic09isc00ip00in00",
+        "scsi:t-0x00",
+        "scsi:t-0x05",
+        "acpi:PNP0A08:PNP0A03:",
+        "platform:pcspkr",
+        "cpu:type:x86,ven0002fam001Amod0002:feature:,0000,0001,0094",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let host = dockroot::modules::collect_modaliases(Path::new("/sys/devices"), 64).unwrap();
+    out.extend(host.into_keys());
+    out
+}
+
+/// What `modprobe -R MODALIAS` resolves it to, modules only (not built-ins).
+fn modprobe_resolve(dir: &Path, modalias: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
+    let base = dir.parent().and_then(Path::parent).and_then(Path::parent).unwrap();
+    let out = Command::new("modprobe")
+        .arg("-d")
+        .arg(base)
+        .args(["-S", &release(dir), "-R", modalias])
+        .output()
+        .expect("modprobe (kmod) is installed");
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).filter(|m| modules.contains(m)).collect()
+}
+
+#[test]
+fn alias_matching_agrees_with_modprobe() {
+    let dir = modules_dir();
+    let mut tree = dockroot_mkinitramfs::kmod::KernelTree::open(&dir, &release(&dir)).unwrap();
+    let table = tree.alias_table().unwrap();
+    assert!(table.len() > 10_000, "a distribution kernel has many device aliases: {}", table.len());
+    let dep = std::fs::read_to_string(dir.join("modules.dep")).unwrap();
+    let modules: BTreeSet<String> =
+        dockroot_mkinitramfs::kmod::parse_modules_dep(&dep, &dir).unwrap().paths.into_keys().collect();
+    for modalias in sample_modaliases() {
+        let ours: BTreeSet<String> = table.lookup(&modalias).into_iter().collect();
+        assert_eq!(ours, modprobe_resolve(&dir, &modalias, &modules), "{modalias}");
+    }
+    // The ones the boot tests rely on.
+    let has = |m: &str, name: &str| table.lookup(m).contains(&name.to_string());
+    assert!(has("virtio:d00000002v00001AF4", "virtio_blk"));
+    assert!(has("pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02", "nvme"));
+    assert!(has("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01", "ahci"));
+    assert!(has("usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00", "usb_storage"));
+    assert!(has("scsi:t-0x00", "sd_mod"));
+}
+
+#[test]
+fn generic_image_finds_drivers_for_qemu_devices() {
+    let dir = modules_dir();
+    let work = temp_dir("real-generic");
+    let (entries, summary) = build(&dir, &work, "a.img", &[]);
+    let index = index(&entries);
+    let load = |n: &str| index.modules[position(&index, n)].load;
+    assert_eq!(load("btrfs"), dockroot::modules::Load::Always, "{summary}");
+    let table = dockroot::modules::AliasTable::of_index(&index);
+    for (modalias, driver) in [
+        ("virtio:d00000002v00001AF4", "virtio_blk"),
+        ("virtio:d00000008v00001AF4", "virtio_scsi"),
+        ("pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02", "nvme"),
+        ("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01", "ahci"),
+        ("pci:v00001B36d0000000Dsv00001AF4sd00001100bc0Csc03i30", "xhci_pci"),
+        ("usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00", "usb_storage"),
+        ("scsi:t-0x00", "sd_mod"),
+    ] {
+        assert!(table.lookup(modalias).contains(&driver.to_string()), "{modalias} should load {driver}");
+        assert_eq!(load(driver), dockroot::modules::Load::Modalias, "{driver}");
+    }
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+#[test]
+fn hostonly_on_this_machine() {
+    let dir = modules_dir();
+    let work = temp_dir("real-hostonly");
+    let cfg = config(&work);
+    let out = work.join("h.img");
+    let init = static_init();
+    let o = run(
+        &[
+            "--kernel-modules",
+            dir.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--init",
+            init.to_str().unwrap(),
+            "--hostonly",
+        ],
+        &[],
+    );
+    let summary = stderr(&o);
+    assert!(o.status.success(), "{summary}");
+    let index = index(&entries(&out));
+    let n = names(&index);
+    assert!(n.contains(&"btrfs".to_string()), "{summary}");
+    // Whatever this machine's devices are, each modalias-loaded driver is one modprobe would load for it.
+    let host = dockroot::modules::collect_modaliases(Path::new("/sys/devices"), 64).unwrap();
+    let table = dockroot::modules::AliasTable::of_index(&index);
+    let wanted: BTreeSet<String> = host.keys().flat_map(|m| table.lookup(m)).collect();
+    for m in &index.modules {
+        if m.load == dockroot::modules::Load::Modalias && wanted.contains(&m.name) {
+            assert!(summary.contains(&m.name), "{}: {summary}", m.name);
+        }
+    }
+    eprintln!("{summary}");
+    std::fs::remove_dir_all(&work).unwrap();
+}

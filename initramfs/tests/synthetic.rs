@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use dockroot::modules::{AliasTable, Load};
 
 /// A tree covering deps, softdeps (file and .modinfo), aliases, built-ins and
 /// the three compressions. Returns the tree and the plain bytes of btrfs.
@@ -133,20 +134,27 @@ fn resolves_deps_softdeps_aliases_and_builtins_in_order() {
     );
     let btrfs = &index.modules[position(&index, "btrfs")];
     assert_eq!(btrfs.deps, ["libcrc32c", "xor"]);
-    assert_eq!(btrfs.soft, ["crc32c_generic", "crc32c_intel"], "the crc32c alias brings every provider");
+    assert_eq!(btrfs.pre, ["crc32c_generic", "crc32c_intel"], "the crc32c alias brings every provider");
     assert_eq!(btrfs.path, format!("lib/modules/{RELEASE}/kernel/fs/btrfs/btrfs.ko"));
     let libcrc32c = &index.modules[position(&index, "libcrc32c")];
-    assert_eq!(libcrc32c.soft, ["crc32c_generic", "crc32c_intel"], "softdep from .modinfo");
+    assert_eq!(libcrc32c.pre, ["crc32c_generic", "crc32c_intel"], "softdep from .modinfo");
     let ext4 = &index.modules[position(&index, "ext4")];
     assert_eq!(
-        (ext4.deps.as_slice(), ext4.soft.as_slice()),
+        (ext4.deps.as_slice(), ext4.pre.as_slice()),
         (&["jbd2".to_string()][..], &["crc32c_generic".to_string()][..])
     );
     let post = &index.modules[position(&index, "ext4_post")];
-    assert_eq!(post.soft, ["ext4"], "a post-softdep waits for the module naming it");
+    assert!(post.pre.is_empty() && post.deps.is_empty());
+    assert_eq!(ext4.post, ["ext4_post"], "a post-softdep, listed after the module naming it");
+    assert!(index.modules.iter().all(|m| m.load == Load::Always), "--module: everything at every boot");
     assert!(!names(&index).contains(&"virtio_blk".to_string()), "not asked for");
 
-    assert!(summary.contains("8 modules in load order: crc32c_generic crc32c_intel jbd2"), "{summary}");
+    assert!(
+        summary.contains(
+            "8 modules (8 always, 0 by modalias; 0 device aliases) in load order: crc32c_generic crc32c_intel jbd2"
+        ),
+        "{summary}"
+    );
     assert!(summary.contains("built into the kernel (skipped): sha256 virtio_pci"), "{summary}");
     assert!(summary.contains("soft dependency nosuchalias is not in this kernel"), "{summary}");
     assert!(!summary.contains("ignored softdep word"), "cifs is not included, its softdep line is not looked at");
@@ -317,7 +325,7 @@ fn without_modules_dep_reads_modinfo_and_walks_kernel_dir() {
     assert_eq!(names(&index), ["crc32c_generic", "crc32c_intel", "jbd2", "ext4", "libcrc32c", "xor", "btrfs"]);
     let m = &index.modules[position(&index, "btrfs")];
     assert_eq!(m.deps, ["libcrc32c", "xor"], "from depends=");
-    assert_eq!(m.soft, ["crc32c_generic", "crc32c_intel"], "from softdep= and aliases read from .modinfo");
+    assert_eq!(m.pre, ["crc32c_generic", "crc32c_intel"], "from softdep= and aliases read from .modinfo");
     assert_eq!(find(&entries, &m.path).data, btrfs);
     assert!(summary.contains("modules.dep is missing"), "{summary}");
     assert!(summary.contains("modules.alias is missing"), "{summary}");
@@ -336,7 +344,10 @@ fn default_set_skips_what_the_kernel_lacks() {
     for want in ["btrfs", "ext4", "virtio_blk", "crc32c_intel", "xor"] {
         assert!(n.contains(&want.to_string()), "{want} missing from {n:?}");
     }
-    assert!(summary.contains("(default set)"), "{summary}");
+    assert!(
+        summary.contains("generic image: filesystems at every boot, drivers when a device's modalias asks"),
+        "{summary}"
+    );
     assert!(summary.contains("built into the kernel (skipped): sha256 virtio_pci"), "{summary}");
     assert!(summary.contains("not in this kernel (skipped): ahci"), "{summary}");
 }
@@ -415,4 +426,213 @@ fn help_version_and_usage_errors() {
     let o = run(&["--kernel-modules", "/x"], &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("missing option --config"), "{}", stderr(&o));
+}
+
+/// Drivers with device aliases on top of the standard tree: virtio_pci as a
+/// module (it is built in there), nvme, sd_mod (which needs scsi_mod), and a
+/// module nobody's hardware matches.
+fn add_drivers(t: &Tree) {
+    let mods = [
+        ("kernel/drivers/virtio/virtio_pci.ko", "virtio_pci", "pci:v00001AF4d*sv*sd*bc*sc*i*"),
+        ("kernel/drivers/nvme/host/nvme.ko", "nvme", "pci:v*d*sv*sd*bc01sc08i02*"),
+        ("kernel/drivers/scsi/sd_mod.ko", "sd_mod", "scsi:t-0x00*"),
+        ("kernel/drivers/scsi/scsi_mod.ko", "scsi_mod", ""),
+        ("kernel/drivers/ata/ahci.ko", "ahci", "pci:v*d*sv*sd*bc01sc06i01*"),
+        ("kernel/fs/fat/vfat.ko", "vfat", ""),
+        ("kernel/fs/nls/nls_cp437.ko", "nls_cp437", ""),
+    ];
+    let mut dep = std::fs::read_to_string(t.dir.join("modules.dep")).unwrap();
+    let mut alias = std::fs::read_to_string(t.dir.join("modules.alias")).unwrap();
+    for (rel, name, pattern) in mods {
+        let info: Vec<String> = if pattern.is_empty() { vec![] } else { vec![format!("alias={pattern}")] };
+        let info: Vec<&str> = info.iter().map(String::as_str).collect();
+        t.module(rel, name, RELEASE, &info);
+        let deps = if name == "sd_mod" { " kernel/drivers/scsi/scsi_mod.ko" } else { "" };
+        dep.push_str(&format!("{rel}:{deps}\n"));
+        if !pattern.is_empty() {
+            alias.push_str(&format!("alias {pattern} {name}\n"));
+        }
+    }
+    alias.push_str("alias fs-ext4 ext4\nalias fs-vfat vfat\nalias fs-btrfs btrfs\n");
+    t.file("modules.dep", &dep);
+    t.file("modules.alias", &alias);
+    t.file("modules.builtin", "kernel/crypto/sha256_generic.ko\n");
+}
+
+#[test]
+fn generic_image_loads_filesystems_always_and_drivers_by_modalias() {
+    let (b, _) = setup("generic");
+    add_drivers(&b.tree);
+    let (entries, summary) = b.ok("a.img", &[]);
+    let index = index(&entries);
+    let load = |n: &str| index.modules[position(&index, n)].load;
+    for m in [
+        "btrfs",
+        "xor",
+        "libcrc32c",
+        "crc32c_generic",
+        "crc32c_intel",
+        "ext4",
+        "jbd2",
+        "ext4_post",
+        "vfat",
+        "nls_cp437",
+    ] {
+        assert_eq!(load(m), Load::Always, "{m}");
+    }
+    for m in ["virtio_pci", "virtio_blk", "nvme", "sd_mod", "scsi_mod", "ahci"] {
+        assert_eq!(load(m), Load::Modalias, "{m}");
+    }
+    // The index carries the device aliases of included modules, and only those.
+    let table = AliasTable::of_index(&index);
+    assert_eq!(table.lookup("virtio:d00000002v00001AF4"), Vec::<String>::new(), "no such alias in this tree");
+    assert_eq!(table.lookup("pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00"), ["virtio_blk", "virtio_pci"]);
+    assert_eq!(table.lookup("pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02"), ["nvme"]);
+    assert_eq!(table.lookup("scsi:t-0x00"), ["sd_mod"]);
+    assert!(index.aliases.iter().all(|a| !a.pattern.starts_with("fs-")), "name aliases stay out");
+    assert!(summary.contains("generic image"), "{summary}");
+    assert!(summary.contains("(10 always, 6 by modalias; 5 device aliases)"), "{summary}");
+}
+
+/// A fake sysfs and mount table for --hostonly.
+fn fake_host(dir: &Path) -> (PathBuf, PathBuf) {
+    let sys = dir.join("sys");
+    let write = |rel: &str, text: &str| {
+        let p = sys.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write("devices/pci0000:00/0000:00:02.0/modalias", "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00\n");
+    write("devices/pci0000:00/0000:00:00.0/modalias", "pci:v00008086d00001237sv00001AF4sd00001100bc06sc00i00\n");
+    write("devices/platform/pcspkr/modalias", "platform:pcspkr\n");
+    let mounts = dir.join("mounts");
+    std::fs::write(
+        &mounts,
+        "/dev/vda / ext4 rw,relatime 0 0\nproc /proc proc rw 0 0\n/dev/vdb1 /boot/efi vfat rw 0 0\n\
+         /dev/vdc /srv xfs rw 0 0\ntmpfs /boot/old\\040one tmpfs rw 0 0\n",
+    )
+    .unwrap();
+    (sys, mounts)
+}
+
+#[test]
+fn hostonly_takes_what_this_machine_has() {
+    let (b, _) = setup("hostonly");
+    add_drivers(&b.tree);
+    let (sys, mounts) = fake_host(&b.dir);
+    let (entries, summary) = b.ok(
+        "a.img",
+        &["--hostonly", "--sysfs", sys.to_str().unwrap(), "--mounts", mounts.to_str().unwrap(), "--module", "xor"],
+    );
+    let index = index(&entries);
+    let n = names(&index);
+    let load = |m: &str| index.modules[position(&index, m)].load;
+    // The virtio disk's PCI modalias matches virtio_blk and virtio_pci: by modalias.
+    assert_eq!(load("virtio_blk"), Load::Modalias);
+    assert_eq!(load("virtio_pci"), Load::Modalias);
+    // btrfs, the filesystems at / (ext4) and /boot/efi (vfat + codepage), --module: always.
+    for m in ["btrfs", "ext4", "jbd2", "vfat", "nls_cp437", "xor"] {
+        assert_eq!(load(m), Load::Always, "{m}");
+    }
+    // Hardware this machine lacks, and /srv's xfs, stay out.
+    for m in ["nvme", "ahci", "sd_mod"] {
+        assert!(!n.contains(&m.to_string()), "{m} in {n:?}");
+    }
+    assert!(summary.contains("hostonly: 3 modalias strings under"), "{summary}");
+    assert!(summary.contains("matched 2 modules: virtio_blk virtio_pci"), "{summary}");
+    assert!(summary.contains("filesystems at / and /boot") && summary.contains("ext4 tmpfs vfat"), "{summary}");
+    assert!(summary.contains("not in this kernel (skipped): nls_iso8859_1 nls_utf8 tmpfs"), "{summary}");
+    // A missing sysfs is an error naming it.
+    let e = b.fails(&["--hostonly", "--sysfs", "/nonexistent/sys", "--mounts", mounts.to_str().unwrap()]);
+    assert!(e.contains("--hostonly") && e.contains("/nonexistent/sys/devices"), "{e}");
+}
+
+#[test]
+fn firmware_named_by_modules_is_included_as_found() {
+    let (b, _) = setup("firmware");
+    b.tree.module(
+        "kernel/drivers/net/fwdev.ko",
+        "fwdev",
+        RELEASE,
+        &[
+            "firmware=fwdev/plain.bin",
+            "firmware=fwdev/packed.bin",
+            "firmware=fwdev/missing.bin",
+            "firmware=../escape.bin",
+        ],
+    );
+    let dep = std::fs::read_to_string(b.tree.dir.join("modules.dep")).unwrap();
+    b.tree.file("modules.dep", &format!("{dep}kernel/drivers/net/fwdev.ko:\n"));
+    let fw = b.dir.join("lib/firmware/fwdev");
+    std::fs::create_dir_all(&fw).unwrap();
+    std::fs::write(fw.join("plain.bin"), b"plain firmware").unwrap();
+    std::fs::write(fw.join("packed.bin.xz"), pipe("xz", &["--check=crc32", "-c"], b"packed firmware")).unwrap();
+
+    // Default firmware dir: lib/firmware beside the tree's lib/modules.
+    let (entries, summary) = b.ok("a.img", &["--module", "fwdev"]);
+    assert_eq!(find(&entries, "lib/firmware/fwdev/plain.bin").data, b"plain firmware");
+    let packed = find(&entries, "lib/firmware/fwdev/packed.bin.xz");
+    assert_eq!(pipe("xz", &["-d", "-c"], &packed.data), b"packed firmware", "stored as found");
+    assert_eq!(find(&entries, "lib/firmware").mode, 0o040755);
+    assert!(summary.contains("firmware from ") && summary.contains(": 2 files ("), "{summary}");
+    assert!(summary.contains("note: firmware fwdev/missing.bin (named by fwdev) is not in"), "{summary}");
+    assert!(summary.contains("../escape.bin (not a clean relative path, ignored)"), "{summary}");
+    assert!(!entries.iter().any(|e| e.name.contains("escape")));
+
+    // A kernel whose firmware loader cannot read .xz gets it decompressed.
+    let config = b.dir.join("config");
+    std::fs::write(
+        &config,
+        "CONFIG_FW_LOADER=y\nCONFIG_FW_LOADER_COMPRESS=y\n# CONFIG_FW_LOADER_COMPRESS_XZ is not set\n",
+    )
+    .unwrap();
+    let (entries, _) = b.ok("b.img", &["--module", "fwdev", "--kernel-config", config.to_str().unwrap()]);
+    assert_eq!(find(&entries, "lib/firmware/fwdev/packed.bin").data, b"packed firmware");
+
+    // --firmware-dir elsewhere: nothing found, notes only, still a success.
+    let (entries, summary) = b.ok("c.img", &["--module", "fwdev", "--firmware-dir", "/nonexistent/fw"]);
+    assert!(!entries.iter().any(|e| e.name.starts_with("lib/firmware")));
+    assert!(summary.contains("firmware fwdev/plain.bin (named by fwdev) is not in /nonexistent/fw"), "{summary}");
+}
+
+#[test]
+fn keep_compressed_needs_a_kernel_that_decompresses_that_format() {
+    let (b, btrfs) = setup("keep");
+    // No kernel configuration: refused, saying what to give.
+    let e = b.fails(&["--module", "btrfs", "--keep-compressed"]);
+    assert!(e.contains("--keep-compressed: cannot tell whether kernel") && e.contains("--kernel-config"), "{e}");
+
+    let config = b.dir.join("config");
+    std::fs::write(&config, "CONFIG_MODULE_DECOMPRESS=y\nCONFIG_MODULE_COMPRESS_XZ=y\n").unwrap();
+    let cfg = config.to_str().unwrap();
+    // The standard tree also has .ko.zst and .ko.gz modules: refused, naming the format.
+    let e = b.fails(&["--module", "btrfs", "--keep-compressed", "--kernel-config", cfg]);
+    assert!(e.contains("cannot load .ko.gz modules itself") && e.contains("not CONFIG_MODULE_COMPRESS_GZIP=y"), "{e}");
+    std::fs::write(&config, "CONFIG_MODULE_COMPRESS_XZ=y\n").unwrap();
+    let e = b.fails(&["--module", "btrfs", "--keep-compressed", "--kernel-config", cfg]);
+    assert!(e.contains("does not set CONFIG_MODULE_DECOMPRESS=y"), "{e}");
+
+    // Only .ko.xz modules (and plain ones): kept as shipped, byte for byte.
+    let plain = b.tree.module("kernel/fs/xzfs/xzfs.ko.xz", "xzfs", RELEASE, &["depends="]);
+    let dep = std::fs::read_to_string(b.tree.dir.join("modules.dep")).unwrap();
+    b.tree.file("modules.dep", &format!("{dep}kernel/fs/xzfs/xzfs.ko.xz:\n"));
+    std::fs::write(&config, "CONFIG_MODULE_DECOMPRESS=y\nCONFIG_MODULE_COMPRESS_XZ=y\n").unwrap();
+    let (entries, summary) =
+        b.ok("a.img", &["--module", "xzfs", "--module", "jbd2", "--keep-compressed", "--kernel-config", cfg]);
+    let index = index(&entries);
+    let xz = &index.modules[position(&index, "xzfs")];
+    assert_eq!(xz.path, format!("lib/modules/{RELEASE}/kernel/fs/xzfs/xzfs.ko.xz"));
+    let stored = &find(&entries, &xz.path).data;
+    assert_eq!(stored, &std::fs::read(b.tree.dir.join("kernel/fs/xzfs/xzfs.ko.xz")).unwrap());
+    assert_eq!(pipe("xz", &["-d", "-c"], stored), plain);
+    assert_eq!(index.modules[position(&index, "jbd2")].path, format!("lib/modules/{RELEASE}/kernel/fs/jbd2/jbd2.ko"));
+    assert!(summary.contains("kept 1 module files compressed"), "{summary}");
+
+    // The default configuration is BASE/boot/config-RELEASE.
+    let boot = b.dir.join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::write(boot.join(format!("config-{RELEASE}")), "CONFIG_MODULE_DECOMPRESS=y\nCONFIG_MODULE_COMPRESS_XZ=y\n")
+        .unwrap();
+    b.ok("b.img", &["--module", "xzfs", "--keep-compressed"]);
+    let _ = btrfs;
 }
