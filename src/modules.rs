@@ -1449,10 +1449,10 @@ pub struct Autoloader<X: Executor = ForkExecutor> {
     report: LoadReport,
     /// Modalias strings seen, with what they matched.
     seen: BTreeMap<String, Seen>,
-    /// Modules loaded because a modalias asked for them (and what they brought along).
-    for_devices: usize,
     /// Sysfs walks done by coldplug.
     walks: usize,
+    /// The devices directory coldplug walked, walked again if uevents were lost.
+    devices: Option<PathBuf>,
 }
 
 impl Autoloader<ForkExecutor> {
@@ -1492,8 +1492,8 @@ impl<X: Executor> Autoloader<X> {
             schedule,
             report: LoadReport::default(),
             seen: BTreeMap::new(),
-            for_devices: 0,
             walks: 0,
+            devices: None,
         }
     }
 
@@ -1517,13 +1517,23 @@ impl<X: Executor> Autoloader<X> {
         n
     }
 
+    fn always_positions(&self) -> Vec<usize> {
+        self.index.modules.iter().enumerate().filter(|(_, m)| m.load == Load::Always).map(|(i, _)| i).collect()
+    }
+
     /// Load every module marked `always`. Returns how many were tried.
     pub fn load_unconditional(&mut self) -> usize {
-        let roots: Vec<usize> =
-            self.index.modules.iter().enumerate().filter(|(_, m)| m.load == Load::Always).map(|(i, _)| i).collect();
-        let n = self.load_positions(roots);
+        let n = self.load_positions(self.always_positions());
         log::info!("kernel modules: loaded the unconditional ones: {}", self.report.counts());
         n
+    }
+
+    /// What the boot does first: load the `always` modules and the drivers of
+    /// the devices under `devices` (`/sys/devices`) together, in parallel, then
+    /// walk again as [`Autoloader::coldplug`] does. Returns how many modules were tried.
+    pub fn start(&mut self, devices: &Path) -> Result<usize> {
+        let always = self.always_positions();
+        self.coldplug_with(devices, always)
     }
 
     /// Load every module of the index, whatever its `load` word.
@@ -1543,9 +1553,7 @@ impl<X: Executor> Autoloader<X> {
             log::debug!("modalias {modalias}: {}", modules.join(" "));
         }
         self.seen.insert(modalias.to_owned(), Seen { modules, device });
-        let n = self.load_positions(roots);
-        self.for_devices = self.for_devices.saturating_add(n);
-        n
+        self.load_positions(roots)
     }
 
     /// Load the modules a device's modalias asks for (from a uevent's
@@ -1568,12 +1576,17 @@ impl<X: Executor> Autoloader<X> {
     /// previous one loaded something, 3 walks at most; later devices come
     /// through [`Autoloader::on_modalias`]. Returns how many modules were tried.
     pub fn coldplug(&mut self, devices: &Path) -> Result<usize> {
+        self.coldplug_with(devices, Vec::new())
+    }
+
+    fn coldplug_with(&mut self, devices: &Path, mut extra: Vec<usize>) -> Result<usize> {
         let start = Instant::now();
+        self.devices = Some(devices.to_owned());
         let mut tried = 0usize;
         for _ in 0..3 {
             let found = collect_modaliases(devices, SYSFS_MAX_DEPTH)?;
             self.walks = self.walks.saturating_add(1);
-            let mut roots = Vec::new();
+            let mut roots = std::mem::take(&mut extra);
             for (modalias, dir) in found {
                 if self.seen.contains_key(&modalias) {
                     continue;
@@ -1583,7 +1596,6 @@ impl<X: Executor> Autoloader<X> {
                 self.seen.insert(modalias, Seen { modules, device: Some(dir) });
             }
             let n = self.load_positions(roots);
-            self.for_devices = self.for_devices.saturating_add(n);
             tried = tried.saturating_add(n);
             if n == 0 {
                 break;
@@ -1647,26 +1659,92 @@ impl<X: Executor> Autoloader<X> {
     }
 }
 
-impl<X: Executor> fmt::Display for Autoloader<X> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let unmatched = self.unmatched().len();
-        write!(
-            f,
-            "kernel modules: {} ({} of them for devices); {} of {} in the initramfs tried; \
+impl<X: Executor> Autoloader<X> {
+    /// How many modules marked `modalias` were tried (loaded for devices).
+    fn tried_for_devices(&self) -> usize {
+        self.index
+            .modules
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| m.load == Load::Modalias && self.schedule.done(*i).is_some())
+            .count()
+    }
+
+    /// Lines for the "timeout waiting for root" message: what loaded, what
+    /// failed, and the devices no module of the initramfs matched.
+    pub fn diagnostic_lines(&self) -> Vec<String> {
+        let mut lines = vec![self.summary_line()];
+        for f in &self.report.failed {
+            lines.push(format!("module failed: {f}"));
+        }
+        for s in &self.report.skipped {
+            lines.push(format!("module skipped: {} (needs {}, which did not load)", s.name, s.because_of));
+        }
+        let loaded = self.loaded();
+        lines.push(format!("modules loaded: {}", if loaded.is_empty() { "none".to_owned() } else { loaded.join(" ") }));
+        let unmatched = self.unmatched();
+        lines.push(if unmatched.is_empty() {
+            "every device's modalias matched a module of the initramfs, or the device has a driver".to_owned()
+        } else {
+            format!(
+                "modalias strings no module of the initramfs matches (devices without a driver): {}",
+                unmatched.join(" ")
+            )
+        });
+        lines
+    }
+
+    fn summary_line(&self) -> String {
+        let r = &self.report;
+        let tried = r
+            .loaded
+            .len()
+            .saturating_add(r.already_present.len())
+            .saturating_add(r.failed.len())
+            .saturating_add(r.skipped.len());
+        format!(
+            "kernel modules: {} ({} of them for devices); {tried} of {} in the initramfs tried; \
              {} modalias strings seen, {} matched no module",
-            self.report.counts(),
-            self.for_devices,
-            self.report
-                .loaded
-                .len()
-                .saturating_add(self.report.already_present.len())
-                .saturating_add(self.report.failed.len())
-                .saturating_add(self.report.skipped.len()),
+            r.counts(),
+            self.tried_for_devices(),
             self.index.modules.len(),
             self.seen.len(),
-            unmatched
-        )?;
+            self.unmatched().len()
+        )
+    }
+}
+
+impl<X: Executor> fmt::Display for Autoloader<X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary_line())?;
         self.report.details(f)
+    }
+}
+
+/// The boot's device waiter drives the autoloader: every `add` uevent with a
+/// MODALIAS loads what it matches (as udev's `kmod load` rule does), a lost
+/// batch of uevents walks `/sys/devices` again, and a timeout shows
+/// [`Autoloader::diagnostic_lines`].
+impl<X: Executor> crate::devices::WaitHooks for Autoloader<X> {
+    fn on_uevent(&mut self, ev: &crate::uevent::Uevent) {
+        if ev.action != crate::uevent::Action::Add {
+            return;
+        }
+        if let Some(modalias) = ev.modalias.as_deref().filter(|m| !m.is_empty()) {
+            let dir = Path::new("/sys").join(ev.devpath.trim_start_matches('/'));
+            self.on_device(modalias, &dir);
+        }
+    }
+
+    fn on_overflow(&mut self) {
+        let devices = self.devices.clone().unwrap_or_else(|| PathBuf::from("/sys/devices"));
+        if let Err(e) = self.coldplug(&devices) {
+            log::warn!("uevents were lost and walking {} again failed: {e}", devices.display());
+        }
+    }
+
+    fn diagnostics(&self) -> Vec<String> {
+        self.diagnostic_lines()
     }
 }
 
@@ -2485,6 +2563,64 @@ mod tests {
         let unmatched = auto.unmatched();
         assert_eq!(unmatched, ["pci:v00008086d00001237sv00001AF4sd00001100bc06sc00i00"], "pcspkr has a driver link");
         assert_eq!(auto.coldplug(&root).unwrap(), 0);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn start_loads_always_and_coldplug_in_one_round_and_hooks_follow_uevents() {
+        use crate::devices::WaitHooks;
+        use crate::uevent::{Action, Uevent};
+        let root = fake_sysfs("hooks");
+        let calls = Calls::default();
+        let mut auto = Autoloader::with_loader(machine(), recording(&calls));
+        assert_eq!(auto.start(&root).unwrap(), 11, "3 always + 8 for the devices");
+        assert_eq!(auto.report().loaded.len(), 11);
+        calls.lock().unwrap().clear();
+
+        let event = |action: Action, modalias: Option<&str>| Uevent {
+            action,
+            devpath: "/devices/dockroot-test/no-such-device".into(),
+            subsystem: Some("pci".into()),
+            devname: None,
+            devtype: None,
+            modalias: modalias.map(str::to_owned),
+            driver: None,
+            major: None,
+            minor: None,
+            partn: None,
+            seqnum: Some(1),
+        };
+        let nvme = "pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02";
+        auto.on_uevent(&event(Action::Change, Some(nvme)));
+        auto.on_uevent(&event(Action::Add, None));
+        assert!(calls.lock().unwrap().is_empty(), "only add events with a MODALIAS load modules");
+        auto.on_uevent(&event(Action::Add, Some(nvme)));
+        assert_eq!(sorted(&calls.lock().unwrap()), ["nvme_core"], "nvme is skipped after nvme_core failed");
+        auto.on_uevent(&event(Action::Add, Some("pci:v0000DEADd0000BEEFsv00000000sd00000000bc01sc00i00")));
+
+        // A lost batch of events: walk again, find the new device.
+        let dir = root.join("pci0000:00/0000:00:06.0/host0/target0:0:0/0:0:0:1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("modalias"), "scsi:t-0x0e\n").unwrap();
+        auto.on_overflow();
+        assert!(auto.seen.contains_key("scsi:t-0x0e"), "walked again");
+
+        let lines = auto.diagnostics();
+        assert!(lines[0].starts_with("kernel modules: 11 loaded, 0 already present, 1 failed, 1 skipped"), "{lines:?}");
+        assert!(lines.contains(&"module skipped: nvme (needs nvme_core, which did not load)".to_string()), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("module failed: nvme_core (/lib/modules/")), "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.starts_with("modules loaded: crc32c_generic libcrc32c btrfs scsi_mod")),
+            "{lines:?}"
+        );
+        let last = lines.last().unwrap();
+        assert!(
+            last.starts_with("modalias strings no module of the initramfs matches (devices without a driver): ")
+                && last.contains("pci:v0000DEADd0000BEEF")
+                && last.contains("pci:v00008086d00001237")
+                && !last.contains("pcspkr"),
+            "{last}"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 
