@@ -65,7 +65,15 @@ pub const INDEX_HEADER: &str = "dockroot-modules 2";
 /// kernel with all its aliases is about 2 MiB).
 pub const INDEX_MAX_BYTES: u64 = 8 << 20;
 
-/// The most threads that load modules at the same time.
+/// The longest diagnostic line made of modalias strings (one longer modalias gets a line of its own).
+pub const DIAGNOSTIC_LINE_BYTES: usize = 400;
+
+/// Modalias buses left out of [`Autoloader::unmatched`]: their modules pick
+/// optional CPU-accelerated code, DMI quirks and input handlers, never a
+/// disk's driver.
+pub const NOT_DISK_BUSES: &[&str] = &["cpu:", "dmi:", "input:"];
+
+/// The most modules loading at the same time.
 pub const MAX_WORKERS: usize = 4;
 
 /// `finit_module` flag: the file is compressed, the kernel decompresses it.
@@ -1612,9 +1620,8 @@ impl<X: Executor> Autoloader<X> {
     }
 
     /// The modalias strings seen that matched no module of the initramfs, sorted,
-    /// each once, leaving out CPU feature aliases (they pick optional accelerated
-    /// modules, never a device's driver) and devices that have a driver by now
-    /// (`DEVICE/driver` exists: a built-in one).
+    /// each once, leaving out [`NOT_DISK_BUSES`] and devices that have a driver
+    /// by now (`DEVICE/driver` exists: a built-in one).
     pub fn unmatched(&self) -> Vec<String> {
         self.unmatched_with(|dir| std::fs::symlink_metadata(dir.join("driver")).is_ok())
     }
@@ -1625,7 +1632,7 @@ impl<X: Executor> Autoloader<X> {
             .iter()
             .filter(|(alias, seen)| {
                 seen.modules.is_empty()
-                    && !alias.starts_with("cpu:")
+                    && !NOT_DISK_BUSES.iter().any(|bus| alias.starts_with(bus))
                     && !seen.device.as_deref().is_some_and(&has_driver)
             })
             .map(|(alias, _)| alias.clone())
@@ -1683,14 +1690,26 @@ impl<X: Executor> Autoloader<X> {
         let loaded = self.loaded();
         lines.push(format!("modules loaded: {}", if loaded.is_empty() { "none".to_owned() } else { loaded.join(" ") }));
         let unmatched = self.unmatched();
-        lines.push(if unmatched.is_empty() {
-            "every device's modalias matched a module of the initramfs, or the device has a driver".to_owned()
-        } else {
-            format!(
-                "modalias strings no module of the initramfs matches (devices without a driver): {}",
-                unmatched.join(" ")
-            )
-        });
+        if unmatched.is_empty() {
+            lines.push(
+                "every device's modalias matched a module of the initramfs, or the device has a driver".to_owned(),
+            );
+            return lines;
+        }
+        lines.push(format!(
+            "{} modalias strings no module of the initramfs matches (devices without a driver):",
+            unmatched.len()
+        ));
+        // Short lines: a kernel log record holds about 1 KiB.
+        let mut line = String::new();
+        for alias in unmatched {
+            if !line.is_empty() && line.len().saturating_add(alias.len()) > DIAGNOSTIC_LINE_BYTES {
+                lines.push(std::mem::take(&mut line));
+            }
+            line.push_str("  ");
+            line.push_str(&alias);
+        }
+        lines.push(line);
         lines
     }
 
@@ -2613,14 +2632,28 @@ mod tests {
             lines.iter().any(|l| l.starts_with("modules loaded: crc32c_generic libcrc32c btrfs scsi_mod")),
             "{lines:?}"
         );
-        let last = lines.last().unwrap();
-        assert!(
-            last.starts_with("modalias strings no module of the initramfs matches (devices without a driver): ")
-                && last.contains("pci:v0000DEADd0000BEEF")
-                && last.contains("pci:v00008086d00001237")
-                && !last.contains("pcspkr"),
-            "{last}"
+        let n = lines.len();
+        assert_eq!(lines[n - 2], "2 modalias strings no module of the initramfs matches (devices without a driver):");
+        assert_eq!(
+            lines[n - 1],
+            "  pci:v00008086d00001237sv00001AF4sd00001100bc06sc00i00  pci:v0000DEADd0000BEEFsv00000000sd00000000bc01sc00i00"
         );
+        // Many: lines of DIAGNOSTIC_LINE_BYTES at most, every alias whole.
+        for i in 0..40 {
+            auto.on_modalias(&format!("acpi:TEST{i:04}:"));
+        }
+        auto.on_modalias("input:b0011v0001p0001eAB41-e0,1,4,11,14");
+        auto.on_modalias("dmi:bvnSeaBIOS:bvr1.16.2");
+        let lines = auto.diagnostic_lines();
+        let start = lines.iter().position(|l| l.starts_with("42 modalias strings")).unwrap();
+        let listed: Vec<&str> = lines[start + 1..].iter().flat_map(|l| l.split_whitespace()).collect();
+        assert_eq!(listed.len(), 42);
+        assert!(
+            listed.contains(&"acpi:TEST0039:")
+                && !listed.iter().any(|l| l.starts_with("input:") || l.starts_with("dmi:"))
+        );
+        assert!(lines[start + 1..].iter().all(|l| l.len() <= DIAGNOSTIC_LINE_BYTES + 2 + 20), "{lines:?}");
+        assert!(lines.len() > start + 2);
         std::fs::remove_dir_all(&root).unwrap();
     }
 
