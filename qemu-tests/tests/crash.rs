@@ -1,0 +1,460 @@
+//! Crash consistency (issue 4 item 6): the power is cut (QEMU SIGKILLed) at many
+//! moments of dockroot's work, then the machine boots again. Every boot after a cut
+//! must succeed, recover what the cut left (the boot record says how), and leave the
+//! Docker data byte-identical and every kept root intact, except the ones the keep
+//! policy (`dockroot.keep=2`) was entitled to delete.
+//!
+//! The kill points come from the serial log of the previous normal boot of the same
+//! run (printk times of dockroot's own lines), so they follow the machine's speed.
+//! `DOCKROOT_CRASH_POINTS` (a number, or `all`, the default) limits how many are
+//! used: scripts/test runs all of them on one kernel and a sample on the other.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use qemu_tests::{
+    boot, build_initramfs, digest_diff, printk_time, target_dir, tree_digest, with_disk_mounted_ro, Artifacts,
+    BootOutput, BootSpec, Disk, KillAfter,
+};
+use serde_json::Value;
+
+const MODULES: &[&str] = &["virtio_blk", "virtio_pci", "btrfs"];
+const OS_CONFIG: &str = r#"{"docker_image":"dockroot-test/os","docker_tag":"latest"}"#;
+const APPEND: &str = "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=dockroot-test \
+                      toplayer_path=toplayer dockroot.keep=2";
+const KEEP: usize = 2;
+const RW_NAMES: &[&str] = &["rwlayer", "rwlayer.kept", "rwlayer.dockroot-tmp", "rwlayer.dockroot-ready"];
+const CREATED: &str = ". xattr user.dockroot.created";
+const MARKER: &str = "var/tmp/from-previous-boot";
+const RUN_INIT: &str = "Run /init as init process";
+
+struct Machine {
+    a: Artifacts,
+    initrd: PathBuf,
+    disk: Disk,
+}
+
+impl Machine {
+    fn new() -> Machine {
+        let a = Artifacts::from_env();
+        let initrd = build_initramfs(&a, MODULES, OS_CONFIG);
+        let disk = Disk::copy_of(&a.disk);
+        Machine { a, initrd, disk }
+    }
+
+    fn boot(&self, name: &str, extra: &str, kill: Option<KillAfter>) -> BootOutput {
+        let spec = BootSpec {
+            name: Some(name.into()),
+            kill_after: kill,
+            ..BootSpec::new(self.a.kernel(), self.initrd.clone(), &[self.disk.path()], &format!("{APPEND} {extra}"))
+        };
+        boot(&spec)
+    }
+
+    /// A normal boot: testinit's report (no errors, a boot record) and the serial output.
+    fn report(&self, name: &str, extra: &str) -> (Value, BootOutput) {
+        let out = self.boot(name, extra, None);
+        let r = out.expect_testinit();
+        assert_eq!(r["errors"], serde_json::json!([]), "{name}: {r}");
+        assert!(r["boot_record"].is_object(), "{name}: no /run/dockroot/boot.json in the booted system: {r}");
+        (r, out)
+    }
+
+    fn state(&self) -> DiskState {
+        with_disk_mounted_ro(self.disk.path(), DiskState::read)
+    }
+
+    /// Run `f` with the disk's top level mounted read-write on the host.
+    fn modify<T>(&self, f: impl FnOnce(&Path) -> T) -> T {
+        let mnt = tempfile::tempdir().expect("mount point");
+        run(&format!("mount -o loop '{}' '{}'", self.disk.path().display(), mnt.path().display()));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
+        run(&format!("sync && umount '{}'", mnt.path().display()));
+        r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+}
+
+fn run(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("running sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+type Digest = BTreeMap<String, String>;
+
+/// One root (the rw layer, the ready one, or a kept one) as found on the disk.
+#[derive(Clone, Debug)]
+struct Root {
+    digest: Digest,
+    readonly: bool,
+}
+
+impl Root {
+    fn read(path: &Path) -> Option<Root> {
+        path.symlink_metadata().ok()?;
+        let ro = run(&format!("btrfs property get -ts '{}' ro", path.display()));
+        Some(Root { digest: tree_digest(path, &[]), readonly: ro.trim() == "ro=true" })
+    }
+
+    /// When dockroot made it (its `user.dockroot.created` xattr).
+    fn created(&self) -> String {
+        self.digest.get(CREATED).cloned().unwrap_or_else(|| "(none)".into())
+    }
+
+    /// The digest without the creation stamp: equal for every complete fresh root.
+    fn content(&self) -> Digest {
+        let mut d = self.digest.clone();
+        d.remove(CREATED);
+        d
+    }
+}
+
+/// The rw layer's names and the rest of the disk.
+#[derive(Clone, Debug)]
+struct DiskState {
+    outside: Digest,
+    current: Option<Root>,
+    tmp: bool,
+    ready: Option<Root>,
+    kept: BTreeMap<String, Root>,
+}
+
+impl DiskState {
+    fn read(top: &Path) -> DiskState {
+        let mut kept = BTreeMap::new();
+        if let Ok(rd) = std::fs::read_dir(top.join("rwlayer.kept")) {
+            for e in rd {
+                let name = e.expect("reading rwlayer.kept").file_name().to_string_lossy().into_owned();
+                let root = Root::read(&top.join("rwlayer.kept").join(&name)).expect("a kept root vanished");
+                kept.insert(name, root);
+            }
+        }
+        DiskState {
+            outside: tree_digest(top, RW_NAMES),
+            current: Root::read(&top.join("rwlayer")),
+            tmp: top.join("rwlayer.dockroot-tmp").symlink_metadata().is_ok(),
+            ready: Root::read(&top.join("rwlayer.dockroot-ready")),
+            kept,
+        }
+    }
+}
+
+/// What a power cut left behind, relative to the state before the boot it cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Left {
+    /// The old root at its name, nothing else.
+    Nothing,
+    /// The old root and a half-built NAME.dockroot-tmp.
+    TmpOnly,
+    /// The old root and a complete NAME.dockroot-ready.
+    ReadyAndCurrent,
+    /// The old root retired, the new one still at NAME.dockroot-ready.
+    ReadyWithoutCurrent,
+    /// The new root installed at NAME.
+    Installed,
+}
+
+fn assert_same(what: &str, before: &Digest, after: &Digest) {
+    let diff = digest_diff(before, after, 40);
+    assert!(diff.is_empty(), "{what} changed:\n{}", diff.join("\n"));
+}
+
+/// Where to cut the power, from the serial log of a normal boot.
+#[derive(Clone, Copy, Debug)]
+enum At {
+    /// A fraction of the way from the kernel starting /init to testinit running.
+    Window(f64),
+    /// A fraction of the way from dockroot finding the root device to its "ready" line.
+    Work(f64),
+    /// This many milliseconds after a line containing the needle.
+    Line(&'static str, u64),
+}
+
+const IMAGE: &str = "dockroot: image ";
+const TOP_LAYER: &str = "dockroot: top layer ";
+const RETIRED: &str = "the previous root is kept read-only as";
+const PRUNED: &str = "deleted the old kept root";
+const FRESH: &str = "is a fresh snapshot of";
+const ROOT_DEVICE: &str = "dockroot: root device ";
+const READY: &str = "dockroot: ready:";
+
+/// Every kill point, most telling first (a sample takes a prefix).
+const POINTS: &[At] = &[
+    At::Line(RETIRED, 0),
+    At::Line(IMAGE, 0),
+    At::Work(0.5),
+    At::Line(TOP_LAYER, 0),
+    At::Line(FRESH, 0),
+    At::Window(0.5),
+    At::Line(RETIRED, 3),
+    At::Line(PRUNED, 0),
+    At::Work(0.25),
+    At::Work(0.75),
+    At::Line(TOP_LAYER, 10),
+    At::Line(TOP_LAYER, 30),
+    At::Line(IMAGE, 20),
+    At::Line(IMAGE, 60),
+    At::Line(RETIRED, 10),
+    At::Work(0.1),
+    At::Work(0.4),
+    At::Work(0.6),
+    At::Work(0.9),
+    At::Window(0.2),
+    At::Window(0.8),
+    At::Window(0.95),
+    At::Line(RETIRED, 30),
+    At::Line(READY, 0),
+    At::Line(ROOT_DEVICE, 0),
+];
+
+impl At {
+    /// The kill for this point, timed from `reference` (a normal boot's serial log and report).
+    fn kill(&self, reference: &BootOutput, report: &Value) -> KillAfter {
+        let t = |needle: &str| {
+            printk_time(&reference.serial, needle)
+                .unwrap_or_else(|| panic!("no {needle:?} line in {}", reference.log_path.display()))
+        };
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        match *self {
+            At::Window(f) => {
+                let end = report["uptime_s"].as_f64().expect("testinit's uptime_s");
+                KillAfter { needle: RUN_INIT.into(), delay: secs(f * (end - t(RUN_INIT))) }
+            }
+            At::Work(f) => KillAfter { needle: ROOT_DEVICE.into(), delay: secs(f * (t(READY) - t(ROOT_DEVICE))) },
+            At::Line(needle, ms) => KillAfter { needle: needle.into(), delay: Duration::from_millis(ms) },
+        }
+    }
+}
+
+fn points() -> Vec<At> {
+    let n = match std::env::var("DOCKROOT_CRASH_POINTS") {
+        Err(_) => POINTS.len(),
+        Ok(v) if v == "all" => POINTS.len(),
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("DOCKROOT_CRASH_POINTS={v}: a number or 'all'")),
+    };
+    POINTS.iter().copied().take(n.max(1)).collect()
+}
+
+/// The table of what each cut left, printed and saved to target/qemu-logs/crash-table-<series>.txt.
+struct Table(String, Vec<String>);
+
+impl Table {
+    fn add(&mut self, line: String) {
+        let _ = writeln!(std::io::stderr(), "crash {}: {line}", self.0);
+        self.1.push(line);
+        let path = target_dir().join("qemu-logs").join(format!("crash-table-{}.txt", self.0));
+        let _ = std::fs::write(&path, self.1.join("\n") + "\n");
+    }
+}
+
+// Two series on two disks, to run in parallel: the even and the odd kill points.
+#[test]
+fn power_cuts_during_the_boot_lose_nothing_a() {
+    cut_series("a", 0);
+}
+
+#[test]
+fn power_cuts_during_the_boot_lose_nothing_b() {
+    cut_series("b", 1);
+}
+
+/// Boot twice, then for every other kill point (starting at `first`): cut the power
+/// at that point, check what is on the disk, boot again and check the recovery.
+fn cut_series(series: &str, first: usize) {
+    let m = Machine::new();
+    let mut table = Table(series.to_string(), Vec::new());
+    // Two normal boots: a kept root (with a nested subvolume and the marker) and a
+    // current one, a pristine fresh root whose content every complete new root shares.
+    m.report(&format!("crash_{series}_setup_1"), "-- --make-nested");
+    let (mut reference_report, mut reference) = m.report(&format!("crash_{series}_setup_2"), "");
+    let mut prev = m.state();
+    let fresh = prev.current.as_ref().expect("no rw layer after two boots").content();
+    assert!(!fresh.contains_key(MARKER), "a fresh root has the marker");
+    assert_eq!(prev.kept.len(), 1, "{:?}", prev.kept.keys());
+    let mut seen: BTreeMap<Left, usize> = BTreeMap::new();
+
+    for (i, at) in points().into_iter().enumerate().skip(first).step_by(2) {
+        let kill = at.kill(&reference, &reference_report);
+        let out = m.boot(&format!("crash_kill_{i:02}"), "", Some(kill.clone()));
+        // A cut that came late (the machine ran faster than the reference boot) still counts.
+        let late = if out.testinit().is_some() { " (after testinit)" } else { "" };
+        let cut = m.state();
+        let old = prev.current.as_ref().expect("a current root before every cut");
+
+        // --- what the cut left: never a root-less disk, never a half-applied root at a final name.
+        assert_same(&format!("cut {i}: the disk outside the rw layer"), &prev.outside, &cut.outside);
+        let current_is_old = cut.current.as_ref().is_some_and(|c| c.created() == old.created());
+        let left = match (&cut.current, current_is_old, cut.tmp, &cut.ready) {
+            (Some(_), true, false, None) => Left::Nothing,
+            (Some(_), true, true, None) => Left::TmpOnly,
+            (Some(_), true, _, Some(_)) => Left::ReadyAndCurrent,
+            (None, _, _, Some(_)) => Left::ReadyWithoutCurrent,
+            (Some(_), false, false, None) => Left::Installed,
+            _ => panic!(
+                "cut {i} ({at:?}): unexpected state: current {:?} (old: {current_is_old}), tmp {}, ready {}",
+                cut.current.as_ref().map(Root::created),
+                cut.tmp,
+                cut.ready.is_some()
+            ),
+        };
+        *seen.entry(left).or_default() += 1;
+        if let Some(c) = &cut.current {
+            if current_is_old {
+                assert_same(&format!("cut {i}: the old rw layer"), &old.digest, &c.digest);
+            } else {
+                assert_same(&format!("cut {i}: the new rw layer (half-applied?)"), &fresh, &c.content());
+            }
+        }
+        if let Some(r) = &cut.ready {
+            assert_same(&format!("cut {i}: the ready root (half-applied?)"), &fresh, &r.content());
+        }
+        // The old root is at its name or kept, intact.
+        let old_kept: Vec<&String> = cut.kept.iter().filter(|(_, k)| k.digest == old.digest).map(|(n, _)| n).collect();
+        assert!(current_is_old || old_kept.len() == 1, "cut {i}: the previous root is lost ({left:?})");
+        // Kept roots are intact, except the oldest ones the policy was deleting.
+        let mut before: Vec<(String, &Root)> =
+            prev.kept.iter().map(|(n, r)| (n.clone(), r)).chain([(format!("{}-", old.created()), old)]).collect();
+        before.sort_by(|a, b| a.0.cmp(&b.0));
+        let due = before.len().saturating_sub(KEEP);
+        let mut half_pruned = Vec::new();
+        for (idx, (name, r)) in prev.kept.iter().enumerate() {
+            match cut.kept.get(name) {
+                Some(k) if idx < due && k.digest != r.digest => half_pruned.push(name.clone()),
+                Some(k) => assert_same(&format!("cut {i}: kept root {name}"), &r.digest, &k.digest),
+                None => assert!(idx < due, "cut {i}: kept root {name} vanished but was not due for pruning"),
+            }
+        }
+        let writable: Vec<&String> = cut.kept.iter().filter(|(_, k)| !k.readonly).map(|(n, _)| n).collect();
+
+        // --- the next boot: recovers, boots fresh, keeps exactly what the policy says.
+        let (rec_report, rec_out) = m.report(&format!("crash_recover_{i:02}"), "-- --make-nested");
+        let rec = &rec_report["boot_record"];
+        assert_eq!(rec["booted"], "fresh", "recovery after cut {i}: {rec}");
+        assert_eq!(rec["warnings"], serde_json::json!([]), "recovery after cut {i}: {rec}");
+        let recovered = rec["recovered"].to_string();
+        let expect = |cond: bool, text: &str| {
+            assert_eq!(
+                recovered.contains(text),
+                cond,
+                "after cut {i} ({left:?}) recovered should {}say {text:?}: {rec}",
+                if cond { "" } else { "not " }
+            );
+        };
+        expect(left == Left::TmpOnly, "deleted the half-built /rwlayer.dockroot-tmp");
+        expect(left == Left::ReadyAndCurrent, "deleted the uninstalled /rwlayer.dockroot-ready");
+        expect(left == Left::ReadyWithoutCurrent, "installed /rwlayer.dockroot-ready");
+        for w in &writable {
+            expect(true, &format!("made kept root {w} read-only"));
+        }
+
+        let now = m.state();
+        assert_same(&format!("after cut {i}: the disk outside the rw layer"), &prev.outside, &now.outside);
+        assert!(!now.tmp && now.ready.is_none(), "after cut {i}: leftovers after a successful boot");
+        let cur = now.current.as_ref().expect("no rw layer after the recovery boot");
+        assert!(cur.digest.contains_key(MARKER), "after cut {i}: the rw layer is not the recovery boot's");
+        // The kept roots: the newest KEEP of the old ones, the old current, and the cut
+        // boot's root if it got past the retirement.
+        let mut candidates: Vec<(String, Root, &str)> = prev
+            .kept
+            .iter()
+            .filter(|(n, _)| !half_pruned.contains(n))
+            .map(|(n, r)| (n.clone(), r.clone(), "kept"))
+            .collect();
+        candidates.push((format!("{}-", old.created()), old.clone(), "previous rw layer"));
+        let cut_root = match left {
+            Left::ReadyWithoutCurrent => cut.ready.clone(),
+            Left::Installed => cut.current.clone(),
+            _ => None,
+        };
+        if let Some(r) = &cut_root {
+            candidates.push((format!("{}-", r.created()), r.clone(), "the cut boot's root"));
+        }
+        candidates.sort_by(|a, b| a.0.cmp(&b.0));
+        let expected = &candidates[candidates.len().saturating_sub(KEEP)..];
+        let names: Vec<&String> = now.kept.keys().collect();
+        assert_eq!(now.kept.len(), expected.len(), "after cut {i}: kept {names:?}");
+        for ((name, root), (prefix, want, what)) in now.kept.iter().zip(expected) {
+            assert!(name.starts_with(prefix.as_str()), "after cut {i}: kept {names:?}, expected {what} {prefix}*");
+            assert!(root.readonly, "after cut {i}: kept root {name} is writable");
+            assert_same(&format!("after cut {i}: kept root {name} ({what})"), &want.digest, &root.digest);
+        }
+        let retired = rec["retired"].as_str().unwrap_or_default();
+        let retired_created = cut_root.as_ref().unwrap_or(old).created();
+        assert!(
+            retired.starts_with(&format!("/rwlayer.kept/{retired_created}-")),
+            "after cut {i}: the recovery boot retired {retired}, expected the root made at {retired_created}"
+        );
+
+        table.add(format!(
+            "{i:2} {:<44} killed {:<8} left {:<20} recovered {}{}{}",
+            format!(
+                "{at:?} (+{} ms after {:?})",
+                kill.delay.as_millis(),
+                kill.needle.chars().take(24).collect::<String>()
+            ),
+            out.killed_at.map(|t| format!("{:.2}s{late}", t.as_secs_f64())).unwrap_or_else(|| "never".into()),
+            format!("{left:?}"),
+            rec["recovered"],
+            if half_pruned.is_empty() { String::new() } else { format!(" half-pruned {half_pruned:?}") },
+            if writable.is_empty() { String::new() } else { format!(" writable kept {writable:?}") },
+        ));
+        prev = now;
+        reference = rec_out;
+        reference_report = rec_report;
+    }
+    table.add(format!("states reached: {seen:?}"));
+}
+
+/// The leftovers timing rarely produces, made on the host: a complete
+/// NAME.dockroot-ready beside an intact NAME (the cut came between "ready" and the
+/// retirement), and a kept root left writable (the cut came while pruning made it
+/// writable to delete its nested subvolume). The next boot deletes the first, makes
+/// the second read-only again, and both old roots are kept intact.
+#[test]
+fn crafted_leftovers_are_recovered_without_loss() {
+    let m = Machine::new();
+    m.report("crafted_1", "-- --make-nested");
+    m.report("crafted_2", "");
+    m.modify(|top| {
+        run(&format!(
+            "btrfs subvolume snapshot '{0}/rwlayer' '{0}/rwlayer.dockroot-ready' >/dev/null && echo never > '{0}/rwlayer.dockroot-ready/never-installed'",
+            top.display()
+        ));
+        let kept: Vec<_> = std::fs::read_dir(top.join("rwlayer.kept")).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        run(&format!("btrfs property set -ts '{}' ro false", kept[0].display()));
+    });
+    let before = m.state();
+    let old = before.current.clone().expect("a current root");
+    let (kept_name, kept_root) = before.kept.iter().next().map(|(n, r)| (n.clone(), r.clone())).expect("a kept root");
+    assert!(!kept_root.readonly && before.ready.is_some());
+
+    let (r, _) = m.report("crafted_3", "");
+    let rec = &r["boot_record"];
+    let recovered = rec["recovered"].to_string();
+    assert!(recovered.contains("deleted the uninstalled /rwlayer.dockroot-ready"), "{rec}");
+    assert!(recovered.contains(&format!("made kept root {kept_name} read-only")), "{rec}");
+    assert_eq!(rec["booted"], "fresh", "{rec}");
+    assert_eq!(rec["warnings"], serde_json::json!([]), "{rec}");
+
+    let now = m.state();
+    assert_same("the disk outside the rw layer", &before.outside, &now.outside);
+    assert!(!now.tmp && now.ready.is_none(), "leftovers after a successful boot");
+    assert!(!now.current.as_ref().unwrap().digest.contains_key("never-installed"), "the ready root was installed");
+    assert_eq!(now.kept.len(), 2, "{:?}", now.kept.keys());
+    let k = now.kept.get(&kept_name).expect("the kept root was lost");
+    assert!(k.readonly, "the kept root is still writable");
+    assert_same("the kept root", &kept_root.digest, &k.digest);
+    let (retired, root) = now.kept.iter().find(|(n, _)| *n != &kept_name).unwrap();
+    assert!(retired.starts_with(&format!("{}-", old.created())), "{retired}");
+    assert!(root.readonly, "the retired root is writable");
+    assert_same("the retired root", &old.digest, &root.digest);
+}
