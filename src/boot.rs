@@ -13,7 +13,7 @@ use rustix::mount::MountFlags;
 
 use crate::cmdline::BootMode;
 use crate::cmdline::{self, Params};
-use crate::devices::{self, BlockDevice, DeviceSpec, WaitPolicy};
+use crate::devices::{self, BlockDevice, DeviceSpec, WaitHooks, WaitPolicy};
 use crate::error::{Context, Error, Result};
 use crate::reference::{self, ImageSpec};
 use crate::rwlayer::{RootInfo, RwStore};
@@ -98,18 +98,24 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     let image = image_spec(&params)?;
     let plan = RootPlan::from_params(&params)?;
 
-    t.run("modules", load_modules)?;
+    // Listen for uevents before loading drivers, so no device that appears
+    // from now on is missed.
+    let mut waiter = devices::Waiter::new();
+    let mut hooks = t.run("modules", start_modules)?;
 
     let root_spec = DeviceSpec::parse(&plan.root).context(|| format!("root={}", plan.root))?;
     let policy = WaitPolicy { timeout: params.device_timeout, delay: params.rootdelay };
+    let degraded = plan.staging_flags.split(',').any(|o| o == "degraded");
     let root_dev = t.run("root device", || {
-        devices::wait_for(&root_spec, &policy).map_err(|e| e.context(format!("root={}", plan.root)))
+        waiter
+            .wait_for(&root_spec, &policy, degraded, hooks.as_mut())
+            .map_err(|e| e.context(format!("root={}", plan.root)))
     })?;
-    log::info!("root device {} is {}", root_spec, root_dev.devnode.display());
 
     let top = t.run("mount top level", || mount_top_level(&root_dev, &plan))?;
     let mut record = Record::default();
     let candidates = switch_root::init_candidates(params.init.as_deref());
+    let mut devs = Devices { waiter, hooks };
     let ctx = Ctx {
         params: &params,
         plan: &plan,
@@ -123,7 +129,7 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
         Ok(done) => record.recovered = done,
         Err(e) => record.warn(format!("could not clean up after an interrupted boot: {e}")),
     }
-    let booted = choose_root(&ctx, &mut t, &store, top.as_fd(), &mut record)?;
+    let booted = choose_root(&ctx, &mut t, &store, top.as_fd(), &mut devs, &mut record)?;
     record.kept = store.kept().map(|k| k.iter().map(|n| store.kept_shown(n)).collect()).unwrap_or_default();
     record.rw_layer = store.rw_shown();
     drop(store);
@@ -248,6 +254,7 @@ fn choose_root(
     t: &mut Timings,
     store: &RwStore,
     top: BorrowedFd<'_>,
+    devs: &mut Devices,
     record: &mut Record,
 ) -> Result<Booted> {
     match ctx.params.mode {
@@ -271,7 +278,7 @@ fn choose_root(
             None => record.warn("dockroot.boot=previous, but no kept root has an init: booting a fresh one".into()),
         },
     }
-    match build_fresh(ctx, t, store, top) {
+    match build_fresh(ctx, t, store, top, devs) {
         Ok(resolved) => {
             let commit = t.run("install", || store.commit(ctx.params.keep))?;
             record.retired = commit.retired;
@@ -288,7 +295,13 @@ fn choose_root(
 
 /// The fresh root, built under the temporary name: resolve the image,
 /// snapshot it, apply the top layer, check the init.
-fn build_fresh(ctx: &Ctx, t: &mut Timings, store: &RwStore, top: BorrowedFd<'_>) -> Result<ResolvedImage> {
+fn build_fresh(
+    ctx: &Ctx,
+    t: &mut Timings,
+    store: &RwStore,
+    top: BorrowedFd<'_>,
+    devs: &mut Devices,
+) -> Result<ResolvedImage> {
     let resolved = t.run("resolve image", || {
         let docker_root = Path::new(STAGING_TOP).join(ctx.plan.docker_path.join("/"));
         store::resolve_docker_btrfs(&docker_root, ctx.image)
@@ -316,7 +329,7 @@ fn build_fresh(ctx: &Ctx, t: &mut Timings, store: &RwStore, top: BorrowedFd<'_>)
             .begin(image_fd.as_fd(), &info)
             .map_err(|e| e.context(format!("snapshotting image {}", resolved.reference)))
     })?;
-    t.run("top layer", || apply_top_layer(ctx.params, ctx.plan, ctx.root_dev, ctx.policy, new.as_fd()))?;
+    t.run("top layer", || apply_top_layer(ctx.params, ctx.plan, ctx.root_dev, ctx.policy, devs, new.as_fd()))?;
     switch_root::find_init(new.as_fd(), ctx.candidates)
         .map_err(|e| e.context(format!("in image {}", resolved.reference)))?;
     Ok(resolved)
@@ -461,14 +474,23 @@ fn mount(src: &str, target: &str, fstype: &str, flags: MountFlags, data: &str) -
         .context(|| format!("mounting {src} ({fstype}, options {data:?}) on {target}"))
 }
 
-fn load_modules() -> Result<()> {
+/// Load the modules every boot needs and the drivers of the devices present
+/// (in parallel); the returned hooks load drivers for devices that appear
+/// later and explain a device timeout.
+fn start_modules() -> Result<Box<dyn WaitHooks>> {
     let Some(index) = modules::read_index(Path::new("/"))? else {
         log::info!("no kernel modules in this initramfs");
-        return Ok(());
+        return Ok(Box::new(devices::NoHooks));
     };
-    // load_all logs each failure and the summary itself.
-    modules::load_all(&index, Path::new("/"))?;
-    Ok(())
+    let mut auto = modules::Autoloader::new(index, Path::new("/"))?;
+    auto.start(Path::new("/sys/devices"))?;
+    Ok(Box::new(auto))
+}
+
+/// The device waiter and the module hooks, kept for later waits (the top layer's device).
+struct Devices {
+    waiter: devices::Waiter,
+    hooks: Box<dyn WaitHooks>,
 }
 
 fn join_options(a: &str, b: &str) -> String {
@@ -494,6 +516,7 @@ fn apply_top_layer(
     plan: &RootPlan,
     root_dev: &BlockDevice,
     policy: &WaitPolicy,
+    devs: &mut Devices,
     rw: std::os::fd::BorrowedFd<'_>,
 ) -> Result<()> {
     let Some(toplayer) = &params.toplayer else {
@@ -521,7 +544,11 @@ fn apply_top_layer(
         parts.extend(subpath);
         (Path::new(STAGING_TOP).join(parts.join("/")), false)
     } else {
-        let dev = devices::wait_for(&spec, policy).context(|| format!("waiting for toplayer={toplayer}"))?;
+        let degraded = params.toplayerflags.as_deref().unwrap_or("").split(',').any(|o| o == "degraded");
+        let dev = devs
+            .waiter
+            .wait_for(&spec, policy, degraded, devs.hooks.as_mut())
+            .map_err(|e| e.context(format!("toplayer={toplayer}")))?;
         let fstype = match (&params.toplayerfstype, &dev.fs) {
             (Some(t), _) => t.clone(),
             (None, Some(fs)) => fs.fstype.name().to_string(),

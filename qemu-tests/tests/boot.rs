@@ -166,7 +166,7 @@ fn the_booted_system_sees_a_clean_handover_and_dockroots_log() {
     // The booted system's kernel log has dockroot's whole story.
     let kmsg = strings(&r["kmsg_dockroot"]);
     for want in [
-        "dockroot: root device LABEL=dockroot-test is /dev/vda",
+        "dockroot: found LABEL=dockroot-test: /dev/vda",
         "dockroot: rw layer /rwlayer is a fresh snapshot",
         "dockroot: top layer",
         "dockroot: ready: ",
