@@ -403,6 +403,12 @@ impl RwStore {
             .context(|| format!("renaming {} to {}", self.shown(&self.ready()), self.rw_shown()))?;
         btrfs::sync(p)?;
         commit.pruned = self.prune(keep);
+        if !commit.pruned.is_empty() {
+            // Persist the deletions now rather than at the next transaction commit.
+            if let Err(e) = btrfs::sync(p) {
+                log::warn!("could not sync after deleting old kept roots: {e}");
+            }
+        }
         Ok(commit)
     }
 
