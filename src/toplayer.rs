@@ -51,8 +51,11 @@ pub struct ApplyStats {
     pub hardlinks: u64,
     /// Device nodes, fifos and sockets created.
     pub specials: u64,
-    /// Bytes of file data copied.
+    /// Bytes of file data copied or cloned.
     pub bytes: u64,
+    /// Regular files whose data was cloned (FICLONE: the rw layer shares the
+    /// top layer's extents, no data is copied), counted in `files` too.
+    pub cloned: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -245,6 +248,9 @@ struct Copier<'a> {
     buf: Vec<u8>,
     /// Whether /proc/self/fd is there, for xattrs of symlinks and specials.
     proc_fd: bool,
+    /// Whether FICLONE may work between the top layer and the rw layer (until
+    /// the kernel says they are different filesystems or it cannot clone).
+    try_clone: bool,
 }
 
 /// Copy the contents of directory `src` (the top layer) into the directory
@@ -253,6 +259,8 @@ struct Copier<'a> {
 /// kept; existing non-directories are replaced, existing directories merged
 /// into, and the root's own owner/mode/times/xattrs are applied to `dest_root`.
 /// Nothing outside `dest_root` is ever written, whatever symlinks it holds.
+/// File data is cloned (FICLONE) when both sides are on the same btrfs (any
+/// subvolumes), else copied with copy_file_range, else read/write.
 pub fn apply(src: &Path, dest_root: BorrowedFd<'_>) -> Result<ApplyStats> {
     let src_fd = rustix::fs::openat(
         CWD,
@@ -278,6 +286,7 @@ pub fn apply(src: &Path, dest_root: BorrowedFd<'_>) -> Result<ApplyStats> {
         links: HashMap::new(),
         buf: Vec::new(),
         proc_fd: rustix::fs::statat(CWD, "/proc/self/fd", AtFlags::empty()).is_ok(),
+        try_clone: true,
     };
     cx.copy_dir(src_fd, &st, dest_root, Path::new(""), 0)?;
     Ok(cx.stats)
@@ -458,7 +467,16 @@ impl Copier<'_> {
         )
         .map_err(|e| self.err(rel, "creating the destination file", e))?;
         let size = u64::try_from(now.st_size).unwrap_or(0);
-        let n = self.copy_data(src.as_fd(), dest.as_fd(), size).map_err(|e| self.err(rel, "copying data", e))?;
+        let cloned = size > 0
+            && self
+                .clone_data(src.as_fd(), dest.as_fd())
+                .map_err(|e| self.err(rel, "emptying after a failed clone", e))?;
+        let n = if cloned {
+            self.stats.cloned += 1;
+            size
+        } else {
+            self.copy_data(src.as_fd(), dest.as_fd(), size).map_err(|e| self.err(rel, "copying data", e))?
+        };
         self.finish_fd(src.as_fd(), dest.as_fd(), st, rel)?;
         self.stats.files += 1;
         self.stats.bytes = self.stats.bytes.saturating_add(n);
@@ -626,6 +644,32 @@ impl Copier<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Make `dst` (new and empty) share all of `src`'s data extents (FICLONE,
+    /// a reflink: no data is read or written). Ok(false) if the kernel cannot
+    /// clone between these two files: `dst` is then empty and the caller
+    /// copies. After EXDEV (different filesystems: also the top layer on
+    /// another partition) or "not supported" no further clone is tried; other
+    /// errors (EINVAL for a nodatasum file against a checksummed one, ENOSPC
+    /// for metadata) only affect this file.
+    fn clone_data(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> rustix::io::Result<bool> {
+        if !self.try_clone {
+            return Ok(false);
+        }
+        match rustix::fs::ioctl_ficlone(dst, src) {
+            Ok(()) => Ok(true),
+            Err(Errno::XDEV | Errno::OPNOTSUPP | Errno::NOTTY | Errno::NOSYS) => {
+                self.try_clone = false;
+                Ok(false)
+            }
+            Err(_) => {
+                // A clone that failed part-way may have shared some extents:
+                // start the copy from an empty file.
+                rustix::fs::ftruncate(dst, 0)?;
+                Ok(false)
+            }
+        }
     }
 
     /// Copy all data from `src` to `dst` (both at offset 0): copy_file_range,

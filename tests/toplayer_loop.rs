@@ -249,6 +249,8 @@ fn copies_like_cp_a() {
             hardlinks: 1,
             specials: 3,
             bytes: 4 + 8 + 6 + 12 + (1 << 20) + 12345 + 6,
+            // From tmpfs to btrfs: FICLONE says EXDEV, the data is copied.
+            cloned: 0,
         }
     );
 }
@@ -445,4 +447,135 @@ fn source_must_be_a_real_directory() {
     let e = toplayer::apply(&top.path.join("link"), dest.as_fd()).unwrap_err();
     assert!(e.to_string().contains("link"), "{e}");
     assert!(toplayer::apply(&top.path.join("missing"), dest.as_fd()).is_err());
+}
+
+/// A btrfs big enough for 1 GiB of real data and its clones (sparse image),
+/// loop-mounted; unmounted and removed on drop.
+struct BigBtrfs {
+    tmp: common::TempDir,
+    mnt: PathBuf,
+}
+
+impl BigBtrfs {
+    fn new(size: u64) -> BigBtrfs {
+        common::require_root();
+        let tmp = common::TempDir::new("bigbtrfs");
+        let image = tmp.path.join("fs.img");
+        let mnt = tmp.path.join("mnt");
+        fs::File::create(&image).unwrap().set_len(size).unwrap();
+        fs::create_dir(&mnt).unwrap();
+        run("mkfs.btrfs", &["-q", "-f", image.to_str().unwrap()]);
+        run("mount", &["-o", "loop", image.to_str().unwrap(), mnt.to_str().unwrap()]);
+        BigBtrfs { tmp, mnt }
+    }
+}
+
+impl Drop for BigBtrfs {
+    fn drop(&mut self) {
+        let mnt = self.mnt.to_str().unwrap_or_default().to_string();
+        let ok = std::process::Command::new("umount").arg(&mnt).status().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            let _ = std::process::Command::new("umount").args(["-l", &mnt]).status();
+        }
+        let _ = fs::remove_file(self.tmp.path.join("fs.img"));
+    }
+}
+
+/// Write `size` bytes of real (non-zero, non-repeating per MiB) data to `path`.
+fn write_data(path: &Path, size: u64, seed: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(path).unwrap());
+    let mut chunk: Vec<u8> = (0..1u64 << 20).map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8 + 1).collect();
+    let mut left = size;
+    let mut n = 0u64;
+    while left > 0 {
+        chunk[..8].copy_from_slice(&(seed << 32 | n).to_le_bytes());
+        let len = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..len]).unwrap();
+        left -= len as u64;
+        n += 1;
+    }
+    f.flush().unwrap();
+}
+
+fn same_contents(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (mut fa, mut fb) = (fs::File::open(a).unwrap(), fs::File::open(b).unwrap());
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = fa.read(&mut ba).unwrap();
+        let mut nb = 0;
+        while nb < na {
+            let r = fb.read(&mut bb[nb..na]).unwrap();
+            if r == 0 {
+                return false;
+            }
+            nb += r;
+        }
+        if ba[..na] != bb[..na] {
+            return false;
+        }
+        if na == 0 {
+            return fb.read(&mut bb).unwrap() == 0;
+        }
+    }
+}
+
+/// `btrfs filesystem du --raw -s PATH`: (total, exclusive, set shared) bytes.
+fn btrfs_du(path: &Path) -> (u64, u64, u64) {
+    let out = run("btrfs", &["filesystem", "du", "--raw", "-s", path.to_str().unwrap()]);
+    let line = out.lines().last().unwrap_or_default();
+    let v: Vec<u64> = line.split_whitespace().take(3).map(|x| x.parse().unwrap_or(u64::MAX)).collect();
+    assert_eq!(v.len(), 3, "unexpected btrfs filesystem du output: {out}");
+    (v[0], v[1], v[2])
+}
+
+#[test]
+fn same_btrfs_clones_1_gib_in_well_under_a_second() {
+    const MIB: u64 = 1 << 20;
+    let fs = BigBtrfs::new(4 << 30);
+    // The top layer in one subvolume, the rw layer in another: different
+    // st_dev, same filesystem, so FICLONE works.
+    run("btrfs", &["subvolume", "create", fs.mnt.join("toplayer-vol").to_str().unwrap()]);
+    run("btrfs", &["subvolume", "create", fs.mnt.join("rw").to_str().unwrap()]);
+    let src = fs.mnt.join("toplayer-vol/machine");
+    fs::create_dir_all(src.join("var/big")).unwrap();
+    fs::create_dir_all(src.join("etc")).unwrap();
+    fs::write(src.join("etc/hostname"), b"cloned\n").unwrap();
+    // 1 GiB in 16 files of 64 MiB, plus an odd-sized one with a partial last block.
+    for i in 0..16 {
+        write_data(&src.join(format!("var/big/f{i:02}")), 64 * MIB, i);
+    }
+    write_data(&src.join("var/odd"), 3 * MIB + 777, 99);
+    run("sync", &[]);
+    let (src_dev, rw_dev) = (fs::metadata(&src).unwrap().dev(), fs::metadata(fs.mnt.join("rw")).unwrap().dev());
+    assert_ne!(src_dev, rw_dev, "subvolumes should have their own st_dev");
+    let free_before = rustix::fs::statvfs(&fs.mnt).unwrap();
+
+    let rw = fs.mnt.join("rw");
+    let dest = LoopBtrfs::dir(&rw);
+    let t = std::time::Instant::now();
+    let stats = toplayer::apply(&src, dest.as_fd()).unwrap();
+    let took = t.elapsed();
+    run("sync", &[]);
+
+    let total = 16 * 64 * MIB + 3 * MIB + 777 + 7;
+    assert_eq!((stats.files, stats.cloned, stats.bytes), (18, 18, total), "{stats:?}");
+    assert!(took < std::time::Duration::from_millis(500), "1 GiB on the same btrfs took {took:?}");
+    // Shared, not copied: the rw layer's copies have no exclusive extents,
+    // and the filesystem did not use another GiB.
+    let (du_total, exclusive, shared) = btrfs_du(&rw.join("var"));
+    // (du counts whole 4 KiB blocks.)
+    assert_eq!(du_total, 16 * 64 * MIB + (3 * MIB + 777).div_ceil(4096) * 4096, "btrfs filesystem du total");
+    assert_eq!(exclusive, 0, "btrfs filesystem du: the clones should share every extent");
+    assert!(shared >= 16 * 64 * MIB, "btrfs filesystem du: set shared {shared}");
+    let free_after = rustix::fs::statvfs(&fs.mnt).unwrap();
+    let used = (free_before.f_bfree - free_after.f_bfree) * free_after.f_frsize;
+    assert!(used < 64 * MIB, "the clone used {used} bytes of data space");
+    for name in ["var/big/f00", "var/big/f15", "var/odd", "etc/hostname"] {
+        assert!(same_contents(&src.join(name), &rw.join(name)), "{name} differs");
+    }
+    // Writing to a clone leaves the top layer as it was (copy on write).
+    fs::write(rw.join("var/odd"), b"changed").unwrap();
+    assert_eq!(fs::metadata(src.join("var/odd")).unwrap().len(), 3 * MIB + 777);
 }
