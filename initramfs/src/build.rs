@@ -24,7 +24,11 @@ pub const CONFIG_MAX_BYTES: u64 = 1 << 20;
 /// Filesystems the generic image loads at every boot (they have no modalias):
 /// the root, and the top layer on ext4, xfs or vfat (with the codepages vfat
 /// mounts need).
-pub const DEFAULT_FILESYSTEMS: &[&str] = &["btrfs", "ext4", "xfs", "vfat", "nls_cp437", "nls_iso8859_1", "nls_utf8"];
+// vfat mounts need the code page (cp437) and the I/O charset, which Debian's
+// kernels default to "ascii" (FAT_DEFAULT_IOCHARSET): without nls_ascii an ESP
+// fails to mount with EINVAL ("IO charset ascii not found").
+pub const DEFAULT_FILESYSTEMS: &[&str] =
+    &["btrfs", "ext4", "xfs", "vfat", "nls_cp437", "nls_ascii", "nls_iso8859_1", "nls_utf8"];
 
 /// Drivers the generic image carries for common machines and VMs, loaded at
 /// boot only when a device's modalias matches one of their aliases. Names this
@@ -58,7 +62,7 @@ pub const DEFAULT_DRIVERS: &[&str] = &[
 ];
 
 /// Filesystem types whose mounts need more than their own module.
-const FS_EXTRAS: &[(&str, &[&str])] = &[("vfat", &["nls_cp437", "nls_iso8859_1", "nls_utf8"])];
+const FS_EXTRAS: &[(&str, &[&str])] = &[("vfat", &["nls_cp437", "nls_ascii", "nls_iso8859_1", "nls_utf8"])];
 
 /// What to build.
 #[derive(Debug, Clone)]

@@ -541,7 +541,7 @@ fn hostonly_takes_what_this_machine_has() {
     assert!(summary.contains("hostonly: 3 modalias strings under"), "{summary}");
     assert!(summary.contains("matched 2 modules: virtio_blk virtio_pci"), "{summary}");
     assert!(summary.contains("filesystems at / and /boot") && summary.contains("ext4 tmpfs vfat"), "{summary}");
-    assert!(summary.contains("not in this kernel (skipped): nls_iso8859_1 nls_utf8 tmpfs"), "{summary}");
+    assert!(summary.contains("not in this kernel (skipped): nls_ascii nls_iso8859_1 nls_utf8 tmpfs"), "{summary}");
     // A missing sysfs is an error naming it.
     let e = b.fails(&["--hostonly", "--sysfs", "/nonexistent/sys", "--mounts", mounts.to_str().unwrap()]);
     assert!(e.contains("--hostonly") && e.contains("/nonexistent/sys/devices"), "{e}");
