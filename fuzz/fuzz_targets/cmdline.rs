@@ -1,10 +1,12 @@
 //! The kernel command line: `split` (the kernel's `next_arg()` quoting) and
-//! `Params::parse`, then the path checks applied to the parameters. Input:
+//! `Params::parse`, then the path and device-name checks applied to the
+//! parameters (`relative_path`, `DeviceSpec::parse`). Input:
 //! arbitrary bytes, read as UTF-8 with invalid sequences replaced (as the
 //! init reads /proc/cmdline).
 #![no_main]
 
 use dockroot::cmdline::{mount_option, relative_path, split, without_option, Arg, Params};
+use dockroot::devices::DeviceSpec;
 use libfuzzer_sys::fuzz_target;
 
 fn is_space(c: char) -> bool {
@@ -49,6 +51,12 @@ fn check(s: &str) {
                     assert!(!c.is_empty() && c != "." && c != ".." && !c.contains('/'), "{name}={path:?}: {c:?}");
                 }
             }
+        }
+    }
+    for dev in [p.root.as_deref(), p.toplayer.as_deref()].into_iter().flatten() {
+        if let Ok(DeviceSpec::Path(path)) = DeviceSpec::parse(dev) {
+            let name = path.strip_prefix("/dev/").unwrap_or_else(|| panic!("{dev:?} gave {path:?}"));
+            assert!(name.split('/').all(|c| !c.is_empty() && c != "." && c != ".."), "{dev:?} gave {path:?}");
         }
     }
     if let Some(flags) = p.rootflags.as_deref() {
