@@ -183,7 +183,8 @@ const TOP_LAYER: &str = "dockroot: top layer ";
 const RETIRED: &str = "the previous root is kept read-only as";
 const PRUNED: &str = "deleted the old kept root";
 const FRESH: &str = "is a fresh snapshot of";
-const ROOT_DEVICE: &str = "dockroot: root device ";
+/// The waiter's line when the root device is there ("found LABEL=...: /dev/vda (btrfs) after ...").
+const ROOT_DEVICE: &str = "dockroot: found ";
 const READY: &str = "dockroot: ready:";
 
 /// Every kill point, most telling first (a sample takes a prefix).
