@@ -15,24 +15,21 @@
 //! and every name that becomes a path component is checked to be exactly 64
 //! lowercase hex digits, so no file content can steer a path out of the store.
 
+use super::{
+    chain_ids, check_image_id, check_layer_dir, parse_image_config, read_capped, sha256_hex, short_list, Checks,
+    ImageStore, Lookup, Resolved, Root, StoreKind, JSON_CAP, JSON_CAP_TEXT,
+};
 use crate::error::{Error, Result};
 use crate::reference::{is_hex64, ImageSpec, Reference};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Cap for repositories.json and image configs.
-const JSON_CAP: u64 = 64 * 1024 * 1024;
-const JSON_CAP_TEXT: &str = "64 MiB";
 /// Cap for the small layerdb files (cache-id, diff, parent).
 const SMALL_CAP: u64 = 256;
 const SMALL_CAP_TEXT: &str = "256 bytes";
 /// Most image IDs listed from imagedb when matching an ID.
 const MAX_IMAGE_IDS: usize = 1_000_000;
-/// Most names listed in a "not found" error.
-const MAX_LISTED: usize = 20;
 
 /// The tag and digest keys of `repositories.json`:
 /// familiar repository name -> (familiar key `name:tag` / `name@digest` -> image ID).
@@ -44,32 +41,15 @@ pub struct Repositories {
 impl Repositories {
     /// Every key (`name:tag`, `name@digest`), sorted.
     pub fn keys(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self
-            .repos
-            .values()
-            .flat_map(|m| m.keys().map(String::as_str))
-            .collect();
+        let mut v: Vec<&str> = self.repos.values().flat_map(|m| m.keys().map(String::as_str)).collect();
         v.sort_unstable();
         v
     }
 
     /// Every image ID named in the file (may include malformed values).
     pub fn ids(&self) -> impl Iterator<Item = &str> {
-        self.repos
-            .values()
-            .flat_map(|m| m.values().map(String::as_str))
+        self.repos.values().flat_map(|m| m.values().map(String::as_str))
     }
-}
-
-/// What the boot needs from an image config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageConfig {
-    /// Layer diff IDs, base first, each `sha256:<64 hex>`.
-    pub diff_ids: Vec<String>,
-    /// `os`, if the config names one.
-    pub os: Option<String>,
-    /// `architecture`, if the config names one.
-    pub architecture: Option<String>,
 }
 
 /// An image resolved to its top layer's subvolume.
@@ -95,33 +75,22 @@ pub struct ResolvedImage {
 /// A missing or null `Repositories` is an empty store. Values are checked
 /// only when looked up, so one odd entry does not hide the others.
 pub fn parse_repositories(json: &[u8]) -> Result<Repositories> {
-    let v: Value = serde_json::from_slice(json)
-        .map_err(|e| Error::with("repositories.json is not valid JSON", e))?;
-    let top = v
-        .as_object()
-        .ok_or_else(|| Error::msg("repositories.json must contain a JSON object"))?;
+    let v: Value = serde_json::from_slice(json).map_err(|e| Error::with("repositories.json is not valid JSON", e))?;
+    let top = v.as_object().ok_or_else(|| Error::msg("repositories.json must contain a JSON object"))?;
     let mut out = Repositories::default();
     let repos = match top.get("Repositories") {
         None | Some(Value::Null) => return Ok(out),
         Some(Value::Object(m)) => m,
-        Some(_) => {
-            return Err(Error::msg(
-                "repositories.json: \"Repositories\" must be an object",
-            ))
-        }
+        Some(_) => return Err(Error::msg("repositories.json: \"Repositories\" must be an object")),
     };
     for (repo, entries) in repos {
-        let entries = entries.as_object().ok_or_else(|| {
-            Error::msg(format!(
-                "repositories.json: repository {repo:?} must map to an object"
-            ))
-        })?;
+        let entries = entries
+            .as_object()
+            .ok_or_else(|| Error::msg(format!("repositories.json: repository {repo:?} must map to an object")))?;
         let mut m = BTreeMap::new();
         for (key, id) in entries {
             let id = id.as_str().ok_or_else(|| {
-                Error::msg(format!(
-                    "repositories.json: {key:?} must map to an image ID string, not {id}"
-                ))
+                Error::msg(format!("repositories.json: {key:?} must map to an image ID string, not {id}"))
             })?;
             m.insert(key.clone(), id.to_string());
         }
@@ -137,10 +106,19 @@ pub fn parse_repositories(json: &[u8]) -> Result<Repositories> {
 /// under its familiar repository and key; a short ID must match exactly one
 /// ID from the repositories or imagedb.
 pub fn lookup(repos: &Repositories, spec: &ImageSpec, image_ids: &[String]) -> Result<String> {
+    lookup_found(repos, spec, image_ids)?.map_err(Error::msg)
+}
+
+/// Like [`lookup`], but "not in this store" is `Ok(Err(why))`.
+fn lookup_found(
+    repos: &Repositories,
+    spec: &ImageSpec,
+    image_ids: &[String],
+) -> Result<std::result::Result<String, String>> {
     match spec {
         ImageSpec::Named(r) => match lookup_name(repos, r)? {
-            Some(id) => Ok(id),
-            None => Err(Error::msg(format!(
+            Some(id) => Ok(Ok(id)),
+            None => Ok(Err(format!(
                 "no image {r} (stored as {:?}) in repositories.json; {}",
                 r.familiar_string(),
                 listing(repos)
@@ -148,9 +126,9 @@ pub fn lookup(repos: &Repositories, spec: &ImageSpec, image_ids: &[String]) -> R
         },
         ImageSpec::Id(id) => {
             if image_ids.iter().any(|x| x == id) {
-                Ok(id.clone())
+                Ok(Ok(id.clone()))
             } else {
-                Err(Error::msg(format!(
+                Ok(Err(format!(
                     "no image with ID {id} in imagedb ({} image configs there); {}",
                     image_ids.len(),
                     listing(repos)
@@ -159,24 +137,20 @@ pub fn lookup(repos: &Repositories, spec: &ImageSpec, image_ids: &[String]) -> R
         }
         ImageSpec::NameOrShortId { name, prefix } => {
             if let Some(id) = lookup_name(repos, name)? {
-                return Ok(id);
+                return Ok(Ok(id));
             }
             let candidates: BTreeSet<&str> = image_ids
                 .iter()
                 .map(String::as_str)
                 .chain(repos.ids())
-                .filter(|id| {
-                    id.strip_prefix("sha256:")
-                        .is_some_and(|h| is_hex64(h) && h.starts_with(prefix.as_str()))
-                })
+                .filter(|id| id.strip_prefix("sha256:").is_some_and(|h| is_hex64(h) && h.starts_with(prefix.as_str())))
                 .collect();
             let mut it = candidates.iter();
             match (it.next(), it.next()) {
-                (Some(id), None) => Ok((*id).to_string()),
-                (None, _) => Err(Error::msg(format!(
-                    "no image {name} and no image ID starting with {prefix}; {}",
-                    listing(repos)
-                ))),
+                (Some(id), None) => Ok(Ok((*id).to_string())),
+                (None, _) => {
+                    Ok(Err(format!("no image {name} and no image ID starting with {prefix}; {}", listing(repos))))
+                }
                 (Some(_), Some(_)) => Err(Error::msg(format!(
                     "image ID prefix {prefix} is ambiguous: it matches {}",
                     candidates.iter().copied().collect::<Vec<_>>().join(", ")
@@ -189,11 +163,7 @@ pub fn lookup(repos: &Repositories, spec: &ImageSpec, image_ids: &[String]) -> R
 /// The ID filed under `r`'s familiar repository and key, checked.
 fn lookup_name(repos: &Repositories, r: &Reference) -> Result<Option<String>> {
     let key = r.familiar_string();
-    let Some(id) = repos
-        .repos
-        .get(&r.familiar_name())
-        .and_then(|m| m.get(&key))
-    else {
+    let Some(id) = repos.repos.get(&r.familiar_name()).and_then(|m| m.get(&key)) else {
         return Ok(None);
     };
     check_image_id(id).map_err(|e| e.context(format!("repositories.json entry {key:?}")))?;
@@ -206,106 +176,8 @@ fn listing(repos: &Repositories) -> String {
     if keys.is_empty() {
         return "the store holds no named images".into();
     }
-    let shown: Vec<&str> = keys.iter().copied().take(MAX_LISTED).collect();
-    let mut s = format!("the store holds: {}", shown.join(", "));
-    if let Some(more) = keys.len().checked_sub(MAX_LISTED).filter(|n| *n > 0) {
-        s.push_str(&format!(" and {more} more"));
-    }
-    s
-}
-
-/// Parse an image config: `rootfs.type` must be "layers" and every diff ID
-/// `sha256:<64 lowercase hex>`.
-pub fn parse_image_config(json: &[u8]) -> Result<ImageConfig> {
-    let v: Value = serde_json::from_slice(json)
-        .map_err(|e| Error::with("image config is not valid JSON", e))?;
-    let top = v
-        .as_object()
-        .ok_or_else(|| Error::msg("image config must contain a JSON object"))?;
-    let rootfs = top
-        .get("rootfs")
-        .and_then(Value::as_object)
-        .ok_or_else(|| Error::msg("image config has no \"rootfs\" object"))?;
-    match rootfs.get("type").and_then(Value::as_str) {
-        Some("layers") => {}
-        other => {
-            return Err(Error::msg(format!(
-                "image config: rootfs.type is {other:?}, expected \"layers\""
-            )))
-        }
-    }
-    let list = match rootfs.get("diff_ids") {
-        Some(Value::Array(a)) => a.as_slice(),
-        None | Some(Value::Null) => &[],
-        Some(_) => return Err(Error::msg("image config: rootfs.diff_ids must be an array")),
-    };
-    let mut diff_ids = Vec::with_capacity(list.len());
-    for (i, d) in list.iter().enumerate() {
-        let s = d.as_str().ok_or_else(|| {
-            Error::msg(format!(
-                "image config: rootfs.diff_ids[{i}] must be a string, not {d}"
-            ))
-        })?;
-        check_digest_id(s).map_err(|e| e.context(format!("image config: rootfs.diff_ids[{i}]")))?;
-        diff_ids.push(s.to_string());
-    }
-    let opt_str = |key: &str| -> Result<Option<String>> {
-        match top.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(Error::msg(format!(
-                "image config: {key:?} must be a string, not {other}"
-            ))),
-        }
-    };
-    Ok(ImageConfig {
-        diff_ids,
-        os: opt_str("os")?,
-        architecture: opt_str("architecture")?,
-    })
-}
-
-/// Chain IDs of a layer stack: C0 = D0, Cn = sha256(C(n-1) + " " + Dn).
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(prev) => format!("sha256:{}", sha256_hex(format!("{prev} {d}").as_bytes())),
-        };
-        out.push(next);
-    }
-    out
-}
-
-/// Lowercase hex SHA-256 of `data`.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len().saturating_mul(2));
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-/// `sha256:<64 lowercase hex>` (image IDs, diff IDs, chain IDs).
-pub fn check_digest_id(s: &str) -> Result<()> {
-    match s.strip_prefix("sha256:") {
-        Some(h) if is_hex64(h) => Ok(()),
-        _ => Err(Error::msg(format!(
-            "{s:?} is not of the form sha256:<64 lowercase hex digits>"
-        ))),
-    }
-}
-
-/// An image ID: `sha256:<64 lowercase hex>`.
-pub fn check_image_id(id: &str) -> Result<()> {
-    check_digest_id(id).map_err(|e| e.context("invalid image ID"))
+    let keys: Vec<String> = keys.into_iter().map(str::to_string).collect();
+    format!("the store holds: {}", short_list(&keys))
 }
 
 /// A cache ID read from `file`: exactly 64 lowercase hex digits (no
@@ -325,24 +197,69 @@ pub fn check_cache_id(cache_id: &str, file: &Path) -> Result<()> {
 /// subvolume of the image's top layer. Checks the config's hash against its
 /// ID and the layerdb chain (diff and parent files) against the config. The
 /// caller checks that the subvolume directory is really a btrfs subvolume.
+///
+/// This is the interface the boot used before [`super::resolve_image`]; it
+/// always verifies.
 pub fn resolve_docker_btrfs(docker_root: &Path, spec: &ImageSpec) -> Result<ResolvedImage> {
-    resolve(docker_root, spec).map_err(|e| {
-        e.context(format!(
-            "resolving image {spec} in the Docker store at {}",
-            docker_root.display()
-        ))
-    })
+    let mut checks = Checks::new(true);
+    resolve(docker_root, spec, &mut checks)
+        .and_then(|r| r.map_err(Error::msg))
+        .map_err(|e| e.context(format!("resolving image {spec} in the Docker store at {}", docker_root.display())))
 }
 
-fn resolve(root: &Path, spec: &ImageSpec) -> Result<ResolvedImage> {
+/// Docker's btrfs store as an [`ImageStore`].
+pub(crate) struct DockerStore {
+    /// The data root, relative to the top level.
+    path: PathBuf,
+    abs: PathBuf,
+    verify: bool,
+}
+
+impl DockerStore {
+    pub(crate) fn new(top: &Path, path: PathBuf, verify: bool) -> DockerStore {
+        DockerStore { abs: top.join(&path), path, verify }
+    }
+}
+
+impl ImageStore for DockerStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Docker
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn resolve(&self, spec: &ImageSpec) -> Result<Lookup> {
+        let mut checks = Checks::new(self.verify);
+        let r = match resolve(&self.abs, spec, &mut checks)? {
+            Ok(r) => r,
+            Err(why) => return Ok(Lookup::NotFound(why)),
+        };
+        Ok(Lookup::Found(Box::new(Resolved {
+            store: StoreKind::Docker,
+            store_path: self.path.clone(),
+            reference: r.reference,
+            image_id: r.image_id,
+            manifest_digest: None,
+            diff_ids: r.diff_ids,
+            chain_ids: r.chain_ids,
+            layer: r.cache_id,
+            root: Root::Subvolume(self.path.join(r.subvolume)),
+            verified: self.verify,
+            warnings: checks.warnings,
+        })))
+    }
+}
+
+/// `Ok(Err(why))` when the image is not in the store.
+fn resolve(root: &Path, spec: &ImageSpec, checks: &mut Checks) -> Result<std::result::Result<ResolvedImage, String>> {
     let store = root.join("image/btrfs");
     check_store(root, &store)?;
 
     let repos_path = store.join("repositories.json");
     let repos = match read_capped(&repos_path, JSON_CAP, JSON_CAP_TEXT)? {
-        Some(bytes) => {
-            parse_repositories(&bytes).map_err(|e| e.context(repos_path.display().to_string()))?
-        }
+        Some(bytes) => parse_repositories(&bytes).map_err(|e| e.context(repos_path.display().to_string()))?,
         None => Repositories::default(),
     };
     let content = store.join("imagedb/content/sha256");
@@ -350,7 +267,10 @@ fn resolve(root: &Path, spec: &ImageSpec) -> Result<ResolvedImage> {
         ImageSpec::Named(_) => Vec::new(),
         _ => list_image_ids(&content)?,
     };
-    let image_id = lookup(&repos, spec, &image_ids)?;
+    let image_id = match lookup_found(&repos, spec, &image_ids)? {
+        Ok(id) => id,
+        Err(why) => return Ok(Err(why)),
+    };
     let reference = match (spec, &image_id) {
         (ImageSpec::Named(r), _) => r.to_string(),
         (ImageSpec::NameOrShortId { name, .. }, id)
@@ -373,15 +293,14 @@ fn resolve(root: &Path, spec: &ImageSpec) -> Result<ResolvedImage> {
             config_path.display()
         ))
     })?;
-    if sha256_hex(&config) != id_hex {
-        return Err(Error::msg(format!(
-            "image config for {reference} does not match its ID: store corrupted or tampered ({} hashes to sha256:{})",
-            config_path.display(),
-            sha256_hex(&config)
-        )));
-    }
-    let cfg =
-        parse_image_config(&config).map_err(|e| e.context(config_path.display().to_string()))?;
+    let hashed = sha256_hex(&config);
+    checks.check(hashed == id_hex, || {
+        format!(
+            "image config for {reference} does not match its ID {image_id} ({} hashes to sha256:{hashed})",
+            config_path.display()
+        )
+    })?;
+    let cfg = parse_image_config(&config).map_err(|e| e.context(config_path.display().to_string()))?;
     if cfg.diff_ids.is_empty() {
         return Err(Error::msg(format!(
             "image {reference} has no layers ({} lists no rootfs.diff_ids): nothing to boot",
@@ -396,44 +315,38 @@ fn resolve(root: &Path, spec: &ImageSpec) -> Result<ResolvedImage> {
     let n = chains.len();
     let mut top_dir = None;
     for (i, (chain, diff)) in chains.iter().zip(&cfg.diff_ids).enumerate().rev() {
-        let chain_hex = chain
-            .strip_prefix("sha256:")
-            .filter(|h| is_hex64(h))
-            .ok_or_else(|| {
-                Error::msg(format!(
-                    "layer {} of {reference} has an invalid chain ID {chain:?}",
-                    i.saturating_add(1)
-                ))
-            })?;
+        let chain_hex = chain.strip_prefix("sha256:").filter(|h| is_hex64(h)).ok_or_else(|| {
+            Error::msg(format!("layer {} of {reference} has an invalid chain ID {chain:?}", i.saturating_add(1)))
+        })?;
         let dir = layerdb.join(chain_hex);
         let layer = format!("layer {} of {n} ({chain})", i.saturating_add(1));
         let diff_path = dir.join("diff");
-        let found = read_small(&diff_path)?.ok_or_else(|| {
-            Error::msg(format!(
-                "{layer} of {reference} is missing from the layer store: {} does not exist",
-                diff_path.display()
-            ))
-        })?;
-        if found != *diff {
-            return Err(Error::msg(format!(
-                "{} holds {found:?} but the image config of {reference} says {diff}: store corrupted or tampered",
-                diff_path.display()
-            )));
+        let found = read_small(&diff_path)?;
+        let missing = || {
+            format!("{layer} of {reference} is missing from the layer store: {} does not exist", diff_path.display())
+        };
+        if top_dir.is_none() && found.is_none() {
+            return Err(Error::msg(missing()));
         }
+        let Some(found) = found else {
+            checks.check(false, missing)?;
+            continue;
+        };
+        checks.check(found == *diff, || {
+            format!("{} holds {found:?} but the image config of {reference} says {diff}", diff_path.display())
+        })?;
         let parent_path = dir.join("parent");
         let parent = read_small(&parent_path)?;
         let expected = i.checked_sub(1).and_then(|p| chains.get(p));
-        if parent.as_ref() != expected {
-            let say = |p: Option<&String>| {
-                p.map_or_else(|| "no parent".to_string(), |p| format!("parent {p}"))
-            };
-            return Err(Error::msg(format!(
-                "{} gives {} but the image config of {reference} implies {}: store corrupted or tampered",
+        let say = |p: Option<&String>| p.map_or_else(|| "no parent".to_string(), |p| format!("parent {p}"));
+        checks.check(parent.as_ref() == expected, || {
+            format!(
+                "{} gives {} but the image config of {reference} implies {}",
                 parent_path.display(),
                 say(parent.as_ref()),
                 say(expected)
-            )));
-        }
+            )
+        })?;
         if top_dir.is_none() {
             top_dir = Some(dir);
         }
@@ -442,41 +355,18 @@ fn resolve(root: &Path, spec: &ImageSpec) -> Result<ResolvedImage> {
 
     let cache_path = top_dir.join("cache-id");
     let cache_id = read_small(&cache_path)?.ok_or_else(|| {
-        Error::msg(format!(
-            "top layer of {reference} has no cache ID: {} does not exist",
-            cache_path.display()
-        ))
+        Error::msg(format!("top layer of {reference} has no cache ID: {} does not exist", cache_path.display()))
     })?;
     check_cache_id(&cache_id, &cache_path)?;
 
     let subvolume = PathBuf::from("btrfs/subvolumes").join(&cache_id);
-    let abs = root.join(&subvolume);
-    match std::fs::symlink_metadata(&abs) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(Error::msg(format!(
-                "the top layer subvolume of {reference}, {}, is not a directory",
-                abs.display()
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::msg(format!(
-                "the top layer subvolume of {reference}, {}, does not exist ({} names it)",
-                abs.display(),
-                cache_path.display()
-            )))
-        }
-        Err(e) => return Err(Error::with(format!("checking {}", abs.display()), e)),
-    }
+    check_layer_dir(
+        &root.join(&subvolume),
+        &format!("the top layer subvolume of {reference}"),
+        &cache_path.display().to_string(),
+    )?;
 
-    Ok(ResolvedImage {
-        reference,
-        image_id,
-        diff_ids: cfg.diff_ids,
-        chain_ids: chains,
-        cache_id,
-        subvolume,
-    })
+    Ok(Ok(ResolvedImage { reference, image_id, diff_ids: cfg.diff_ids, chain_ids: chains, cache_id, subvolume }))
 }
 
 /// The btrfs image store must exist; otherwise say what is there instead.
@@ -495,18 +385,11 @@ fn check_store(root: &Path, store: &Path) -> Result<()> {
     if image.is_dir() {
         let mut drivers: Vec<String> = std::fs::read_dir(&image)
             .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .take(16)
-                    .collect()
+                rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).take(16).collect()
             })
             .unwrap_or_default();
         drivers.sort();
-        let found = if drivers.is_empty() {
-            "nothing".to_string()
-        } else {
-            drivers.join(", ")
-        };
+        let found = if drivers.is_empty() { "nothing".to_string() } else { drivers.join(", ") };
         return Err(Error::msg(format!(
             "{} does not exist (image/ holds: {found}): is dockerd using --storage-driver btrfs?",
             store.display()
@@ -529,10 +412,7 @@ fn list_image_ids(dir: &Path) -> Result<Vec<String>> {
     let mut ids = Vec::new();
     for (n, entry) in rd.enumerate() {
         if n >= MAX_IMAGE_IDS {
-            return Err(Error::msg(format!(
-                "{} has more than {MAX_IMAGE_IDS} entries",
-                dir.display()
-            )));
+            return Err(Error::msg(format!("{} has more than {MAX_IMAGE_IDS} entries", dir.display())));
         }
         let entry = entry.map_err(|e| Error::with(format!("listing {}", dir.display()), e))?;
         if let Some(name) = entry.file_name().to_str().filter(|s| is_hex64(s)) {
@@ -543,42 +423,13 @@ fn list_image_ids(dir: &Path) -> Result<Vec<String>> {
     Ok(ids)
 }
 
-/// Read a whole file of at most `cap` bytes; `None` if it does not exist.
-fn read_capped(path: &Path, cap: u64, cap_text: &str) -> Result<Option<Vec<u8>>> {
-    let too_big = || Error::msg(format!("{} is larger than {cap_text}", path.display()));
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::with(format!("opening {}", path.display()), e)),
-    };
-    let len = file
-        .metadata()
-        .map_err(|e| Error::with(format!("checking {}", path.display()), e))?
-        .len();
-    if len > cap {
-        return Err(too_big());
-    }
-    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    // Read one byte past the cap in case the file grew since the check.
-    file.take(cap.saturating_add(1))
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::with(format!("reading {}", path.display()), e))?;
-    if u64::try_from(buf.len()).map_or(true, |l| l > cap) {
-        return Err(too_big());
-    }
-    Ok(Some(buf))
-}
-
 /// Read a small layerdb file (cache-id, diff, parent) as UTF-8, unmodified.
 fn read_small(path: &Path) -> Result<Option<String>> {
     match read_capped(path, SMALL_CAP, SMALL_CAP_TEXT)? {
         None => Ok(None),
-        Some(b) => String::from_utf8(b).map(Some).map_err(|_| {
-            Error::msg(format!(
-                "{} is not UTF-8 text: store corrupted",
-                path.display()
-            ))
-        }),
+        Some(b) => String::from_utf8(b)
+            .map(Some)
+            .map_err(|_| Error::msg(format!("{} is not UTF-8 text: store corrupted", path.display()))),
     }
 }
 
@@ -599,12 +450,7 @@ mod tests {
             .expect("sha256sum");
         child.stdin.take().unwrap().write_all(data).unwrap();
         let out = child.wait_with_output().unwrap();
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
+        String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
     }
 
     fn digest_of(s: &str) -> String {
@@ -617,10 +463,7 @@ mod tests {
             assert_eq!(sha256_hex(data), sha256sum(data));
         }
         // FIPS 180-2 test vector.
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
@@ -629,23 +472,14 @@ mod tests {
         let c = chain_ids(&d);
         assert_eq!(c.len(), 3);
         assert_eq!(c[0], d[0]);
-        let c1 = format!(
-            "sha256:{}",
-            sha256sum(format!("{} {}", d[0], d[1]).as_bytes())
-        );
+        let c1 = format!("sha256:{}", sha256sum(format!("{} {}", d[0], d[1]).as_bytes()));
         let c2 = format!("sha256:{}", sha256sum(format!("{c1} {}", d[2]).as_bytes()));
         assert_eq!(c[1], c1);
         assert_eq!(c[2], c2);
         // Hard-coded vectors for diff IDs sha256("a"), sha256("b"), sha256("c"), computed with
         // A=sha256:$(printf a | sha256sum ..); C1=sha256:$(printf '%s' "$A $B" | sha256sum ..); likewise C2.
-        assert_eq!(
-            c[1],
-            "sha256:51c0c8ace48498d6f5fee6b0592cc06f2da0f3cbe09c5a34a97dce85c3889676"
-        );
-        assert_eq!(
-            c[2],
-            "sha256:2fce7f8ce91bcf0a1428b36e1024639fdbd9469eea762dba98aa749631885106"
-        );
+        assert_eq!(c[1], "sha256:51c0c8ace48498d6f5fee6b0592cc06f2da0f3cbe09c5a34a97dce85c3889676");
+        assert_eq!(c[2], "sha256:2fce7f8ce91bcf0a1428b36e1024639fdbd9469eea762dba98aa749631885106");
         assert!(chain_ids(&[]).is_empty());
     }
 
@@ -657,39 +491,17 @@ mod tests {
                "localhost:5000/team/os":{{"localhost:5000/team/os:v1":"{id}"}}}}}}"#
         );
         let r = parse_repositories(json.as_bytes()).unwrap();
-        assert_eq!(
-            r.keys(),
-            vec![
-                "labdeb:base",
-                format!("labdeb@{id}").as_str(),
-                "localhost:5000/team/os:v1"
-            ]
-        );
-        assert_eq!(
-            r.repos.get("labdeb").and_then(|m| m.get("labdeb:base")),
-            Some(&id)
-        );
-        assert_eq!(
-            parse_repositories(br#"{"Repositories":{}}"#).unwrap(),
-            Repositories::default()
-        );
-        assert_eq!(
-            parse_repositories(br#"{}"#).unwrap(),
-            Repositories::default()
-        );
+        assert_eq!(r.keys(), vec!["labdeb:base", format!("labdeb@{id}").as_str(), "localhost:5000/team/os:v1"]);
+        assert_eq!(r.repos.get("labdeb").and_then(|m| m.get("labdeb:base")), Some(&id));
+        assert_eq!(parse_repositories(br#"{"Repositories":{}}"#).unwrap(), Repositories::default());
+        assert_eq!(parse_repositories(br#"{}"#).unwrap(), Repositories::default());
         for (bad, want) in [
             (&b""[..], "not valid JSON"),
             (b"{\"Repositories\":{\"a\":{\"a:b\":\"sha", "not valid JSON"),
             (b"[]", "must contain a JSON object"),
             (br#"{"Repositories":[]}"#, "must be an object"),
-            (
-                br#"{"Repositories":{"a":"x"}}"#,
-                "repository \"a\" must map to an object",
-            ),
-            (
-                br#"{"Repositories":{"a":{"a:t":5}}}"#,
-                "\"a:t\" must map to an image ID string",
-            ),
+            (br#"{"Repositories":{"a":"x"}}"#, "repository \"a\" must map to an object"),
+            (br#"{"Repositories":{"a":{"a:t":5}}}"#, "\"a:t\" must map to an image ID string"),
         ] {
             let e = parse_repositories(bad).expect_err(want).to_string();
             assert!(e.contains(want), "{e}");
@@ -697,12 +509,7 @@ mod tests {
     }
 
     fn sample_repos() -> (Repositories, [String; 4]) {
-        let ids = [
-            digest_of("1"),
-            digest_of("2"),
-            digest_of("3"),
-            digest_of("4"),
-        ];
+        let ids = [digest_of("1"), digest_of("2"), digest_of("3"), digest_of("4")];
         let [a, b, c, dg] = &ids;
         let json = format!(
             r#"{{"Repositories":{{
@@ -716,11 +523,7 @@ mod tests {
     }
 
     fn look(repos: &Repositories, s: &str, image_ids: &[String]) -> Result<String> {
-        lookup(
-            repos,
-            &parse(&s.replace("<D>", DEFAULT_DOMAIN)).unwrap(),
-            image_ids,
-        )
+        lookup(repos, &parse(&s.replace("<D>", DEFAULT_DOMAIN)).unwrap(), image_ids)
     }
 
     #[test]
@@ -747,15 +550,9 @@ mod tests {
     fn lookup_not_found_lists_names() {
         let (repos, _) = sample_repos();
         let e = look(&repos, "ubuntu:20.04", &[]).unwrap_err().to_string();
-        assert!(
-            e.contains(&format!("{DEFAULT_DOMAIN}/library/ubuntu:20.04")),
-            "{e}"
-        );
+        assert!(e.contains(&format!("{DEFAULT_DOMAIN}/library/ubuntu:20.04")), "{e}");
         assert!(e.contains("\"ubuntu:20.04\""), "{e}");
-        assert!(
-            e.contains("ubuntu:22.04") && e.contains("localhost:5000/team/os:v1"),
-            "{e}"
-        );
+        assert!(e.contains("ubuntu:22.04") && e.contains("localhost:5000/team/os:v1"), "{e}");
         assert!(!e.contains("more"), "{e}");
         // localhost/x is not x.
         assert!(look(&repos, "localhost/ubuntu", &[]).is_err());
@@ -763,27 +560,16 @@ mod tests {
         // Many names: 20 listed, then "and N more".
         let mut big = Repositories::default();
         for i in 0..25 {
-            big.repos
-                .entry(format!("img{i:02}"))
-                .or_default()
-                .insert(format!("img{i:02}:latest"), digest_of("x"));
+            big.repos.entry(format!("img{i:02}")).or_default().insert(format!("img{i:02}:latest"), digest_of("x"));
         }
         let e = look(&big, "nope", &[]).unwrap_err().to_string();
-        assert!(
-            e.contains("img19:latest") && !e.contains("img20:latest") && e.ends_with("and 5 more"),
-            "{e}"
-        );
-        let e = look(&Repositories::default(), "nope", &[])
-            .unwrap_err()
-            .to_string();
+        assert!(e.contains("img19:latest") && !e.contains("img20:latest") && e.ends_with("and 5 more"), "{e}");
+        let e = look(&Repositories::default(), "nope", &[]).unwrap_err().to_string();
         assert!(e.contains("no named images"), "{e}");
 
         // A malformed ID in the file is an error, not a path.
         let e = look(&repos, "bad", &[]).unwrap_err().to_string();
-        assert!(
-            e.contains("\"bad:latest\"") && e.contains("../../etc"),
-            "{e}"
-        );
+        assert!(e.contains("\"bad:latest\"") && e.contains("../../etc"), "{e}");
     }
 
     #[test]
@@ -792,52 +578,29 @@ mod tests {
         let extra = digest_of("only-in-imagedb");
         let in_db = vec![a.clone(), b.clone(), c.clone(), extra.clone()];
         assert_eq!(look(&repos, &a, &in_db).unwrap(), a);
-        assert_eq!(
-            look(&repos, a.strip_prefix("sha256:").unwrap(), &in_db).unwrap(),
-            a
-        );
+        assert_eq!(look(&repos, a.strip_prefix("sha256:").unwrap(), &in_db).unwrap(), a);
         // dg is named in repositories.json but has no config.
         let e = look(&repos, &dg, &in_db).unwrap_err().to_string();
         assert!(e.contains(&dg) && e.contains("no image with ID"), "{e}");
 
-        let short = |id: &str, n: usize| {
-            id.strip_prefix("sha256:")
-                .unwrap()
-                .get(..n)
-                .unwrap()
-                .to_string()
-        };
+        let short = |id: &str, n: usize| id.strip_prefix("sha256:").unwrap().get(..n).unwrap().to_string();
         assert_eq!(look(&repos, &short(&extra, 12), &in_db).unwrap(), extra);
-        assert_eq!(
-            look(&repos, &format!("sha256:{}", short(&c, 20)), &in_db).unwrap(),
-            c
-        );
+        assert_eq!(look(&repos, &format!("sha256:{}", short(&c, 20)), &in_db).unwrap(), c);
         // Short IDs of images only in repositories.json are candidates too.
         assert_eq!(look(&repos, &short(&dg, 12), &in_db).unwrap(), dg);
-        let e = look(&repos, "ffffffffffff", &in_db)
-            .unwrap_err()
-            .to_string();
+        let e = look(&repos, "ffffffffffff", &in_db).unwrap_err().to_string();
         assert!(e.contains("no image ID starting with ffffffffffff"), "{e}");
 
         // Ambiguity lists the candidates.
         let p = "abcdef012345";
         let t1 = format!("sha256:{p}{}", "0".repeat(52));
         let t2 = format!("sha256:{p}{}", "1".repeat(52));
-        let e = look(&repos, p, &[t1.clone(), t2.clone()])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("ambiguous") && e.contains(&t1) && e.contains(&t2),
-            "{e}"
-        );
+        let e = look(&repos, p, &[t1.clone(), t2.clone()]).unwrap_err().to_string();
+        assert!(e.contains("ambiguous") && e.contains(&t1) && e.contains(&t2), "{e}");
 
         // A name wins over an ID prefix.
         let mut named_hex = repos.clone();
-        named_hex
-            .repos
-            .entry(p.to_string())
-            .or_default()
-            .insert(format!("{p}:latest"), a.clone());
+        named_hex.repos.entry(p.to_string()).or_default().insert(format!("{p}:latest"), a.clone());
         assert_eq!(look(&named_hex, p, &[t1]).unwrap(), a);
     }
 
@@ -850,10 +613,7 @@ mod tests {
         );
         let c = parse_image_config(json.as_bytes()).unwrap();
         assert_eq!(c.diff_ids, vec![d1.clone(), d2]);
-        assert_eq!(
-            (c.os.as_deref(), c.architecture.as_deref()),
-            (Some("linux"), Some("amd64"))
-        );
+        assert_eq!((c.os.as_deref(), c.architecture.as_deref()), (Some("linux"), Some("amd64")));
         let c = parse_image_config(br#"{"rootfs":{"type":"layers"}}"#).unwrap();
         assert!(c.diff_ids.is_empty() && c.os.is_none());
         let upper = d1.to_uppercase().replace("SHA256", "sha256");
@@ -861,38 +621,15 @@ mod tests {
             ("".to_string(), "not valid JSON"),
             ("{\"rootfs\":".to_string(), "not valid JSON"),
             ("{}".to_string(), "no \"rootfs\""),
-            (
-                r#"{"rootfs":{"type":"other","diff_ids":[]}}"#.to_string(),
-                "expected \"layers\"",
-            ),
-            (
-                r#"{"rootfs":{"diff_ids":[]}}"#.to_string(),
-                "expected \"layers\"",
-            ),
-            (
-                r#"{"rootfs":{"type":"layers","diff_ids":"x"}}"#.to_string(),
-                "must be an array",
-            ),
-            (
-                r#"{"rootfs":{"type":"layers","diff_ids":[1]}}"#.to_string(),
-                "diff_ids[0] must be a string",
-            ),
-            (
-                format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{d1}","{upper}"]}}}}"#),
-                "diff_ids[1]",
-            ),
-            (
-                r#"{"rootfs":{"type":"layers","diff_ids":["sha256:../../x"]}}"#.to_string(),
-                "64 lowercase hex",
-            ),
-            (
-                format!(r#"{{"os":7,"rootfs":{{"type":"layers","diff_ids":["{d1}"]}}}}"#),
-                "\"os\" must be a string",
-            ),
+            (r#"{"rootfs":{"type":"other","diff_ids":[]}}"#.to_string(), "expected \"layers\""),
+            (r#"{"rootfs":{"diff_ids":[]}}"#.to_string(), "expected \"layers\""),
+            (r#"{"rootfs":{"type":"layers","diff_ids":"x"}}"#.to_string(), "must be an array"),
+            (r#"{"rootfs":{"type":"layers","diff_ids":[1]}}"#.to_string(), "diff_ids[0] must be a string"),
+            (format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{d1}","{upper}"]}}}}"#), "diff_ids[1]"),
+            (r#"{"rootfs":{"type":"layers","diff_ids":["sha256:../../x"]}}"#.to_string(), "64 lowercase hex"),
+            (format!(r#"{{"os":7,"rootfs":{{"type":"layers","diff_ids":["{d1}"]}}}}"#), "\"os\" must be a string"),
         ] {
-            let e = parse_image_config(bad.as_bytes())
-                .expect_err(&bad)
-                .to_string();
+            let e = parse_image_config(bad.as_bytes()).expect_err(&bad).to_string();
             assert!(e.contains(want), "{bad}: {e}");
         }
     }
@@ -909,9 +646,7 @@ mod tests {
             "a".repeat(63),
             String::new(),
         ] {
-            let e = check_cache_id(&bad, Path::new("/x/layerdb/sha256/y/cache-id"))
-                .unwrap_err()
-                .to_string();
+            let e = check_cache_id(&bad, Path::new("/x/layerdb/sha256/y/cache-id")).unwrap_err().to_string();
             assert!(e.contains("/x/layerdb/sha256/y/cache-id"), "{e}");
         }
         assert!(check_image_id(&format!("sha256:{good}")).is_ok());
@@ -957,29 +692,18 @@ mod tests {
 
     /// Add an image with `layers` layers, like Docker writes it.
     fn add_image(root: &Path, seed: &str, layers: usize) -> Img {
-        let diff_ids: Vec<String> = (0..layers)
-            .map(|i| digest_of(&format!("{seed}-layer{i}")))
-            .collect();
-        let list = diff_ids
-            .iter()
-            .map(|d| format!("\"{d}\""))
-            .collect::<Vec<_>>()
-            .join(",");
+        let diff_ids: Vec<String> = (0..layers).map(|i| digest_of(&format!("{seed}-layer{i}"))).collect();
+        let list = diff_ids.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(",");
         let config = format!(
             r#"{{"architecture":"amd64","os":"linux","created":"{seed}","rootfs":{{"type":"layers","diff_ids":[{list}]}}}}"#
         );
         let id_hex = sha256sum(config.as_bytes());
         let store = root.join("image/btrfs");
-        write(
-            &store.join("imagedb/content/sha256").join(&id_hex),
-            config.as_bytes(),
-        );
+        write(&store.join("imagedb/content/sha256").join(&id_hex), config.as_bytes());
         let chains = chain_ids(&diff_ids);
         let mut cache_id = String::new();
         for (i, (c, d)) in chains.iter().zip(&diff_ids).enumerate() {
-            let dir = store
-                .join("layerdb/sha256")
-                .join(c.strip_prefix("sha256:").unwrap());
+            let dir = store.join("layerdb/sha256").join(c.strip_prefix("sha256:").unwrap());
             write(&dir.join("diff"), d.as_bytes());
             if i > 0 {
                 write(&dir.join("parent"), chains[i - 1].as_bytes());
@@ -989,31 +713,16 @@ mod tests {
             write(&dir.join("size"), b"0");
             std::fs::create_dir_all(root.join("btrfs/subvolumes").join(&cache_id)).unwrap();
         }
-        Img {
-            id: format!("sha256:{id_hex}"),
-            diff_ids,
-            chains,
-            cache_id,
-        }
+        Img { id: format!("sha256:{id_hex}"), diff_ids, chains, cache_id }
     }
 
     fn write_repos(root: &Path, entries: &[(&str, &str, &str)]) {
         let mut repos: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for (repo, key, id) in entries {
-            repos
-                .entry(repo)
-                .or_default()
-                .push(format!("\"{key}\":\"{id}\""));
+            repos.entry(repo).or_default().push(format!("\"{key}\":\"{id}\""));
         }
-        let body = repos
-            .iter()
-            .map(|(r, e)| format!("\"{r}\":{{{}}}", e.join(",")))
-            .collect::<Vec<_>>()
-            .join(",");
-        write(
-            &root.join("image/btrfs/repositories.json"),
-            format!("{{\"Repositories\":{{{body}}}}}").as_bytes(),
-        );
+        let body = repos.iter().map(|(r, e)| format!("\"{r}\":{{{}}}", e.join(","))).collect::<Vec<_>>().join(",");
+        write(&root.join("image/btrfs/repositories.json"), format!("{{\"Repositories\":{{{body}}}}}").as_bytes());
     }
 
     /// A store with three images: labdeb:base (3 layers), a registry image
@@ -1029,11 +738,7 @@ mod tests {
             &[
                 ("labdeb", "labdeb:base", &deb.id),
                 ("labdeb", &format!("labdeb@{dg}"), &deb.id),
-                (
-                    "registry.example:5000/team/os",
-                    "registry.example:5000/team/os:v1",
-                    &os.id,
-                ),
+                ("registry.example:5000/team/os", "registry.example:5000/team/os:v1", &os.id),
             ],
         );
         (t, deb, os, untagged)
@@ -1052,10 +757,7 @@ mod tests {
         assert_eq!(r.diff_ids, deb.diff_ids);
         assert_eq!(r.chain_ids, deb.chains);
         assert_eq!(r.cache_id, deb.cache_id);
-        assert_eq!(
-            r.subvolume,
-            PathBuf::from(format!("btrfs/subvolumes/{}", deb.cache_id))
-        );
+        assert_eq!(r.subvolume, PathBuf::from(format!("btrfs/subvolumes/{}", deb.cache_id)));
         assert!(t.0.join(&r.subvolume).is_dir());
 
         let full = format!("{DEFAULT_DOMAIN}/library/labdeb:base");
@@ -1063,22 +765,13 @@ mod tests {
         let by_digest = resolve_str(&t.0, &format!("labdeb@{}", digest_of("manifest"))).unwrap();
         assert_eq!(by_digest.image_id, deb.id);
         let r = resolve_str(&t.0, "registry.example:5000/team/os:v1").unwrap();
-        assert_eq!(
-            (r.image_id.as_str(), r.cache_id.as_str()),
-            (os.id.as_str(), os.cache_id.as_str())
-        );
+        assert_eq!((r.image_id.as_str(), r.cache_id.as_str()), (os.id.as_str(), os.cache_id.as_str()));
         assert_eq!(r.chain_ids.len(), 1);
 
         let r = resolve_str(&t.0, &untagged.id).unwrap();
-        assert_eq!(
-            (r.reference.as_str(), r.cache_id.as_str()),
-            (untagged.id.as_str(), untagged.cache_id.as_str())
-        );
+        assert_eq!((r.reference.as_str(), r.cache_id.as_str()), (untagged.id.as_str(), untagged.cache_id.as_str()));
         let short = untagged.id.get(7..19).unwrap();
-        assert_eq!(
-            resolve_str(&t.0, short).unwrap().cache_id,
-            untagged.cache_id
-        );
+        assert_eq!(resolve_str(&t.0, short).unwrap().cache_id, untagged.cache_id);
         let hex = deb.id.strip_prefix("sha256:").unwrap();
         assert_eq!(resolve_str(&t.0, hex).unwrap().cache_id, deb.cache_id);
     }
@@ -1087,43 +780,23 @@ mod tests {
     fn not_found_names_reference_and_lists_store() {
         let (t, ..) = fixture();
         let e = resolve_str(&t.0, "labdeb:other").unwrap_err().to_string();
-        assert!(
-            e.contains(&format!("{DEFAULT_DOMAIN}/library/labdeb:other")),
-            "{e}"
-        );
-        assert!(
-            e.contains("labdeb:base") && e.contains("registry.example:5000/team/os:v1"),
-            "{e}"
-        );
+        assert!(e.contains(&format!("{DEFAULT_DOMAIN}/library/labdeb:other")), "{e}");
+        assert!(e.contains("labdeb:base") && e.contains("registry.example:5000/team/os:v1"), "{e}");
         assert!(e.contains(&t.0.display().to_string()), "{e}");
-        let e = resolve_str(&t.0, &digest_of("nothing"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("no image with ID") && e.contains("3 image configs"),
-            "{e}"
-        );
+        let e = resolve_str(&t.0, &digest_of("nothing")).unwrap_err().to_string();
+        assert!(e.contains("no image with ID") && e.contains("3 image configs"), "{e}");
     }
 
     #[test]
     fn missing_store_explains() {
         let t = TempDir::new();
         let e = resolve_str(&t.0.join("nope"), "x").unwrap_err().to_string();
-        assert!(
-            e.contains("does not exist") && e.contains("docker_path="),
-            "{e}"
-        );
+        assert!(e.contains("does not exist") && e.contains("docker_path="), "{e}");
         let e = resolve_str(&t.0, "x").unwrap_err().to_string();
-        assert!(
-            e.contains("no image/ directory") && e.contains("docker_path="),
-            "{e}"
-        );
+        assert!(e.contains("no image/ directory") && e.contains("docker_path="), "{e}");
         std::fs::create_dir_all(t.0.join("image/overlay2")).unwrap();
         let e = resolve_str(&t.0, "x").unwrap_err().to_string();
-        assert!(
-            e.contains("image/ holds: overlay2") && e.contains("--storage-driver btrfs"),
-            "{e}"
-        );
+        assert!(e.contains("image/ holds: overlay2") && e.contains("--storage-driver btrfs"), "{e}");
         assert!(e.contains("image/btrfs"), "{e}");
     }
 
@@ -1131,18 +804,10 @@ mod tests {
     fn corrupt_repositories_json() {
         let (t, ..) = fixture();
         let path = t.0.join("image/btrfs/repositories.json");
-        for bad in [
-            &b""[..],
-            b"{\"Repositories\":{\"labdeb\":{\"labdeb:ba",
-            b"null",
-            b"\x00\x01",
-        ] {
+        for bad in [&b""[..], b"{\"Repositories\":{\"labdeb\":{\"labdeb:ba", b"null", b"\x00\x01"] {
             std::fs::write(&path, bad).unwrap();
             let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
-            assert!(
-                e.contains("repositories.json") && e.contains("labdeb:base"),
-                "{e}"
-            );
+            assert!(e.contains("repositories.json") && e.contains("labdeb:base"), "{e}");
         }
         // Missing file: nothing named, but IDs still work.
         std::fs::remove_file(&path).unwrap();
@@ -1154,42 +819,22 @@ mod tests {
     fn oversized_files_are_refused() {
         let (t, deb, ..) = fixture();
         let repos = t.0.join("image/btrfs/repositories.json");
-        std::fs::File::options()
-            .write(true)
-            .open(&repos)
-            .unwrap()
-            .set_len(JSON_CAP + 1)
-            .unwrap();
+        std::fs::File::options().write(true).open(&repos).unwrap().set_len(JSON_CAP + 1).unwrap();
         let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
         assert!(e.contains("repositories.json is larger than 64 MiB"), "{e}");
 
         let (t, deb2, ..) = fixture();
-        let config =
-            t.0.join("image/btrfs/imagedb/content/sha256")
-                .join(deb2.id.strip_prefix("sha256:").unwrap());
-        std::fs::File::options()
-            .write(true)
-            .open(&config)
-            .unwrap()
-            .set_len(JSON_CAP + 1)
-            .unwrap();
+        let config = t.0.join("image/btrfs/imagedb/content/sha256").join(deb2.id.strip_prefix("sha256:").unwrap());
+        std::fs::File::options().write(true).open(&config).unwrap().set_len(JSON_CAP + 1).unwrap();
         let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
-        assert!(
-            e.contains(&format!("{} is larger than 64 MiB", config.display())),
-            "{e}"
-        );
+        assert!(e.contains(&format!("{} is larger than 64 MiB", config.display())), "{e}");
 
         let (t, ..) = fixture();
         let cache =
             t.0.join("image/btrfs/layerdb/sha256")
                 .join(deb.chains[2].strip_prefix("sha256:").unwrap())
                 .join("cache-id");
-        std::fs::File::options()
-            .write(true)
-            .open(&cache)
-            .unwrap()
-            .set_len(SMALL_CAP + 1)
-            .unwrap();
+        std::fs::File::options().write(true).open(&cache).unwrap().set_len(SMALL_CAP + 1).unwrap();
         let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
         assert!(e.contains("cache-id is larger than 256 bytes"), "{e}");
     }
@@ -1197,29 +842,24 @@ mod tests {
     #[test]
     fn config_hash_mismatch_is_refused() {
         let (t, deb, ..) = fixture();
-        let config =
-            t.0.join("image/btrfs/imagedb/content/sha256")
-                .join(deb.id.strip_prefix("sha256:").unwrap());
+        let config = t.0.join("image/btrfs/imagedb/content/sha256").join(deb.id.strip_prefix("sha256:").unwrap());
         let mut bytes = std::fs::read(&config).unwrap();
         bytes.push(b' ');
         std::fs::write(&config, &bytes).unwrap();
         let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
         assert!(
-            e.contains(&format!("image config for {DEFAULT_DOMAIN}/library/labdeb:base does not match its ID: store corrupted or tampered")),
+            e.contains(&format!(
+                "verification failed: image config for {DEFAULT_DOMAIN}/library/labdeb:base does not match its ID"
+            )) && e.contains("store corrupted or tampered"),
             "{e}"
         );
         std::fs::remove_file(&config).unwrap();
         let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
-        assert!(
-            e.contains("image config") && e.contains("is missing") && e.contains(&deb.id),
-            "{e}"
-        );
+        assert!(e.contains("image config") && e.contains("is missing") && e.contains(&deb.id), "{e}");
     }
 
     fn layer_file(t: &TempDir, chain: &str, name: &str) -> PathBuf {
-        t.0.join("image/btrfs/layerdb/sha256")
-            .join(chain.strip_prefix("sha256:").unwrap())
-            .join(name)
+        t.0.join("image/btrfs/layerdb/sha256").join(chain.strip_prefix("sha256:").unwrap()).join(name)
     }
 
     #[test]
@@ -1228,25 +868,15 @@ mod tests {
         let cache = layer_file(&t, &deb.chains[2], "cache-id");
         // A traversal target that exists, so only the check stops it.
         std::fs::create_dir_all(t.0.join("x")).unwrap();
-        for bad in [
-            "../../x".to_string(),
-            format!("{}\n", deb.cache_id),
-            format!("{}/..", deb.cache_id),
-        ] {
+        for bad in ["../../x".to_string(), format!("{}\n", deb.cache_id), format!("{}/..", deb.cache_id)] {
             std::fs::write(&cache, &bad).unwrap();
             let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
-            assert!(
-                e.contains(&cache.display().to_string()) && e.contains("labdeb:base"),
-                "{e}"
-            );
+            assert!(e.contains(&cache.display().to_string()) && e.contains("labdeb:base"), "{e}");
             assert!(e.contains("64 lowercase hex"), "{e}");
         }
         std::fs::remove_file(&cache).unwrap();
         let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
-        assert!(
-            e.contains("no cache ID") && e.contains(&cache.display().to_string()),
-            "{e}"
-        );
+        assert!(e.contains("no cache ID") && e.contains(&cache.display().to_string()), "{e}");
     }
 
     #[test]
@@ -1255,10 +885,7 @@ mod tests {
         let sub = t.0.join("btrfs/subvolumes").join(&deb.cache_id);
         std::fs::remove_dir(&sub).unwrap();
         let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
-        assert!(
-            e.contains(&sub.display().to_string()) && e.contains("does not exist"),
-            "{e}"
-        );
+        assert!(e.contains(&sub.display().to_string()) && e.contains("does not exist"), "{e}");
         // A symlink to a directory is not the subvolume.
         std::os::unix::fs::symlink(&t.0, &sub).unwrap();
         let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
@@ -1272,11 +899,7 @@ mod tests {
         let parent = layer_file(&t, &deb.chains[2], "parent");
         std::fs::write(&parent, &os.chains[0]).unwrap();
         let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
-        assert!(
-            e.contains(&parent.display().to_string())
-                && e.contains(&format!("parent {}", deb.chains[1])),
-            "{e}"
-        );
+        assert!(e.contains(&parent.display().to_string()) && e.contains(&format!("parent {}", deb.chains[1])), "{e}");
         // Parent missing in the middle.
         std::fs::write(&parent, &deb.chains[1]).unwrap();
         let parent1 = layer_file(&t, &deb.chains[1], "parent");
@@ -1288,27 +911,18 @@ mod tests {
         let parent0 = layer_file(&t, &deb.chains[0], "parent");
         std::fs::write(&parent0, &deb.chains[2]).unwrap();
         let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
-        assert!(
-            e.contains(&parent0.display().to_string()) && e.contains("implies no parent"),
-            "{e}"
-        );
+        assert!(e.contains(&parent0.display().to_string()) && e.contains("implies no parent"), "{e}");
         std::fs::remove_file(&parent0).unwrap();
         assert!(resolve_str(&t.0, "labdeb:base").is_ok());
         // Wrong diff.
         let diff = layer_file(&t, &deb.chains[1], "diff");
         std::fs::write(&diff, &deb.diff_ids[0]).unwrap();
         let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
-        assert!(
-            e.contains(&diff.display().to_string()) && e.contains(&deb.diff_ids[1]),
-            "{e}"
-        );
+        assert!(e.contains(&diff.display().to_string()) && e.contains(&deb.diff_ids[1]), "{e}");
         // Missing layer directory.
         std::fs::remove_dir_all(diff.parent().unwrap()).unwrap();
         let e = resolve_str(&t.0, "labdeb:base").unwrap_err().to_string();
-        assert!(
-            e.contains("layer 2 of 3") && e.contains("missing from the layer store"),
-            "{e}"
-        );
+        assert!(e.contains("layer 2 of 3") && e.contains("missing from the layer store"), "{e}");
     }
 
     #[test]
@@ -1316,10 +930,7 @@ mod tests {
         let t = TempDir::new();
         let config = br#"{"os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
         let id = sha256_hex(config);
-        write(
-            &t.0.join("image/btrfs/imagedb/content/sha256").join(&id),
-            config,
-        );
+        write(&t.0.join("image/btrfs/imagedb/content/sha256").join(&id), config);
         let e = resolve_str(&t.0, &id).unwrap_err().to_string();
         assert!(e.contains("has no layers"), "{e}");
     }

@@ -1,0 +1,761 @@
+//! Image stores: find which container engines keep images on the root
+//! partition, resolve the image to boot in each, and say what to boot.
+//!
+//! Every store sits behind [`ImageStore`]; adding a store touches one module:
+//!
+//! | store | module | default path under the top level | boots |
+//! |---|---|---|---|
+//! | Docker, btrfs graph driver | `docker` | `docker_path` (`var/lib/docker`) | the top layer's subvolume |
+//! | Podman / containers-storage, btrfs driver | `podman` | `var/lib/containers/storage` | the top layer's subvolume |
+//! | containerd, btrfs snapshotter | `containerd` | `var/lib/containerd`, `<docker_path>/containerd/daemon` | the committed snapshot |
+//!
+//! [`resolve_image`] detects the stores ([`detect`]), resolves the reference
+//! in each and picks the one store that has it ([`select`]): a name found in
+//! more than one store is an error that lists where, unless
+//! `dockroot.store=` pins one ([`StoreOptions::pin`]).
+//!
+//! Verification (on unless [`StoreOptions::verify`] is off): the image
+//! config's sha256 is the image ID, the layers the store records match the
+//! config's `diff_ids` and chain IDs, and a digest reference matches the
+//! stored manifest. With verification off a mismatch becomes a warning in
+//! [`Resolved::warnings`]; the checks that keep paths inside the store
+//! (IDs that become path components) are never switched off.
+
+pub mod bbolt;
+mod containerd;
+mod docker;
+mod podman;
+
+pub use containerd::{parse_descriptor_list, pick_platform, Descriptor};
+pub use docker::{check_cache_id, lookup, parse_repositories, resolve_docker_btrfs, Repositories, ResolvedImage};
+pub use podman::{big_data_file_name, parse_images_json, parse_layers_json, PodmanImage, PodmanLayer};
+
+use crate::error::{Error, Result};
+use crate::reference::{is_hex64, ImageSpec, Reference, DEFAULT_DOMAIN};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+/// Cap for store JSON files (repositories.json, images.json, layers.json, configs).
+pub(crate) const JSON_CAP: u64 = 64 * 1024 * 1024;
+pub(crate) const JSON_CAP_TEXT: &str = "64 MiB";
+/// Most image names listed in a "not found" message.
+pub(crate) const MAX_LISTED: usize = 20;
+/// Most layers an image may have (Docker's own limit is 127).
+pub(crate) const MAX_LAYERS: usize = 1000;
+
+/// Default Podman graph root, relative to the top level.
+pub const DEFAULT_PODMAN_PATH: &str = "var/lib/containers/storage";
+/// Default containerd root, relative to the top level.
+pub const DEFAULT_CONTAINERD_PATH: &str = "var/lib/containerd";
+/// The containerd root of the containerd that dockerd starts itself,
+/// relative to Docker's data root.
+pub const DOCKER_CONTAINERD_SUBDIR: &str = "containerd/daemon";
+/// The containerd namespace Docker uses.
+pub const DEFAULT_NAMESPACE: &str = "moby";
+
+/// Which kind of store an image came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StoreKind {
+    Docker,
+    Podman,
+    Containerd,
+}
+
+impl StoreKind {
+    /// `docker`, `podman` or `containerd` (the `dockroot.store=` values).
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Docker => "docker",
+            StoreKind::Podman => "podman",
+            StoreKind::Containerd => "containerd",
+        }
+    }
+
+    /// Parse a `dockroot.store=` value.
+    pub fn parse(s: &str) -> Result<StoreKind> {
+        match s {
+            "docker" => Ok(StoreKind::Docker),
+            "podman" => Ok(StoreKind::Podman),
+            "containerd" => Ok(StoreKind::Containerd),
+            _ => Err(Error::msg(format!("dockroot.store={s:?}: expected docker, podman or containerd"))),
+        }
+    }
+}
+
+/// What to boot, relative to the root partition's top level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Root {
+    /// A btrfs subvolume holding the image's complete root filesystem:
+    /// snapshot it.
+    Subvolume(PathBuf),
+    /// Layer directories, top first, to mount as overlayfs lowerdirs
+    /// (overlay2 and the overlayfs snapshotter; no store returns this yet).
+    Overlay { lowerdirs: Vec<PathBuf> },
+}
+
+/// An image resolved in one store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub store: StoreKind,
+    /// The store's directory, relative to the top level.
+    pub store_path: PathBuf,
+    /// The normalised reference as found in the store, or the image ID when
+    /// found by ID.
+    pub reference: String,
+    /// `sha256:<hex>` of the image config.
+    pub image_id: String,
+    /// The manifest (or index) digest, where the store records it.
+    pub manifest_digest: Option<String>,
+    /// From the image config, base layer first.
+    pub diff_ids: Vec<String>,
+    /// Chain IDs, base layer first.
+    pub chain_ids: Vec<String>,
+    /// The store's own ID of the top layer (Docker cache ID, Podman layer ID,
+    /// containerd snapshot ID).
+    pub layer: String,
+    /// What to boot.
+    pub root: Root,
+    /// Whether the checks were enforced (`dockroot.verify`).
+    pub verified: bool,
+    /// Mismatches found with verification off, for the log and boot record.
+    pub warnings: Vec<String>,
+}
+
+impl Resolved {
+    /// "podman at var/lib/containers/storage".
+    pub fn whence(&self) -> String {
+        format!("{} at /{}", self.store.name(), self.store_path.display())
+    }
+}
+
+/// The outcome of looking an image up in one store.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Box<Resolved>),
+    /// Not in this store; why, in words (what the store holds).
+    NotFound(String),
+}
+
+/// One image store on the root partition.
+pub trait ImageStore {
+    /// Which kind of store.
+    fn kind(&self) -> StoreKind;
+    /// `docker`, `podman`, `containerd`.
+    fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+    /// The store's directory relative to the top level.
+    fn path(&self) -> &Path;
+    /// Find `spec` here and check it. `Ok(NotFound)` when the store does not
+    /// have it; `Err` when it does (or may) but something is wrong.
+    fn resolve(&self, spec: &ImageSpec) -> Result<Lookup>;
+}
+
+/// An OS/architecture pair, as image indexes and configs name them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    /// e.g. `v8` for arm64, `v7` for arm; `None` matches any.
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform this program runs on (linux and Go's name of the CPU).
+    pub fn running() -> Platform {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "x86" => "386",
+            "aarch64" => "arm64",
+            "arm" => "arm",
+            "powerpc64" => "ppc64",
+            "riscv64" => "riscv64",
+            "s390x" => "s390x",
+            "loongarch64" => "loong64",
+            other => other,
+        };
+        Platform { os: "linux".into(), architecture: arch.into(), variant: None }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where to look and what to check. Paths are components relative to the
+/// root partition's top level (as `cmdline::relative_path` returns them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Docker's data root (`docker_path=`).
+    pub docker_path: Vec<String>,
+    /// Podman's graph root.
+    pub podman_path: Vec<String>,
+    /// containerd roots, each tried.
+    pub containerd_paths: Vec<Vec<String>>,
+    /// The containerd namespace.
+    pub namespace: String,
+    /// `dockroot.store=`: only this kind of store is searched.
+    pub pin: Option<StoreKind>,
+    /// `dockroot.verify=` (default on).
+    pub verify: bool,
+    /// The platform picked from multi-platform images.
+    pub platform: Platform,
+}
+
+fn components(s: &str) -> Vec<String> {
+    s.split('/').filter(|c| !c.is_empty()).map(str::to_string).collect()
+}
+
+impl StoreOptions {
+    /// The defaults for a Docker data root at `docker_path`.
+    pub fn new(docker_path: &[String]) -> StoreOptions {
+        let mut docker_containerd = docker_path.to_vec();
+        docker_containerd.extend(components(DOCKER_CONTAINERD_SUBDIR));
+        StoreOptions {
+            docker_path: docker_path.to_vec(),
+            podman_path: components(DEFAULT_PODMAN_PATH),
+            containerd_paths: vec![components(DEFAULT_CONTAINERD_PATH), docker_containerd],
+            namespace: DEFAULT_NAMESPACE.into(),
+            pin: None,
+            verify: true,
+            platform: Platform::running(),
+        }
+    }
+}
+
+/// The stores found, and notes on stores seen but not usable.
+pub struct Detected {
+    pub stores: Vec<Box<dyn ImageStore>>,
+    /// E.g. "Docker at /var/lib/docker uses the overlay2 driver: not supported yet".
+    pub notes: Vec<String>,
+    /// Every place looked at, for a "no store found" message.
+    pub looked: Vec<String>,
+}
+
+/// A relative path made of normal components only.
+fn rel(parts: &[String]) -> Result<PathBuf> {
+    let p: PathBuf = parts.iter().collect();
+    if p.components().all(|c| matches!(c, Component::Normal(_))) {
+        Ok(p)
+    } else {
+        Err(Error::msg(format!("store path {:?} must be relative, without '..'", p.display())))
+    }
+}
+
+fn is_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+/// Names of the entries of `dir` (at most 16), sorted.
+pub(crate) fn list_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).take(16).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Find the stores under `top` (the mounted top level of the root partition).
+pub fn detect(top: &Path, opts: &StoreOptions) -> Result<Detected> {
+    let mut d = Detected { stores: Vec::new(), notes: Vec::new(), looked: Vec::new() };
+    let want = |k: StoreKind| opts.pin.is_none_or(|p| p == k);
+    if want(StoreKind::Docker) {
+        let path = rel(&opts.docker_path)?;
+        d.looked.push(format!("Docker at /{} (docker_path=)", path.display()));
+        let abs = top.join(&path);
+        if is_dir(&abs.join("image/btrfs")) {
+            d.stores.push(Box::new(docker::DockerStore::new(top, path, opts.verify)));
+        } else if is_dir(&abs.join("image")) {
+            let drivers = list_names(&abs.join("image"));
+            d.notes.push(format!(
+                "Docker at /{} keeps images with the {} storage driver, which is not supported yet (only btrfs)",
+                path.display(),
+                if drivers.is_empty() { "(none)".to_string() } else { drivers.join(", ") }
+            ));
+        }
+    }
+    if want(StoreKind::Podman) {
+        let path = rel(&opts.podman_path)?;
+        d.looked.push(format!("Podman at /{}", path.display()));
+        let abs = top.join(&path);
+        if is_dir(&abs.join("btrfs-images")) {
+            d.stores.push(Box::new(podman::PodmanStore::new(top, path, opts.verify)));
+        } else {
+            let others: Vec<String> =
+                list_names(&abs).into_iter().filter(|n| n.ends_with("-images") && n != "btrfs-images").collect();
+            if !others.is_empty() {
+                d.notes.push(format!(
+                    "Podman at /{} keeps images in {} (only the btrfs driver is supported yet)",
+                    path.display(),
+                    others.join(", ")
+                ));
+            }
+        }
+    }
+    if want(StoreKind::Containerd) {
+        let mut seen = Vec::new();
+        for parts in &opts.containerd_paths {
+            let path = rel(parts)?;
+            if seen.contains(&path) {
+                continue;
+            }
+            seen.push(path.clone());
+            d.looked.push(format!("containerd at /{}", path.display()));
+            let abs = top.join(&path);
+            if std::fs::symlink_metadata(abs.join(containerd::META_DB)).is_ok_and(|m| m.is_file()) {
+                d.stores.push(Box::new(containerd::ContainerdStore::new(
+                    top,
+                    path,
+                    &opts.namespace,
+                    opts.platform.clone(),
+                    opts.verify,
+                )));
+            }
+        }
+    }
+    Ok(d)
+}
+
+/// Detect the stores under `top`, resolve `spec` in each, and pick the one
+/// store that has it.
+pub fn resolve_image(top: &Path, opts: &StoreOptions, spec: &ImageSpec) -> Result<Resolved> {
+    let d = detect(top, opts)?;
+    let outcomes: Vec<Outcome> = d
+        .stores
+        .iter()
+        .map(|s| Outcome { kind: s.kind(), path: s.path().to_path_buf(), result: s.resolve(spec) })
+        .collect();
+    select(spec, opts.pin, &d.looked, &d.notes, outcomes)
+}
+
+/// One store's answer, for [`select`].
+#[derive(Debug)]
+pub struct Outcome {
+    pub kind: StoreKind,
+    pub path: PathBuf,
+    pub result: Result<Lookup>,
+}
+
+/// Pick the answer: exactly one store must have the image and none may have
+/// failed. `looked` and `notes` explain an empty result.
+pub fn select(
+    spec: &ImageSpec,
+    pin: Option<StoreKind>,
+    looked: &[String],
+    notes: &[String],
+    outcomes: Vec<Outcome>,
+) -> Result<Resolved> {
+    let pinned = pin.map(|p| format!(" (dockroot.store={})", p.name())).unwrap_or_default();
+    if outcomes.is_empty() {
+        let mut msg = format!("no image store found{pinned}: looked for {}", looked.join(", "));
+        for n in notes {
+            msg.push_str("; ");
+            msg.push_str(n);
+        }
+        return Err(Error::msg(format!("cannot resolve image {spec}: {msg}")));
+    }
+    let mut found: Vec<Resolved> = Vec::new();
+    let mut failed: Vec<(StoreKind, PathBuf, Error)> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    for o in outcomes {
+        match o.result {
+            Ok(Lookup::Found(r)) => found.push(*r),
+            Ok(Lookup::NotFound(why)) => missing.push(format!("{} at /{}: {why}", o.kind.name(), o.path.display())),
+            Err(e) => failed.push((o.kind, o.path, e)),
+        }
+    }
+    if let Some((kind, path, e)) = failed.first() {
+        let rest = failed.len().saturating_sub(1);
+        let also = if rest > 0 { format!(" (and {rest} more store failed)") } else { String::new() };
+        let others = match found.first() {
+            Some(r) => format!(
+                "; the image was found in {}, set dockroot.store={} to boot from it alone",
+                r.whence(),
+                r.store.name()
+            ),
+            None => String::new(),
+        };
+        return Err(Error::msg(format!(
+            "image {spec} in the {} store at /{}: {e}{also}{others}",
+            kind.name(),
+            path.display()
+        )));
+    }
+    match found.len() {
+        1 => found.pop().ok_or_else(|| Error::msg("internal: lost the resolved image")),
+        0 => {
+            let mut msg = format!("no image {spec} in any store{pinned}: {}", missing.join("; "));
+            for n in notes {
+                msg.push_str("; ");
+                msg.push_str(n);
+            }
+            Err(Error::msg(msg))
+        }
+        _ => {
+            let list: Vec<String> =
+                found.iter().map(|r| format!("{} as {} (image {})", r.whence(), r.reference, r.image_id)).collect();
+            Err(Error::msg(format!(
+                "image {spec} is ambiguous: found in {}; set dockroot.store=docker|podman|containerd to choose one, \
+                 or remove the image from all but one store",
+                list.join(", ")
+            )))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shared by the stores.
+
+/// Enforce a check, or with verification off record it as a warning.
+#[derive(Debug, Default)]
+pub(crate) struct Checks {
+    pub verify: bool,
+    pub warnings: Vec<String>,
+}
+
+impl Checks {
+    pub fn new(verify: bool) -> Checks {
+        Checks { verify, warnings: Vec::new() }
+    }
+
+    /// `ok`, or a refusal (verification on) / a warning (off) saying `why`.
+    pub fn check(&mut self, ok: bool, why: impl FnOnce() -> String) -> Result<()> {
+        if ok {
+            return Ok(());
+        }
+        let why = why();
+        if self.verify {
+            Err(Error::msg(format!(
+                "verification failed: {why}: store corrupted or tampered (dockroot.verify=off boots it anyway)"
+            )))
+        } else {
+            self.warnings.push(format!("dockroot.verify=off: {why}"));
+            Ok(())
+        }
+    }
+}
+
+/// The names a reference may be filed under in stores that keep fully
+/// qualified names (Podman, containerd): the full name, and for names on the
+/// default domain also `localhost/<name as typed>`, since Podman files
+/// `podman build -t x` as `localhost/x`. Each is (repository, tag or digest key).
+pub fn qualified_candidates(r: &Reference) -> Vec<String> {
+    let mut repos = vec![r.full_name()];
+    if r.domain == DEFAULT_DOMAIN {
+        repos.push(format!("localhost/{}", r.familiar_name()));
+    }
+    repos
+}
+
+/// A name `repo:tag` / `repo@digest` / `repo:tag@digest` split into
+/// (repo, tag, digest); the tag's ':' is the last one after the last '/'.
+pub fn split_name(name: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (rest, digest) = match name.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (name, None),
+    };
+    match rest.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag), digest),
+        _ => (rest, None, digest),
+    }
+}
+
+/// What the boot needs from an image config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// Layer diff IDs, base first, each `sha256:<64 hex>`.
+    pub diff_ids: Vec<String>,
+    /// `os`, if the config names one.
+    pub os: Option<String>,
+    /// `architecture`, if the config names one.
+    pub architecture: Option<String>,
+}
+
+/// Parse an image config: `rootfs.type` must be "layers" and every diff ID
+/// `sha256:<64 lowercase hex>`.
+pub fn parse_image_config(json: &[u8]) -> Result<ImageConfig> {
+    let v: Value = serde_json::from_slice(json).map_err(|e| Error::with("image config is not valid JSON", e))?;
+    let top = v.as_object().ok_or_else(|| Error::msg("image config must contain a JSON object"))?;
+    let rootfs = top
+        .get("rootfs")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::msg("image config has no \"rootfs\" object"))?;
+    match rootfs.get("type").and_then(Value::as_str) {
+        Some("layers") => {}
+        other => return Err(Error::msg(format!("image config: rootfs.type is {other:?}, expected \"layers\""))),
+    }
+    let list = match rootfs.get("diff_ids") {
+        Some(Value::Array(a)) => a.as_slice(),
+        None | Some(Value::Null) => &[],
+        Some(_) => return Err(Error::msg("image config: rootfs.diff_ids must be an array")),
+    };
+    if list.len() > MAX_LAYERS {
+        return Err(Error::msg(format!("image config lists {} layers, more than {MAX_LAYERS}", list.len())));
+    }
+    let mut diff_ids = Vec::with_capacity(list.len());
+    for (i, d) in list.iter().enumerate() {
+        let s = d
+            .as_str()
+            .ok_or_else(|| Error::msg(format!("image config: rootfs.diff_ids[{i}] must be a string, not {d}")))?;
+        check_digest_id(s).map_err(|e| e.context(format!("image config: rootfs.diff_ids[{i}]")))?;
+        diff_ids.push(s.to_string());
+    }
+    let opt_str = |key: &str| -> Result<Option<String>> {
+        match top.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(Error::msg(format!("image config: {key:?} must be a string, not {other}"))),
+        }
+    };
+    Ok(ImageConfig { diff_ids, os: opt_str("os")?, architecture: opt_str("architecture")? })
+}
+
+/// Chain IDs of a layer stack: C0 = D0, Cn = sha256(C(n-1) + " " + Dn).
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => format!("sha256:{}", sha256_hex(format!("{prev} {d}").as_bytes())),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// Lowercase hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len().saturating_mul(2));
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// `sha256:<64 lowercase hex>` (image IDs, diff IDs, chain IDs, digests).
+pub fn check_digest_id(s: &str) -> Result<()> {
+    match s.strip_prefix("sha256:") {
+        Some(h) if is_hex64(h) => Ok(()),
+        _ => Err(Error::msg(format!("{s:?} is not of the form sha256:<64 lowercase hex digits>"))),
+    }
+}
+
+/// An image ID: `sha256:<64 lowercase hex>`.
+pub fn check_image_id(id: &str) -> Result<()> {
+    check_digest_id(id).map_err(|e| e.context("invalid image ID"))
+}
+
+/// Read a whole file of at most `cap` bytes; `None` if it does not exist.
+pub(crate) fn read_capped(path: &Path, cap: u64, cap_text: &str) -> Result<Option<Vec<u8>>> {
+    let too_big = || Error::msg(format!("{} is larger than {cap_text}", path.display()));
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::with(format!("opening {}", path.display()), e)),
+    };
+    let len = file.metadata().map_err(|e| Error::with(format!("checking {}", path.display()), e))?.len();
+    if len > cap {
+        return Err(too_big());
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    // Read one byte past the cap in case the file grew since the check.
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::with(format!("reading {}", path.display()), e))?;
+    if u64::try_from(buf.len()).map_or(true, |l| l > cap) {
+        return Err(too_big());
+    }
+    Ok(Some(buf))
+}
+
+/// The layer's directory must be a real directory (not a symlink).
+pub(crate) fn check_layer_dir(abs: &Path, what: &str, named_by: &str) -> Result<()> {
+    match std::fs::symlink_metadata(abs) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::msg(format!("{what}, {}, is not a directory", abs.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::msg(format!("{what}, {}, does not exist ({named_by} names it)", abs.display())))
+        }
+        Err(e) => Err(Error::with(format!("checking {}", abs.display()), e)),
+    }
+}
+
+/// "a, b, c and N more" of at most [`MAX_LISTED`] names.
+pub(crate) fn short_list(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().map(String::as_str).take(MAX_LISTED).collect();
+    let mut s = shown.join(", ");
+    if let Some(more) = names.len().checked_sub(MAX_LISTED).filter(|n| *n > 0) {
+        s.push_str(&format!(" and {more} more"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::parse;
+
+    fn resolved(kind: StoreKind, path: &str, id: &str) -> Resolved {
+        Resolved {
+            store: kind,
+            store_path: PathBuf::from(path),
+            reference: "localhost/x:t".into(),
+            image_id: id.into(),
+            manifest_digest: None,
+            diff_ids: vec![],
+            chain_ids: vec![],
+            layer: "l".into(),
+            root: Root::Subvolume(PathBuf::from(path).join("sub")),
+            verified: true,
+            warnings: vec![],
+        }
+    }
+
+    fn found(kind: StoreKind, path: &str, id: &str) -> Outcome {
+        Outcome { kind, path: path.into(), result: Ok(Lookup::Found(Box::new(resolved(kind, path, id)))) }
+    }
+
+    fn missing(kind: StoreKind, path: &str, why: &str) -> Outcome {
+        Outcome { kind, path: path.into(), result: Ok(Lookup::NotFound(why.into())) }
+    }
+
+    #[test]
+    fn select_one_none_many_failed() {
+        let spec = parse("x:t").unwrap();
+        let looked = vec!["Docker at /var/lib/docker (docker_path=)".to_string()];
+        let r = select(
+            &spec,
+            None,
+            &looked,
+            &[],
+            vec![
+                missing(StoreKind::Docker, "var/lib/docker", "no such name"),
+                found(StoreKind::Podman, "p", "sha256:aa"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((r.store, r.image_id.as_str()), (StoreKind::Podman, "sha256:aa"));
+
+        let e = select(
+            &spec,
+            None,
+            &looked,
+            &[],
+            vec![found(StoreKind::Docker, "var/lib/docker", "sha256:d1"), found(StoreKind::Podman, "p", "sha256:p1")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ambiguous") && e.contains("docker at /var/lib/docker") && e.contains("sha256:d1"), "{e}");
+        assert!(e.contains("podman at /p") && e.contains("sha256:p1") && e.contains("dockroot.store="), "{e}");
+
+        let e = select(
+            &spec,
+            Some(StoreKind::Podman),
+            &looked,
+            &["Docker at /x uses overlay2".to_string()],
+            vec![missing(StoreKind::Podman, "p", "it holds: a, b")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("no image") && e.contains("dockroot.store=podman") && e.contains("podman at /p: it holds: a, b"),
+            "{e}"
+        );
+        assert!(e.contains("overlay2"), "{e}");
+
+        let e = select(&spec, None, &looked, &["note".to_string()], vec![]).unwrap_err().to_string();
+        assert!(
+            e.contains("no image store found") && e.contains("Docker at /var/lib/docker") && e.contains("note"),
+            "{e}"
+        );
+
+        // A failing store blocks the boot even if another has the image.
+        let e = select(
+            &spec,
+            None,
+            &looked,
+            &[],
+            vec![
+                Outcome {
+                    kind: StoreKind::Docker,
+                    path: "d".into(),
+                    result: Err(Error::msg("repositories.json is broken")),
+                },
+                found(StoreKind::Podman, "p", "sha256:p1"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("docker store at /d: repositories.json is broken") && e.contains("dockroot.store=podman"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn store_kinds_and_options() {
+        for k in [StoreKind::Docker, StoreKind::Podman, StoreKind::Containerd] {
+            assert_eq!(StoreKind::parse(k.name()).unwrap(), k);
+        }
+        assert!(StoreKind::parse("lxc").unwrap_err().to_string().contains("docker, podman or containerd"));
+        let o = StoreOptions::new(&["docker".to_string()]);
+        assert_eq!(o.containerd_paths[1], vec!["docker", "containerd", "daemon"]);
+        assert_eq!(o.podman_path, vec!["var", "lib", "containers", "storage"]);
+        assert!(rel(&["..".to_string()]).is_err());
+        assert!(rel(&["/abs".to_string()]).is_err());
+    }
+
+    #[test]
+    fn candidates_and_name_split() {
+        let r = match parse("x:t").unwrap() {
+            ImageSpec::Named(r) => r,
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(qualified_candidates(&r), vec![format!("{DEFAULT_DOMAIN}/library/x"), "localhost/x".to_string()]);
+        let r = match parse("team/x").unwrap() {
+            ImageSpec::Named(r) => r,
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(qualified_candidates(&r)[1], "localhost/team/x");
+        let r = match parse("localhost/x").unwrap() {
+            ImageSpec::Named(r) => r,
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(qualified_candidates(&r), vec!["localhost/x".to_string()]);
+        assert_eq!(split_name("localhost:5000/a/b:t"), ("localhost:5000/a/b", Some("t"), None));
+        assert_eq!(split_name("localhost:5000/a/b"), ("localhost:5000/a/b", None, None));
+        assert_eq!(split_name("a/b@sha256:00"), ("a/b", None, Some("sha256:00")));
+        assert_eq!(split_name("a/b:t@sha256:00"), ("a/b", Some("t"), Some("sha256:00")));
+    }
+
+    #[test]
+    fn checks_enforce_or_warn() {
+        let mut c = Checks::new(true);
+        assert!(c.check(true, || "x".into()).is_ok());
+        let e = c.check(false, || "config hashes to y".into()).unwrap_err().to_string();
+        assert!(e.contains("verification failed: config hashes to y") && e.contains("dockroot.verify=off"), "{e}");
+        let mut c = Checks::new(false);
+        c.check(false, || "config hashes to y".into()).unwrap();
+        assert_eq!(c.warnings, vec!["dockroot.verify=off: config hashes to y".to_string()]);
+    }
+
+    #[test]
+    fn hex_and_sha() {
+        assert_eq!(hex(&[0, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
