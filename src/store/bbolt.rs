@@ -642,9 +642,8 @@ pub(crate) mod tests {
                 let p = leaf_page(self.ps, 0, items);
                 return self.add(p);
             }
-            let chunks: Vec<&[(u32, Vec<u8>, Vec<u8>)]> = items.chunks(self.per_leaf).collect();
             let mut children = Vec::new();
-            for c in chunks {
+            for c in items.chunks(self.per_leaf) {
                 let id = self.write_tree(c);
                 children.push((c[0].1.clone(), id));
             }
