@@ -17,7 +17,7 @@ use crate::devices::{self, BlockDevice, DeviceSpec, WaitHooks, WaitPolicy};
 use crate::error::{Context, Error, Result};
 use crate::reference::{self, ImageSpec};
 use crate::rwlayer::{RootInfo, RwStore};
-use crate::store::ResolvedImage;
+use crate::store::Resolved as ResolvedImage;
 use crate::{btrfs, logging, modules, rwlayer, store, switch_root, toplayer};
 
 /// Where the root partition's top level (subvolid=5) is mounted while we work.
@@ -97,6 +97,7 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     }
     let image = image_spec(&params)?;
     let plan = RootPlan::from_params(&params)?;
+    let store_opts = store::options_from_args(&args, &plan.docker_path).context(|| "in the kernel command line")?;
 
     // Listen for uevents before loading drivers, so no device that appears
     // from now on is missed.
@@ -117,6 +118,7 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     let candidates = switch_root::init_candidates(params.init.as_deref());
     let mut devs = Devices { waiter, hooks };
     let ctx = Ctx {
+        store_opts: &store_opts,
         params: &params,
         plan: &plan,
         image: &image,
@@ -159,6 +161,7 @@ pub const BOOT_RECORD: &str = "/run/dockroot/boot.json";
 
 /// What the boot needs to know at every step of choosing the root.
 struct Ctx<'a> {
+    store_opts: &'a store::StoreOptions,
     params: &'a Params,
     plan: &'a RootPlan,
     image: &'a ImageSpec,
@@ -202,7 +205,12 @@ impl Record {
                 "fresh".to_string(),
                 serde_json::json!({
                     "reference": r.reference, "id": r.image_id, "diff_ids": r.diff_ids,
-                    "chain_ids": r.chain_ids, "layer_subvolume": r.subvolume.to_string_lossy(),
+                    "chain_ids": r.chain_ids, "store": r.whence(), "layer": r.layer,
+                    "layer_subvolume": match &r.root {
+                        store::Root::Subvolume(p) => format!("/{}", p.display()),
+                        store::Root::Overlay { .. } => String::new(),
+                    },
+                    "manifest_digest": r.manifest_digest, "verified": r.verified,
                 }),
                 serde_json::Value::Null,
             ),
@@ -302,19 +310,30 @@ fn build_fresh(
     top: BorrowedFd<'_>,
     devs: &mut Devices,
 ) -> Result<ResolvedImage> {
-    let resolved = t.run("resolve image", || {
-        let docker_root = Path::new(STAGING_TOP).join(ctx.plan.docker_path.join("/"));
-        store::resolve_docker_btrfs(&docker_root, ctx.image)
-    })?;
+    let resolved =
+        t.run("resolve image", || store::resolve_image(Path::new(STAGING_TOP), ctx.store_opts, ctx.image))?;
+    for w in &resolved.warnings {
+        log::warn!("{w}");
+    }
+    let subvolume = match &resolved.root {
+        store::Root::Subvolume(p) => p.clone(),
+        store::Root::Overlay { .. } => {
+            return Err(Error::msg(format!(
+                "image {} in {} is stored as overlay layers: booting overlay stores is not supported yet",
+                resolved.reference,
+                resolved.whence()
+            )))
+        }
+    };
     log::info!(
-        "image {} is {} (layer subvolume {})",
+        "image {} is {} in {} (layer subvolume /{})",
         resolved.reference,
         resolved.image_id,
-        resolved.subvolume.display()
+        resolved.whence(),
+        subvolume.display()
     );
     let new = t.run("snapshot", || {
-        let mut image_dir = ctx.plan.docker_path.clone();
-        image_dir.extend(resolved.subvolume.iter().map(|c| c.to_string_lossy().into_owned()));
+        let image_dir: Vec<String> = subvolume.iter().map(|c| c.to_string_lossy().into_owned()).collect();
         let image_fd = rwlayer::open_beneath(top, &image_dir)
             .context(|| format!("the layer subvolume of image {}", resolved.reference))?;
         if !btrfs::is_subvolume(image_fd.as_fd())? {

@@ -260,6 +260,8 @@ impl Params {
                         ))
                     })?;
                 }
+                // The image stores' own parameters (store::options_from_args reads them).
+                k if crate::store::STORE_PARAMS.contains(&k) => {}
                 k if k.starts_with("dockroot.") => {
                     p.warnings.push(format!("unknown kernel parameter {k} ignored"));
                 }

@@ -18,5 +18,6 @@ pub mod rwlayer;
 pub mod toplayer;
 pub mod switch_root;
 pub mod boot;
+pub mod plan;
 
 pub use error::{Context, Error, Result};

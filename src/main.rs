@@ -1,20 +1,98 @@
-//! `/init` of a dockroot initramfs. As PID 1 it boots; run any other way it
-//! explains itself (a later stage adds a host-side dry run).
+//! `/init` of a dockroot initramfs. As PID 1 it boots; on a host,
+//! `dockroot plan` is a dry run of what the init would do with a disk.
+
+use std::path::{Path, PathBuf};
+
+use dockroot::{plan, reference, Context, Error, Result};
+
+const USAGE: &str = "usage:
+  dockroot plan (--top DIR | --device DEV) [--cmdline STRING] [--config FILE] [--toplayer-dir DIR]
+      A dry run: what the init would do with this disk and kernel command line, changing nothing.
+      --top DIR        the root partition's top level (subvolid=5), already mounted
+      --device DEV     the root partition: mounted read-only (subvolid=5) for the run, then unmounted
+      --cmdline STRING the kernel command line (default: this machine's /proc/cmdline)
+      --config FILE    the initramfs's embedded config (default: none; dockroot.image= must say)
+      --toplayer-dir D the top layer directory, when it is on another device mounted here
+  dockroot --version
+
+As PID 1 (the /init of an initramfs built by dockroot-mkinitramfs) it boots a Docker image.";
 
 fn main() {
     if rustix::process::getpid().is_init() {
         dockroot::boot::run();
     }
-    let arg = std::env::args().nth(1);
-    match arg.as_deref() {
-        Some("--version") => println!("dockroot {}", env!("CARGO_PKG_VERSION")),
-        _ => {
-            eprintln!(
-                "dockroot {}: the /init of an initramfs that boots a Docker image from btrfs.\n\
-                 It runs as PID 1 only; build an initramfs with dockroot-mkinitramfs.",
-                env!("CARGO_PKG_VERSION")
-            );
-            std::process::exit(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args.first().map(String::as_str) {
+        Some("--version") => {
+            println!("dockroot {}", env!("CARGO_PKG_VERSION"));
+            0
         }
+        Some("plan") => match run_plan(&args[1..]) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("dockroot plan: {e}");
+                1
+            }
+        },
+        _ => {
+            eprintln!("dockroot {}\n{USAGE}", env!("CARGO_PKG_VERSION"));
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run_plan(args: &[String]) -> Result<()> {
+    let mut top: Option<PathBuf> = None;
+    let mut device: Option<PathBuf> = None;
+    let mut cmdline: Option<String> = None;
+    let mut config: Option<PathBuf> = None;
+    let mut toplayer_dir: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().context(|| format!("{a} needs a value\n{USAGE}"));
+        match a.as_str() {
+            "--top" => top = Some(value()?.into()),
+            "--device" => device = Some(value()?.into()),
+            "--cmdline" => cmdline = Some(value()?),
+            "--config" => config = Some(value()?.into()),
+            "--toplayer-dir" => toplayer_dir = Some(value()?.into()),
+            other => return Err(Error::msg(format!("unknown argument {other:?}\n{USAGE}"))),
+        }
+    }
+    let cmdline = match cmdline {
+        Some(c) => c,
+        None => std::fs::read_to_string("/proc/cmdline").context(|| "reading /proc/cmdline")?,
+    };
+    let config_image = match &config {
+        Some(f) => {
+            let bytes = std::fs::read(f).context(|| format!("reading {}", f.display()))?;
+            Some(reference::from_prior_art_config(&bytes).context(|| format!("in {}", f.display()))?)
+        }
+        None => None,
+    };
+    let describe = |top: &Path| -> Result<()> {
+        let input = plan::PlanInput {
+            top,
+            cmdline: &cmdline,
+            config_image: config_image.clone(),
+            toplayer_dir: toplayer_dir.as_deref(),
+        };
+        print!("{}", plan::describe(&input)?);
+        Ok(())
+    };
+    match (top, device) {
+        (Some(t), None) => describe(&t),
+        (None, Some(dev)) => {
+            let dir = std::env::temp_dir().join(format!("dockroot-plan-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+            rustix::mount::mount(&dev, &dir, "btrfs", rustix::mount::MountFlags::RDONLY, c"subvolid=5")
+                .context(|| format!("mounting {} read-only on {}", dev.display(), dir.display()))?;
+            let r = describe(&dir);
+            let _ = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::empty());
+            let _ = std::fs::remove_dir(&dir);
+            r
+        }
+        _ => Err(Error::msg(format!("give exactly one of --top and --device\n{USAGE}"))),
     }
 }
