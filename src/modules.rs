@@ -294,7 +294,9 @@ pub fn parse_index(text: &str) -> Result<ModuleIndex> {
 
     let mut index = ModuleIndex { kernel, modules: Vec::new(), aliases: Vec::new() };
     let mut lines_of: Vec<usize> = Vec::new();
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    // Names borrowed from `text`: one map for the whole parse (rebuilding it per
+    // line made parsing quadratic in the number of modules).
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (n, line) in lines {
         if line.is_empty() {
             continue;
@@ -334,14 +336,12 @@ pub fn parse_index(text: &str) -> Result<ModuleIndex> {
             pre: split_list(pre, "pre=").map_err(|e| bad(n, e))?,
             post: split_list(post, "post=").map_err(|e| bad(n, e))?,
         };
-        let seen_ref: BTreeMap<&str, usize> = seen.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        check_entry(&entry, &seen_ref).map_err(|e| bad(n, e))?;
-        seen.insert(entry.name.clone(), n);
+        check_entry(&entry, &seen).map_err(|e| bad(n, e))?;
+        seen.insert(name, n);
         lines_of.push(n);
         index.modules.push(entry);
     }
-    let names: BTreeMap<&str, usize> = seen.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    check_posts(index.modules.iter().zip(lines_of.iter().copied()), &names).map_err(|(n, e)| bad(n, e))?;
+    check_posts(index.modules.iter().zip(lines_of.iter().copied()), &seen).map_err(|(n, e)| bad(n, e))?;
     Ok(index)
 }
 
