@@ -139,7 +139,11 @@ fn udev_unescape(s: &str) -> Result<String> {
         if b == b'\\' {
             if let Some([b'x', h, l, after @ ..]) = Some(tail) {
                 let hex = [*h, *l];
-                if let Some(v) = std::str::from_utf8(&hex).ok().and_then(|x| u8::from_str_radix(x, 16).ok()) {
+                // Two hex digits exactly (from_str_radix alone would take "+f").
+                let digits = h.is_ascii_hexdigit() && l.is_ascii_hexdigit();
+                if let Some(v) =
+                    std::str::from_utf8(&hex).ok().filter(|_| digits).and_then(|x| u8::from_str_radix(x, 16).ok())
+                {
                     out.push(v);
                     rest = after;
                     continue;
@@ -1039,6 +1043,7 @@ mod tests {
         assert_eq!(parse("/dev/disk/by-partlabel/EFI\\x20system"), DeviceSpec::PartLabel("EFI system".into()));
         // A backslash that is not an escape stays.
         assert_eq!(parse("/dev/disk/by-label/a\\b\\x4"), DeviceSpec::Label("a\\b\\x4".into()));
+        assert_eq!(parse("/dev/disk/by-label/a\\x+fb"), DeviceSpec::Label("a\\x+fb".into()), "not two hex digits");
     }
 
     #[test]
