@@ -7,7 +7,8 @@
  * the init stage of every variant is measured the same way, from printk timestamps.
  * Then it prints, on the console:
  *   BENCH-KMSG <seconds> <message>   for the kernel log records the benchmark needs
- *                                    (the /init start, this marker, dockroot's summary)
+ *                                    (the /init start, the btrfs module's init, this
+ *                                    marker, dockroot's summary)
  *   BENCH-HOSTNAME <name>            /etc/hostname (the top layer's, if it was applied)
  *   BENCH-RECORD-BEGIN ... BENCH-RECORD-END   /run/dockroot/boot.json, if there is one
  *   BENCH-DONE
@@ -30,6 +31,7 @@ static const char MARK[] = "<2>bench-marker: image init started\n";
 /* Kernel log messages the benchmark reads back. */
 static const char *const WANTED[] = {
     "Run /init as init process",
+    "Btrfs loaded",
     "bench-marker:",
     "dockroot: ready:",
     "bench-floor:",
