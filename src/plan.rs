@@ -116,8 +116,9 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
             }
             match &r.root {
                 Root::Subvolume(p) => say(format!("  boots a writable snapshot of the subvolume /{}", p.display())),
-                Root::Overlay { lowerdirs } => {
-                    let l: Vec<String> = lowerdirs.iter().map(|p| format!("/{}", p.display())).collect();
+                Root::Overlay { base, lowerdirs } => {
+                    let l: Vec<String> =
+                        lowerdirs.iter().map(|p| format!("/{}", base.join(p).display())).collect();
                     say(format!("  boots an overlay of {}", l.join(":")));
                 }
             }

@@ -90,9 +90,20 @@ pub enum Root {
     /// A btrfs subvolume holding the image's complete root filesystem:
     /// snapshot it.
     Subvolume(PathBuf),
-    /// Layer directories, top first, to mount as overlayfs lowerdirs
-    /// (overlay2 and the overlayfs snapshotter; no store returns this yet).
-    Overlay { lowerdirs: Vec<PathBuf> },
+    /// Layer directories to mount as overlayfs lowerdirs (Docker's overlay2
+    /// driver, containerd's overlayfs snapshotter).
+    Overlay {
+        /// The driver's directory, relative to the top level (for example
+        /// `var/lib/docker/overlay2`): the init mounts with this as its working
+        /// directory, so short relative lowerdirs keep the mount options under
+        /// the kernel's one-page limit.
+        base: PathBuf,
+        /// Layer directories relative to `base`, top layer first, each checked
+        /// to be a directory inside `base` (overlay2: `l/<link>` when that
+        /// short link resolves to the layer's `diff`, else `<cache-id>/diff`;
+        /// containerd: `snapshots/<id>/fs`).
+        lowerdirs: Vec<PathBuf>,
+    },
 }
 
 /// An image resolved in one store.
