@@ -12,6 +12,9 @@
 //! - `DOCKROOT_LAYOUT_GPT`, `DOCKROOT_LAYOUT_MBR`, `DOCKROOT_LAYOUT_RAID1A`,
 //!   `DOCKROOT_LAYOUT_RAID1B`, `DOCKROOT_LAYOUT_INFO` (for the hardware tests): the disk
 //!   layouts from `qemu-tests/fixtures/make-layouts` (see [`Layouts`])
+//! - `DOCKROOT_STORE_PODMAN`, `DOCKROOT_STORE_CONTAINERD`, `DOCKROOT_STORE_CONTAINERD_OVERLAYFS`,
+//!   `DOCKROOT_STORE_OVERLAY2_EXT4`, `DOCKROOT_STORE_OVERLAY2_XFS` (for the store tests):
+//!   the disks from `qemu-tests/fixtures/make-store-disks` (see [`StoreDisk`])
 //!
 //! Tests fail, never skip, when an artifact is missing.
 
@@ -170,6 +173,43 @@ impl Artifacts {
     /// The disk layouts for the hardware tests ([`Layouts::from_env`]).
     pub fn layouts(&self) -> Layouts {
         Layouts::from_env()
+    }
+}
+
+/// One disk of `qemu-tests/fixtures/make-store-disks` (`DOCKROOT_STORE_<KEY>`, set by
+/// scripts/test; boot a [`Disk::copy_of`] it) and the `fixture.json` next to it: what
+/// the tool wrote (store, image ID, manifest digest, diff and chain IDs, the store's
+/// layer IDs and directories), the top layer, the files the image must and must not show.
+#[derive(Debug, Clone)]
+pub struct StoreDisk {
+    pub disk: PathBuf,
+    pub fixture: Value,
+}
+
+impl StoreDisk {
+    /// The disk `DOCKROOT_STORE_<key>` names; panics naming scripts/test if unset.
+    pub fn from_env(key: &str) -> StoreDisk {
+        let disk = required_env(&format!("DOCKROOT_STORE_{key}"), "a disk from qemu-tests/fixtures/make-store-disks");
+        let path = disk.with_file_name("fixture.json");
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let fixture = serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+        StoreDisk { disk, fixture }
+    }
+
+    /// A string field of fixture.json; panics if absent.
+    pub fn get(&self, key: &str) -> String {
+        match &self.fixture[key] {
+            Value::String(s) => s.clone(),
+            other => panic!("fixture.json of {} has no string {key:?} (found {other})", self.disk.display()),
+        }
+    }
+
+    /// A list of strings of fixture.json; panics if absent.
+    pub fn list(&self, key: &str) -> Vec<String> {
+        let items = self.fixture[key].as_array().unwrap_or_else(|| {
+            panic!("fixture.json of {} has no list {key:?}", self.disk.display())
+        });
+        items.iter().map(|v| v.as_str().unwrap_or_else(|| panic!("{key}: {v} is not a string")).to_string()).collect()
     }
 }
 
@@ -914,26 +954,157 @@ pub fn digest_diff(
     lines
 }
 
-/// Mounts the btrfs disk image `disk` read-only (loop device, no log replay: the
-/// host never writes to it), runs `f` on its top level, and unmounts.
+/// The filesystem type on a disk image (`blkid`): btrfs, ext4, xfs, ...
+pub fn disk_fstype(disk: &Path) -> String {
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "TYPE"])
+        .arg(disk)
+        .output()
+        .unwrap_or_else(|e| panic!("running blkid: {e}"));
+    let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!t.is_empty(), "blkid finds no filesystem on {}: {}", disk.display(), String::from_utf8_lossy(&out.stderr));
+    t
+}
+
+/// Mounts the disk image `disk` (a whole-disk btrfs, ext4 or xfs filesystem)
+/// read-only (loop device, no journal or log replay: the host never writes to it),
+/// runs `f` on its top level, and unmounts.
 pub fn with_disk_mounted_ro<T>(disk: &Path, f: impl FnOnce(&Path) -> T) -> T {
+    let fstype = disk_fstype(disk);
+    let options = match fstype.as_str() {
+        "btrfs" => "ro,loop,rescue=nologreplay",
+        "ext4" | "ext3" => "ro,loop,noload",
+        "xfs" => "ro,loop,norecovery",
+        _ => "ro,loop",
+    };
+    with_disk_mounted(disk, &fstype, options, f)
+}
+
+/// Mounts `disk` with `options` (which include `loop`) on a temporary directory,
+/// runs `f` on it, and unmounts (lazily if it is still busy).
+fn with_disk_mounted<T>(disk: &Path, fstype: &str, options: &str, f: impl FnOnce(&Path) -> T) -> T {
     let mnt = tempfile::Builder::new()
         .prefix("dockroot-inspect-")
         .tempdir()
         .unwrap_or_else(|e| panic!("creating a mount point: {e}"));
     let out = Command::new("mount")
-        .args(["-t", "btrfs", "-o", "ro,loop,rescue=nologreplay"])
+        .args(["-t", fstype, "-o", options])
         .arg(disk)
         .arg(mnt.path())
         .output()
         .unwrap_or_else(|e| panic!("running mount: {e}"));
-    assert!(out.status.success(), "mounting {} read-only: {}", disk.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mounting {} ({fstype}, {options}): {}",
+        disk.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
-    let um = Command::new("umount").arg(mnt.path()).output();
+    let um = Command::new("sh").arg("-c").arg(format!("sync && umount '{}'", mnt.path().display())).output();
     if !matches!(&um, Ok(o) if o.status.success()) {
         let _ = Command::new("umount").arg("-l").arg(mnt.path()).status();
     }
     r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Runs `cmd` with `sh -c`; panics with its output unless it succeeds. Its stdout.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap_or_else(|e| panic!("running sh: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The kernel modules of the standard boots: a virtio disk with btrfs on it.
+pub const STANDARD_MODULES: &[&str] = &["virtio_blk", "virtio_pci", "btrfs"];
+/// The embedded config naming the fixture disk's main image.
+pub const OS_CONFIG: &str = r#"{"docker_image":"dockroot-test/os","docker_tag":"latest"}"#;
+/// The standard kernel command line for the fixture disk: its rw layer `rwlayer`,
+/// its top layer `toplayer/`.
+pub const STANDARD_APPEND: &str =
+    "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=dockroot-test toplayer_path=toplayer";
+
+/// One machine booted as often as a test likes: an initramfs and a private copy of
+/// a disk, with a command line every boot starts with.
+#[derive(Debug)]
+pub struct Machine {
+    pub artifacts: Artifacts,
+    pub initrd: PathBuf,
+    /// The machine's own copy of the disk.
+    pub disk: Disk,
+    /// The start of every boot's kernel command line.
+    pub append: String,
+}
+
+impl Machine {
+    /// A copy of the fixture disk, the standard modules and command line, and `config`
+    /// as the initramfs's embedded config.
+    pub fn new(config: &str) -> Machine {
+        let a = Artifacts::from_env();
+        let disk = a.disk.clone();
+        Machine::with(a, &disk, STANDARD_MODULES, config, STANDARD_APPEND)
+    }
+
+    /// A copy of `disk` with an initramfs of `modules` and `config`; every boot's
+    /// command line starts with `append`.
+    pub fn with(artifacts: Artifacts, disk: &Path, modules: &[&str], config: &str, append: &str) -> Machine {
+        let initrd = build_initramfs(&artifacts, modules, config);
+        Machine { initrd, disk: Disk::copy_of(disk), append: append.to_string(), artifacts }
+    }
+
+    /// The boot of the machine's disk, logged as `name`, with `extra` after the
+    /// machine's command line.
+    pub fn spec(&self, name: &str, extra: &str) -> BootSpec {
+        self.spec_cmdline(name, &format!("{} {extra}", self.append))
+    }
+
+    /// Like [`Machine::spec`] with a whole other command line.
+    pub fn spec_cmdline(&self, name: &str, append: &str) -> BootSpec {
+        BootSpec {
+            name: Some(name.into()),
+            ..BootSpec::new(self.artifacts.kernel(), self.initrd.clone(), &[self.disk.path()], append)
+        }
+    }
+
+    /// Boots with `extra` after the machine's command line.
+    pub fn boot(&self, name: &str, extra: &str) -> BootOutput {
+        boot(&self.spec(name, extra))
+    }
+
+    /// Boots with a whole other command line.
+    pub fn boot_cmdline(&self, name: &str, append: &str) -> BootOutput {
+        boot(&self.spec_cmdline(name, append))
+    }
+
+    /// Boots and returns testinit's report, which must have no errors and a boot
+    /// record, and the output.
+    pub fn report_and_output(&self, name: &str, extra: &str) -> (Value, BootOutput) {
+        let out = self.boot(name, extra);
+        let r = out.expect_testinit();
+        assert_eq!(r["errors"], serde_json::json!([]), "{name}: {r}");
+        assert!(r["boot_record"].is_object(), "{name}: no /run/dockroot/boot.json in the booted system: {r}");
+        (r, out)
+    }
+
+    /// Like [`Machine::report_and_output`], the report only.
+    pub fn report(&self, name: &str, extra: &str) -> Value {
+        self.report_and_output(name, extra).0
+    }
+
+    /// Runs `f` with the disk's top level mounted read-write on the host.
+    pub fn modify<T>(&self, f: impl FnOnce(&Path) -> T) -> T {
+        with_disk_mounted(self.disk.path(), &disk_fstype(self.disk.path()), "loop", f)
+    }
+
+    /// Runs `f` with the disk's top level mounted read-only on the host
+    /// ([`with_disk_mounted_ro`]).
+    pub fn inspect<T>(&self, f: impl FnOnce(&Path) -> T) -> T {
+        with_disk_mounted_ro(self.disk.path(), f)
+    }
 }
 
 /// Looks up a report field by a path of keys, e.g. `field(&r, &["paths", "/etc/hostname", "content"])`.

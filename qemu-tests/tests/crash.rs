@@ -11,18 +11,15 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use qemu_tests::{
-    boot, build_initramfs, digest_diff, printk_time, target_dir, tree_digest, with_disk_mounted_ro, Artifacts,
-    BootOutput, BootSpec, Disk, KillAfter,
+    boot, digest_diff, printk_time, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec, KillAfter, Machine,
+    OS_CONFIG, STANDARD_MODULES,
 };
 use serde_json::Value;
 
-const MODULES: &[&str] = &["virtio_blk", "virtio_pci", "btrfs"];
-const OS_CONFIG: &str = r#"{"docker_image":"dockroot-test/os","docker_tag":"latest"}"#;
 const APPEND: &str = "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=dockroot-test \
                       toplayer_path=toplayer dockroot.keep=2";
 const KEEP: usize = 2;
@@ -31,61 +28,20 @@ const CREATED: &str = ". xattr user.dockroot.created";
 const MARKER: &str = "var/tmp/from-previous-boot";
 const RUN_INIT: &str = "Run /init as init process";
 
-struct Machine {
-    a: Artifacts,
-    initrd: PathBuf,
-    disk: Disk,
+/// A machine on a copy of the fixture disk with [`APPEND`] (`dockroot.keep=2`).
+fn machine() -> Machine {
+    let a = Artifacts::from_env();
+    let disk = a.disk.clone();
+    Machine::with(a, &disk, STANDARD_MODULES, OS_CONFIG, APPEND)
 }
 
-impl Machine {
-    fn new() -> Machine {
-        let a = Artifacts::from_env();
-        let initrd = build_initramfs(&a, MODULES, OS_CONFIG);
-        let disk = Disk::copy_of(&a.disk);
-        Machine { a, initrd, disk }
-    }
-
-    fn boot(&self, name: &str, extra: &str, kill: Option<KillAfter>) -> BootOutput {
-        let spec = BootSpec {
-            name: Some(name.into()),
-            kill_after: kill,
-            ..BootSpec::new(self.a.kernel(), self.initrd.clone(), &[self.disk.path()], &format!("{APPEND} {extra}"))
-        };
-        boot(&spec)
-    }
-
-    /// A normal boot: testinit's report (no errors, a boot record) and the serial output.
-    fn report(&self, name: &str, extra: &str) -> (Value, BootOutput) {
-        let out = self.boot(name, extra, None);
-        let r = out.expect_testinit();
-        assert_eq!(r["errors"], serde_json::json!([]), "{name}: {r}");
-        assert!(r["boot_record"].is_object(), "{name}: no /run/dockroot/boot.json in the booted system: {r}");
-        (r, out)
-    }
-
-    fn state(&self) -> DiskState {
-        with_disk_mounted_ro(self.disk.path(), DiskState::read)
-    }
-
-    /// Run `f` with the disk's top level mounted read-write on the host.
-    fn modify<T>(&self, f: impl FnOnce(&Path) -> T) -> T {
-        let mnt = tempfile::tempdir().expect("mount point");
-        run(&format!("mount -o loop '{}' '{}'", self.disk.path().display(), mnt.path().display()));
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
-        run(&format!("sync && umount '{}'", mnt.path().display()));
-        r.unwrap_or_else(|p| std::panic::resume_unwind(p))
-    }
+/// A boot with the power cut at `kill`.
+fn boot_killed(m: &Machine, name: &str, kill: KillAfter) -> BootOutput {
+    boot(&BootSpec { kill_after: Some(kill), ..m.spec(name, "") })
 }
 
-fn run(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("running sh");
-    assert!(
-        out.status.success(),
-        "{cmd}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn state(m: &Machine) -> DiskState {
+    m.inspect(DiskState::read)
 }
 
 type Digest = BTreeMap<String, String>;
@@ -100,7 +56,7 @@ struct Root {
 impl Root {
     fn read(path: &Path) -> Option<Root> {
         path.symlink_metadata().ok()?;
-        let ro = run(&format!("btrfs property get -ts '{}' ro", path.display()));
+        let ro = sh(&format!("btrfs property get -ts '{}' ro", path.display()));
         Some(Root { digest: tree_digest(path, &[]), readonly: ro.trim() == "ro=true" })
     }
 
@@ -270,13 +226,13 @@ fn power_cuts_during_the_boot_lose_nothing_b() {
 /// Boot twice, then for every other kill point (starting at `first`): cut the power
 /// at that point, check what is on the disk, boot again and check the recovery.
 fn cut_series(series: &str, first: usize) {
-    let m = Machine::new();
+    let m = machine();
     let mut table = Table(series.to_string(), Vec::new());
     // Two normal boots: a kept root (with a nested subvolume and the marker) and a
     // current one, a pristine fresh root whose content every complete new root shares.
     m.report(&format!("crash_{series}_setup_1"), "-- --make-nested");
-    let (mut reference_report, mut reference) = m.report(&format!("crash_{series}_setup_2"), "");
-    let mut prev = m.state();
+    let (mut reference_report, mut reference) = m.report_and_output(&format!("crash_{series}_setup_2"), "");
+    let mut prev = state(&m);
     let fresh = prev.current.as_ref().expect("no rw layer after two boots").content();
     assert!(!fresh.contains_key(MARKER), "a fresh root has the marker");
     assert_eq!(prev.kept.len(), 1, "{:?}", prev.kept.keys());
@@ -284,10 +240,10 @@ fn cut_series(series: &str, first: usize) {
 
     for (i, at) in points().into_iter().enumerate().skip(first).step_by(2) {
         let kill = at.kill(&reference, &reference_report);
-        let out = m.boot(&format!("crash_kill_{i:02}"), "", Some(kill.clone()));
+        let out = boot_killed(&m, &format!("crash_kill_{i:02}"), kill.clone());
         // A cut that came late (the machine ran faster than the reference boot) still counts.
         let late = if out.testinit().is_some() { " (after testinit)" } else { "" };
-        let cut = m.state();
+        let cut = state(&m);
         let old = prev.current.as_ref().expect("a current root before every cut");
 
         // --- what the cut left: never a root-less disk, never a half-applied root at a final name.
@@ -336,7 +292,7 @@ fn cut_series(series: &str, first: usize) {
         let writable: Vec<&String> = cut.kept.iter().filter(|(_, k)| !k.readonly).map(|(n, _)| n).collect();
 
         // --- the next boot: recovers, boots fresh, keeps exactly what the policy says.
-        let (rec_report, rec_out) = m.report(&format!("crash_recover_{i:02}"), "-- --make-nested");
+        let (rec_report, rec_out) = m.report_and_output(&format!("crash_recover_{i:02}"), "-- --make-nested");
         let rec = &rec_report["boot_record"];
         assert_eq!(rec["booted"], "fresh", "recovery after cut {i}: {rec}");
         assert_eq!(rec["warnings"], serde_json::json!([]), "recovery after cut {i}: {rec}");
@@ -356,7 +312,7 @@ fn cut_series(series: &str, first: usize) {
             expect(true, &format!("made kept root {w} read-only"));
         }
 
-        let now = m.state();
+        let now = state(&m);
         assert_same(&format!("after cut {i}: the disk outside the rw layer"), &prev.outside, &now.outside);
         assert!(!now.tmp && now.ready.is_none(), "after cut {i}: leftovers after a successful boot");
         let cur = now.current.as_ref().expect("no rw layer after the recovery boot");
@@ -421,24 +377,24 @@ fn cut_series(series: &str, first: usize) {
 /// the second read-only again, and both old roots are kept intact.
 #[test]
 fn crafted_leftovers_are_recovered_without_loss() {
-    let m = Machine::new();
+    let m = machine();
     m.report("crafted_1", "-- --make-nested");
     m.report("crafted_2", "");
     m.modify(|top| {
-        run(&format!(
+        sh(&format!(
             "btrfs subvolume snapshot '{0}/rwlayer' '{0}/rwlayer.dockroot-ready' >/dev/null && echo never > '{0}/rwlayer.dockroot-ready/never-installed'",
             top.display()
         ));
         let kept: Vec<_> = std::fs::read_dir(top.join("rwlayer.kept")).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(kept.len(), 1, "{kept:?}");
-        run(&format!("btrfs property set -ts '{}' ro false", kept[0].display()));
+        sh(&format!("btrfs property set -ts '{}' ro false", kept[0].display()));
     });
-    let before = m.state();
+    let before = state(&m);
     let old = before.current.clone().expect("a current root");
     let (kept_name, kept_root) = before.kept.iter().next().map(|(n, r)| (n.clone(), r.clone())).expect("a kept root");
     assert!(!kept_root.readonly && before.ready.is_some());
 
-    let (r, _) = m.report("crafted_3", "");
+    let r = m.report("crafted_3", "");
     let rec = &r["boot_record"];
     let recovered = rec["recovered"].to_string();
     assert!(recovered.contains("deleted the uninstalled /rwlayer.dockroot-ready"), "{rec}");
@@ -446,7 +402,7 @@ fn crafted_leftovers_are_recovered_without_loss() {
     assert_eq!(rec["booted"], "fresh", "{rec}");
     assert_eq!(rec["warnings"], serde_json::json!([]), "{rec}");
 
-    let now = m.state();
+    let now = state(&m);
     assert_same("the disk outside the rw layer", &before.outside, &now.outside);
     assert!(!now.tmp && now.ready.is_none(), "leftovers after a successful boot");
     assert!(!now.current.as_ref().unwrap().digest.contains_key("never-installed"), "the ready root was installed");

@@ -6,75 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use qemu_tests::{
-    boot, build_initramfs, digest_diff, field, tree_digest, with_disk_mounted_ro, Artifacts, BootOutput, BootSpec, Disk,
-};
+use qemu_tests::{digest_diff, field, sh, tree_digest, Artifacts, Machine, OS_CONFIG, STANDARD_APPEND};
 use serde_json::Value;
 
-const MODULES: &[&str] = &["virtio_blk", "virtio_pci", "btrfs"];
-const OS_CONFIG: &str = r#"{"docker_image":"dockroot-test/os","docker_tag":"latest"}"#;
-const APPEND: &str =
-    "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=dockroot-test toplayer_path=toplayer";
 /// The rw layer's names on the disk: everything else must stay as it was.
 const RW_NAMES: &[&str] = &["rwlayer", "rwlayer.kept", "rwlayer.dockroot-tmp", "rwlayer.dockroot-ready"];
 
-struct Machine {
-    a: Artifacts,
-    initrd: PathBuf,
-    disk: Disk,
-}
-
-impl Machine {
-    fn new(config: &str) -> Machine {
-        let a = Artifacts::from_env();
-        let initrd = build_initramfs(&a, MODULES, config);
-        let disk = Disk::copy_of(&a.disk);
-        Machine { a, initrd, disk }
-    }
-
-    fn boot(&self, name: &str, append: &str) -> BootOutput {
-        let spec = BootSpec {
-            name: Some(name.into()),
-            ..BootSpec::new(self.a.kernel(), self.initrd.clone(), &[self.disk.path()], append)
-        };
-        boot(&spec)
-    }
-
-    /// Boot with the standard command line plus `extra`; testinit's report, which must have no errors.
-    fn report(&self, name: &str, extra: &str) -> Value {
-        let out = self.boot(name, &format!("{APPEND} {extra}"));
-        let r = out.expect_testinit();
-        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
-        assert!(r["boot_record"].is_object(), "no /run/dockroot/boot.json in the booted system: {r}");
-        r
-    }
-
-    /// Digest of the whole disk except the rw layer and its kept/temporary names.
-    fn outside(&self) -> BTreeMap<String, String> {
-        with_disk_mounted_ro(self.disk.path(), |top| tree_digest(top, RW_NAMES))
-    }
-
-    /// Run `f` with the disk's top level mounted read-write on the host.
-    fn modify<T>(&self, f: impl FnOnce(&Path) -> T) -> T {
-        let mnt = tempfile::tempdir().expect("mount point");
-        run(&format!("mount -o loop '{}' '{}'", self.disk.path().display(), mnt.path().display()));
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
-        run(&format!("sync && umount '{}'", mnt.path().display()));
-        r.unwrap_or_else(|p| std::panic::resume_unwind(p))
-    }
-}
-
-fn run(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("running sh");
-    assert!(
-        out.status.success(),
-        "{cmd}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Digest of the whole disk except the rw layer and its kept/temporary names.
+fn outside(m: &Machine) -> BTreeMap<String, String> {
+    m.inspect(|top| tree_digest(top, RW_NAMES))
 }
 
 fn assert_same(what: &str, before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) {
@@ -96,7 +37,7 @@ fn etc_symlink_stays_inside(image_key: &str, target: &str) {
     let reference = image["reference"].as_str().expect("reference in fixture.json");
     let (repo, tag) = reference.rsplit_once(':').expect("name:tag");
     let m = Machine::new(&format!(r#"{{"docker_image":"{repo}","docker_tag":"{tag}"}}"#));
-    let before = m.outside();
+    let before = outside(&m);
     assert!(before.contains_key("var/lib/docker") && before.contains_key("toplayer/etc/hostname"), "digest too small");
 
     let r = m.report(&format!("hostile_{image_key}"), "-- --stat /hostname --stat /etc --stat /secret");
@@ -110,9 +51,9 @@ fn etc_symlink_stays_inside(image_key: &str, target: &str) {
     assert_eq!(field(&r, &["paths", "/secret", "mode"]), "0600");
     assert_eq!(field(&r, &["paths", "/secret", "uid"]), 1000);
 
-    let after = m.outside();
+    let after = outside(&m);
     assert_same("the disk outside the rw layer", &before, &after);
-    with_disk_mounted_ro(m.disk.path(), |top| {
+    m.inspect(|top| {
         let rw = top.join("rwlayer");
         let etc = std::fs::read_link(rw.join("etc")).expect("the image's /etc symlink is gone");
         assert_eq!(etc, Path::new(target), "the rw layer's /etc symlink was replaced");
@@ -155,7 +96,7 @@ enum Restore {
 #[test]
 fn a_broken_docker_store_falls_back_to_the_previous_root() {
     let m = Machine::new(OS_CONFIG);
-    let fx = m.a.fixture();
+    let fx = m.artifacts.fixture();
     let os = &fx["images"]["os"];
     let s = |v: &Value| v.as_str().expect("string in fixture.json").to_string();
     let chains: Vec<String> = os["chain_ids"].as_array().unwrap().iter().map(s).collect();
@@ -192,7 +133,7 @@ fn a_broken_docker_store_falls_back_to_the_previous_root() {
             apply: replace(
                 repos.clone(),
                 Box::new(|p| {
-                    run(&format!("head -c 100M /dev/zero | tr '\\0' ' ' > '{}'", p.display()));
+                    sh(&format!("head -c 100M /dev/zero | tr '\\0' ' ' > '{}'", p.display()));
                 }),
             ),
             reason_names: vec!["repositories.json".into(), "larger than".into()],
@@ -215,7 +156,7 @@ fn a_broken_docker_store_falls_back_to_the_previous_root() {
                 let top_cache = top_cache.clone();
                 move |top: &Path| {
                     let sub = top.join("var/lib/docker/btrfs/subvolumes").join(&top_cache);
-                    run(&format!("btrfs subvolume delete '{}' >/dev/null", sub.display()));
+                    sh(&format!("btrfs subvolume delete '{}' >/dev/null", sub.display()));
                     Restore::Nothing
                 }
             }),
@@ -228,8 +169,8 @@ fn a_broken_docker_store_falls_back_to_the_previous_root() {
     let first_root = field(&first, &["root_btrfs", "subvolume_id"]).clone();
     for b in &breakages {
         let restore = m.modify(|top| (b.apply)(top));
-        let before = m.outside();
-        let out = m.boot(&format!("broken_store_{}", b.name), APPEND);
+        let before = outside(&m);
+        let out = m.boot(&format!("broken_store_{}", b.name), "");
         let r = out.expect_testinit();
         assert_eq!(r["errors"], serde_json::json!([]), "{}: {r}", b.name);
         let rec = &r["boot_record"];
@@ -249,8 +190,8 @@ fn a_broken_docker_store_falls_back_to_the_previous_root() {
             out.tail(30)
         );
         assert!(out.contains("dockroot: WARNING: FALLBACK: booting the previous root"), "{}", out.tail(30));
-        assert_same(&format!("{}: the disk outside the rw layer", b.name), &before, &m.outside());
-        with_disk_mounted_ro(m.disk.path(), |top| {
+        assert_same(&format!("{}: the disk outside the rw layer", b.name), &before, &outside(&m));
+        m.inspect(|top| {
             assert!(!top.join("rwlayer.dockroot-tmp").exists(), "{}: a half-built root was left", b.name);
             assert!(!top.join("rwlayer.kept").exists(), "{}: the fallback retired the root it booted", b.name);
         });
@@ -268,7 +209,7 @@ fn a_broken_docker_store_falls_back_to_the_previous_root() {
 #[test]
 fn paths_leaving_the_top_level_on_the_command_line_are_refused() {
     let m = Machine::new(OS_CONFIG);
-    let image_hash = || run(&format!("sha256sum '{}'", m.disk.path().display()));
+    let image_hash = || sh(&format!("sha256sum '{}'", m.disk.path().display()));
     let before = image_hash();
     let cases = [
         (
@@ -278,12 +219,12 @@ fn paths_leaving_the_top_level_on_the_command_line_are_refused() {
         ),
         (
             "cmdline_docker_path_dotdot",
-            &format!("{APPEND} docker_path=a/../.."),
+            &format!("{STANDARD_APPEND} docker_path=a/../.."),
             "docker_path=\"a/../..\": '..' is not allowed",
         ),
     ];
     for (name, append, want) in cases {
-        let out = m.boot(name, &format!("{append} dockroot.reboot_delay=1"));
+        let out = m.boot_cmdline(name, &format!("{append} dockroot.reboot_delay=1"));
         assert!(!out.timed_out, "{name}: no reboot:\n{}", out.tail(30));
         assert!(out.testinit().is_none(), "{name}: booted anyway");
         assert!(out.contains("dockroot: ERROR: cannot boot:") && out.contains(want), "{name}:\n{}", out.tail(30));

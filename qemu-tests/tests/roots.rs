@@ -2,68 +2,11 @@
 //! layer, kept previous roots, dockroot.boot=previous|persist, the boot record
 //! and the failure policy (fall back to the last root that booted).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use qemu_tests::{boot, build_initramfs, field, Artifacts, BootOutput, BootSpec, Disk};
+use qemu_tests::{boot, field, sh, Artifacts, BootSpec, Machine, OS_CONFIG, STANDARD_APPEND};
 use serde_json::Value;
 
-const MODULES: &[&str] = &["virtio_blk", "virtio_pci", "btrfs"];
-const OS_CONFIG: &str = r#"{"docker_image":"dockroot-test/os","docker_tag":"latest"}"#;
-const APPEND: &str =
-    "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=dockroot-test toplayer_path=toplayer";
-
-struct Machine {
-    a: Artifacts,
-    initrd: PathBuf,
-    disk: Disk,
-}
-
-impl Machine {
-    fn new() -> Machine {
-        let a = Artifacts::from_env();
-        let initrd = build_initramfs(&a, MODULES, OS_CONFIG);
-        let disk = Disk::copy_of(&a.disk);
-        Machine { a, initrd, disk }
-    }
-
-    fn boot(&self, name: &str, extra: &str) -> BootOutput {
-        let spec = BootSpec {
-            name: Some(name.into()),
-            ..BootSpec::new(self.a.kernel(), self.initrd.clone(), &[self.disk.path()], &format!("{APPEND} {extra}"))
-        };
-        boot(&spec)
-    }
-
-    /// Boot and return testinit's report, which must have no errors.
-    fn report(&self, name: &str, extra: &str) -> Value {
-        let out = self.boot(name, extra);
-        let r = out.expect_testinit();
-        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
-        assert!(r["boot_record"].is_object(), "no /run/dockroot/boot.json in the booted system: {r}");
-        r
-    }
-
-    /// Run `f` with the disk's top level mounted on the host.
-    fn inspect<T>(&self, f: impl FnOnce(&Path) -> T) -> T {
-        let mnt = tempfile::tempdir().expect("mount point");
-        run(&format!("mount -o loop '{}' '{}'", self.disk.path().display(), mnt.path().display()));
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
-        run(&format!("umount '{}'", mnt.path().display()));
-        r.unwrap_or_else(|p| std::panic::resume_unwind(p))
-    }
-}
-
-fn run(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("running sh");
-    assert!(
-        out.status.success(),
-        "{cmd}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn kept_dirs(top: &Path) -> Vec<String> {
     let mut v: Vec<String> = match std::fs::read_dir(top.join("rwlayer.kept")) {
@@ -80,8 +23,8 @@ fn marker(r: &Value) -> &Value {
 
 #[test]
 fn boots_keep_previous_roots_read_only_and_prune_the_oldest() {
-    let m = Machine::new();
-    let os_id = m.a.fixture()["images"]["os"]["id"].as_str().unwrap().to_string();
+    let m = Machine::new(OS_CONFIG);
+    let os_id = m.artifacts.fixture()["images"]["os"]["id"].as_str().unwrap().to_string();
     let first = m.report("keep_1", "dockroot.keep=2 -- --make-nested");
     let rec = &first["boot_record"];
     assert_eq!(rec["booted"], "fresh", "{rec}");
@@ -102,26 +45,26 @@ fn boots_keep_previous_roots_read_only_and_prune_the_oldest() {
     assert_eq!(fourth["boot_record"]["kept"].as_array().unwrap().len(), 2, "{}", fourth["boot_record"]);
     assert_eq!(fourth["boot_record"]["pruned"].as_array().unwrap().len(), 1, "{}", fourth["boot_record"]);
 
-    m.inspect(|top| {
+    m.modify(|top| {
         let kept = kept_dirs(top);
         assert_eq!(kept.len(), 2, "{kept:?}");
         // The first root (with the nested subvolume) was the oldest: pruned, nested and all.
         assert!(!kept.iter().any(|k| retired.ends_with(k.as_str())), "the oldest root was not pruned: {kept:?}");
         for k in &kept {
             let path = top.join("rwlayer.kept").join(k);
-            let ro = run(&format!("btrfs property get -ts '{}' ro", path.display()));
+            let ro = sh(&format!("btrfs property get -ts '{}' ro", path.display()));
             assert_eq!(ro.trim(), "ro=true", "{k} is writable");
             assert!(path.join("layer3.txt").exists(), "{k} is not a whole root");
         }
         assert!(!top.join("rwlayer.dockroot-tmp").exists() && !top.join("rwlayer.dockroot-ready").exists());
-        let list = run(&format!("btrfs subvolume list -o '{}'", top.display()));
+        let list = sh(&format!("btrfs subvolume list -o '{}'", top.display()));
         assert!(!list.contains("var/lib/machines"), "a pruned root's nested subvolume survived:\n{list}");
     });
 }
 
 #[test]
 fn persist_keeps_this_boots_changes_and_previous_boots_the_kept_root() {
-    let m = Machine::new();
+    let m = Machine::new(OS_CONFIG);
     let first = m.report("modes_1", "-- --make-nested");
     assert_eq!(marker(&first), true);
     // persist: the same root, changes and all.
@@ -146,7 +89,7 @@ fn persist_keeps_this_boots_changes_and_previous_boots_the_kept_root() {
 
 #[test]
 fn an_unbootable_image_falls_back_to_the_last_root_that_booted() {
-    let m = Machine::new();
+    let m = Machine::new(OS_CONFIG);
     let first = m.report("fallback_1", "-- --make-nested");
     assert_eq!(marker(&first), true);
     let out = m.boot("fallback_2", "dockroot.image=no/such:image");
@@ -167,18 +110,15 @@ fn an_unbootable_image_falls_back_to_the_last_root_that_booted() {
 #[test]
 fn a_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
     let a = Artifacts::from_env();
-    let m = Machine {
-        initrd: build_initramfs(&a, &["virtio_blk", "virtio_pci", "btrfs", "ext4"], OS_CONFIG),
-        disk: Disk::copy_of(&a.disk),
-        a,
-    };
+    let disk = a.disk.clone();
+    let m = Machine::with(a, &disk, &["virtio_blk", "virtio_pci", "btrfs", "ext4"], OS_CONFIG, STANDARD_APPEND);
     let first = m.report("enospc_1", "-- --make-nested");
     assert_eq!(marker(&first), true);
     // Fill the btrfs partition, leaving a little room for metadata.
-    m.inspect(|top| {
+    m.modify(|top| {
         let filler = top.join("filler");
-        run(&format!("dd if=/dev/zero of='{}' bs=1M status=none 2>/dev/null || true", filler.display()));
-        run(&format!("sync && truncate -s -24M '{}' && sync", filler.display()));
+        sh(&format!("dd if=/dev/zero of='{}' bs=1M status=none 2>/dev/null || true", filler.display()));
+        sh(&format!("sync && truncate -s -24M '{}' && sync", filler.display()));
     });
     // A top layer on a second disk (ext4) with more data than fits: copying it
     // into the new root (same filesystem as the full one) must fail with ENOSPC.
@@ -186,14 +126,14 @@ fn a_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
     let src = work.path().join("src/machine");
     std::fs::create_dir_all(src.join("etc")).unwrap();
     std::fs::write(src.join("etc/hostname"), b"never-applied\n").unwrap();
-    run(&format!("dd if=/dev/urandom of='{}' bs=1M count=64 status=none", src.join("big").display()));
+    sh(&format!("dd if=/dev/urandom of='{}' bs=1M count=64 status=none", src.join("big").display()));
     let ext4 = work.path().join("machine.img");
-    run(&format!("mkfs.ext4 -q -L machine -d '{}' '{}' 128M", src.parent().unwrap().display(), ext4.display()));
+    sh(&format!("mkfs.ext4 -q -L machine -d '{}' '{}' 128M", src.parent().unwrap().display(), ext4.display()));
     let append =
         format!("root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=machine toplayer_path=machine");
     let spec = BootSpec {
         name: Some("enospc_2".into()),
-        ..BootSpec::new(m.a.kernel(), m.initrd.clone(), &[m.disk.path(), &ext4], &append)
+        ..BootSpec::new(m.artifacts.kernel(), m.initrd.clone(), &[m.disk.path(), &ext4], &append)
     };
     let out = boot(&spec);
     let r = out.expect_testinit();
@@ -203,7 +143,7 @@ fn a_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
     assert!(rec["fallback"]["reason"].as_str().unwrap().contains("top layer"), "{rec}");
     assert_eq!(marker(&r), true, "the previous root must boot intact");
     assert_eq!(field(&r, &["paths", "/etc/hostname", "content"]), "dockroot-test-machine\n");
-    m.inspect(|top| {
+    m.modify(|top| {
         assert!(!top.join("rwlayer.dockroot-tmp").exists(), "the half-built root was left behind");
         assert!(top.join("rwlayer/var/tmp/from-previous-boot").exists());
     });
@@ -211,13 +151,13 @@ fn a_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
 
 #[test]
 fn leftovers_of_an_interrupted_boot_are_finished_or_cleaned() {
-    let m = Machine::new();
+    let m = Machine::new(OS_CONFIG);
     m.report("leftover_1", "-- --make-nested");
     // As if power was cut after the previous root was retired but before the new
     // one was renamed into place: only NAME.dockroot-ready exists, plus a half-built tmp.
-    m.inspect(|top| {
-        run(&format!("mv '{0}/rwlayer' '{0}/rwlayer.dockroot-ready'", top.display()));
-        run(&format!(
+    m.modify(|top| {
+        sh(&format!("mv '{0}/rwlayer' '{0}/rwlayer.dockroot-ready'", top.display()));
+        sh(&format!(
             "btrfs subvolume snapshot '{0}/rwlayer.dockroot-ready' '{0}/rwlayer.dockroot-tmp' >/dev/null",
             top.display()
         ));
@@ -229,7 +169,7 @@ fn leftovers_of_an_interrupted_boot_are_finished_or_cleaned() {
     assert!(recovered.contains("installed /rwlayer.dockroot-ready"), "{rec}");
     assert_eq!(rec["booted"], "persist", "{rec}");
     assert_eq!(marker(&r), true, "the ready root was not the one installed");
-    m.inspect(|top| {
+    m.modify(|top| {
         assert!(!top.join("rwlayer.dockroot-tmp").exists() && !top.join("rwlayer.dockroot-ready").exists());
     });
 }
