@@ -71,7 +71,8 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
     let mut lines: Vec<String> = Vec::new();
     let mut pruned: Vec<String> = Vec::new();
     let mut say = |s: String| lines.push(s);
-    say(format!("root partition: {} ({}), top level at {}", root.root, root.fstype, input.top.display()));
+    let fstype = root.fstype.as_deref().unwrap_or("filesystem type detected at boot");
+    say(format!("root partition: {} ({fstype}), top level at {}", root.root, input.top.display()));
     for w in &params.warnings {
         say(format!("warning: {w}"));
     }
@@ -86,7 +87,7 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
     if d.stores.is_empty() {
         say(format!("stores: none found (looked for {})", d.looked.join(", ")));
     } else {
-        let found: Vec<String> = d.stores.iter().map(|s| format!("{} at /{}", s.name(), s.path().display())).collect();
+        let found: Vec<String> = d.stores.iter().map(|s| s.whence()).collect();
         say(format!("stores: {}", found.join(", ")));
     }
     for n in &d.notes {
@@ -117,9 +118,13 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
             match &r.root {
                 Root::Subvolume(p) => say(format!("  boots a writable snapshot of the subvolume /{}", p.display())),
                 Root::Overlay { base, lowerdirs } => {
-                    let l: Vec<String> =
-                        lowerdirs.iter().map(|p| format!("/{}", base.join(p).display())).collect();
-                    say(format!("  boots an overlay of {}", l.join(":")));
+                    let l: Vec<String> = lowerdirs.iter().map(|p| p.display().to_string()).collect();
+                    say(format!(
+                        "  boots an overlay of {} layer directories in /{} (top first): {}",
+                        lowerdirs.len(),
+                        base.display(),
+                        l.join(":")
+                    ));
                 }
             }
             for w in &r.warnings {
@@ -159,7 +164,12 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
                 ));
                 after.push(retired.unwrap_or_else(|| format!("{}-unknown", rwlayer::now_stamp())));
             }
-            say(format!("a fresh {rw_shown} is created from the image"));
+            say(match resolved.as_ref().map(|r| &r.root) {
+                Ok(Root::Overlay { .. }) => {
+                    format!("a fresh {rw_shown} is created: the upper and work directories of the overlay")
+                }
+                _ => format!("a fresh {rw_shown} is created from the image"),
+            });
             pruned = rwlayer::prune_plan(&after, params.keep);
             if !pruned.is_empty() {
                 say(format!("deleted to keep {}: {}", params.keep, pruned.join(", ")));
@@ -282,33 +292,8 @@ fn walk(dir: &Path) -> Result<(Vec<String>, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testutil::{write, TempDir};
     use crate::store::{big_data_file_name, sha256_hex};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new() -> TempDir {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "dockroot-plan-test-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn write(p: &Path, data: &[u8]) {
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, data).unwrap();
-    }
 
     /// A one-layer image `localhost/os:1` in a Podman layout (the layout
     /// Podman writes is checked in tests/stores_loop.rs).
@@ -347,8 +332,8 @@ mod tests {
         let text = plan.to_string();
         let r = plan.resolved.as_ref().unwrap();
         assert_eq!(r.image_id, format!("sha256:{id}"));
-        assert!(text.contains("stores: podman at /var/lib/containers/storage"), "{text}");
-        assert!(text.contains("image: localhost/os:1 in podman at /var/lib/containers/storage"), "{text}");
+        assert!(text.contains("stores: Podman (btrfs) at /var/lib/containers/storage"), "{text}");
+        assert!(text.contains("image: localhost/os:1 in Podman (btrfs) at /var/lib/containers/storage"), "{text}");
         assert!(
             text.contains("boots a writable snapshot of the subvolume /var/lib/containers/storage/btrfs/subvolumes/"),
             "{text}"
@@ -380,7 +365,7 @@ mod tests {
         let e = describe(&PlanInput { top: &t.0, cmdline: "root=/dev/vda", config_image: None, toplayer_dir: None })
             .unwrap_err()
             .to_string();
-        assert!(e.contains("rootflags=subvol=NAME is not set"), "{e}");
+        assert!(e.contains("rootflags=subvol=NAME") && e.contains("is not set"), "{e}");
         let e = describe(&PlanInput {
             top: &t.0,
             cmdline: &format!("{CMD} dockroot.store=lxc"),

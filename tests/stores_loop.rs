@@ -156,7 +156,7 @@ fn podman_btrfs_store_written_by_podman() {
 
     // Not found: the message names the store and what it holds.
     let e = resolve(&top, &o, "nope:1").unwrap_err().to_string();
-    assert!(e.contains("podman at /var/lib/containers/storage") && e.contains("localhost/mytest:v2"), "{e}");
+    assert!(e.contains("Podman (btrfs) at /var/lib/containers/storage") && e.contains("localhost/mytest:v2"), "{e}");
     // Pinned to a store that is not there.
     let pinned = StoreOptions { pin: Some(StoreKind::Docker), ..o.clone() };
     let e = resolve(&top, &pinned, "mytest:v2").unwrap_err().to_string();
@@ -387,8 +387,8 @@ fn containerd_btrfs_snapshotter_written_by_containerd() {
     let e = resolve(&top, &both, "mytest:v2").unwrap_err().to_string();
     assert!(
         e.contains("ambiguous")
-            && e.contains("podman at /podman-aside")
-            && e.contains("containerd at /var/lib/containerd")
+            && e.contains("Podman (btrfs) at /podman-aside")
+            && e.contains("containerd (btrfs) at /var/lib/containerd")
             && e.contains(&id),
         "{e}"
     );

@@ -1,24 +1,29 @@
-//! containerd's image store with the btrfs snapshotter (plain containerd,
-//! or Docker with the containerd image store; namespace `moby` for Docker).
+//! containerd's image store with the btrfs or the overlayfs snapshotter
+//! (plain containerd, or Docker with the containerd image store; namespace
+//! `moby` for Docker).
 //!
 //! ```text
 //! io.containerd.metadata.v1.bolt/meta.db (bbolt)
 //!   v1/<ns>/images/<name>/target/{digest, mediatype}     name -> index or manifest
 //!   v1/<ns>/snapshots/btrfs/<chain ID>/{name, parent}    name: the snapshotter's key
 //! io.containerd.content.v1.content/blobs/sha256/<hex>    index, manifest, config (content addressed)
-//! io.containerd.snapshotter.v1.btrfs/metadata.db (bbolt)
-//!   v1/snapshots/<key>/{id (uvarint), kind (3 = committed)}
+//! io.containerd.snapshotter.v1.<snapshotter>/metadata.db (bbolt)
+//!   v1/snapshots/<key>/{id (uvarint), kind (3 = committed), parent (key)}
 //! io.containerd.snapshotter.v1.btrfs/snapshots/<id>       the committed snapshot (a read-only subvolume)
+//! io.containerd.snapshotter.v1.overlayfs/snapshots/<id>/fs  one layer's files
 //! ```
 //!
 //! The walk: name -> target -> (index: the manifest for the platform) ->
-//! manifest -> config -> diff IDs -> chain IDs -> snapshot of the top chain
-//! ID -> its id -> `snapshots/<id>`. Every blob is hashed against its digest.
+//! manifest -> config -> diff IDs -> chain IDs -> snapshots of the chain
+//! (each naming the one below as parent) -> their ids. btrfs boots
+//! `snapshots/<id>` of the top one; overlayfs every layer's
+//! `snapshots/<id>/fs`, top first. Every blob is hashed against its digest.
 
 use super::bbolt::{uvarint, Bucket, Db, MAX_ENTRIES};
 use super::{
     chain_ids, check_digest_id, check_layer_dir, parse_image_config, qualified_candidates, read_capped, sha256_hex,
-    short_list, split_name, Checks, ImageStore, Lookup, Platform, Resolved, Root, StoreKind, JSON_CAP, JSON_CAP_TEXT,
+    short_list, split_name, Checks, Driver, ImageFacts, ImageStore, Lookup, Platform, Root, StoreAt, StoreKind,
+    JSON_CAP, JSON_CAP_TEXT,
 };
 use crate::error::{Error, Result};
 use crate::reference::{is_hex64, ImageSpec, Reference};
@@ -28,8 +33,6 @@ use std::path::{Path, PathBuf};
 /// containerd's metadata database, relative to its root.
 pub(crate) const META_DB: &str = "io.containerd.metadata.v1.bolt/meta.db";
 const BLOBS: &str = "io.containerd.content.v1.content/blobs/sha256";
-const SNAPSHOTTER: &str = "btrfs";
-const SNAPSHOTTER_DIR: &str = "io.containerd.snapshotter.v1.btrfs";
 /// Cap for an index or a manifest.
 const MANIFEST_CAP: u64 = 4 * 1024 * 1024;
 const MANIFEST_CAP_TEXT: &str = "4 MiB";
@@ -123,13 +126,17 @@ pub fn pick_platform<'a>(list: &'a [Descriptor], want: &Platform) -> Result<&'a 
     })
 }
 
-/// containerd's store as an [`ImageStore`].
+/// A snapshotter's directory under the containerd root:
+/// `io.containerd.snapshotter.v1.<name>`.
+pub(crate) fn snapshotter_dir(snapshotter: Driver) -> String {
+    format!("io.containerd.snapshotter.v1.{}", snapshotter.name())
+}
+
+/// containerd's store with one snapshotter (btrfs or overlayfs) as an [`ImageStore`].
 pub(crate) struct ContainerdStore {
-    path: PathBuf,
-    abs: PathBuf,
+    at: StoreAt,
     namespace: String,
     platform: Platform,
-    verify: bool,
 }
 
 /// An image entry of meta.db.
@@ -143,8 +150,19 @@ fn text(b: Vec<u8>) -> String {
 }
 
 impl ContainerdStore {
-    pub(crate) fn new(top: &Path, path: PathBuf, namespace: &str, platform: Platform, verify: bool) -> ContainerdStore {
-        ContainerdStore { abs: top.join(&path), path, namespace: namespace.to_string(), platform, verify }
+    pub(crate) fn new(
+        top: &Path,
+        path: PathBuf,
+        snapshotter: Driver,
+        namespace: &str,
+        platform: Platform,
+        verify: bool,
+    ) -> ContainerdStore {
+        ContainerdStore {
+            at: StoreAt::new(top, StoreKind::Containerd, snapshotter, path, verify),
+            namespace: namespace.to_string(),
+            platform,
+        }
     }
 
     fn target(&self, db: &Db, images: &Bucket<'_>, name: &[u8]) -> Result<Option<Target>> {
@@ -241,7 +259,7 @@ impl ContainerdStore {
             .strip_prefix("sha256:")
             .filter(|h| is_hex64(h))
             .ok_or_else(|| Error::msg(format!("{what}: digest {digest:?} is not sha256:<64 hex>")))?;
-        let path = self.abs.join(BLOBS).join(hex);
+        let path = self.at.abs.join(BLOBS).join(hex);
         let bytes = read_capped(&path, cap, cap_text)?.ok_or_else(|| {
             Error::msg(format!("{what} {digest} is not in the content store ({} is missing)", path.display()))
         })?;
@@ -251,7 +269,7 @@ impl ContainerdStore {
     }
 
     fn resolve_in(&self, spec: &ImageSpec, checks: &mut Checks) -> Result<Lookup> {
-        let meta_path = self.abs.join(META_DB);
+        let meta_path = self.at.abs.join(META_DB);
         let db = Db::open(&meta_path)?;
         let ns = self.namespace.as_bytes();
         let Some(images) = db.bucket_path(&[b"v1", ns, b"images"])? else {
@@ -304,21 +322,21 @@ impl ContainerdStore {
         }
         let chains = chain_ids(&cfg.diff_ids);
 
-        // The snapshots of the chain, top down.
+        // The snapshots of the chain, top down: each must name the one below
+        // as its parent, as the chain IDs say.
+        let n = chains.len();
         let top_chain = chains.last().cloned().unwrap_or_default();
-        let Some(snaps) = db.bucket_path(&[b"v1", ns, b"snapshots", SNAPSHOTTER.as_bytes()])? else {
+        let snapshotter = self.at.driver.name();
+        let Some(snaps) = db.bucket_path(&[b"v1", ns, b"snapshots", snapshotter.as_bytes()])? else {
             return Ok(Lookup::NotFound(self.not_unpacked(&db, &reference, &top_chain)?));
         };
-        let Some(top) = snaps.bucket(top_chain.as_bytes())? else {
+        if snaps.bucket(top_chain.as_bytes())?.is_none() {
             return Ok(Lookup::NotFound(self.not_unpacked(&db, &reference, &top_chain)?));
-        };
-        let key = top.get(b"name")?.map(text).ok_or_else(|| {
-            Error::msg(format!("{}: snapshot {top_chain} has no name: database corrupted", meta_path.display()))
-        })?;
+        }
+        // The snapshotter's key of each layer, base first.
+        let mut keys: Vec<Option<String>> = vec![None; n];
         for (i, chain) in chains.iter().enumerate().rev() {
-            let snap = snaps.bucket(chain.as_bytes())?;
-            let n = chains.len();
-            let Some(snap) = snap else {
+            let Some(snap) = snaps.bucket(chain.as_bytes())? else {
                 checks.check(false, || {
                     format!(
                         "layer {} of {n} of {reference} ({chain}) has no snapshot in {}",
@@ -338,51 +356,87 @@ impl ContainerdStore {
                     expected.as_deref().unwrap_or("(none)")
                 )
             })?;
+            let key = snap.get(b"name")?.map(text).ok_or_else(|| {
+                Error::msg(format!("{}: snapshot {chain} has no name: database corrupted", meta_path.display()))
+            })?;
+            if let Some(slot) = keys.get_mut(i) {
+                *slot = Some(key);
+            }
         }
 
-        // The snapshotter's id of that key.
-        let sdb_path = self.abs.join(SNAPSHOTTER_DIR).join("metadata.db");
+        // The snapshotter's ids of those keys.
+        let dir = snapshotter_dir(self.at.driver);
+        let sdb_path = self.at.abs.join(&dir).join("metadata.db");
         let sdb = Db::open(&sdb_path)?;
-        let entry = sdb.bucket_path(&[b"v1", b"snapshots", key.as_bytes()])?.ok_or_else(|| {
-            Error::msg(format!(
-                "{} has no snapshot {key:?} ({} names it for {reference})",
-                sdb_path.display(),
-                meta_path.display()
-            ))
-        })?;
-        let id = entry.get(b"id")?.as_deref().and_then(uvarint).ok_or_else(|| {
-            Error::msg(format!("{}: snapshot {key:?} has no valid id: database corrupted", sdb_path.display()))
-        })?;
-        let kind = entry.get(b"kind")?.and_then(|k| k.first().copied());
-        if kind != Some(KIND_COMMITTED) {
-            return Err(Error::msg(format!(
-                "{}: snapshot {key:?} of {reference} is not committed (kind {kind:?}): an unpacking was interrupted?",
-                sdb_path.display()
-            )));
-        }
-        let sub_rel = PathBuf::from(SNAPSHOTTER_DIR).join("snapshots").join(id.to_string());
-        check_layer_dir(
-            &self.abs.join(&sub_rel),
-            &format!("the snapshot of {reference}"),
-            &sdb_path.display().to_string(),
-        )?;
-        Ok(Lookup::Found(Box::new(Resolved {
-            store: StoreKind::Containerd,
-            store_path: self.path.clone(),
+        let snapshot = |key: &str| -> Result<(u64, Option<String>)> {
+            let entry = sdb.bucket_path(&[b"v1", b"snapshots", key.as_bytes()])?.ok_or_else(|| {
+                Error::msg(format!(
+                    "{} has no snapshot {key:?} ({} names it for {reference})",
+                    sdb_path.display(),
+                    meta_path.display()
+                ))
+            })?;
+            let id = entry.get(b"id")?.as_deref().and_then(uvarint).ok_or_else(|| {
+                Error::msg(format!("{}: snapshot {key:?} has no valid id: database corrupted", sdb_path.display()))
+            })?;
+            let kind = entry.get(b"kind")?.and_then(|k| k.first().copied());
+            if kind != Some(KIND_COMMITTED) {
+                return Err(Error::msg(format!(
+                    "{}: snapshot {key:?} of {reference} is not committed (kind {kind:?}): an unpacking was interrupted?",
+                    sdb_path.display()
+                )));
+            }
+            Ok((id, entry.get(b"parent")?.map(text)))
+        };
+        let named_by = sdb_path.display().to_string();
+        let (layer, root) = match self.at.driver {
+            Driver::Btrfs => {
+                let key = keys.last().cloned().flatten().unwrap_or_default();
+                let (id, _) = snapshot(&key)?;
+                let sub_rel = PathBuf::from(&dir).join("snapshots").join(id.to_string());
+                check_layer_dir(&self.at.abs.join(&sub_rel), &format!("the snapshot of {reference}"), &named_by)?;
+                (id.to_string(), Root::Subvolume(self.at.path.join(sub_rel)))
+            }
+            _ => {
+                // Every layer is a lowerdir, so every layer needs its snapshot.
+                let mut lowerdirs = Vec::with_capacity(n);
+                let mut ids = Vec::with_capacity(n);
+                for (i, key) in keys.iter().enumerate().rev() {
+                    let what = format!("layer {} of {n} of {reference}", i.saturating_add(1));
+                    let key = key
+                        .as_deref()
+                        .ok_or_else(|| Error::msg(format!("{what} has no snapshot: the overlay needs every layer")))?;
+                    let (id, parent) = snapshot(key)?;
+                    let below = i.checked_sub(1).and_then(|p| keys.get(p)).cloned().flatten();
+                    checks.check(parent == below, || {
+                        format!(
+                            "{}: snapshot {key:?} ({what}) has parent {} but meta.db's chain implies {}",
+                            sdb_path.display(),
+                            parent.as_deref().unwrap_or("(none)"),
+                            below.as_deref().unwrap_or("(none)")
+                        )
+                    })?;
+                    let fs = PathBuf::from("snapshots").join(id.to_string()).join("fs");
+                    check_layer_dir(&self.at.abs.join(&dir).join(&fs), &format!("the snapshot of {what}"), &named_by)?;
+                    lowerdirs.push(fs);
+                    ids.push(id);
+                }
+                let top = ids.first().map(u64::to_string).unwrap_or_default();
+                (top, Root::Overlay { base: self.at.path.join(&dir), lowerdirs })
+            }
+        };
+        let facts = ImageFacts {
             reference,
             image_id: config_digest,
             manifest_digest: Some(target.digest),
             diff_ids: cfg.diff_ids,
             chain_ids: chains,
-            layer: id.to_string(),
-            root: Root::Subvolume(self.path.join(sub_rel)),
-            verified: checks.verify,
-            warnings: std::mem::take(&mut checks.warnings),
-        })))
+        };
+        Ok(self.at.found(facts, layer, root, std::mem::take(checks)))
     }
 
-    /// Why an image in the store cannot be booted: its layers are not
-    /// unpacked with the btrfs snapshotter (but maybe with another).
+    /// Why an image in the store cannot be booted from this snapshotter:
+    /// its layers are not unpacked with it (but maybe with another).
     fn not_unpacked(&self, db: &Db, reference: &str, top_chain: &str) -> Result<String> {
         let mut others = Vec::new();
         if let Some(all) = db.bucket_path(&[b"v1", self.namespace.as_bytes(), b"snapshots"])? {
@@ -392,28 +446,22 @@ impl ContainerdStore {
                 }
             }
         }
+        let this = self.at.driver.name();
         Ok(if others.is_empty() {
             format!("image {reference} is in the store but not unpacked (no snapshot {top_chain})")
         } else {
-            format!(
-                "image {reference} is unpacked only with the {} snapshotter, not btrfs (not supported yet)",
-                others.join(", ")
-            )
+            format!("image {reference} is unpacked with the {} snapshotter, not {this}", others.join(", "))
         })
     }
 }
 
 impl ImageStore for ContainerdStore {
-    fn kind(&self) -> StoreKind {
-        StoreKind::Containerd
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
+    fn at(&self) -> &StoreAt {
+        &self.at
     }
 
     fn resolve(&self, spec: &ImageSpec) -> Result<Lookup> {
-        self.resolve_in(spec, &mut Checks::new(self.verify))
+        self.resolve_in(spec, &mut Checks::new(self.at.verify))
     }
 }
 

@@ -1,23 +1,29 @@
-//! Resolve an image in Docker's btrfs graph-driver store to the subvolume
-//! that holds its complete root filesystem.
+//! Resolve an image in Docker's graph-driver store: with the btrfs driver to
+//! the subvolume that holds its complete root filesystem, with overlay2 to
+//! the `diff` directories of all its layers (overlayfs lowerdirs).
 //!
-//! Layout under the Docker data root (see shared notes):
+//! Layout under the Docker data root (see shared notes); `<driver>` is
+//! `btrfs` or `overlay2`, and each driver has its own image metadata:
 //!
 //! ```text
-//! image/btrfs/repositories.json                 name -> image ID
-//! image/btrfs/imagedb/content/sha256/<id>       image config; sha256(bytes) == id
-//! image/btrfs/layerdb/sha256/<chain id>/        cache-id, diff, parent
-//! btrfs/subvolumes/<cache-id>                   the layer's subvolume
+//! image/<driver>/repositories.json                 name -> image ID
+//! image/<driver>/imagedb/content/sha256/<id>       image config; sha256(bytes) == id
+//! image/<driver>/layerdb/sha256/<chain id>/        cache-id, diff, parent
+//! btrfs/subvolumes/<cache-id>                      btrfs: the layer's subvolume (the top one is the whole root)
+//! overlay2/<cache-id>/{diff/,link,lower}           overlay2: the layer's files, its short link name,
+//!                                                  and the layers below it as "l/<link>:l/<link>..."
+//! overlay2/l/<link> -> ../<cache-id>/diff          overlay2: short links, for short mount options
 //! ```
 //!
 //! The pure part parses and checks (repositories, configs, chain IDs, ids);
-//! [`resolve_docker_btrfs`] reads the files. Every file read is size-capped,
-//! and every name that becomes a path component is checked to be exactly 64
-//! lowercase hex digits, so no file content can steer a path out of the store.
+//! the stores read the files. Every file read is size-capped, and every name
+//! that becomes a path component is checked (cache IDs exactly 64 lowercase
+//! hex digits, links 26 of `[A-Z0-9]`), so no file content can steer a path
+//! out of the store.
 
 use super::{
-    chain_ids, check_image_id, check_layer_dir, parse_image_config, read_capped, sha256_hex, short_list, Checks,
-    ImageStore, Lookup, Resolved, Root, StoreKind, JSON_CAP, JSON_CAP_TEXT,
+    chain_ids, check_image_id, check_layer_dir, is_dir, list_names, read_capped, short_list, verified_config, Checks,
+    Driver, ImageFacts, ImageStore, Lookup, Root, StoreAt, StoreKind, JSON_CAP, JSON_CAP_TEXT,
 };
 use crate::error::{Error, Result};
 use crate::reference::{is_hex64, ImageSpec, Reference};
@@ -202,60 +208,73 @@ pub fn check_cache_id(cache_id: &str, file: &Path) -> Result<()> {
 /// always verifies.
 pub fn resolve_docker_btrfs(docker_root: &Path, spec: &ImageSpec) -> Result<ResolvedImage> {
     let mut checks = Checks::new(true);
-    resolve(docker_root, spec, &mut checks)
-        .and_then(|r| r.map_err(Error::msg))
-        .map_err(|e| e.context(format!("resolving image {spec} in the Docker store at {}", docker_root.display())))
+    let context =
+        |e: Error| e.context(format!("resolving image {spec} in the Docker store at {}", docker_root.display()));
+    let w = walk(docker_root, Driver::Btrfs, spec, &mut checks).and_then(|r| r.map_err(Error::msg)).map_err(context)?;
+    let (cache_id, subvolume) = btrfs_root(docker_root, &w).map_err(context)?;
+    Ok(ResolvedImage {
+        reference: w.facts.reference,
+        image_id: w.facts.image_id,
+        diff_ids: w.facts.diff_ids,
+        chain_ids: w.facts.chain_ids,
+        cache_id,
+        subvolume,
+    })
 }
 
-/// Docker's btrfs store as an [`ImageStore`].
+/// Docker's store with one graph driver (btrfs or overlay2) as an [`ImageStore`].
 pub(crate) struct DockerStore {
-    /// The data root, relative to the top level.
-    path: PathBuf,
-    abs: PathBuf,
-    verify: bool,
+    at: StoreAt,
 }
 
 impl DockerStore {
-    pub(crate) fn new(top: &Path, path: PathBuf, verify: bool) -> DockerStore {
-        DockerStore { abs: top.join(&path), path, verify }
+    pub(crate) fn new(top: &Path, path: PathBuf, driver: Driver, verify: bool) -> DockerStore {
+        DockerStore { at: StoreAt::new(top, StoreKind::Docker, driver, path, verify) }
     }
 }
 
 impl ImageStore for DockerStore {
-    fn kind(&self) -> StoreKind {
-        StoreKind::Docker
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
+    fn at(&self) -> &StoreAt {
+        &self.at
     }
 
     fn resolve(&self, spec: &ImageSpec) -> Result<Lookup> {
-        let mut checks = Checks::new(self.verify);
-        let r = match resolve(&self.abs, spec, &mut checks)? {
-            Ok(r) => r,
+        let mut checks = Checks::new(self.at.verify);
+        let w = match walk(&self.at.abs, self.at.driver, spec, &mut checks)? {
+            Ok(w) => w,
             Err(why) => return Ok(Lookup::NotFound(why)),
         };
-        Ok(Lookup::Found(Box::new(Resolved {
-            store: StoreKind::Docker,
-            store_path: self.path.clone(),
-            reference: r.reference,
-            image_id: r.image_id,
-            manifest_digest: None,
-            diff_ids: r.diff_ids,
-            chain_ids: r.chain_ids,
-            layer: r.cache_id,
-            root: Root::Subvolume(self.path.join(r.subvolume)),
-            verified: self.verify,
-            warnings: checks.warnings,
-        })))
+        let (layer, root) = match self.at.driver {
+            Driver::Btrfs => {
+                let (cache_id, sub) = btrfs_root(&self.at.abs, &w)?;
+                (cache_id, Root::Subvolume(self.at.path.join(sub)))
+            }
+            _ => {
+                let (cache_id, lowerdirs) = overlay2_root(&self.at.abs, &w, &mut checks)?;
+                (cache_id, Root::Overlay { base: self.at.path.join(OVERLAY2_DIR), lowerdirs })
+            }
+        };
+        Ok(self.at.found(w.facts, layer, root, checks))
     }
 }
 
+/// An image found in `image/<driver>/` and its layerdb chain checked.
+struct Walked {
+    facts: ImageFacts,
+    /// The layerdb directory of each layer, base first; `None` for a layer
+    /// missing from the layerdb (only with verification off; never the top).
+    layer_dirs: Vec<Option<PathBuf>>,
+}
+
 /// `Ok(Err(why))` when the image is not in the store.
-fn resolve(root: &Path, spec: &ImageSpec, checks: &mut Checks) -> Result<std::result::Result<ResolvedImage, String>> {
-    let store = root.join("image/btrfs");
-    check_store(root, &store)?;
+fn walk(
+    root: &Path,
+    driver: Driver,
+    spec: &ImageSpec,
+    checks: &mut Checks,
+) -> Result<std::result::Result<Walked, String>> {
+    let store = root.join("image").join(driver.name());
+    check_store(root, &store, driver)?;
 
     let repos_path = store.join("repositories.json");
     let repos = match read_capped(&repos_path, JSON_CAP, JSON_CAP_TEXT)? {
@@ -286,34 +305,14 @@ fn resolve(root: &Path, spec: &ImageSpec, checks: &mut Checks) -> Result<std::re
         .ok_or_else(|| Error::msg(format!("invalid image ID {image_id:?} for {reference}")))?;
 
     // The image config, verified against its content address.
-    let config_path = content.join(id_hex);
-    let config = read_capped(&config_path, JSON_CAP, JSON_CAP_TEXT)?.ok_or_else(|| {
-        Error::msg(format!(
-            "{reference} is image {image_id}, but its image config {} is missing",
-            config_path.display()
-        ))
-    })?;
-    let hashed = sha256_hex(&config);
-    checks.check(hashed == id_hex, || {
-        format!(
-            "image config for {reference} does not match its ID {image_id} ({} hashes to sha256:{hashed})",
-            config_path.display()
-        )
-    })?;
-    let cfg = parse_image_config(&config).map_err(|e| e.context(config_path.display().to_string()))?;
-    if cfg.diff_ids.is_empty() {
-        return Err(Error::msg(format!(
-            "image {reference} has no layers ({} lists no rootfs.diff_ids): nothing to boot",
-            config_path.display()
-        )));
-    }
+    let cfg = verified_config(&content.join(id_hex), &image_id, &reference, checks)?;
     let chains = chain_ids(&cfg.diff_ids);
 
     // Walk the layerdb from the top layer down; the walk follows the chain
     // computed from the config, so it is bounded by the number of layers.
     let layerdb = store.join("layerdb/sha256");
     let n = chains.len();
-    let mut top_dir = None;
+    let mut layer_dirs: Vec<Option<PathBuf>> = vec![None; n];
     for (i, (chain, diff)) in chains.iter().zip(&cfg.diff_ids).enumerate().rev() {
         let chain_hex = chain.strip_prefix("sha256:").filter(|h| is_hex64(h)).ok_or_else(|| {
             Error::msg(format!("layer {} of {reference} has an invalid chain ID {chain:?}", i.saturating_add(1)))
@@ -325,7 +324,8 @@ fn resolve(root: &Path, spec: &ImageSpec, checks: &mut Checks) -> Result<std::re
         let missing = || {
             format!("{layer} of {reference} is missing from the layer store: {} does not exist", diff_path.display())
         };
-        if top_dir.is_none() && found.is_none() {
+        let is_top = i.saturating_add(1) == n;
+        if is_top && found.is_none() {
             return Err(Error::msg(missing()));
         }
         let Some(found) = found else {
@@ -347,30 +347,120 @@ fn resolve(root: &Path, spec: &ImageSpec, checks: &mut Checks) -> Result<std::re
                 say(expected)
             )
         })?;
-        if top_dir.is_none() {
-            top_dir = Some(dir);
+        if let Some(slot) = layer_dirs.get_mut(i) {
+            *slot = Some(dir);
         }
     }
-    let top_dir = top_dir.ok_or_else(|| Error::msg(format!("image {reference} has no layers")))?;
+    let facts = ImageFacts { reference, image_id, manifest_digest: None, diff_ids: cfg.diff_ids, chain_ids: chains };
+    Ok(Ok(Walked { facts, layer_dirs }))
+}
 
-    let cache_path = top_dir.join("cache-id");
-    let cache_id = read_small(&cache_path)?.ok_or_else(|| {
-        Error::msg(format!("top layer of {reference} has no cache ID: {} does not exist", cache_path.display()))
-    })?;
-    check_cache_id(&cache_id, &cache_path)?;
+/// The cache ID recorded in a layerdb directory, checked to be a path
+/// component.
+fn cache_id_of(dir: &Path, what: &str) -> Result<String> {
+    let path = dir.join("cache-id");
+    let id = read_small(&path)?
+        .ok_or_else(|| Error::msg(format!("{what} has no cache ID: {} does not exist", path.display())))?;
+    check_cache_id(&id, &path)?;
+    Ok(id)
+}
 
+/// btrfs: the top layer's cache ID and its subvolume relative to the data
+/// root (`btrfs/subvolumes/<cache-id>`), checked to be a directory.
+fn btrfs_root(root: &Path, w: &Walked) -> Result<(String, PathBuf)> {
+    let reference = &w.facts.reference;
+    let top_dir = w
+        .layer_dirs
+        .last()
+        .and_then(Option::as_ref)
+        .ok_or_else(|| Error::msg(format!("image {reference} has no layers")))?;
+    let cache_id = cache_id_of(top_dir, &format!("top layer of {reference}"))?;
     let subvolume = PathBuf::from("btrfs/subvolumes").join(&cache_id);
     check_layer_dir(
         &root.join(&subvolume),
         &format!("the top layer subvolume of {reference}"),
-        &cache_path.display().to_string(),
+        &top_dir.join("cache-id").display().to_string(),
     )?;
-
-    Ok(Ok(ResolvedImage { reference, image_id, diff_ids: cfg.diff_ids, chain_ids: chains, cache_id, subvolume }))
+    Ok((cache_id, subvolume))
 }
 
-/// The btrfs image store must exist; otherwise say what is there instead.
-fn check_store(root: &Path, store: &Path) -> Result<()> {
+/// The overlay2 driver's directory under the data root.
+const OVERLAY2_DIR: &str = "overlay2";
+
+/// A short link name from an overlay2 `link` file: 26 characters of
+/// `[A-Z0-9]` (Docker's base32 of random bytes), nothing else.
+pub fn is_overlay2_link(name: &str) -> bool {
+    name.len() == 26 && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+/// overlay2: the top layer's cache ID and every layer's directory relative
+/// to `overlay2/`, top first: `l/<link>` where the layer's short link is
+/// valid and resolves to `../<cache-id>/diff`, else `<cache-id>/diff`. Every
+/// layer needs its layerdb entry (its cache ID), whatever `checks` allows;
+/// the top layer's `lower` file, where present, must name the layers below
+/// in order.
+fn overlay2_root(root: &Path, w: &Walked, checks: &mut Checks) -> Result<(String, Vec<PathBuf>)> {
+    let reference = &w.facts.reference;
+    let base = root.join(OVERLAY2_DIR);
+    let links_ok = is_dir(&base.join("l"));
+    let n = w.layer_dirs.len();
+    let mut lowerdirs = Vec::with_capacity(n);
+    let mut cache_ids: Vec<String> = Vec::with_capacity(n);
+    let mut links: Vec<Option<String>> = Vec::with_capacity(n);
+    for (i, dir) in w.layer_dirs.iter().enumerate().rev() {
+        let what = format!("layer {} of {n} of {reference}", i.saturating_add(1));
+        let dir = dir.as_ref().ok_or_else(|| {
+            Error::msg(format!("{what} is missing from the layer store: the overlay needs every layer"))
+        })?;
+        let cache_id = cache_id_of(dir, &what)?;
+        if cache_ids.contains(&cache_id) {
+            checks.check(false, || format!("{what} has the cache ID {cache_id} of a layer above it"))?;
+        }
+        let diff = PathBuf::from(&cache_id).join("diff");
+        check_layer_dir(
+            &base.join(&diff),
+            &format!("the diff directory of {what}"),
+            &dir.join("cache-id").display().to_string(),
+        )?;
+        let link = read_small(&base.join(&cache_id).join("link"))?.filter(|l| is_overlay2_link(l));
+        let short = link.as_ref().filter(|l| {
+            links_ok
+                && std::fs::read_link(base.join("l").join(l))
+                    .is_ok_and(|t| t == Path::new("..").join(&cache_id).join("diff"))
+        });
+        lowerdirs.push(match short {
+            Some(l) => PathBuf::from("l").join(l),
+            None => diff,
+        });
+        links.push(link);
+        cache_ids.push(cache_id);
+    }
+    // The top layer's record of the layers below it (Docker's own chain).
+    if let (Some(top), Some(below)) = (cache_ids.first(), links.get(1..)) {
+        let lower_path = base.join(top).join("lower");
+        let expected: Option<Vec<String>> = below.iter().map(|l| l.as_ref().map(|l| format!("l/{l}"))).collect();
+        if let (Some(lower), Some(expected)) = (read_capped(&lower_path, LOWER_CAP, LOWER_CAP_TEXT)?, expected) {
+            let lower = String::from_utf8_lossy(&lower).into_owned();
+            let expected = expected.join(":");
+            checks.check(lower == expected, || {
+                format!(
+                    "{} names the layers {lower:?} below the top layer of {reference}, but the layer store's \
+                     chain is {expected:?}",
+                    lower_path.display()
+                )
+            })?;
+        }
+    }
+    let top = cache_ids.into_iter().next().ok_or_else(|| Error::msg(format!("image {reference} has no layers")))?;
+    Ok((top, lowerdirs))
+}
+
+/// Cap for an overlay2 `lower` file (Docker allows 127 layers of 29 bytes).
+const LOWER_CAP: u64 = 64 * 1024;
+const LOWER_CAP_TEXT: &str = "64 KiB";
+
+/// The image store of `driver` must exist; otherwise say what is there instead.
+fn check_store(root: &Path, store: &Path, driver: Driver) -> Result<()> {
     if store.is_dir() {
         return Ok(());
     }
@@ -383,16 +473,12 @@ fn check_store(root: &Path, store: &Path) -> Result<()> {
     }
     let image = root.join("image");
     if image.is_dir() {
-        let mut drivers: Vec<String> = std::fs::read_dir(&image)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).take(16).collect()
-            })
-            .unwrap_or_default();
-        drivers.sort();
+        let drivers = list_names(&image);
         let found = if drivers.is_empty() { "nothing".to_string() } else { drivers.join(", ") };
         return Err(Error::msg(format!(
-            "{} does not exist (image/ holds: {found}): is dockerd using --storage-driver btrfs?",
-            store.display()
+            "{} does not exist (image/ holds: {found}): is dockerd using --storage-driver {}?",
+            store.display(),
+            driver.name()
         )));
     }
     Err(Error::msg(format!(
@@ -437,8 +523,9 @@ fn read_small(path: &Path) -> Result<Option<String>> {
 mod tests {
     use super::*;
     use crate::reference::{parse, DEFAULT_DOMAIN};
+    use crate::store::testutil::{write, TempDir};
+    use crate::store::{parse_image_config, sha256_hex};
     use std::process::Command;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// sha256 of `data` by the system's sha256sum, independent of our code.
     fn sha256sum(data: &[u8]) -> String {
@@ -656,73 +743,83 @@ mod tests {
 
     // ---- store trees on disk ----
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "dockroot-store-test-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     struct Img {
         id: String,
         diff_ids: Vec<String>,
         chains: Vec<String>,
+        /// The top layer's.
         cache_id: String,
-    }
-
-    fn write(path: &Path, data: &[u8]) {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, data).unwrap();
+        /// Base first.
+        cache_ids: Vec<String>,
     }
 
     /// Add an image with `layers` layers, like Docker writes it.
     fn add_image(root: &Path, seed: &str, layers: usize) -> Img {
+        add_image_with(root, Driver::Btrfs, seed, layers)
+    }
+
+    /// overlay2's short link name of a cache ID (26 of [A-Z0-9]).
+    fn link_of(cache_id: &str) -> String {
+        cache_id.bytes().take(26).map(|b| char::from(b.to_ascii_uppercase())).collect()
+    }
+
+    /// Add an image with `layers` layers, like Docker writes it with `driver`.
+    fn add_image_with(root: &Path, driver: Driver, seed: &str, layers: usize) -> Img {
         let diff_ids: Vec<String> = (0..layers).map(|i| digest_of(&format!("{seed}-layer{i}"))).collect();
         let list = diff_ids.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(",");
         let config = format!(
             r#"{{"architecture":"amd64","os":"linux","created":"{seed}","rootfs":{{"type":"layers","diff_ids":[{list}]}}}}"#
         );
         let id_hex = sha256sum(config.as_bytes());
-        let store = root.join("image/btrfs");
+        let store = root.join("image").join(driver.name());
         write(&store.join("imagedb/content/sha256").join(&id_hex), config.as_bytes());
         let chains = chain_ids(&diff_ids);
-        let mut cache_id = String::new();
+        let mut cache_ids: Vec<String> = Vec::new();
         for (i, (c, d)) in chains.iter().zip(&diff_ids).enumerate() {
             let dir = store.join("layerdb/sha256").join(c.strip_prefix("sha256:").unwrap());
             write(&dir.join("diff"), d.as_bytes());
             if i > 0 {
                 write(&dir.join("parent"), chains[i - 1].as_bytes());
             }
-            cache_id = sha256_hex(format!("cache {c}").as_bytes());
+            let cache_id = sha256_hex(format!("cache {c}").as_bytes());
             write(&dir.join("cache-id"), cache_id.as_bytes());
             write(&dir.join("size"), b"0");
-            std::fs::create_dir_all(root.join("btrfs/subvolumes").join(&cache_id)).unwrap();
+            if driver == Driver::Btrfs {
+                std::fs::create_dir_all(root.join("btrfs/subvolumes").join(&cache_id)).unwrap();
+            } else {
+                let layer = root.join("overlay2").join(&cache_id);
+                write(&layer.join("diff").join(format!("layer{i}")), seed.as_bytes());
+                write(&layer.join("link"), link_of(&cache_id).as_bytes());
+                std::fs::create_dir_all(root.join("overlay2/l")).unwrap();
+                let _ = std::fs::remove_file(root.join("overlay2/l").join(link_of(&cache_id)));
+                std::os::unix::fs::symlink(
+                    format!("../{cache_id}/diff"),
+                    root.join("overlay2/l").join(link_of(&cache_id)),
+                )
+                .unwrap();
+                if i > 0 {
+                    let lower: Vec<String> = cache_ids.iter().rev().map(|c| format!("l/{}", link_of(c))).collect();
+                    write(&layer.join("lower"), lower.join(":").as_bytes());
+                }
+            }
+            cache_ids.push(cache_id);
         }
-        Img { id: format!("sha256:{id_hex}"), diff_ids, chains, cache_id }
+        let cache_id = cache_ids.last().cloned().unwrap_or_default();
+        Img { id: format!("sha256:{id_hex}"), diff_ids, chains, cache_id, cache_ids }
     }
 
     fn write_repos(root: &Path, entries: &[(&str, &str, &str)]) {
+        write_repos_with(root, Driver::Btrfs, entries)
+    }
+
+    fn write_repos_with(root: &Path, driver: Driver, entries: &[(&str, &str, &str)]) {
         let mut repos: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for (repo, key, id) in entries {
             repos.entry(repo).or_default().push(format!("\"{key}\":\"{id}\""));
         }
         let body = repos.iter().map(|(r, e)| format!("\"{r}\":{{{}}}", e.join(","))).collect::<Vec<_>>().join(",");
-        write(&root.join("image/btrfs/repositories.json"), format!("{{\"Repositories\":{{{body}}}}}").as_bytes());
+        let path = root.join("image").join(driver.name()).join("repositories.json");
+        write(&path, format!("{{\"Repositories\":{{{body}}}}}").as_bytes());
     }
 
     /// A store with three images: labdeb:base (3 layers), a registry image
@@ -933,5 +1030,157 @@ mod tests {
         write(&t.0.join("image/btrfs/imagedb/content/sha256").join(&id), config);
         let e = resolve_str(&t.0, &id).unwrap_err().to_string();
         assert!(e.contains("has no layers"), "{e}");
+    }
+
+    // ---- overlay2 ----
+
+    /// Docker data at `<top>/docker` with `driver` and `os:1` (3 layers).
+    fn overlay2_fixture(driver: Driver) -> (TempDir, Img) {
+        let t = TempDir::new();
+        let root = t.0.join("docker");
+        let img = add_image_with(&root, driver, "ov", 3);
+        write_repos_with(&root, driver, &[("os", "os:1", &img.id)]);
+        (t, img)
+    }
+
+    fn opts_for(top: &TempDir) -> super::super::StoreOptions {
+        let _ = top;
+        super::super::StoreOptions::new(&["docker".to_string()])
+    }
+
+    fn resolve_in(t: &TempDir, o: &super::super::StoreOptions, s: &str) -> Result<super::super::Resolved> {
+        super::super::resolve_image(&t.0, o, &parse(s).unwrap())
+    }
+
+    fn links(img: &Img) -> Vec<PathBuf> {
+        img.cache_ids.iter().rev().map(|c| PathBuf::from("l").join(link_of(c))).collect()
+    }
+
+    #[test]
+    fn overlay2_resolves_to_every_layer_top_first() {
+        let (t, img) = overlay2_fixture(Driver::Overlay2);
+        let o = opts_for(&t);
+        let r = resolve_in(&t, &o, "os:1").unwrap();
+        assert_eq!((r.store, r.driver), (StoreKind::Docker, Driver::Overlay2));
+        assert_eq!(r.whence(), "Docker (overlay2) at /docker");
+        assert_eq!((r.image_id.as_str(), r.layer.as_str()), (img.id.as_str(), img.cache_id.as_str()));
+        assert_eq!(r.chain_ids, img.chains);
+        assert_eq!(r.root, Root::Overlay { base: PathBuf::from("docker/overlay2"), lowerdirs: links(&img) });
+        assert!(r.verified && r.warnings.is_empty(), "{r:?}");
+        // Each lowerdir, taken from the base, is that layer's diff.
+        let Root::Overlay { base, lowerdirs } = &r.root else { unreachable!() };
+        for (i, l) in lowerdirs.iter().rev().enumerate() {
+            assert_eq!(std::fs::read_to_string(t.0.join(base).join(l).join(format!("layer{i}"))).unwrap(), "ov");
+        }
+        // By ID too.
+        assert_eq!(resolve_in(&t, &o, &img.id).unwrap().root, r.root);
+    }
+
+    #[test]
+    fn overlay2_short_links_only_when_they_are_right() {
+        let (t, img) = overlay2_fixture(Driver::Overlay2);
+        let o = opts_for(&t);
+        let ov = t.0.join("docker/overlay2");
+        let long = |c: &str| PathBuf::from(c).join("diff");
+        let lowers = || match resolve_in(&t, &o, "os:1").unwrap().root {
+            Root::Overlay { lowerdirs, .. } => lowerdirs,
+            other => panic!("{other:?}"),
+        };
+        let [base, mid, top] = [&img.cache_ids[0], &img.cache_ids[1], &img.cache_ids[2]];
+        // A link that points at another layer's diff: the long form.
+        let l_top = ov.join("l").join(link_of(top));
+        std::fs::remove_file(&l_top).unwrap();
+        std::os::unix::fs::symlink(format!("../{base}/diff"), &l_top).unwrap();
+        assert_eq!(lowers()[0], long(top));
+        // A link file naming something else than a link name.
+        write(&ov.join(mid).join("link"), b"../../etc");
+        assert_eq!(lowers()[1], long(mid));
+        // No link file at all (the lower check cannot run then either).
+        std::fs::remove_file(ov.join(base).join("link")).unwrap();
+        assert_eq!(lowers(), vec![long(top), long(mid), long(base)]);
+        // l/ itself a symlink: never followed.
+        let (t, img) = overlay2_fixture(Driver::Overlay2);
+        let ov = t.0.join("docker/overlay2");
+        std::fs::rename(ov.join("l"), t.0.join("l-elsewhere")).unwrap();
+        std::os::unix::fs::symlink(t.0.join("l-elsewhere"), ov.join("l")).unwrap();
+        let r = resolve_in(&t, &opts_for(&t), "os:1").unwrap();
+        let want: Vec<PathBuf> = img.cache_ids.iter().rev().map(|c| long(c)).collect();
+        assert_eq!(r.root, Root::Overlay { base: PathBuf::from("docker/overlay2"), lowerdirs: want });
+        assert!(is_overlay2_link("ABCDEFGHIJKLMNOPQRSTUVWXY2") && !is_overlay2_link("abcdefghijklmnopqrstuvwxy2"));
+        assert!(!is_overlay2_link("ABCDEFGHIJKLMNOPQRSTUVWXY") && !is_overlay2_link("ABCDEFGHIJKLMNOPQRSTUVWX/."));
+    }
+
+    #[test]
+    fn overlay2_refuses_missing_layers_bad_ids_and_a_wrong_lower_chain() {
+        let (t, img) = overlay2_fixture(Driver::Overlay2);
+        let o = opts_for(&t);
+        let off = super::super::StoreOptions { verify: false, ..o.clone() };
+        let ov = t.0.join("docker/overlay2");
+        let layerdb = t.0.join("docker/image/overlay2/layerdb/sha256");
+        // The lower record of the top layer disagrees with the chain (two layers swapped).
+        let lower = ov.join(&img.cache_ids[2]).join("lower");
+        let good = std::fs::read(&lower).unwrap();
+        let swapped = format!("l/{}:l/{}", link_of(&img.cache_ids[0]), link_of(&img.cache_ids[1]));
+        write(&lower, swapped.as_bytes());
+        let e = resolve_in(&t, &o, "os:1").unwrap_err().to_string();
+        assert!(e.contains("verification failed") && e.contains(&lower.display().to_string()), "{e}");
+        let r = resolve_in(&t, &off, "os:1").unwrap();
+        assert!(!r.verified && r.warnings.len() == 1 && r.warnings[0].contains("lower"), "{r:?}");
+        write(&lower, &good);
+        // Two layers with the same cache ID.
+        let mid_cache = layerdb.join(img.chains[1].strip_prefix("sha256:").unwrap()).join("cache-id");
+        write(&mid_cache, img.cache_ids[2].as_bytes());
+        let e = resolve_in(&t, &o, "os:1").unwrap_err().to_string();
+        assert!(e.contains("verification failed") && e.contains("cache ID"), "{e}");
+        // A cache ID that is not one: refused whatever dockroot.verify says.
+        write(&mid_cache, b"../../../etc");
+        for opts in [&o, &off] {
+            let e = resolve_in(&t, opts, "os:1").unwrap_err().to_string();
+            assert!(e.contains(&mid_cache.display().to_string()) && e.contains("64 lowercase hex"), "{e}");
+        }
+        write(&mid_cache, img.cache_ids[1].as_bytes());
+        // A missing diff directory.
+        let diff = ov.join(&img.cache_ids[0]).join("diff");
+        std::fs::rename(&diff, ov.join("moved")).unwrap();
+        let e = resolve_in(&t, &off, "os:1").unwrap_err().to_string();
+        assert!(
+            e.contains(&diff.display().to_string()) && e.contains("does not exist") && e.contains("layer 1 of 3"),
+            "{e}"
+        );
+        std::fs::rename(ov.join("moved"), &diff).unwrap();
+        resolve_in(&t, &o, "os:1").unwrap();
+        // A layer missing from the layerdb: an overlay cannot do without it.
+        std::fs::remove_dir_all(layerdb.join(img.chains[0].strip_prefix("sha256:").unwrap())).unwrap();
+        assert!(resolve_in(&t, &o, "os:1").unwrap_err().to_string().contains("missing from the layer store"));
+        let e = resolve_in(&t, &off, "os:1").unwrap_err().to_string();
+        assert!(e.contains("layer 1 of 3") && e.contains("the overlay needs every layer"), "{e}");
+    }
+
+    #[test]
+    fn btrfs_and_overlay2_in_one_data_root_are_two_candidates() {
+        let (t, ov) = overlay2_fixture(Driver::Overlay2);
+        let root = t.0.join("docker");
+        let bt = add_image_with(&root, Driver::Btrfs, "bt", 2);
+        write_repos_with(&root, Driver::Btrfs, &[("os", "os:1", &bt.id), ("other", "other:1", &bt.id)]);
+        let o = opts_for(&t);
+        let e = resolve_in(&t, &o, "os:1").unwrap_err().to_string();
+        assert!(
+            e.contains("ambiguous")
+                && e.contains("Docker (btrfs) at /docker")
+                && e.contains("Docker (overlay2) at /docker")
+                && e.contains("docker:btrfs, docker:overlay2"),
+            "{e}"
+        );
+        let pin = |d: Driver| super::super::StoreOptions { pin: Some(StoreKind::Docker), driver: Some(d), ..o.clone() };
+        let r = resolve_in(&t, &pin(Driver::Overlay2), "os:1").unwrap();
+        assert_eq!((r.driver, r.image_id.as_str()), (Driver::Overlay2, ov.id.as_str()));
+        let r = resolve_in(&t, &pin(Driver::Btrfs), "os:1").unwrap();
+        assert_eq!(r.root, Root::Subvolume(PathBuf::from("docker/btrfs/subvolumes").join(&bt.cache_id)));
+        // A name in one of them only is not ambiguous.
+        assert_eq!(resolve_in(&t, &o, "other:1").unwrap().driver, Driver::Btrfs);
+        // Pinned to a driver the data root does not use.
+        std::fs::remove_dir_all(root.join("image/btrfs")).unwrap();
+        let e = resolve_in(&t, &pin(Driver::Btrfs), "os:1").unwrap_err().to_string();
+        assert!(e.contains("no image store found (dockroot.store=docker:btrfs)") && e.contains("overlay2"), "{e}");
     }
 }

@@ -6,13 +6,18 @@
 //! | store | module | default path under the top level | boots |
 //! |---|---|---|---|
 //! | Docker, btrfs graph driver | `docker` | `docker_path` (`var/lib/docker`) | the top layer's subvolume |
+//! | Docker, overlay2 graph driver | `docker` | `docker_path` | an overlay of every layer's `diff` |
 //! | Podman / containers-storage, btrfs driver | `podman` | `var/lib/containers/storage` | the top layer's subvolume |
 //! | containerd, btrfs snapshotter | `containerd` | `var/lib/containerd`, `<docker_path>/containerd/daemon` | the committed snapshot |
+//! | containerd, overlayfs snapshotter | `containerd` | the same | an overlay of every layer's snapshot |
 //!
-//! [`resolve_image`] detects the stores ([`detect`]), resolves the reference
-//! in each and picks the one store that has it ([`select`]): a name found in
-//! more than one store is an error that lists where, unless
-//! `dockroot.store=` pins one ([`StoreOptions::pin`]).
+//! Each (store, driver) pair found is one candidate: a Docker data root with
+//! both `image/btrfs` and `image/overlay2` is two, a containerd root with
+//! both snapshotters is two. [`resolve_image`] detects the candidates
+//! ([`detect`]), resolves the reference in each and picks the one that has
+//! it ([`select`]): a name found in more than one is an error that lists
+//! where, unless `dockroot.store=` pins one ([`StoreOptions::pin`],
+//! [`StoreOptions::driver`]).
 //!
 //! Verification (on unless [`StoreOptions::verify`] is off): the image
 //! config's sha256 is the image ID, the layers the store records match the
@@ -73,15 +78,93 @@ impl StoreKind {
         }
     }
 
-    /// Parse a `dockroot.store=` value.
-    pub fn parse(s: &str) -> Result<StoreKind> {
-        match s {
-            "docker" => Ok(StoreKind::Docker),
-            "podman" => Ok(StoreKind::Podman),
-            "containerd" => Ok(StoreKind::Containerd),
-            _ => Err(Error::msg(format!("dockroot.store={s:?}: expected docker, podman or containerd"))),
+    /// "Docker", "Podman", "containerd", for messages.
+    pub fn title(self) -> &'static str {
+        match self {
+            StoreKind::Docker => "Docker",
+            StoreKind::Podman => "Podman",
+            StoreKind::Containerd => "containerd",
         }
     }
+
+    /// The drivers (snapshotters) dockroot reads in this kind of store.
+    pub fn drivers(self) -> &'static [Driver] {
+        match self {
+            StoreKind::Docker => &[Driver::Btrfs, Driver::Overlay2],
+            StoreKind::Podman => &[Driver::Btrfs],
+            StoreKind::Containerd => &[Driver::Btrfs, Driver::Overlayfs],
+        }
+    }
+
+    /// Parse a `dockroot.store=` value: `KIND` or `KIND:DRIVER`
+    /// (`docker:btrfs`, `docker:overlay2`, `podman:btrfs`,
+    /// `containerd:btrfs`, `containerd:overlayfs`).
+    pub fn parse_pin(s: &str) -> Result<(StoreKind, Option<Driver>)> {
+        let bad = || {
+            let all: Vec<String> = [StoreKind::Docker, StoreKind::Podman, StoreKind::Containerd]
+                .iter()
+                .flat_map(|k| k.drivers().iter().map(move |d| pin_text(*k, Some(*d))))
+                .collect();
+            Error::msg(format!(
+                "dockroot.store={s:?}: expected docker, podman or containerd, or one of {}",
+                all.join(", ")
+            ))
+        };
+        let (kind, driver) = match s.split_once(':') {
+            Some((k, d)) => (k, Some(d)),
+            None => (s, None),
+        };
+        let kind = match kind {
+            "docker" => StoreKind::Docker,
+            "podman" => StoreKind::Podman,
+            "containerd" => StoreKind::Containerd,
+            _ => return Err(bad()),
+        };
+        match driver {
+            None => Ok((kind, None)),
+            Some(d) => match kind.drivers().iter().find(|x| x.name() == d) {
+                Some(x) => Ok((kind, Some(*x))),
+                None => Err(bad()),
+            },
+        }
+    }
+}
+
+/// How a store keeps an image's layers on disk: its graph driver (Docker,
+/// Podman) or snapshotter (containerd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Driver {
+    /// btrfs subvolumes (Docker's and Podman's `btrfs` driver, containerd's
+    /// `btrfs` snapshotter): the top layer is the whole root filesystem.
+    Btrfs,
+    /// Docker's `overlay2` driver: one `diff` directory per layer.
+    Overlay2,
+    /// containerd's `overlayfs` snapshotter: one `snapshots/<id>/fs` per layer.
+    Overlayfs,
+}
+
+impl Driver {
+    /// `btrfs`, `overlay2`, `overlayfs`: the name the store itself uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Btrfs => "btrfs",
+            Driver::Overlay2 => "overlay2",
+            Driver::Overlayfs => "overlayfs",
+        }
+    }
+}
+
+/// The `dockroot.store=` value that pins `kind` (and `driver`).
+pub fn pin_text(kind: StoreKind, driver: Option<Driver>) -> String {
+    match driver {
+        Some(d) => format!("{}:{}", kind.name(), d.name()),
+        None => kind.name().to_string(),
+    }
+}
+
+/// "Docker (overlay2) at /var/lib/docker".
+pub fn whence(kind: StoreKind, driver: Driver, path: &Path) -> String {
+    format!("{} ({}) at /{}", kind.title(), driver.name(), path.display())
 }
 
 /// What to boot, relative to the root partition's top level.
@@ -110,6 +193,8 @@ pub enum Root {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
     pub store: StoreKind,
+    /// The driver or snapshotter that holds the layers.
+    pub driver: Driver,
     /// The store's directory, relative to the top level.
     pub store_path: PathBuf,
     /// The normalised reference as found in the store, or the image ID when
@@ -135,9 +220,9 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// "podman at var/lib/containers/storage".
+    /// "Docker (overlay2) at /var/lib/docker".
     pub fn whence(&self) -> String {
-        format!("{} at /{}", self.store.name(), self.store_path.display())
+        whence(self.store, self.driver, &self.store_path)
     }
 }
 
@@ -149,16 +234,80 @@ pub enum Lookup {
     NotFound(String),
 }
 
-/// One image store on the root partition.
+/// Where a store candidate is and how it keeps its layers: what every
+/// [`ImageStore`] has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreAt {
+    pub kind: StoreKind,
+    pub driver: Driver,
+    /// The store's directory, relative to the top level.
+    pub path: PathBuf,
+    /// The same, joined to the mounted top level.
+    pub abs: PathBuf,
+    /// `dockroot.verify`.
+    pub verify: bool,
+}
+
+impl StoreAt {
+    pub fn new(top: &Path, kind: StoreKind, driver: Driver, path: PathBuf, verify: bool) -> StoreAt {
+        StoreAt { abs: top.join(&path), kind, driver, path, verify }
+    }
+
+    /// The outcome for an image found here: `facts` with this store's
+    /// name, the layer and the root, and the checks' warnings.
+    pub(crate) fn found(&self, facts: ImageFacts, layer: String, root: Root, checks: Checks) -> Lookup {
+        Lookup::Found(Box::new(Resolved {
+            store: self.kind,
+            driver: self.driver,
+            store_path: self.path.clone(),
+            reference: facts.reference,
+            image_id: facts.image_id,
+            manifest_digest: facts.manifest_digest,
+            diff_ids: facts.diff_ids,
+            chain_ids: facts.chain_ids,
+            layer,
+            root,
+            verified: checks.verify,
+            warnings: checks.warnings,
+        }))
+    }
+}
+
+/// What every store learns about an image before it finds the layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ImageFacts {
+    pub reference: String,
+    pub image_id: String,
+    pub manifest_digest: Option<String>,
+    pub diff_ids: Vec<String>,
+    pub chain_ids: Vec<String>,
+}
+
+/// One image store candidate on the root partition (a store with one
+/// driver).
 pub trait ImageStore {
+    /// Where it is and what it is.
+    fn at(&self) -> &StoreAt;
     /// Which kind of store.
-    fn kind(&self) -> StoreKind;
+    fn kind(&self) -> StoreKind {
+        self.at().kind
+    }
     /// `docker`, `podman`, `containerd`.
     fn name(&self) -> &'static str {
         self.kind().name()
     }
+    /// The driver or snapshotter read.
+    fn driver(&self) -> Driver {
+        self.at().driver
+    }
     /// The store's directory relative to the top level.
-    fn path(&self) -> &Path;
+    fn path(&self) -> &Path {
+        &self.at().path
+    }
+    /// "Docker (overlay2) at /var/lib/docker".
+    fn whence(&self) -> String {
+        whence(self.kind(), self.driver(), self.path())
+    }
     /// Find `spec` here and check it. `Ok(NotFound)` when the store does not
     /// have it; `Err` when it does (or may) but something is wrong.
     fn resolve(&self, spec: &ImageSpec) -> Result<Lookup>;
@@ -215,6 +364,8 @@ pub struct StoreOptions {
     pub namespace: String,
     /// `dockroot.store=`: only this kind of store is searched.
     pub pin: Option<StoreKind>,
+    /// `dockroot.store=KIND:DRIVER`: only this driver (or snapshotter).
+    pub driver: Option<Driver>,
     /// `dockroot.verify=` (default on).
     pub verify: bool,
     /// The platform picked from multi-platform images.
@@ -236,9 +387,22 @@ impl StoreOptions {
             containerd_paths: vec![components(DEFAULT_CONTAINERD_PATH), docker_containerd],
             namespace: DEFAULT_NAMESPACE.into(),
             pin: None,
+            driver: None,
             verify: true,
             platform: Platform::running(),
         }
+    }
+}
+
+impl StoreOptions {
+    /// The `dockroot.store=` value in force, if any.
+    pub fn pin_text(&self) -> Option<String> {
+        self.pin.map(|k| pin_text(k, self.driver))
+    }
+
+    /// Whether candidates of `kind` with `driver` are searched.
+    pub fn wants(&self, kind: StoreKind, driver: Driver) -> bool {
+        self.pin.is_none_or(|p| p == kind) && self.driver.is_none_or(|d| d == driver)
     }
 }
 
@@ -256,6 +420,8 @@ pub const STORE_PARAMS: [&str; 6] = [
 /// for `docker_path`:
 ///
 /// - `dockroot.store=docker|podman|containerd`: search only that kind of store;
+///   `dockroot.store=KIND:DRIVER` (`docker:btrfs`, `docker:overlay2`,
+///   `podman:btrfs`, `containerd:btrfs`, `containerd:overlayfs`) only that driver;
 /// - `dockroot.verify=on|off` (default on);
 /// - `dockroot.podman_path=PATH`: Podman's graph root;
 /// - `dockroot.containerd_path=PATH[,PATH...]`: containerd roots (replace both defaults);
@@ -270,7 +436,11 @@ pub fn options_from_args(args: &[crate::cmdline::Arg], docker_path: &[String]) -
         let v = a.value.as_deref().unwrap_or("");
         let needs = || Error::msg(format!("kernel parameter {}= needs a value", a.key));
         match a.key.as_str() {
-            "dockroot.store" => o.pin = Some(StoreKind::parse(v)?),
+            "dockroot.store" => {
+                let (kind, driver) = StoreKind::parse_pin(v)?;
+                o.pin = Some(kind);
+                o.driver = driver;
+            }
             "dockroot.verify" => {
                 o.verify = match v {
                     "on" | "1" | "yes" | "true" => true,
@@ -323,7 +493,7 @@ pub fn options_from_args(args: &[crate::cmdline::Arg], docker_path: &[String]) -
 /// The stores found, and notes on stores seen but not usable.
 pub struct Detected {
     pub stores: Vec<Box<dyn ImageStore>>,
-    /// E.g. "Docker at /var/lib/docker uses the overlay2 driver: not supported yet".
+    /// E.g. "Docker at /var/lib/docker keeps images with the vfs storage driver, which dockroot does not read".
     pub notes: Vec<String>,
     /// Every place looked at, for a "no store found" message.
     pub looked: Vec<String>,
@@ -339,8 +509,13 @@ fn rel(parts: &[String]) -> Result<PathBuf> {
     }
 }
 
-fn is_dir(p: &Path) -> bool {
+/// A real directory (not a symlink to one).
+pub(crate) fn is_dir(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+fn is_file(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
 }
 
 /// Names of the entries of `dir` (at most 16), sorted.
@@ -352,26 +527,39 @@ pub(crate) fn list_names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Find the stores under `top` (the mounted top level of the root partition).
+/// "a, b" or "nothing".
+fn names_or_nothing(names: &[String]) -> String {
+    if names.is_empty() {
+        "nothing".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Find the store candidates under `top` (the mounted top level of the root
+/// partition): one per store and driver (snapshotter) that holds images.
 pub fn detect(top: &Path, opts: &StoreOptions) -> Result<Detected> {
     let mut d = Detected { stores: Vec::new(), notes: Vec::new(), looked: Vec::new() };
-    let want = |k: StoreKind| opts.pin.is_none_or(|p| p == k);
-    if want(StoreKind::Docker) {
+    let pinned = opts.pin_text().map(|p| format!(" (dockroot.store={p})")).unwrap_or_default();
+    if opts.pin.is_none_or(|p| p == StoreKind::Docker) {
         let path = rel(&opts.docker_path)?;
         d.looked.push(format!("Docker at /{} (docker_path=)", path.display()));
         let abs = top.join(&path);
-        if is_dir(&abs.join("image/btrfs")) {
-            d.stores.push(Box::new(docker::DockerStore::new(top, path, opts.verify)));
-        } else if is_dir(&abs.join("image")) {
-            let drivers = list_names(&abs.join("image"));
+        let before = d.stores.len();
+        for driver in StoreKind::Docker.drivers() {
+            if opts.wants(StoreKind::Docker, *driver) && is_dir(&abs.join("image").join(driver.name())) {
+                d.stores.push(Box::new(docker::DockerStore::new(top, path.clone(), *driver, opts.verify)));
+            }
+        }
+        if d.stores.len() == before && is_dir(&abs.join("image")) {
             d.notes.push(format!(
-                "Docker at /{} keeps images with the {} storage driver, which is not supported yet (only btrfs)",
+                "Docker at /{} keeps images with the {} storage driver{pinned}; dockroot reads btrfs and overlay2",
                 path.display(),
-                if drivers.is_empty() { "(none)".to_string() } else { drivers.join(", ") }
+                names_or_nothing(&list_names(&abs.join("image")))
             ));
         }
     }
-    if want(StoreKind::Podman) {
+    if opts.wants(StoreKind::Podman, Driver::Btrfs) {
         let path = rel(&opts.podman_path)?;
         d.looked.push(format!("Podman at /{}", path.display()));
         let abs = top.join(&path);
@@ -389,7 +577,7 @@ pub fn detect(top: &Path, opts: &StoreOptions) -> Result<Detected> {
             }
         }
     }
-    if want(StoreKind::Containerd) {
+    if opts.pin.is_none_or(|p| p == StoreKind::Containerd) {
         let mut seen = Vec::new();
         for parts in &opts.containerd_paths {
             let path = rel(parts)?;
@@ -399,10 +587,30 @@ pub fn detect(top: &Path, opts: &StoreOptions) -> Result<Detected> {
             seen.push(path.clone());
             d.looked.push(format!("containerd at /{}", path.display()));
             let abs = top.join(&path);
-            if std::fs::symlink_metadata(abs.join(containerd::META_DB)).is_ok_and(|m| m.is_file()) {
+            if !is_file(&abs.join(containerd::META_DB)) {
+                continue;
+            }
+            // One candidate per snapshotter that has its database; when none
+            // has, the first wanted explains what meta.db holds.
+            let wanted: Vec<Driver> = StoreKind::Containerd
+                .drivers()
+                .iter()
+                .copied()
+                .filter(|s| opts.wants(StoreKind::Containerd, *s))
+                .collect();
+            let mut present: Vec<Driver> = wanted
+                .iter()
+                .copied()
+                .filter(|s| is_file(&abs.join(containerd::snapshotter_dir(*s)).join("metadata.db")))
+                .collect();
+            if present.is_empty() {
+                present.extend(wanted.first().copied());
+            }
+            for s in present {
                 d.stores.push(Box::new(containerd::ContainerdStore::new(
                     top,
-                    path,
+                    path.clone(),
+                    s,
                     &opts.namespace,
                     opts.platform.clone(),
                     opts.verify,
@@ -420,81 +628,87 @@ pub fn resolve_image(top: &Path, opts: &StoreOptions, spec: &ImageSpec) -> Resul
     let outcomes: Vec<Outcome> = d
         .stores
         .iter()
-        .map(|s| Outcome { kind: s.kind(), path: s.path().to_path_buf(), result: s.resolve(spec) })
+        .map(|s| Outcome { kind: s.kind(), driver: s.driver(), path: s.path().to_path_buf(), result: s.resolve(spec) })
         .collect();
-    select(spec, opts.pin, &d.looked, &d.notes, outcomes)
+    select(spec, opts.pin_text().as_deref(), &d.looked, &d.notes, outcomes)
 }
 
-/// One store's answer, for [`select`].
+/// One store candidate's answer, for [`select`].
 #[derive(Debug)]
 pub struct Outcome {
     pub kind: StoreKind,
+    pub driver: Driver,
     pub path: PathBuf,
     pub result: Result<Lookup>,
 }
 
-/// Pick the answer: exactly one store must have the image and none may have
-/// failed. `looked` and `notes` explain an empty result.
+impl Outcome {
+    fn whence(&self) -> String {
+        whence(self.kind, self.driver, &self.path)
+    }
+}
+
+/// Pick the answer: exactly one candidate must have the image and none may
+/// have failed. `pin` is the `dockroot.store=` value in force; `looked` and
+/// `notes` explain an empty result.
 pub fn select(
     spec: &ImageSpec,
-    pin: Option<StoreKind>,
+    pin: Option<&str>,
     looked: &[String],
     notes: &[String],
     outcomes: Vec<Outcome>,
 ) -> Result<Resolved> {
-    let pinned = pin.map(|p| format!(" (dockroot.store={})", p.name())).unwrap_or_default();
-    if outcomes.is_empty() {
-        let mut msg = format!("no image store found{pinned}: looked for {}", looked.join(", "));
+    let pinned = pin.map(|p| format!(" (dockroot.store={p})")).unwrap_or_default();
+    let with_notes = |mut msg: String| {
         for n in notes {
             msg.push_str("; ");
             msg.push_str(n);
         }
-        return Err(Error::msg(format!("cannot resolve image {spec}: {msg}")));
+        msg
+    };
+    if outcomes.is_empty() {
+        return Err(Error::msg(with_notes(format!(
+            "cannot resolve image {spec}: no image store found{pinned}: looked for {}",
+            looked.join(", ")
+        ))));
     }
     let mut found: Vec<Resolved> = Vec::new();
-    let mut failed: Vec<(StoreKind, PathBuf, Error)> = Vec::new();
+    let mut failed: Vec<(String, Error)> = Vec::new();
     let mut missing: Vec<String> = Vec::new();
     for o in outcomes {
+        let at = o.whence();
         match o.result {
             Ok(Lookup::Found(r)) => found.push(*r),
-            Ok(Lookup::NotFound(why)) => missing.push(format!("{} at /{}: {why}", o.kind.name(), o.path.display())),
-            Err(e) => failed.push((o.kind, o.path, e)),
+            Ok(Lookup::NotFound(why)) => missing.push(format!("{at}: {why}")),
+            Err(e) => failed.push((at, e)),
         }
     }
-    if let Some((kind, path, e)) = failed.first() {
+    let pin_of = |r: &Resolved| pin_text(r.store, Some(r.driver));
+    if let Some((at, e)) = failed.first() {
         let rest = failed.len().saturating_sub(1);
         let also = if rest > 0 { format!(" (and {rest} more store failed)") } else { String::new() };
         let others = match found.first() {
             Some(r) => format!(
                 "; the image was found in {}, set dockroot.store={} to boot from it alone",
                 r.whence(),
-                r.store.name()
+                pin_of(r)
             ),
             None => String::new(),
         };
-        return Err(Error::msg(format!(
-            "image {spec} in the {} store at /{}: {e}{also}{others}",
-            kind.name(),
-            path.display()
-        )));
+        return Err(Error::msg(format!("image {spec} in {at}: {e}{also}{others}")));
     }
     match found.len() {
         1 => found.pop().ok_or_else(|| Error::msg("internal: lost the resolved image")),
-        0 => {
-            let mut msg = format!("no image {spec} in any store{pinned}: {}", missing.join("; "));
-            for n in notes {
-                msg.push_str("; ");
-                msg.push_str(n);
-            }
-            Err(Error::msg(msg))
-        }
+        0 => Err(Error::msg(with_notes(format!("no image {spec} in any store{pinned}: {}", missing.join("; "))))),
         _ => {
             let list: Vec<String> =
                 found.iter().map(|r| format!("{} as {} (image {})", r.whence(), r.reference, r.image_id)).collect();
+            let pins: Vec<String> = found.iter().map(pin_of).collect();
             Err(Error::msg(format!(
-                "image {spec} is ambiguous: found in {}; set dockroot.store=docker|podman|containerd to choose one, \
+                "image {spec} is ambiguous: found in {}; set dockroot.store= to one of {} to choose, \
                  or remove the image from all but one store",
-                list.join(", ")
+                list.join(", "),
+                pins.join(", ")
             )))
         }
     }
@@ -530,6 +744,34 @@ impl Checks {
             Ok(())
         }
     }
+}
+
+/// Read the image config at `path`, check that it hashes to `image_id`
+/// (`sha256:<hex>`) and that it lists layers.
+pub(crate) fn verified_config(
+    path: &Path,
+    image_id: &str,
+    reference: &str,
+    checks: &mut Checks,
+) -> Result<ImageConfig> {
+    let config = read_capped(path, JSON_CAP, JSON_CAP_TEXT)?.ok_or_else(|| {
+        Error::msg(format!("{reference} is image {image_id}, but its image config {} is missing", path.display()))
+    })?;
+    let hashed = sha256_hex(&config);
+    checks.check(image_id.strip_prefix("sha256:") == Some(hashed.as_str()), || {
+        format!(
+            "image config for {reference} does not match its ID {image_id} ({} hashes to sha256:{hashed})",
+            path.display()
+        )
+    })?;
+    let cfg = parse_image_config(&config).map_err(|e| e.context(path.display().to_string()))?;
+    if cfg.diff_ids.is_empty() {
+        return Err(Error::msg(format!(
+            "image {reference} has no layers ({} lists no rootfs.diff_ids): nothing to boot",
+            path.display()
+        )));
+    }
+    Ok(cfg)
 }
 
 /// The names a reference may be filed under in stores that keep fully
@@ -693,6 +935,43 @@ pub(crate) fn short_list(names: &[String]) -> String {
     s
 }
 
+/// Scratch directories and files for the unit tests of the stores and the
+/// dry run.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh directory under the temp dir, removed on drop.
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub fn new() -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "dockroot-unit-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Write `data` to `path`, creating the directories on the way.
+    pub fn write(path: &Path, data: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,6 +980,7 @@ mod tests {
     fn resolved(kind: StoreKind, path: &str, id: &str) -> Resolved {
         Resolved {
             store: kind,
+            driver: Driver::Btrfs,
             store_path: PathBuf::from(path),
             reference: "localhost/x:t".into(),
             image_id: id.into(),
@@ -715,11 +995,16 @@ mod tests {
     }
 
     fn found(kind: StoreKind, path: &str, id: &str) -> Outcome {
-        Outcome { kind, path: path.into(), result: Ok(Lookup::Found(Box::new(resolved(kind, path, id)))) }
+        Outcome {
+            kind,
+            driver: Driver::Btrfs,
+            path: path.into(),
+            result: Ok(Lookup::Found(Box::new(resolved(kind, path, id)))),
+        }
     }
 
     fn missing(kind: StoreKind, path: &str, why: &str) -> Outcome {
-        Outcome { kind, path: path.into(), result: Ok(Lookup::NotFound(why.into())) }
+        Outcome { kind, driver: Driver::Btrfs, path: path.into(), result: Ok(Lookup::NotFound(why.into())) }
     }
 
     #[test]
@@ -748,12 +1033,16 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("ambiguous") && e.contains("docker at /var/lib/docker") && e.contains("sha256:d1"), "{e}");
-        assert!(e.contains("podman at /p") && e.contains("sha256:p1") && e.contains("dockroot.store="), "{e}");
+        assert!(
+            e.contains("ambiguous") && e.contains("Docker (btrfs) at /var/lib/docker") && e.contains("sha256:d1"),
+            "{e}"
+        );
+        assert!(e.contains("Podman (btrfs) at /p") && e.contains("sha256:p1"), "{e}");
+        assert!(e.contains("set dockroot.store= to one of docker:btrfs, podman:btrfs"), "{e}");
 
         let e = select(
             &spec,
-            Some(StoreKind::Podman),
+            Some("podman"),
             &looked,
             &["Docker at /x uses overlay2".to_string()],
             vec![missing(StoreKind::Podman, "p", "it holds: a, b")],
@@ -761,7 +1050,9 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("no image") && e.contains("dockroot.store=podman") && e.contains("podman at /p: it holds: a, b"),
+            e.contains("no image")
+                && e.contains("(dockroot.store=podman)")
+                && e.contains("Podman (btrfs) at /p: it holds: a, b"),
             "{e}"
         );
         assert!(e.contains("overlay2"), "{e}");
@@ -781,6 +1072,7 @@ mod tests {
             vec![
                 Outcome {
                     kind: StoreKind::Docker,
+                    driver: Driver::Overlay2,
                     path: "d".into(),
                     result: Err(Error::msg("repositories.json is broken")),
                 },
@@ -790,7 +1082,8 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("docker store at /d: repositories.json is broken") && e.contains("dockroot.store=podman"),
+            e.contains("in Docker (overlay2) at /d: repositories.json is broken")
+                && e.contains("set dockroot.store=podman:btrfs"),
             "{e}"
         );
     }
@@ -798,9 +1091,34 @@ mod tests {
     #[test]
     fn store_kinds_and_options() {
         for k in [StoreKind::Docker, StoreKind::Podman, StoreKind::Containerd] {
-            assert_eq!(StoreKind::parse(k.name()).unwrap(), k);
+            assert_eq!(StoreKind::parse_pin(k.name()).unwrap(), (k, None));
+            for d in k.drivers() {
+                assert_eq!(StoreKind::parse_pin(&pin_text(k, Some(*d))).unwrap(), (k, Some(*d)));
+            }
         }
-        assert!(StoreKind::parse("lxc").unwrap_err().to_string().contains("docker, podman or containerd"));
+        assert_eq!(StoreKind::parse_pin("docker:overlay2").unwrap(), (StoreKind::Docker, Some(Driver::Overlay2)));
+        assert_eq!(
+            StoreKind::parse_pin("containerd:overlayfs").unwrap(),
+            (StoreKind::Containerd, Some(Driver::Overlayfs))
+        );
+        for bad in
+            ["lxc", "docker:overlayfs", "containerd:overlay2", "podman:overlay2", "docker:", ":btrfs", "docker:btrfs:x"]
+        {
+            let e = StoreKind::parse_pin(bad).unwrap_err().to_string();
+            assert!(e.contains("docker, podman or containerd") && e.contains("containerd:overlayfs"), "{bad}: {e}");
+        }
+        assert_eq!(
+            whence(StoreKind::Docker, Driver::Overlay2, Path::new("var/lib/docker")),
+            "Docker (overlay2) at /var/lib/docker"
+        );
+        let o = StoreOptions {
+            pin: Some(StoreKind::Containerd),
+            driver: Some(Driver::Overlayfs),
+            ..StoreOptions::new(&[])
+        };
+        assert_eq!(o.pin_text().as_deref(), Some("containerd:overlayfs"));
+        assert!(o.wants(StoreKind::Containerd, Driver::Overlayfs));
+        assert!(!o.wants(StoreKind::Containerd, Driver::Btrfs) && !o.wants(StoreKind::Docker, Driver::Overlayfs));
         let o = StoreOptions::new(&["docker".to_string()]);
         assert_eq!(o.containerd_paths[1], vec!["docker", "containerd", "daemon"]);
         assert_eq!(o.podman_path, vec!["var", "lib", "containers", "storage"]);

@@ -16,8 +16,8 @@
 //! the default domain and as `localhost/<name>` ([`super::qualified_candidates`]).
 
 use super::{
-    chain_ids, check_layer_dir, parse_image_config, qualified_candidates, read_capped, sha256_hex, short_list,
-    split_name, Checks, ImageStore, Lookup, Resolved, Root, StoreKind, JSON_CAP, JSON_CAP_TEXT, MAX_LAYERS,
+    chain_ids, check_layer_dir, qualified_candidates, read_capped, sha256_hex, short_list, split_name, verified_config,
+    Checks, Driver, ImageFacts, ImageStore, Lookup, Root, StoreAt, StoreKind, JSON_CAP, JSON_CAP_TEXT, MAX_LAYERS,
 };
 use crate::error::{Error, Result};
 use crate::reference::{is_hex64, ImageSpec, Reference};
@@ -251,22 +251,20 @@ fn listing(images: &[PodmanImage]) -> String {
 
 /// Podman's btrfs store as an [`ImageStore`].
 pub(crate) struct PodmanStore {
-    path: PathBuf,
-    abs: PathBuf,
-    verify: bool,
+    at: StoreAt,
 }
 
 impl PodmanStore {
     pub(crate) fn new(top: &Path, path: PathBuf, verify: bool) -> PodmanStore {
-        PodmanStore { abs: top.join(&path), path, verify }
+        PodmanStore { at: StoreAt::new(top, StoreKind::Podman, Driver::Btrfs, path, verify) }
     }
 
     fn read_json(&self, rel: &str) -> Result<Option<Vec<u8>>> {
-        read_capped(&self.abs.join(rel), JSON_CAP, JSON_CAP_TEXT)
+        read_capped(&self.at.abs.join(rel), JSON_CAP, JSON_CAP_TEXT)
     }
 
     fn resolve_in(&self, spec: &ImageSpec, checks: &mut Checks) -> Result<Lookup> {
-        let images_path = self.abs.join("btrfs-images/images.json");
+        let images_path = self.at.abs.join("btrfs-images/images.json");
         let images = match self.read_json("btrfs-images/images.json")? {
             Some(b) => parse_images_json(&b).map_err(|e| e.context(images_path.display().to_string()))?,
             None => Vec::new(),
@@ -277,30 +275,10 @@ impl PodmanStore {
                 Err(why) => return Ok(Lookup::NotFound(why)),
             };
         let image_id = format!("sha256:{}", img.id);
-        let image_dir = self.abs.join("btrfs-images").join(&img.id);
+        let image_dir = self.at.abs.join("btrfs-images").join(&img.id);
 
         // The config, under its own digest as the key.
-        let config_path = image_dir.join(big_data_file_name(&image_id));
-        let config = read_capped(&config_path, JSON_CAP, JSON_CAP_TEXT)?.ok_or_else(|| {
-            Error::msg(format!(
-                "{reference} is image {image_id}, but its image config {} is missing",
-                config_path.display()
-            ))
-        })?;
-        let hashed = sha256_hex(&config);
-        checks.check(hashed == img.id, || {
-            format!(
-                "image config for {reference} does not match its ID {image_id} ({} hashes to sha256:{hashed})",
-                config_path.display()
-            )
-        })?;
-        let cfg = parse_image_config(&config).map_err(|e| e.context(config_path.display().to_string()))?;
-        if cfg.diff_ids.is_empty() {
-            return Err(Error::msg(format!(
-                "image {reference} has no layers ({} lists no rootfs.diff_ids): nothing to boot",
-                config_path.display()
-            )));
-        }
+        let cfg = verified_config(&image_dir.join(big_data_file_name(&image_id)), &image_id, &reference, checks)?;
         let top = img.layer.clone().ok_or_else(|| {
             Error::msg(format!("image {reference} ({image_id}) has no top layer in {}", images_path.display()))
         })?;
@@ -333,7 +311,7 @@ impl PodmanStore {
         }
 
         // The layer chain, top down, against the config's diff IDs.
-        let layers_path = self.abs.join("btrfs-layers/layers.json");
+        let layers_path = self.at.abs.join("btrfs-layers/layers.json");
         let layers = match self.read_json("btrfs-layers/layers.json")? {
             Some(b) => parse_layers_json(&b).map_err(|e| e.context(layers_path.display().to_string()))?,
             None => BTreeMap::new(),
@@ -371,37 +349,29 @@ impl PodmanStore {
 
         let sub_rel = PathBuf::from("btrfs/subvolumes").join(&top);
         check_layer_dir(
-            &self.abs.join(&sub_rel),
+            &self.at.abs.join(&sub_rel),
             &format!("the top layer subvolume of {reference}"),
             &images_path.display().to_string(),
         )?;
-        Ok(Lookup::Found(Box::new(Resolved {
-            store: StoreKind::Podman,
-            store_path: self.path.clone(),
+        let root = Root::Subvolume(self.at.path.join(sub_rel));
+        let facts = ImageFacts {
             reference,
             image_id,
             manifest_digest,
             chain_ids: chain_ids(&cfg.diff_ids),
             diff_ids: cfg.diff_ids,
-            layer: top,
-            root: Root::Subvolume(self.path.join(sub_rel)),
-            verified: checks.verify,
-            warnings: std::mem::take(&mut checks.warnings),
-        })))
+        };
+        Ok(self.at.found(facts, top, root, std::mem::take(checks)))
     }
 }
 
 impl ImageStore for PodmanStore {
-    fn kind(&self) -> StoreKind {
-        StoreKind::Podman
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
+    fn at(&self) -> &StoreAt {
+        &self.at
     }
 
     fn resolve(&self, spec: &ImageSpec) -> Result<Lookup> {
-        self.resolve_in(spec, &mut Checks::new(self.verify))
+        self.resolve_in(spec, &mut Checks::new(self.at.verify))
     }
 }
 
