@@ -16,9 +16,9 @@ use crate::cmdline::{self, Params};
 use crate::devices::{self, BlockDevice, DeviceSpec, WaitHooks, WaitPolicy};
 use crate::error::{Context, Error, Result};
 use crate::reference::{self, ImageSpec};
-use crate::rwlayer::{RootInfo, RwStore};
+use crate::rwlayer::{At, Existing, RootInfo, RwStore};
 use crate::store::Resolved as ResolvedImage;
-use crate::{btrfs, logging, modules, rwlayer, store, switch_root, toplayer};
+use crate::{btrfs, logging, modules, overlay, rwlayer, store, switch_root, toplayer};
 
 /// Where the root partition's top level (subvolid=5) is mounted while we work.
 pub const STAGING_TOP: &str = "/.dockroot/top";
@@ -113,7 +113,8 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
             .map_err(|e| e.context(format!("root={}", plan.root)))
     })?;
 
-    let top = t.run("mount top level", || mount_top_level(&root_dev, &plan))?;
+    let fstype = root_fstype(&root_dev, &plan)?;
+    let top = t.run("mount top level", || mount_top_level(&root_dev, &plan, &fstype))?;
     let mut record = Record::default();
     let candidates = switch_root::init_candidates(params.init.as_deref());
     let mut devs = Devices { waiter, hooks };
@@ -134,14 +135,19 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     let booted = choose_root(&ctx, &mut t, &store, top.as_fd(), &mut devs, &mut record)?;
     record.kept = store.kept().map(|k| k.iter().map(|n| store.kept_shown(n)).collect()).unwrap_or_default();
     record.rw_layer = store.rw_shown();
+    // Mounted while the top level still is: btrfs reuses the mounted
+    // filesystem instead of reading it again.
+    let new_root = t.run("mount root", || mount_new_root(&root_dev, &plan, &fstype, &store, params.read_only))?;
+    record.rw_kind =
+        store.kind(&At::Current).map(|k| if k == Existing::Overlay { "overlay" } else { "subvolume" }).unwrap_or("?");
+    record.trash_deleter = store.start_emptying_trash();
     drop(store);
     drop(top);
+    // Detached: a background deletion of old overlay roots may still hold it.
     t.run("unmount staging", || {
-        rustix::mount::unmount(STAGING_TOP, rustix::mount::UnmountFlags::empty())
+        rustix::mount::unmount(STAGING_TOP, rustix::mount::UnmountFlags::DETACH)
             .context(|| format!("unmounting {STAGING_TOP}"))
     })?;
-
-    let new_root = t.run("mount root", || mount_new_root(&root_dev, &plan, params.read_only))?;
     let init = switch_root::find_init(new_root.as_fd(), &candidates)?;
     drop(new_root);
 
@@ -191,6 +197,10 @@ struct Record {
     pruned: Vec<String>,
     kept: Vec<String>,
     rw_layer: String,
+    /// "subvolume" or "overlay".
+    rw_kind: &'static str,
+    /// Whether old overlay roots are being deleted in the background.
+    trash_deleter: bool,
 }
 
 impl Record {
@@ -207,8 +217,15 @@ impl Record {
                     "reference": r.reference, "id": r.image_id, "diff_ids": r.diff_ids,
                     "chain_ids": r.chain_ids, "store": r.whence(), "layer": r.layer,
                     "layer_subvolume": match &r.root {
-                        store::Root::Subvolume(p) => format!("/{}", p.display()),
-                        store::Root::Overlay { .. } => String::new(),
+                        store::Root::Subvolume(p) => serde_json::json!(format!("/{}", p.display())),
+                        store::Root::Overlay { .. } => serde_json::Value::Null,
+                    },
+                    "lowerdirs": match &r.root {
+                        store::Root::Subvolume(_) => serde_json::Value::Null,
+                        store::Root::Overlay { base, lowerdirs } => serde_json::json!(lowerdirs
+                            .iter()
+                            .map(|l| format!("/{}", base.join(l).display()))
+                            .collect::<Vec<_>>()),
                     },
                     "manifest_digest": r.manifest_digest, "verified": r.verified,
                 }),
@@ -232,6 +249,8 @@ impl Record {
             "image": image,
             "fallback": fallback,
             "rw_layer": self.rw_layer,
+            "rw_layer_kind": self.rw_kind,
+            "deleting_in_background": self.trash_deleter,
             "root_device": {
                 "devnode": root_dev.devnode.to_string_lossy(),
                 "label": fs.and_then(|f| f.label.clone()),
@@ -267,19 +286,19 @@ fn choose_root(
 ) -> Result<Booted> {
     match ctx.params.mode {
         BootMode::Fresh => {}
-        BootMode::Persist => match usable(store.current()?, ctx) {
-            Some(_) => {
+        BootMode::Persist => match usable(store, &At::Current, ctx) {
+            true => {
                 log::info!("dockroot.boot=persist: booting the current rw layer {} as it is", store.rw_shown());
                 return Ok(Booted::Persisted);
             }
-            None => record.warn(format!(
+            false => record.warn(format!(
                 "dockroot.boot=persist, but there is no bootable rw layer at {}: booting a fresh one",
                 store.rw_shown()
             )),
         },
         BootMode::Previous => match newest_usable_kept(store, ctx)? {
-            Some((name, fd)) => {
-                t.run("rw layer", || copy_kept(store, &name, fd, ctx.params.keep, record))?;
+            Some(name) => {
+                t.run("rw layer", || copy_kept(store, &name, ctx.params.keep, record))?;
                 log::info!("dockroot.boot=previous: booting a copy of {}", store.kept_shown(&name));
                 return Ok(Booted::Previous(store.kept_shown(&name)));
             }
@@ -291,7 +310,17 @@ fn choose_root(
             let commit = t.run("install", || store.commit(ctx.params.keep))?;
             record.retired = commit.retired;
             record.pruned = commit.pruned;
-            log::info!("rw layer {} is a fresh snapshot of {}", store.rw_shown(), resolved.reference);
+            match &resolved.root {
+                store::Root::Subvolume(_) => {
+                    log::info!("rw layer {} is a fresh snapshot of {}", store.rw_shown(), resolved.reference)
+                }
+                store::Root::Overlay { lowerdirs, .. } => log::info!(
+                    "rw layer {} is a fresh overlay of {} ({} layers)",
+                    store.rw_shown(),
+                    resolved.reference,
+                    lowerdirs.len()
+                ),
+            }
             Ok(Booted::Fresh(resolved))
         }
         Err(e) => {
@@ -315,14 +344,26 @@ fn build_fresh(
     for w in &resolved.warnings {
         log::warn!("{w}");
     }
+    let info = RootInfo { created: rwlayer::now_stamp(), image: resolved.image_id.clone() };
     let subvolume = match &resolved.root {
         store::Root::Subvolume(p) => p.clone(),
-        store::Root::Overlay { .. } => {
-            return Err(Error::msg(format!(
-                "image {} in {} is stored as overlay layers: booting overlay stores is not supported yet",
+        store::Root::Overlay { base, lowerdirs } => {
+            log::info!(
+                "image {} is {} in {} ({} layer directories in /{})",
                 resolved.reference,
-                resolved.whence()
-            )))
+                resolved.image_id,
+                resolved.whence(),
+                lowerdirs.len(),
+                base.display()
+            );
+            let spec = rwlayer::OverlaySpec { base: base.clone(), lowerdirs: lowerdirs.clone() };
+            t.run("rw layer", || {
+                store
+                    .begin_overlay(&spec, &info)
+                    .map_err(|e| e.context(format!("preparing an overlay of image {}", resolved.reference)))
+            })?;
+            build_in_overlay(ctx, t, store, devs).map_err(|e| e.context(format!("in image {}", resolved.reference)))?;
+            return Ok(resolved);
         }
     };
     log::info!(
@@ -343,7 +384,6 @@ fn build_fresh(
                 resolved.reference
             )));
         }
-        let info = RootInfo { created: rwlayer::now_stamp(), image: resolved.image_id.clone() };
         store
             .begin(image_fd.as_fd(), &info)
             .map_err(|e| e.context(format!("snapshotting image {}", resolved.reference)))
@@ -354,26 +394,66 @@ fn build_fresh(
     Ok(resolved)
 }
 
-/// The root's fd if it has an init.
-fn usable(root: Option<OwnedFd>, ctx: &Ctx) -> Option<OwnedFd> {
-    root.filter(|fd| switch_root::find_init(fd.as_fd(), ctx.candidates).is_ok())
+/// An overlay root at the temporary name, mounted on [`NEW_ROOT`] for the
+/// top layer and the init check, then unmounted (the final mount is made
+/// after the renames).
+fn build_in_overlay(ctx: &Ctx, t: &mut Timings, store: &RwStore, devs: &mut Devices) -> Result<()> {
+    mkdir_p(NEW_ROOT)?;
+    let method = t.run("mount overlay", || mount_overlay_root(store, &At::Tmp, NEW_ROOT, false))?;
+    log::info!("{} mounted with {}", store.shown_at(&At::Tmp), method.describe());
+    let r = open_dir_path(NEW_ROOT).and_then(|new| {
+        t.run("top layer", || apply_top_layer(ctx.params, ctx.plan, ctx.root_dev, ctx.policy, devs, new.as_fd()))?;
+        switch_root::find_init(new.as_fd(), ctx.candidates).map(drop)
+    });
+    let unmounted = rustix::mount::unmount(NEW_ROOT, rustix::mount::UnmountFlags::empty())
+        .context(|| format!("unmounting the new overlay root from {NEW_ROOT}"));
+    r.and(unmounted)
 }
 
-fn newest_usable_kept(store: &RwStore, ctx: &Ctx) -> Result<Option<(String, OwnedFd)>> {
+/// Whether the root `at` exists and has an init.
+fn usable(store: &RwStore, at: &At, ctx: &Ctx) -> bool {
+    match store.kind(at) {
+        Ok(k) if k.is_root() => match has_init(store, at, ctx) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("{} cannot boot: {e}", store.shown_at(at));
+                false
+            }
+        },
+        _ => false,
+    }
+}
+
+fn newest_usable_kept(store: &RwStore, ctx: &Ctx) -> Result<Option<String>> {
     for name in store.kept()?.into_iter().rev() {
-        match store.open_kept(&name) {
-            Ok(fd) if switch_root::find_init(fd.as_fd(), ctx.candidates).is_ok() => return Ok(Some((name, fd))),
-            Ok(_) => log::warn!("kept root {} has no init: skipped", store.kept_shown(&name)),
-            Err(e) => log::warn!("{e}"),
+        if usable(store, &At::Kept(name.clone()), ctx) {
+            return Ok(Some(name));
         }
+        log::warn!("kept root {} skipped", store.kept_shown(&name));
     }
     Ok(None)
 }
 
-/// Make a writable copy of kept root `name` the rw layer.
-fn copy_kept(store: &RwStore, name: &str, fd: OwnedFd, keep: usize, record: &mut Record) -> Result<()> {
+/// Make a writable copy of kept root `name` the rw layer: a snapshot of a
+/// subvolume, or a new overlay root with a copy of the upper directory.
+fn copy_kept(store: &RwStore, name: &str, keep: usize, record: &mut Record) -> Result<()> {
+    let at = At::Kept(name.to_string());
+    let fd = store.open_root(&at)?;
     let image = rwlayer::read_info(fd.as_fd()).map(|i| i.image).unwrap_or_else(|| "unknown".into());
-    store.begin(fd.as_fd(), &RootInfo { created: rwlayer::now_stamp(), image })?;
+    let info = RootInfo { created: rwlayer::now_stamp(), image };
+    let copied = match store.kind(&at)? {
+        Existing::Overlay => store.overlay_spec(&at).and_then(|spec| {
+            let tmp = store.begin_overlay(&spec, &info)?;
+            let upper = rwlayer::open_beneath(tmp.as_fd(), &[rwlayer::UPPER.to_string()])?;
+            let src = Path::new(STAGING_TOP).join(store.path(&at)).join(rwlayer::UPPER);
+            toplayer::apply(&src, upper.as_fd()).map(drop)
+        }),
+        _ => store.begin(fd.as_fd(), &info).map(drop),
+    };
+    if let Err(e) = copied {
+        store.abort();
+        return Err(e.context(format!("copying {}", store.kept_shown(name))));
+    }
     let commit =
         store.commit(keep).map_err(|e| e.context(format!("installing a copy of {}", store.kept_shown(name))))?;
     record.retired = commit.retired;
@@ -387,13 +467,13 @@ fn copy_kept(store: &RwStore, name: &str, fd: OwnedFd, keep: usize, record: &mut
 fn fall_back(err: Error, ctx: &Ctx, store: &RwStore, record: &mut Record) -> Result<Booted> {
     let reason = err.to_string();
     log::error!("cannot prepare a fresh root: {reason}");
-    if usable(store.current()?, ctx).is_some() {
+    if usable(store, &At::Current, ctx) {
         let from = format!("{} as it was", store.rw_shown());
         record.warn(format!("FALLBACK: booting the previous root {from}; fix the problem above and reboot"));
         return Ok(Booted::Fallback { reason, from });
     }
-    if let Some((name, fd)) = newest_usable_kept(store, ctx)? {
-        copy_kept(store, &name, fd, ctx.params.keep, record)?;
+    if let Some(name) = newest_usable_kept(store, ctx)? {
+        copy_kept(store, &name, ctx.params.keep, record)?;
         let from = format!("a copy of {}", store.kept_shown(&name));
         record.warn(format!("FALLBACK: booting {from}; fix the problem above and reboot"));
         return Ok(Booted::Fallback { reason, from });
@@ -423,7 +503,8 @@ fn image_spec(params: &Params) -> Result<ImageSpec> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootPlan {
     pub root: String,
-    pub fstype: String,
+    /// `rootfstype=`, if given; else the filesystem found on the device.
+    pub fstype: Option<String>,
     pub rw_subvol: Vec<String>,
     pub docker_path: Vec<String>,
     /// rootflags without subvol=/subvolid=, for the staging mount.
@@ -435,23 +516,21 @@ pub struct RootPlan {
 impl RootPlan {
     pub fn from_params(p: &Params) -> Result<RootPlan> {
         let root = p.root.clone().context(|| "root= is not set: it must name the partition with the Docker data")?;
-        let fstype = p.rootfstype.clone().unwrap_or_else(|| "btrfs".to_string());
-        if fstype != "btrfs" {
-            return Err(Error::msg(format!(
-                "rootfstype={fstype}: the rw layer is a btrfs snapshot, so root must be btrfs"
-            )));
-        }
-        let subvol = p.rw_subvol().context(|| {
-            "rootflags=subvol=NAME is not set: it names the rw layer (a subvolume dockroot creates at every boot)"
+        let fstype = p.rootfstype.clone();
+        let subvol = p.rw_subvol()?.context(|| {
+            "rootflags=subvol=NAME is not set (nor dockroot.rw=NAME): it names the rw layer \
+             (a root dockroot creates at every boot)"
         })?;
         let rw_subvol = cmdline::relative_path("rootflags=subvol", subvol)?;
         if rw_subvol.is_empty() {
-            return Err(Error::msg("rootflags=subvol= names the top level; it must name the rw layer's subvolume"));
+            return Err(Error::msg(
+                "the rw layer's name (rootflags=subvol= or dockroot.rw=) is the top level; it must name the rw layer",
+            ));
         }
         let docker_path = cmdline::relative_path("docker_path", &p.docker_path)?;
         if docker_path.starts_with(&rw_subvol) || rw_subvol.starts_with(&docker_path) {
             return Err(Error::msg(format!(
-                "docker_path={} and rootflags=subvol={} overlap: the rw layer would replace Docker's data",
+                "docker_path={} and the rw layer {} overlap: the rw layer would replace Docker's data",
                 p.docker_path, subvol
             )));
         }
@@ -520,11 +599,26 @@ fn join_options(a: &str, b: &str) -> String {
     }
 }
 
-fn mount_top_level(dev: &BlockDevice, plan: &RootPlan) -> Result<OwnedFd> {
+/// The root partition's filesystem type: `rootfstype=`, else what the probe found.
+fn root_fstype(dev: &BlockDevice, plan: &RootPlan) -> Result<String> {
+    match (&plan.fstype, &dev.fs) {
+        (Some(t), _) => Ok(t.clone()),
+        (None, Some(fs)) => Ok(fs.fstype.name().to_string()),
+        (None, None) => Err(Error::msg(format!(
+            "root={} ({}): no filesystem recognised; set rootfstype=",
+            plan.root,
+            dev.devnode.display()
+        ))),
+    }
+}
+
+fn mount_top_level(dev: &BlockDevice, plan: &RootPlan, fstype: &str) -> Result<OwnedFd> {
     mkdir_p(STAGING_TOP)?;
     let devnode = dev.devnode.to_string_lossy();
-    let opts = join_options(&plan.staging_flags, "subvolid=5");
-    mount(&devnode, STAGING_TOP, &plan.fstype, MountFlags::empty(), &opts)
+    // btrfs: the top level (subvolid=5), whatever the default subvolume is.
+    let opts =
+        if fstype == "btrfs" { join_options(&plan.staging_flags, "subvolid=5") } else { plan.staging_flags.clone() };
+    mount(&devnode, STAGING_TOP, fstype, MountFlags::empty(), &opts)
         .map_err(|e| e.context(format!("mounting the top level of the root partition {devnode}")))?;
     rustix::fs::open(STAGING_TOP, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
         .context(|| format!("opening {STAGING_TOP}"))
@@ -618,15 +712,85 @@ fn only_subvol(flags: &str) -> bool {
     flags.split(',').filter(|o| !o.is_empty()).all(|o| o.starts_with("subvol="))
 }
 
-fn mount_new_root(dev: &BlockDevice, plan: &RootPlan, read_only: bool) -> Result<OwnedFd> {
+/// Mount the rw layer on [`NEW_ROOT`]: its subvolume, or the overlay of
+/// its upper directory on its layers.
+fn mount_new_root(
+    dev: &BlockDevice,
+    plan: &RootPlan,
+    fstype: &str,
+    store: &RwStore,
+    read_only: bool,
+) -> Result<OwnedFd> {
     mkdir_p(NEW_ROOT)?;
-    let devnode = dev.devnode.to_string_lossy();
-    let flags = if read_only { MountFlags::RDONLY } else { MountFlags::empty() };
-    let opts = join_options(&plan.staging_flags, &format!("subvol=/{}", plan.rw_subvol.join("/")));
-    mount(&devnode, NEW_ROOT, &plan.fstype, flags, &opts)
-        .map_err(|e| e.context(format!("mounting the rw layer as the new root from {devnode}")))?;
-    rustix::fs::open(NEW_ROOT, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .context(|| format!("opening {NEW_ROOT}"))
+    match store.kind(&At::Current)? {
+        Existing::Overlay => {
+            mount_overlay_root(store, &At::Current, NEW_ROOT, read_only)?;
+        }
+        _ => {
+            let devnode = dev.devnode.to_string_lossy();
+            let flags = if read_only { MountFlags::RDONLY } else { MountFlags::empty() };
+            let opts = join_options(&plan.staging_flags, &format!("subvol=/{}", plan.rw_subvol.join("/")));
+            mount(&devnode, NEW_ROOT, fstype, flags, &opts)
+                .map_err(|e| e.context(format!("mounting the rw layer as the new root from {devnode}")))?;
+        }
+    }
+    open_dir_path(NEW_ROOT)
+}
+
+fn open_dir_path(path: &str) -> Result<OwnedFd> {
+    rustix::fs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .context(|| format!("opening {path}"))
+}
+
+/// Where an overlay root is mounted read-only to look for its init.
+const CHECK_MOUNT: &str = "/.dockroot/check";
+
+/// Mount the overlay root `at` on `target`: writable with its upper and work
+/// directories, or (`read_only`, for a look inside) its upper directory as
+/// the topmost lower layer.
+fn mount_overlay_root(store: &RwStore, at: &At, target: &str, read_only: bool) -> Result<overlay::Method> {
+    let spec = store.overlay_spec(at)?;
+    let top = Path::new(STAGING_TOP);
+    let root = top.join(store.path(at));
+    let ov = overlay::Overlay {
+        base: top.join(&spec.base),
+        lowerdirs: spec.lowerdirs.clone(),
+        upper: Some((root.join(rwlayer::UPPER), root.join(rwlayer::WORK))),
+    };
+    let method = overlay::mount(&ov, Path::new(target), read_only)
+        .map_err(|e| e.context(format!("mounting the overlay root {}", store.shown_at(at))))?;
+    log::debug!(
+        "mounted {} ({} layers) on {target} with {}",
+        store.shown_at(at),
+        spec.lowerdirs.len(),
+        method.describe()
+    );
+    Ok(method)
+}
+
+/// Whether the root `at` has an init: looked up in the subvolume, or in a
+/// read-only overlay of the overlay root's upper directory over its layers.
+fn has_init(store: &RwStore, at: &At, ctx: &Ctx) -> Result<()> {
+    match store.kind(at)? {
+        Existing::Subvolume => switch_root::find_init(store.open_root(at)?.as_fd(), ctx.candidates).map(drop),
+        Existing::Overlay => {
+            let spec = store.overlay_spec(at)?;
+            let top = Path::new(STAGING_TOP);
+            let mut lowerdirs = vec![top.join(store.path(at)).join(rwlayer::UPPER)];
+            lowerdirs.extend(spec.lowerdirs.iter().map(|l| top.join(&spec.base).join(l)));
+            let ov = overlay::Overlay { base: top.join(&spec.base), lowerdirs, upper: None };
+            mkdir_p(CHECK_MOUNT)?;
+            overlay::mount(&ov, Path::new(CHECK_MOUNT), true)
+                .map_err(|e| e.context(format!("mounting {} read-only to look for its init", store.shown_at(at))))?;
+            let found = open_dir_path(CHECK_MOUNT).and_then(|fd| switch_root::find_init(fd.as_fd(), ctx.candidates));
+            if let Err(e) = rustix::mount::unmount(CHECK_MOUNT, rustix::mount::UnmountFlags::DETACH) {
+                log::warn!("could not unmount {CHECK_MOUNT}: {e}");
+            }
+            found.map(drop)
+        }
+        Existing::Absent => Err(Error::msg(format!("there is no {}", store.shown_at(at)))),
+        Existing::Other(kind) => Err(Error::msg(format!("{} is a {kind}, not a root", store.shown_at(at)))),
+    }
 }
 
 #[cfg(test)]
@@ -643,7 +807,7 @@ mod tests {
         assert_eq!(p.rw_subvol, vec!["docker_rwlayer"]);
         assert_eq!(p.docker_path, vec!["docker"]);
         assert_eq!(p.staging_flags, "compress=zstd");
-        assert_eq!(p.fstype, "btrfs");
+        assert_eq!(p.fstype, None);
         assert_eq!(p.toplayer_path, Some(vec!["boot_docker".to_string()]));
     }
 
@@ -651,10 +815,10 @@ mod tests {
     fn plan_errors_name_the_parameter() {
         let cases = [
             ("rootflags=subvol=rw", "root= is not set"),
-            ("root=/dev/vda", "rootflags=subvol=NAME is not set"),
-            ("root=/dev/vda rootflags=subvol=/", "names the top level"),
+            ("root=/dev/vda", "rootflags=subvol=NAME is not set (nor dockroot.rw=NAME)"),
+            ("root=/dev/vda rootflags=subvol=/", "is the top level"),
             ("root=/dev/vda rootflags=subvol=../x", "'..' is not allowed"),
-            ("root=/dev/vda rootflags=subvol=rw rootfstype=ext4", "root must be btrfs"),
+            ("root=/dev/vda dockroot.rw=a rootflags=subvol=b", "name different rw layers"),
             ("root=/dev/vda rootflags=subvol=rw docker_path=/var/../../x", "'..' is not allowed"),
             ("root=/dev/vda rootflags=subvol=var docker_path=var/lib/docker", "overlap"),
             ("root=/dev/vda rootflags=subvol=rw toplayer_path=a/../..", "'..' is not allowed"),

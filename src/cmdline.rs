@@ -143,8 +143,11 @@ pub struct Params {
     pub root: Option<String>,
     /// `rootflags=`, as given (passed to the final mount; must name `subvol=`).
     pub rootflags: Option<String>,
-    /// `rootfstype=` (only btrfs can hold the rw layer).
+    /// `rootfstype=`; without it, the filesystem found on the device.
     pub rootfstype: Option<String>,
+    /// `dockroot.rw=NAME`: the rw layer's name, where `rootflags=subvol=`
+    /// does not fit (a root partition that is not btrfs).
+    pub rw_name: Option<String>,
     /// `ro` (the kernel's default) or `rw`; the last one given wins.
     pub read_only: bool,
     /// `init=`: the program to run in the new root.
@@ -181,6 +184,7 @@ impl Default for Params {
             root: None,
             rootflags: None,
             rootfstype: None,
+            rw_name: None,
             read_only: true,
             init: None,
             docker_path: DEFAULT_DOCKER_PATH.to_string(),
@@ -236,6 +240,7 @@ impl Params {
                 }
                 "rootdelay" => p.rootdelay = seconds("rootdelay", v.unwrap_or(""))?,
                 "dockroot.image" => p.image = Some(text("dockroot.image")?),
+                "dockroot.rw" => p.rw_name = Some(text("dockroot.rw")?),
                 "dockroot.timeout" => explicit_timeout = Some(seconds("dockroot.timeout", v.unwrap_or(""))?),
                 "dockroot.reboot_delay" => p.reboot_delay = seconds("dockroot.reboot_delay", v.unwrap_or(""))?,
                 "dockroot.debug" => p.debug = true,
@@ -272,9 +277,17 @@ impl Params {
         Ok(p)
     }
 
-    /// The rw layer's subvolume path from `rootflags=subvol=NAME`, if given.
-    pub fn rw_subvol(&self) -> Option<&str> {
-        mount_option(self.rootflags.as_deref()?, "subvol")
+    /// The rw layer's path from `dockroot.rw=NAME` or `rootflags=subvol=NAME`,
+    /// if given; both, naming different paths, is an error.
+    pub fn rw_subvol(&self) -> Result<Option<&str>> {
+        let subvol = self.rootflags.as_deref().and_then(|f| mount_option(f, "subvol"));
+        match (self.rw_name.as_deref(), subvol) {
+            (Some(a), Some(b)) if a.trim_matches('/') != b.trim_matches('/') => Err(Error::msg(format!(
+                "dockroot.rw={a} and rootflags=subvol={b} name different rw layers: give one of them"
+            ))),
+            (Some(a), _) => Ok(Some(a)),
+            (None, b) => Ok(b),
+        }
     }
 }
 
@@ -403,7 +416,7 @@ mod tests {
         );
         let p = Params::parse(&args).unwrap();
         assert_eq!(p.root.as_deref(), Some("LABEL=linux"));
-        assert_eq!(p.rw_subvol(), Some("docker_rwlayer"));
+        assert_eq!(p.rw_subvol().unwrap(), Some("docker_rwlayer"));
         assert!(!p.read_only);
         assert_eq!(p.docker_path, "docker");
         assert_eq!(p.toplayer.as_deref(), Some("LABEL=linux"));
@@ -417,7 +430,17 @@ mod tests {
         assert!(p.read_only, "the kernel mounts root read-only unless rw is given");
         assert_eq!(p.docker_path, DEFAULT_DOCKER_PATH);
         assert_eq!(p.reboot_delay, DEFAULT_REBOOT_DELAY);
-        assert_eq!(p.rw_subvol(), None);
+        assert_eq!(p.rw_subvol().unwrap(), None);
+    }
+
+    #[test]
+    fn rw_layer_name_from_either_parameter() {
+        let rw = |cmd: &str| Params::parse(&split(cmd).0).unwrap().rw_subvol().map(|o| o.map(str::to_string));
+        assert_eq!(rw("dockroot.rw=roots/rw").unwrap().as_deref(), Some("roots/rw"));
+        assert_eq!(rw("rootflags=subvol=/rw dockroot.rw=rw").unwrap().as_deref(), Some("rw"));
+        let e = rw("rootflags=subvol=a dockroot.rw=b").unwrap_err().to_string();
+        assert!(e.contains("dockroot.rw=b") && e.contains("subvol=a"), "{e}");
+        assert!(Params::parse(&split("dockroot.rw=").0).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod btrfs;
 pub mod reference;
 pub mod store;
 pub mod rwlayer;
+pub mod overlay;
 pub mod toplayer;
 pub mod switch_root;
 pub mod boot;

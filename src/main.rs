@@ -1,6 +1,8 @@
 //! `/init` of a dockroot initramfs. As PID 1 it boots; on a host,
 //! `dockroot plan` is a dry run of what the init would do with a disk.
 
+#![no_main]
+
 use std::path::{Path, PathBuf};
 
 use dockroot::{plan, reference, Context, Error, Result};
@@ -17,7 +19,10 @@ const USAGE: &str = "usage:
 
 As PID 1 (the /init of an initramfs built by dockroot-mkinitramfs) it boots a Docker image.";
 
-fn main() {
+/// The C entry point: std's runtime setup (SIGPIPE ignored, stack guard via
+/// pthread_getattr_np, which drags in scanf/stdio) is skipped.
+#[no_mangle]
+pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     if rustix::process::getpid().is_init() {
         dockroot::boot::run();
     }
@@ -95,4 +100,12 @@ fn run_plan(args: &[String]) -> Result<()> {
         }
         _ => Err(Error::msg(format!("give exactly one of --top and --device\n{USAGE}"))),
     }
+}
+
+/// glibc's `__libc_start_main` references `__assert_fail`, whose object pulls in
+/// gettext, locale loading and iconv (about 30 KB); nothing in this program asserts
+/// through glibc, so this stands in for it: abort, as glibc's does after printing.
+#[no_mangle]
+pub extern "C" fn __assert_fail(_expr: *const u8, _file: *const u8, _line: u32, _func: *const u8) -> ! {
+    std::process::abort()
 }

@@ -1,7 +1,15 @@
-//! Stage 7: the rw layer, a writable btrfs snapshot of the image's root, and
+//! Stage 7: the rw layer, a writable btrfs snapshot of the image's root (or
+//! the upper and work directories of an overlay of the image's layers), and
 //! the previous roots kept beside it.
 //!
-//! The rw layer is the subvolume named by `rootflags=subvol=NAME`. It is never
+//! The rw layer is named by `rootflags=subvol=NAME` (or `dockroot.rw=NAME`).
+//! It is one of two kinds:
+//! - a btrfs subvolume, a writable snapshot of the image's subvolume;
+//! - an overlay root: a directory holding `upper/`, `work/` and
+//!   `dockroot-overlay.json` (which layers, relative to the top level, lie
+//!   under the upper directory); the init mounts it as an overlayfs.
+//!
+//! Either way it is never
 //! rebuilt in place: a new root is built under a temporary name, synced, marked
 //! ready by a rename, and only then is the previous root retired (renamed into
 //! the kept directory and made read-only) and the new one renamed into place.
@@ -12,6 +20,7 @@
 //! | on disk after a crash            | recovery                                   |
 //! |----------------------------------|--------------------------------------------|
 //! | `NAME.dockroot-tmp`              | half built: deleted                        |
+//! | entries in `NAME.dockroot-trash` | deleted in the background                  |
 //! | `NAME.dockroot-ready`, NAME      | complete but not installed: deleted        |
 //! | `NAME.dockroot-ready`, no NAME   | the old root was retired: ready installed  |
 //! | a writable root in `NAME.kept/`  | made read-only                             |
@@ -19,9 +28,15 @@
 //! Kept roots live in `NAME.kept/<created>-<image id, 12 hex>`, where
 //! `created` is the UTC time the root was made; the newest are kept
 //! (`dockroot.keep=`), older ones are deleted with their nested subvolumes.
-//! Anything at NAME that is not a subvolume is user data and is refused.
+//! Overlay roots are not deleted in the boot's path: they are renamed into
+//! `NAME.dockroot-trash/` (atomic, instant) and a child process deletes them
+//! while the system boots (a later boot finishes what it did not). Kept
+//! subvolumes are made read-only; kept overlay roots cannot be, but nothing
+//! mounts them writable: booting one copies it.
+//! Anything at NAME that is neither is user data and is refused.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
@@ -31,6 +46,14 @@ use crate::error::{Context, Error, Result};
 const TMP_SUFFIX: &str = ".dockroot-tmp";
 const READY_SUFFIX: &str = ".dockroot-ready";
 const KEPT_SUFFIX: &str = ".kept";
+const TRASH_SUFFIX: &str = ".dockroot-trash";
+/// The file naming an overlay root's layers.
+pub const OVERLAY_SPEC: &str = "dockroot-overlay.json";
+/// An overlay root's upper and work directories.
+pub const UPPER: &str = "upper";
+pub const WORK: &str = "work";
+/// Cap for reading an overlay spec.
+const OVERLAY_SPEC_CAP: u64 = 1 << 20;
 const XATTR_CREATED: &str = "user.dockroot.created";
 const XATTR_IMAGE: &str = "user.dockroot.image";
 
@@ -39,8 +62,17 @@ const XATTR_IMAGE: &str = "user.dockroot.image";
 pub enum Existing {
     Absent,
     Subvolume,
+    /// A directory holding an overlay root made by dockroot.
+    Overlay,
     /// A directory that is not a subvolume root, or any other file type.
     Other(&'static str),
+}
+
+impl Existing {
+    /// A root dockroot made (either kind).
+    pub fn is_root(self) -> bool {
+        matches!(self, Existing::Subvolume | Existing::Overlay)
+    }
 }
 
 /// Where a root came from, stored as xattrs on its top directory so that a
@@ -70,14 +102,14 @@ pub fn recovery_plan(current: Existing, tmp: Existing, ready: Existing) -> Resul
     for (what, e) in [("temporary", tmp), ("ready", ready)] {
         if let Existing::Other(kind) = e {
             return Err(Error::msg(format!(
-                "dockroot's {what} rw layer name is taken by a {kind}, not a subvolume: refusing to touch it"
+                "dockroot's {what} rw layer name is taken by a {kind}, not a root dockroot made: refusing to touch it"
             )));
         }
     }
-    if tmp == Existing::Subvolume {
+    if tmp.is_root() {
         steps.push(Recovery::DeleteTmp);
     }
-    if ready == Existing::Subvolume {
+    if ready.is_root() {
         steps.push(if current == Existing::Absent { Recovery::InstallReady } else { Recovery::DeleteReady });
     }
     Ok(steps)
@@ -87,8 +119,9 @@ pub fn recovery_plan(current: Existing, tmp: Existing, ready: Existing) -> Resul
 pub fn check_current(existing: Existing, shown: &str) -> Result<()> {
     match existing {
         Existing::Other(kind) => Err(Error::msg(format!(
-            "the rw layer {shown:?} (rootflags=subvol=) exists but is a {kind}, not a btrfs subvolume: \
-             refusing to delete it; move it away or choose another subvol= name"
+            "the rw layer {shown:?} (rootflags=subvol= or dockroot.rw=) exists but is a {kind}, \
+             not a btrfs subvolume or an overlay root made by dockroot: \
+             refusing to delete it; move it away or choose another name"
         ))),
         _ => Ok(()),
     }
@@ -191,6 +224,8 @@ fn existing(parent: BorrowedFd<'_>, name: &str) -> Result<Existing> {
             let fd = open_dir(parent, name).context(|| format!("opening {name}"))?;
             if btrfs::is_subvolume(fd.as_fd())? {
                 Existing::Subvolume
+            } else if is_overlay_root(fd.as_fd()) {
+                Existing::Overlay
             } else {
                 Existing::Other("plain directory")
             }
@@ -199,6 +234,71 @@ fn existing(parent: BorrowedFd<'_>, name: &str) -> Result<Existing> {
         FileType::RegularFile => Existing::Other("regular file"),
         _ => Existing::Other("special file"),
     })
+}
+
+/// Whether `dir` is an overlay root: it holds a regular [`OVERLAY_SPEC`]
+/// file and an [`UPPER`] directory.
+fn is_overlay_root(dir: BorrowedFd<'_>) -> bool {
+    let is = |name: &str, want: FileType| {
+        rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == want)
+    };
+    is(OVERLAY_SPEC, FileType::RegularFile) && is(UPPER, FileType::Directory)
+}
+
+/// Which layers lie under an overlay root's upper directory: the store's
+/// driver directory and the layers relative to it, topmost first. Written
+/// into every overlay root, so that booting it later needs no store lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlaySpec {
+    /// Relative to the top level of the root partition.
+    pub base: PathBuf,
+    /// Relative to `base`, topmost first.
+    pub lowerdirs: Vec<PathBuf>,
+}
+
+/// A path inside the root partition: relative, no `..`, not empty (pure).
+fn inside(path: &Path) -> bool {
+    path.components().next().is_some() && path.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+impl OverlaySpec {
+    /// The JSON stored as [`OVERLAY_SPEC`] (pure).
+    pub fn to_json(&self) -> Result<String> {
+        let lowers: Vec<&str> = self
+            .lowerdirs
+            .iter()
+            .map(|l| l.to_str().context(|| format!("layer path {} is not UTF-8", l.display())))
+            .collect::<Result<_>>()?;
+        let base = self.base.to_str().context(|| format!("{} is not UTF-8", self.base.display()))?;
+        Ok(format!("{:#}\n", serde_json::json!({ "base": base, "lowerdirs": lowers })))
+    }
+
+    /// Parse and check an [`OVERLAY_SPEC`]: every path stays inside the root
+    /// partition (pure).
+    pub fn from_json(bytes: &[u8]) -> Result<OverlaySpec> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).context(|| format!("{OVERLAY_SPEC} is not JSON"))?;
+        let base = v.get("base").and_then(|b| b.as_str()).context(|| format!("{OVERLAY_SPEC} has no \"base\""))?;
+        let lowers = v
+            .get("lowerdirs")
+            .and_then(|l| l.as_array())
+            .context(|| format!("{OVERLAY_SPEC} has no \"lowerdirs\" list"))?;
+        let mut spec = OverlaySpec { base: PathBuf::from(base), lowerdirs: Vec::new() };
+        for l in lowers {
+            let l = l.as_str().context(|| format!("{OVERLAY_SPEC}: a layer is not a string"))?;
+            spec.lowerdirs.push(PathBuf::from(l));
+        }
+        if !inside(&spec.base) {
+            return Err(Error::msg(format!("{OVERLAY_SPEC}: base {base:?} is not a path inside the root partition")));
+        }
+        if let Some(bad) = spec.lowerdirs.iter().find(|l| !inside(l)) {
+            return Err(Error::msg(format!("{OVERLAY_SPEC}: layer {} is not a path below {base}", bad.display())));
+        }
+        if spec.lowerdirs.is_empty() {
+            return Err(Error::msg(format!("{OVERLAY_SPEC}: no layers")));
+        }
+        Ok(spec)
+    }
 }
 
 /// Read a root's [`RootInfo`] from its xattrs (None if it has none: made by
@@ -220,6 +320,53 @@ fn write_info(root: BorrowedFd<'_>, info: &RootInfo) -> Result<()> {
     Ok(())
 }
 
+/// Deepest directory nesting [`remove_contents`] descends into.
+const REMOVE_MAX_DEPTH: usize = 1024;
+
+/// Delete everything below `dir`, following no symlinks and never leaving
+/// the filesystem. Returns how many entries were deleted.
+fn remove_contents(dir: BorrowedFd<'_>, depth: usize) -> Result<u64> {
+    if depth > REMOVE_MAX_DEPTH {
+        return Err(Error::msg(format!("directories nested deeper than {REMOVE_MAX_DEPTH}: not deleted")));
+    }
+    let mut names = Vec::new();
+    let mut entries = rustix::fs::Dir::read_from(dir).context(|| format!("reading {}", btrfs::describe_fd(dir)))?;
+    while let Some(entry) = entries.read() {
+        let entry = entry.context(|| format!("reading {}", btrfs::describe_fd(dir)))?;
+        let name = entry.file_name().to_owned();
+        if !matches!(name.to_bytes(), b"." | b"..") {
+            names.push((name, entry.file_type()));
+        }
+    }
+    drop(entries);
+    let mut n = 0u64;
+    for (name, ft) in names {
+        let ft = match ft {
+            FileType::Unknown => rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .map(|st| FileType::from_raw_mode(st.st_mode))
+                .unwrap_or(FileType::Unknown),
+            ft => ft,
+        };
+        if ft == FileType::Directory {
+            let sub = rustix::fs::openat(
+                dir,
+                name.as_c_str(),
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .context(|| format!("opening {name:?} in {}", btrfs::describe_fd(dir)))?;
+            n = n.saturating_add(remove_contents(sub.as_fd(), depth.saturating_add(1))?);
+            rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::REMOVEDIR)
+                .context(|| format!("deleting directory {name:?} in {}", btrfs::describe_fd(dir)))?;
+        } else {
+            rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::empty())
+                .context(|| format!("deleting {name:?} in {}", btrfs::describe_fd(dir)))?;
+        }
+        n = n.saturating_add(1);
+    }
+    Ok(n)
+}
+
 /// What [`RwStore::commit`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Commit {
@@ -229,9 +376,22 @@ pub struct Commit {
     pub pruned: Vec<String>,
 }
 
+/// One of the names a root can have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum At {
+    /// NAME, the rw layer.
+    Current,
+    /// NAME.dockroot-tmp, a root being built.
+    Tmp,
+    /// NAME.kept/<name>.
+    Kept(String),
+}
+
 /// The rw layer's directory on the root partition, and the operations on it.
 pub struct RwStore {
     parent: OwnedFd,
+    /// The parent directory relative to the top level.
+    parent_path: PathBuf,
     /// "/a/b" of the parent directory, for messages.
     parent_shown: String,
     name: String,
@@ -247,6 +407,7 @@ impl RwStore {
             open_beneath(top, parent).context(|| format!("the parent directory of the rw layer /{}", rw.join("/")))?;
         let store = RwStore {
             parent: parent_fd,
+            parent_path: parent.iter().collect(),
             parent_shown: parent.iter().map(|c| format!("/{c}")).collect(),
             name: name.clone(),
         };
@@ -275,6 +436,172 @@ impl RwStore {
         format!("{}{KEPT_SUFFIX}", self.name)
     }
 
+    fn trash_name(&self) -> String {
+        format!("{}{TRASH_SUFFIX}", self.name)
+    }
+
+    /// The path of a root relative to the top level.
+    pub fn path(&self, at: &At) -> PathBuf {
+        match at {
+            At::Current => self.parent_path.join(&self.name),
+            At::Tmp => self.parent_path.join(self.tmp()),
+            At::Kept(k) => self.parent_path.join(self.kept_dir_name()).join(k),
+        }
+    }
+
+    /// A root's path from the top level, for messages.
+    pub fn shown_at(&self, at: &At) -> String {
+        format!("/{}", self.path(at).display())
+    }
+
+    /// The directory holding a root and the root's name in it.
+    fn locate(&self, at: &At) -> Result<(OwnedFd, String)> {
+        let dup = |fd: &OwnedFd| fd.try_clone().context(|| format!("duplicating the fd of {}", self.parent_shown));
+        match at {
+            At::Current => Ok((dup(&self.parent)?, self.name.clone())),
+            At::Tmp => Ok((dup(&self.parent)?, self.tmp())),
+            At::Kept(k) => {
+                let dir = self.kept_dir()?.context(|| format!("no {} directory", self.shown(&self.kept_dir_name())))?;
+                Ok((dir, k.clone()))
+            }
+        }
+    }
+
+    /// What is at one of the names.
+    pub fn kind(&self, at: &At) -> Result<Existing> {
+        let (dir, name) = self.locate(at)?;
+        existing(dir.as_fd(), &name)
+    }
+
+    /// Open a root's top directory.
+    pub fn open_root(&self, at: &At) -> Result<OwnedFd> {
+        let (dir, name) = self.locate(at)?;
+        open_dir(dir.as_fd(), &name).context(|| format!("opening {}", self.shown_at(at)))
+    }
+
+    /// Read an overlay root's layers.
+    pub fn overlay_spec(&self, at: &At) -> Result<OverlaySpec> {
+        let root = self.open_root(at)?;
+        let read = || -> std::io::Result<Vec<u8>> {
+            use std::io::Read;
+            let fd = rustix::fs::openat(
+                root.as_fd(),
+                OVERLAY_SPEC,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let mut buf = Vec::new();
+            std::fs::File::from(fd).take(OVERLAY_SPEC_CAP).read_to_end(&mut buf)?;
+            Ok(buf)
+        };
+        let bytes = read().context(|| format!("reading {}/{OVERLAY_SPEC}", self.shown_at(at)))?;
+        OverlaySpec::from_json(&bytes).map_err(|e| e.context(format!("in {}", self.shown_at(at))))
+    }
+
+    /// Start a new overlay root at the temporary name: empty upper and work
+    /// directories over the layers of `spec`, labelled with `info`. Returns
+    /// its top directory.
+    pub fn begin_overlay(&self, spec: &OverlaySpec, info: &RootInfo) -> Result<OwnedFd> {
+        let p = self.parent.as_fd();
+        let tmp = self.tmp();
+        let json = spec.to_json()?;
+        rustix::fs::mkdirat(p, tmp.as_str(), Mode::from_raw_mode(0o755))
+            .context(|| format!("creating {}", self.shown(&tmp)))?;
+        let fd = open_dir(p, &tmp).context(|| format!("opening {}", self.shown(&tmp)))?;
+        for (dir, mode) in [(UPPER, 0o755), (WORK, 0o700)] {
+            rustix::fs::mkdirat(&fd, dir, Mode::from_raw_mode(mode))
+                .context(|| format!("creating {}/{dir}", self.shown(&tmp)))?;
+        }
+        let file = rustix::fs::openat(
+            &fd,
+            OVERLAY_SPEC,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .context(|| format!("creating {}/{OVERLAY_SPEC}", self.shown(&tmp)))?;
+        use std::io::Write;
+        std::fs::File::from(file)
+            .write_all(json.as_bytes())
+            .context(|| format!("writing {}/{OVERLAY_SPEC}", self.shown(&tmp)))?;
+        write_info(fd.as_fd(), info)?;
+        Ok(fd)
+    }
+
+    /// Get rid of a root: a subvolume is deleted (btrfs frees its space in
+    /// the background), an overlay root is renamed into the trash directory,
+    /// which [`start_emptying_trash`](Self::start_emptying_trash) empties.
+    fn discard(&self, dir: BorrowedFd<'_>, name: &str, shown: &str) -> Result<()> {
+        match existing(dir, name)? {
+            Existing::Subvolume => btrfs::delete_subvolume(dir, name),
+            Existing::Overlay => {
+                let trash = self.trash_name();
+                match rustix::fs::mkdirat(&self.parent, trash.as_str(), Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(Error::with(format!("creating {}", self.shown(&trash)), e)),
+                }
+                let tdir =
+                    open_dir(self.parent.as_fd(), &trash).context(|| format!("opening {}", self.shown(&trash)))?;
+                let unique = format!("{}-{}-{name}", now_stamp(), rustix::process::getpid().as_raw_pid());
+                let target = (1..).map(|n| format!("{unique}.{n}")).find(|t| {
+                    matches!(
+                        rustix::fs::statat(&tdir, t.as_str(), AtFlags::SYMLINK_NOFOLLOW),
+                        Err(rustix::io::Errno::NOENT)
+                    )
+                });
+                let target = target.unwrap_or(unique);
+                rustix::fs::renameat(dir, name, &tdir, target.as_str())
+                    .context(|| format!("moving {shown} into {}", self.shown(&trash)))
+            }
+            Existing::Absent => Ok(()),
+            Existing::Other(kind) => {
+                Err(Error::msg(format!("{shown} is a {kind}, not a root dockroot made: not deleted")))
+            }
+        }
+    }
+
+    /// Delete what is in the trash directory in a child process, so that the
+    /// boot does not wait for it. Returns whether a child was started.
+    pub fn start_emptying_trash(&self) -> bool {
+        let trash = self.trash_name();
+        let Ok(dir) = open_dir(self.parent.as_fd(), &trash) else { return false };
+        let Ok(mut entries) = rustix::fs::Dir::read_from(&dir) else { return false };
+        let any =
+            std::iter::from_fn(|| entries.read()).flatten().any(|e| !matches!(e.file_name().to_bytes(), b"." | b".."));
+        if !any {
+            return false;
+        }
+        let shown = self.shown(&trash);
+        // SAFETY: fork(2) has no memory-safety preconditions. PID 1 runs no
+        // other threads (modules load in forked processes), so no lock is held
+        // in the child, which deletes files and calls _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let t = std::time::Instant::now();
+            let code = match remove_contents(dir.as_fd(), 0) {
+                Ok(n) => {
+                    log::info!("emptied {shown} ({n} entries) in {} ms, in the background", t.elapsed().as_millis());
+                    0
+                }
+                Err(e) => {
+                    log::warn!("could not empty {shown} (the next boot tries again): {e}");
+                    1
+                }
+            };
+            // SAFETY: _exit ends the child without running the parent's exit
+            // handlers or flushing buffers that belong to the parent.
+            unsafe { libc::_exit(code) }
+        }
+        if pid < 0 {
+            log::warn!(
+                "could not start deleting {shown} ({}): the next boot tries again",
+                std::io::Error::last_os_error()
+            );
+            return false;
+        }
+        log::info!("deleting the old overlay roots in {shown} in the background (process {pid})");
+        true
+    }
+
     /// Finish or undo whatever an interrupted boot left, and make sure every
     /// kept root is read-only. Returns what was done, for the boot record.
     pub fn recover(&self) -> Result<Vec<String>> {
@@ -285,7 +612,7 @@ impl RwStore {
             match step {
                 Recovery::DeleteTmp => {
                     log::warn!("deleting {}, left half-built by an interrupted boot", self.shown(&self.tmp()));
-                    btrfs::delete_subvolume(p, &self.tmp())?;
+                    self.discard(p, &self.tmp(), &self.shown(&self.tmp()))?;
                     done.push(format!("deleted the half-built {}", self.shown(&self.tmp())));
                 }
                 Recovery::DeleteReady => {
@@ -293,7 +620,7 @@ impl RwStore {
                         "deleting {}, complete but never installed by an interrupted boot",
                         self.shown(&self.ready())
                     );
-                    btrfs::delete_subvolume(p, &self.ready())?;
+                    self.discard(p, &self.ready(), &self.shown(&self.ready()))?;
                     done.push(format!("deleted the uninstalled {}", self.shown(&self.ready())));
                 }
                 Recovery::InstallReady => {
@@ -320,12 +647,13 @@ impl RwStore {
         Ok(done)
     }
 
-    /// The current rw layer's root, if there is one.
-    pub fn current(&self) -> Result<Option<OwnedFd>> {
+    /// The current rw layer's root and its kind, if there is one.
+    pub fn current(&self) -> Result<Option<(OwnedFd, Existing)>> {
         match existing(self.parent.as_fd(), &self.name)? {
-            Existing::Subvolume => {
-                Ok(Some(open_dir(self.parent.as_fd(), &self.name).context(|| format!("opening {}", self.rw_shown()))?))
-            }
+            e if e.is_root() => Ok(Some((
+                open_dir(self.parent.as_fd(), &self.name).context(|| format!("opening {}", self.rw_shown()))?,
+                e,
+            ))),
             _ => Ok(None),
         }
     }
@@ -361,12 +689,6 @@ impl RwStore {
         self.shown(&format!("{}/{name}", self.kept_dir_name()))
     }
 
-    /// Open kept root `name`.
-    pub fn open_kept(&self, name: &str) -> Result<OwnedFd> {
-        let dir = self.kept_dir()?.context(|| format!("no {} directory", self.shown(&self.kept_dir_name())))?;
-        open_dir(dir.as_fd(), name).context(|| format!("opening kept root {}", self.kept_shown(name)))
-    }
-
     /// Start a new root: a writable snapshot of `source` at the temporary
     /// name, labelled with `info`. Returns its root directory.
     pub fn begin(&self, source: BorrowedFd<'_>, info: &RootInfo) -> Result<OwnedFd> {
@@ -379,8 +701,8 @@ impl RwStore {
 
     /// Throw away a new root that could not be completed.
     pub fn abort(&self) {
-        if let Ok(Existing::Subvolume) = existing(self.parent.as_fd(), &self.tmp()) {
-            if let Err(e) = btrfs::delete_subvolume(self.parent.as_fd(), &self.tmp()) {
+        if existing(self.parent.as_fd(), &self.tmp()).is_ok_and(Existing::is_root) {
+            if let Err(e) = self.discard(self.parent.as_fd(), &self.tmp(), &self.shown(&self.tmp())) {
                 log::warn!("could not delete the unfinished {} (the next boot will): {e}", self.shown(&self.tmp()));
             }
         }
@@ -389,15 +711,20 @@ impl RwStore {
     /// Install the new root built since [`begin`](Self::begin): sync it, mark
     /// it ready, retire the current root into the kept directory (read-only),
     /// rename the new one into place, sync, then delete kept roots beyond `keep`.
+    ///
+    /// One sync before the first rename makes the new root's data durable;
+    /// the renames need none between them: btrfs commits metadata in
+    /// transactions and ext4/xfs journal it in order, so after a crash the
+    /// disk shows a prefix of the renames, which [`recover`](Self::recover)
+    /// completes.
     pub fn commit(&self, keep: usize) -> Result<Commit> {
         let p = self.parent.as_fd();
         btrfs::sync(p)?;
         rustix::fs::renameat(p, self.tmp(), p, self.ready())
             .context(|| format!("renaming {} to {}", self.shown(&self.tmp()), self.shown(&self.ready())))?;
-        btrfs::sync(p)?;
         let mut commit = Commit::default();
-        if let Some(current) = self.current()? {
-            commit.retired = Some(self.retire(current)?);
+        if let Some((current, kind)) = self.current()? {
+            commit.retired = Some(self.retire(current, kind)?);
         }
         rustix::fs::renameat(p, self.ready(), p, self.name.as_str())
             .context(|| format!("renaming {} to {}", self.shown(&self.ready()), self.rw_shown()))?;
@@ -413,7 +740,7 @@ impl RwStore {
     }
 
     /// Rename the current root into the kept directory and make it read-only.
-    fn retire(&self, current: OwnedFd) -> Result<String> {
+    fn retire(&self, current: OwnedFd, kind: Existing) -> Result<String> {
         let p = self.parent.as_fd();
         let info =
             read_info(current.as_fd()).unwrap_or_else(|| RootInfo { created: now_stamp(), image: "unknown".into() });
@@ -427,9 +754,13 @@ impl RwStore {
         let name = kept_name(&info, &self.kept()?);
         rustix::fs::renameat(p, self.name.as_str(), &dir, name.as_str())
             .context(|| format!("retiring {} to {}", self.rw_shown(), self.kept_shown(&name)))?;
-        let kept = open_dir(dir.as_fd(), &name).context(|| format!("opening {}", self.kept_shown(&name)))?;
-        btrfs::set_readonly(kept.as_fd(), true)?;
-        log::info!("the previous root is kept read-only as {}", self.kept_shown(&name));
+        if kind == Existing::Subvolume {
+            let kept = open_dir(dir.as_fd(), &name).context(|| format!("opening {}", self.kept_shown(&name)))?;
+            btrfs::set_readonly(kept.as_fd(), true)?;
+            log::info!("the previous root is kept read-only as {}", self.kept_shown(&name));
+        } else {
+            log::info!("the previous root is kept as {}", self.kept_shown(&name));
+        }
         Ok(self.kept_shown(&name))
     }
 
@@ -439,7 +770,7 @@ impl RwStore {
         let (Ok(Some(dir)), Ok(kept)) = (self.kept_dir(), self.kept()) else { return Vec::new() };
         let mut pruned = Vec::new();
         for name in prune_plan(&kept, keep) {
-            match btrfs::delete_subvolume(dir.as_fd(), &name) {
+            match self.discard(dir.as_fd(), &name, &self.kept_shown(&name)) {
                 Ok(()) => {
                     log::info!("deleted the old kept root {} (dockroot.keep={keep})", self.kept_shown(&name));
                     pruned.push(self.kept_shown(&name));
