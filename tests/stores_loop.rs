@@ -8,9 +8,8 @@ mod common;
 use std::fs;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
-use common::{run, LoopBtrfs, TempDir};
+use common::{run, Containerd, LoopBtrfs, TempDir};
 use dockroot::reference::{parse, DEFAULT_DOMAIN};
 use dockroot::store::bbolt::{Db, MAX_ENTRIES};
 use dockroot::store::{
@@ -205,67 +204,6 @@ fn podman_btrfs_store_written_by_podman() {
             resolve(&top, &o, "mytest:v2").unwrap();
         },
     );
-}
-
-/// A containerd daemon with its root on the test filesystem; killed on drop.
-struct Containerd {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Containerd {
-    fn start(root: &Path, tmp: &Path) -> Containerd {
-        let state = tmp.join("cstate");
-        fs::create_dir_all(&state).unwrap();
-        let socket = state.join("ctd.sock");
-        let config = tmp.join("containerd.toml");
-        fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{}\"\nstate = \"{}\"\n[grpc]\n  address = \"{}\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable = true\n",
-                root.display(),
-                state.display(),
-                socket.display()
-            ),
-        )
-        .unwrap();
-        let log = fs::File::create(tmp.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("containerd is installed");
-        let c = Containerd { child, socket };
-        for _ in 0..100 {
-            if c.socket.exists()
-                && Command::new("ctr").args(["-a", c.sock(), "version"]).output().is_ok_and(|o| o.status.success())
-            {
-                return c;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("containerd did not start: {}", fs::read_to_string(tmp.join("containerd.log")).unwrap_or_default());
-    }
-
-    fn sock(&self) -> &str {
-        self.socket.to_str().unwrap()
-    }
-
-    fn ctr(&self, args: &[&str]) -> String {
-        let mut all = vec!["-a", self.sock(), "-n", "moby"];
-        all.extend_from_slice(args);
-        run("ctr", &all)
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

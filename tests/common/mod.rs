@@ -1,5 +1,6 @@
 //! Shared fixtures for the loop-device integration tests. They need root,
-//! mkfs.btrfs and mount; without them they fail (never skip).
+//! mkfs.btrfs and mount (and the tools a test names); without them they fail
+//! (never skip).
 #![allow(dead_code)]
 
 use std::fs;
@@ -50,27 +51,41 @@ impl Drop for TempDir {
     }
 }
 
-/// A 512 MiB sparse btrfs image, loop-mounted at `<dir>/mnt`; unmounted and
+/// A 512 MiB sparse filesystem image (btrfs unless made with
+/// [`LoopFs::with_mkfs`]), loop-mounted at `<dir>/mnt`; unmounted and
 /// removed on drop.
-pub struct LoopBtrfs {
+pub struct LoopFs {
     pub tmp: TempDir,
     pub image: PathBuf,
     pub mnt: PathBuf,
 }
 
-impl LoopBtrfs {
-    pub fn new() -> LoopBtrfs {
+/// The btrfs tests' name for it.
+pub type LoopBtrfs = LoopFs;
+
+impl LoopFs {
+    /// A btrfs.
+    pub fn new() -> LoopFs {
+        LoopFs::with_mkfs("btrfs", &["mkfs.btrfs", "-q", "-f"])
+    }
+
+    /// A filesystem made by `mkfs` (the command and its options; the image
+    /// path is appended).
+    pub fn with_mkfs(tag: &str, mkfs: &[&str]) -> LoopFs {
         require_root();
-        let tmp = TempDir::new("btrfs");
+        let tmp = TempDir::new(tag);
         let image = tmp.path.join("fs.img");
         let mnt = tmp.path.join("mnt");
         let f = fs::File::create(&image).unwrap();
         f.set_len(512 << 20).unwrap();
         drop(f);
         fs::create_dir(&mnt).unwrap();
-        run("mkfs.btrfs", &["-q", "-f", image.to_str().unwrap()]);
+        let (cmd, args) = mkfs.split_first().expect("a mkfs command");
+        let mut args = args.to_vec();
+        args.push(image.to_str().unwrap());
+        run(cmd, &args);
         run("mount", &["-o", "loop", image.to_str().unwrap(), mnt.to_str().unwrap()]);
-        LoopBtrfs { tmp, image, mnt }
+        LoopFs { tmp, image, mnt }
     }
 
     /// An O_DIRECTORY fd for a path.
@@ -85,7 +100,7 @@ impl LoopBtrfs {
     }
 }
 
-impl Drop for LoopBtrfs {
+impl Drop for LoopFs {
     fn drop(&mut self) {
         let mnt = self.mnt.to_str().unwrap_or_default().to_string();
         let ok = Command::new("umount").arg(&mnt).status().map(|s| s.success()).unwrap_or(false);
@@ -121,5 +136,77 @@ impl Drop for Tmpfs {
         if !ok {
             let _ = Command::new("umount").args(["-l", &p]).status();
         }
+    }
+}
+
+/// Fail the test unless every program in `tools` is installed.
+pub fn require_tools(tools: &[&str]) {
+    for t in tools {
+        let found =
+            Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success());
+        assert!(found, "{t} is not installed: run scripts/setup");
+    }
+}
+
+/// A containerd daemon with its root at `root` and its state and socket in
+/// `tmp`; killed on drop.
+pub struct Containerd {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    pub fn start(root: &Path, tmp: &Path) -> Containerd {
+        let state = tmp.join("cstate");
+        fs::create_dir_all(&state).unwrap();
+        let socket = state.join("ctd.sock");
+        let config = tmp.join("containerd.toml");
+        fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{}\"\nstate = \"{}\"\n[grpc]\n  address = \"{}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable = true\n",
+                root.display(),
+                state.display(),
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(tmp.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd is installed (run scripts/setup)");
+        let c = Containerd { child, socket };
+        for _ in 0..100 {
+            if c.socket.exists()
+                && Command::new("ctr").args(["-a", c.sock(), "version"]).output().is_ok_and(|o| o.status.success())
+            {
+                return c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("containerd did not start: {}", fs::read_to_string(tmp.join("containerd.log")).unwrap_or_default());
+    }
+
+    pub fn sock(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+
+    /// `ctr` in namespace moby.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let mut all = vec!["-a", self.sock(), "-n", "moby"];
+        all.extend_from_slice(args);
+        run("ctr", &all)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
