@@ -126,6 +126,25 @@ pub fn pick_platform<'a>(list: &'a [Descriptor], want: &Platform) -> Result<&'a 
     })
 }
 
+/// A snapshot's recorded parent must be the one `by` implies.
+fn check_parent(
+    checks: &mut Checks,
+    db: &Path,
+    snapshot: &str,
+    parent: Option<&str>,
+    expected: Option<&str>,
+    by: &str,
+) -> Result<()> {
+    checks.check(parent == expected, || {
+        format!(
+            "{}: snapshot {snapshot} has parent {} but {by} implies {}",
+            db.display(),
+            parent.unwrap_or("(none)"),
+            expected.unwrap_or("(none)")
+        )
+    })
+}
+
 /// A snapshotter's directory under the containerd root:
 /// `io.containerd.snapshotter.v1.<name>`.
 pub(crate) fn snapshotter_dir(snapshotter: Driver) -> String {
@@ -268,7 +287,32 @@ impl ContainerdStore {
         Ok(bytes)
     }
 
-    fn resolve_in(&self, spec: &ImageSpec, checks: &mut Checks) -> Result<Lookup> {
+    /// Why an image in the store cannot be booted from this snapshotter:
+    /// its layers are not unpacked with it (but maybe with another).
+    fn not_unpacked(&self, db: &Db, reference: &str, top_chain: &str) -> Result<String> {
+        let mut others = Vec::new();
+        if let Some(all) = db.bucket_path(&[b"v1", self.namespace.as_bytes(), b"snapshots"])? {
+            for (name, b) in all.buckets(64)? {
+                if b.bucket(top_chain.as_bytes())?.is_some() {
+                    others.push(text(name));
+                }
+            }
+        }
+        let this = self.at.driver.name();
+        Ok(if others.is_empty() {
+            format!("image {reference} is in the store but not unpacked (no snapshot {top_chain})")
+        } else {
+            format!("image {reference} is unpacked with the {} snapshotter, not {this}", others.join(", "))
+        })
+    }
+}
+
+impl ImageStore for ContainerdStore {
+    fn at(&self) -> &StoreAt {
+        &self.at
+    }
+
+    fn lookup(&self, spec: &ImageSpec, checks: &mut Checks) -> Result<Lookup> {
         let meta_path = self.at.abs.join(META_DB);
         let db = Db::open(&meta_path)?;
         let ns = self.namespace.as_bytes();
@@ -348,14 +392,8 @@ impl ContainerdStore {
             };
             let parent = snap.get(b"parent")?.map(text);
             let expected = i.checked_sub(1).and_then(|p| chains.get(p)).cloned();
-            checks.check(parent == expected, || {
-                format!(
-                    "{}: snapshot {chain} has parent {} but the image config of {reference} implies {}",
-                    meta_path.display(),
-                    parent.as_deref().unwrap_or("(none)"),
-                    expected.as_deref().unwrap_or("(none)")
-                )
-            })?;
+            let by = format!("the image config of {reference}");
+            check_parent(checks, &meta_path, chain, parent.as_deref(), expected.as_deref(), &by)?;
             let key = snap.get(b"name")?.map(text).ok_or_else(|| {
                 Error::msg(format!("{}: snapshot {chain} has no name: database corrupted", meta_path.display()))
             })?;
@@ -408,14 +446,8 @@ impl ContainerdStore {
                         .ok_or_else(|| Error::msg(format!("{what} has no snapshot: the overlay needs every layer")))?;
                     let (id, parent) = snapshot(key)?;
                     let below = i.checked_sub(1).and_then(|p| keys.get(p)).cloned().flatten();
-                    checks.check(parent == below, || {
-                        format!(
-                            "{}: snapshot {key:?} ({what}) has parent {} but meta.db's chain implies {}",
-                            sdb_path.display(),
-                            parent.as_deref().unwrap_or("(none)"),
-                            below.as_deref().unwrap_or("(none)")
-                        )
-                    })?;
+                    let shown = format!("{key:?} ({what})");
+                    check_parent(checks, &sdb_path, &shown, parent.as_deref(), below.as_deref(), "meta.db's chain")?;
                     let fs = PathBuf::from("snapshots").join(id.to_string()).join("fs");
                     check_layer_dir(&self.at.abs.join(&dir).join(&fs), &format!("the snapshot of {what}"), &named_by)?;
                     lowerdirs.push(fs);
@@ -433,35 +465,6 @@ impl ContainerdStore {
             chain_ids: chains,
         };
         Ok(self.at.found(facts, layer, root, std::mem::take(checks)))
-    }
-
-    /// Why an image in the store cannot be booted from this snapshotter:
-    /// its layers are not unpacked with it (but maybe with another).
-    fn not_unpacked(&self, db: &Db, reference: &str, top_chain: &str) -> Result<String> {
-        let mut others = Vec::new();
-        if let Some(all) = db.bucket_path(&[b"v1", self.namespace.as_bytes(), b"snapshots"])? {
-            for (name, b) in all.buckets(64)? {
-                if b.bucket(top_chain.as_bytes())?.is_some() {
-                    others.push(text(name));
-                }
-            }
-        }
-        let this = self.at.driver.name();
-        Ok(if others.is_empty() {
-            format!("image {reference} is in the store but not unpacked (no snapshot {top_chain})")
-        } else {
-            format!("image {reference} is unpacked with the {} snapshotter, not {this}", others.join(", "))
-        })
-    }
-}
-
-impl ImageStore for ContainerdStore {
-    fn at(&self) -> &StoreAt {
-        &self.at
-    }
-
-    fn resolve(&self, spec: &ImageSpec) -> Result<Lookup> {
-        self.resolve_in(spec, &mut Checks::new(self.at.verify))
     }
 }
 

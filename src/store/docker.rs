@@ -238,9 +238,8 @@ impl ImageStore for DockerStore {
         &self.at
     }
 
-    fn resolve(&self, spec: &ImageSpec) -> Result<Lookup> {
-        let mut checks = Checks::new(self.at.verify);
-        let w = match walk(&self.at.abs, self.at.driver, spec, &mut checks)? {
+    fn lookup(&self, spec: &ImageSpec, checks: &mut Checks) -> Result<Lookup> {
+        let w = match walk(&self.at.abs, self.at.driver, spec, checks)? {
             Ok(w) => w,
             Err(why) => return Ok(Lookup::NotFound(why)),
         };
@@ -250,11 +249,11 @@ impl ImageStore for DockerStore {
                 (cache_id, Root::Subvolume(self.at.path.join(sub)))
             }
             _ => {
-                let (cache_id, lowerdirs) = overlay2_root(&self.at.abs, &w, &mut checks)?;
+                let (cache_id, lowerdirs) = overlay2_root(&self.at.abs, &w, checks)?;
                 (cache_id, Root::Overlay { base: self.at.path.join(OVERLAY2_DIR), lowerdirs })
             }
         };
-        Ok(self.at.found(w.facts, layer, root, checks))
+        Ok(self.at.found(w.facts, layer, root, std::mem::take(checks)))
     }
 }
 

@@ -308,9 +308,14 @@ pub trait ImageStore {
     fn whence(&self) -> String {
         whence(self.kind(), self.driver(), self.path())
     }
-    /// Find `spec` here and check it. `Ok(NotFound)` when the store does not
-    /// have it; `Err` when it does (or may) but something is wrong.
-    fn resolve(&self, spec: &ImageSpec) -> Result<Lookup>;
+    /// Find `spec` here and check it, each check enforced or recorded in
+    /// `checks`. `Ok(NotFound)` when the store does not have it; `Err` when
+    /// it does (or may) but something is wrong.
+    fn lookup(&self, spec: &ImageSpec, checks: &mut Checks) -> Result<Lookup>;
+    /// [`ImageStore::lookup`] with the checks `dockroot.verify` asks for.
+    fn resolve(&self, spec: &ImageSpec) -> Result<Lookup> {
+        self.lookup(spec, &mut Checks::new(self.at().verify))
+    }
 }
 
 /// An OS/architecture pair, as image indexes and configs name them.
@@ -719,7 +724,7 @@ pub fn select(
 
 /// Enforce a check, or with verification off record it as a warning.
 #[derive(Debug, Default)]
-pub(crate) struct Checks {
+pub struct Checks {
     pub verify: bool,
     pub warnings: Vec<String>,
 }

@@ -262,8 +262,14 @@ impl PodmanStore {
     fn read_json(&self, rel: &str) -> Result<Option<Vec<u8>>> {
         read_capped(&self.at.abs.join(rel), JSON_CAP, JSON_CAP_TEXT)
     }
+}
 
-    fn resolve_in(&self, spec: &ImageSpec, checks: &mut Checks) -> Result<Lookup> {
+impl ImageStore for PodmanStore {
+    fn at(&self) -> &StoreAt {
+        &self.at
+    }
+
+    fn lookup(&self, spec: &ImageSpec, checks: &mut Checks) -> Result<Lookup> {
         let images_path = self.at.abs.join("btrfs-images/images.json");
         let images = match self.read_json("btrfs-images/images.json")? {
             Some(b) => parse_images_json(&b).map_err(|e| e.context(images_path.display().to_string()))?,
@@ -362,16 +368,6 @@ impl PodmanStore {
             diff_ids: cfg.diff_ids,
         };
         Ok(self.at.found(facts, top, root, std::mem::take(checks)))
-    }
-}
-
-impl ImageStore for PodmanStore {
-    fn at(&self) -> &StoreAt {
-        &self.at
-    }
-
-    fn resolve(&self, spec: &ImageSpec) -> Result<Lookup> {
-        self.resolve_in(spec, &mut Checks::new(self.at.verify))
     }
 }
 
