@@ -215,7 +215,8 @@ impl Record {
                 "fresh".to_string(),
                 serde_json::json!({
                     "reference": r.reference, "id": r.image_id, "diff_ids": r.diff_ids,
-                    "chain_ids": r.chain_ids, "store": r.whence(), "layer": r.layer,
+                    "chain_ids": r.chain_ids, "store": r.whence(), "store_kind": r.store.name(),
+                    "driver": r.driver.name(), "layer": r.layer,
                     "layer_subvolume": match &r.root {
                         store::Root::Subvolume(p) => serde_json::json!(format!("/{}", p.display())),
                         store::Root::Overlay { .. } => serde_json::Value::Null,
@@ -603,6 +604,8 @@ fn join_options(a: &str, b: &str) -> String {
 fn root_fstype(dev: &BlockDevice, plan: &RootPlan) -> Result<String> {
     match (&plan.fstype, &dev.fs) {
         (Some(t), _) => Ok(t.clone()),
+        // The ext4 driver mounts ext2 and ext3 too (and kernels may lack the others).
+        (None, Some(fs)) if fs.fstype.is_ext() => Ok("ext4".to_string()),
         (None, Some(fs)) => Ok(fs.fstype.name().to_string()),
         (None, None) => Err(Error::msg(format!(
             "root={} ({}): no filesystem recognised; set rootfstype=",

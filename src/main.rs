@@ -91,8 +91,9 @@ fn run_plan(args: &[String]) -> Result<()> {
         (None, Some(dev)) => {
             let dir = std::env::temp_dir().join(format!("dockroot-plan-{}", std::process::id()));
             std::fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
-            rustix::mount::mount(&dev, &dir, "btrfs", rustix::mount::MountFlags::RDONLY, c"subvolid=5")
-                .context(|| format!("mounting {} read-only on {}", dev.display(), dir.display()))?;
+            let (fstype, options) = device_mount(&dev)?;
+            rustix::mount::mount(&dev, &dir, fstype.as_str(), rustix::mount::MountFlags::RDONLY, options)
+                .context(|| format!("mounting {} ({fstype}) read-only on {}", dev.display(), dir.display()))?;
             let r = describe(&dir);
             let _ = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::empty());
             let _ = std::fs::remove_dir(&dir);
@@ -102,10 +103,43 @@ fn run_plan(args: &[String]) -> Result<()> {
     }
 }
 
+/// How `--device` is mounted: its filesystem as probed, read-only and without
+/// replaying a journal, so that the dry run writes nothing; btrfs at its top level.
+fn device_mount(dev: &Path) -> Result<(String, &'static std::ffi::CStr)> {
+    let file = std::fs::File::open(dev).context(|| format!("opening {}", dev.display()))?;
+    let fs =
+        dockroot::probe::probe_filesystem(&file)?.context(|| format!("{}: no filesystem recognised", dev.display()))?;
+    let name = fs.fstype.name().to_string();
+    let options = match name.as_str() {
+        "btrfs" => c"subvolid=5",
+        "ext4" | "ext3" | "ext2" => c"noload",
+        "xfs" => c"norecovery",
+        _ => c"",
+    };
+    let name = if fs.fstype.is_ext() { "ext4".to_string() } else { name };
+    Ok((name, options))
+}
+
 /// glibc's `__libc_start_main` references `__assert_fail`, whose object pulls in
 /// gettext, locale loading and iconv (about 30 KB); nothing in this program asserts
 /// through glibc, so this stands in for it: abort, as glibc's does after printing.
 #[no_mangle]
 pub extern "C" fn __assert_fail(_expr: *const u8, _file: *const u8, _line: u32, _func: *const u8) -> ! {
     std::process::abort()
+}
+
+/// glibc's `strerror` (which Rust's `io::Error` Display uses, through
+/// `__xpg_strerror_r`) translates messages with `dcgettext`, whose object pulls
+/// in the message catalog loader, iconv and transliteration tables (48 KB of
+/// init). An initramfs has no catalogs: the untranslated English message is
+/// the answer, as glibc's own would give.
+#[no_mangle]
+pub extern "C" fn __dcgettext(_domain: *const u8, msgid: *const u8, _category: i32) -> *const u8 {
+    msgid
+}
+
+/// The public name of [`__dcgettext`].
+#[no_mangle]
+pub extern "C" fn dcgettext(domain: *const u8, msgid: *const u8, category: i32) -> *const u8 {
+    __dcgettext(domain, msgid, category)
 }
