@@ -400,8 +400,7 @@ fn build_fresh(
 /// after the renames).
 fn build_in_overlay(ctx: &Ctx, t: &mut Timings, store: &RwStore, devs: &mut Devices) -> Result<()> {
     mkdir_p(NEW_ROOT)?;
-    let method = t.run("mount overlay", || mount_overlay_root(store, &At::Tmp, NEW_ROOT, false))?;
-    log::info!("{} mounted with {}", store.shown_at(&At::Tmp), method.describe());
+    t.run("mount overlay", || mount_overlay_root(store, &At::Tmp, NEW_ROOT, false))?;
     let r = open_dir_path(NEW_ROOT).and_then(|new| {
         t.run("top layer", || apply_top_layer(ctx.params, ctx.plan, ctx.root_dev, ctx.policy, devs, new.as_fd()))?;
         switch_root::find_init(new.as_fd(), ctx.candidates).map(drop)
@@ -762,7 +761,7 @@ fn mount_overlay_root(store: &RwStore, at: &At, target: &str, read_only: bool) -
     };
     let method = overlay::mount(&ov, Path::new(target), read_only)
         .map_err(|e| e.context(format!("mounting the overlay root {}", store.shown_at(at))))?;
-    log::debug!(
+    log::info!(
         "mounted {} ({} layers) on {target} with {}",
         store.shown_at(at),
         spec.lowerdirs.len(),

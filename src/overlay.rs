@@ -14,6 +14,7 @@
 //! checks its length; the thin part makes the calls.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags};
 
@@ -23,6 +24,9 @@ use crate::error::{Context, Error, Result};
 pub const LEGACY_OPTIONS_MAX: usize = 4095;
 /// `fsconfig(FSCONFIG_SET_STRING)` takes values of at most 255 bytes.
 pub const FSCONFIG_VALUE_MAX: usize = 255;
+
+/// Set once the kernel has refused `lowerdir+`.
+static NO_LOWERDIR_PLUS: AtomicBool = AtomicBool::new(false);
 
 /// An overlay to mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,10 +125,18 @@ pub fn mount_with(method: Method, o: &Overlay, target: &Path, read_only: bool) -
 /// Mount `o` on `target`: with `lowerdir+` if the kernel has it, else with
 /// mount(2) and relative lowerdirs.
 pub fn mount(o: &Overlay, target: &Path, read_only: bool) -> Result<Method> {
-    let new_api = match fsconfig_params(o) {
+    let params = fsconfig_params(o).filter(|_| !NO_LOWERDIR_PLUS.load(Ordering::Relaxed));
+    let new_api = match params {
         Some(params) => match mount_new_api(&params, target, read_only) {
             Ok(()) => return Ok(Method::LowerdirPlus),
-            Err(e) => Some(e),
+            Err(e) => {
+                // Kernels before 6.8 reject the key (and say so in the kernel
+                // log): no need to ask again in this boot.
+                if e == rustix::io::Errno::INVAL {
+                    NO_LOWERDIR_PLUS.store(true, Ordering::Relaxed);
+                }
+                Some(e)
+            }
         },
         None => None,
     };
