@@ -967,43 +967,43 @@ pub fn disk_fstype(disk: &Path) -> String {
 }
 
 /// Mounts the disk image `disk` (a whole-disk btrfs, ext4 or xfs filesystem)
-/// read-only on a loop device, runs `f` on its top level, and unmounts. btrfs: no log
-/// replay (the host never writes to it; a sync commits everything but fsync logs).
-/// ext4 and xfs: the journal is replayed, which writes to the image: after testinit's
-/// sync and power-off their metadata may still be only in the journal.
+/// read-only, runs `f` on its top level, and unmounts. btrfs: no log replay (the host
+/// never writes to it; a sync commits everything but fsync logs). ext4 and xfs: the
+/// journal is replayed, which writes to the image: after testinit's sync and power-off
+/// their metadata may still be only in the journal.
 pub fn with_disk_mounted_ro<T>(disk: &Path, f: impl FnOnce(&Path) -> T) -> T {
     let fstype = disk_fstype(disk);
     let options = match fstype.as_str() {
-        "btrfs" => "ro,loop,rescue=nologreplay",
-        _ => "ro,loop",
+        "btrfs" => "ro,rescue=nologreplay",
+        _ => "ro",
     };
     with_disk_mounted(disk, &fstype, options, f)
 }
 
-/// Mounts `disk` with `options` (which include `loop`) on a temporary directory,
+/// Mounts `disk` (on a writable loop device) with `options` on a temporary directory,
 /// runs `f` on it, and unmounts (lazily if it is still busy).
 fn with_disk_mounted<T>(disk: &Path, fstype: &str, options: &str, f: impl FnOnce(&Path) -> T) -> T {
     let mnt = tempfile::Builder::new()
         .prefix("dockroot-inspect-")
         .tempdir()
         .unwrap_or_else(|e| panic!("creating a mount point: {e}"));
+    let dev = sh(&format!("losetup --find --show '{}'", disk.display())).trim().to_string();
     let out = Command::new("mount")
         .args(["-t", fstype, "-o", options])
-        .arg(disk)
+        .arg(&dev)
         .arg(mnt.path())
         .output()
         .unwrap_or_else(|e| panic!("running mount: {e}"));
-    assert!(
-        out.status.success(),
-        "mounting {} ({fstype}, {options}): {}",
-        disk.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+        panic!("mounting {} ({dev}, {fstype}, {options}): {}", disk.display(), String::from_utf8_lossy(&out.stderr));
+    }
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
     let um = Command::new("sh").arg("-c").arg(format!("sync && umount '{}'", mnt.path().display())).output();
     if !matches!(&um, Ok(o) if o.status.success()) {
         let _ = Command::new("umount").arg("-l").arg(mnt.path()).status();
     }
+    let _ = Command::new("losetup").arg("-d").arg(&dev).status();
     r.unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
@@ -1097,7 +1097,7 @@ impl Machine {
 
     /// Runs `f` with the disk's top level mounted read-write on the host.
     pub fn modify<T>(&self, f: impl FnOnce(&Path) -> T) -> T {
-        with_disk_mounted(self.disk.path(), &disk_fstype(self.disk.path()), "loop", f)
+        with_disk_mounted(self.disk.path(), &disk_fstype(self.disk.path()), "rw", f)
     }
 
     /// Runs `f` with the disk's top level mounted read-only on the host
