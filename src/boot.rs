@@ -514,6 +514,22 @@ pub struct RootPlan {
 }
 
 impl RootPlan {
+    /// The top layer directory below the root partition's top level, when
+    /// `toplayer=` is the root partition: `toplayerflags=subvol=` then
+    /// `toplayer_path=` (None without `toplayer_path=`).
+    pub fn toplayer_on_root(&self, p: &Params) -> Result<Option<Vec<String>>> {
+        let Some(path) = &self.toplayer_path else { return Ok(None) };
+        let mut parts = p
+            .toplayerflags
+            .as_deref()
+            .and_then(|f| cmdline::mount_option(f, "subvol"))
+            .map(|s| cmdline::relative_path("toplayerflags=subvol", s))
+            .transpose()?
+            .unwrap_or_default();
+        parts.extend(path.iter().cloned());
+        Ok(Some(parts))
+    }
+
     pub fn from_params(p: &Params) -> Result<RootPlan> {
         let root = p.root.clone().context(|| "root= is not set: it must name the partition with the Docker data")?;
         let fstype = p.rootfstype.clone();
@@ -643,20 +659,10 @@ fn apply_top_layer(
     let same_device = matches!(devices::find(&spec, std::slice::from_ref(root_dev)), Ok(Some(_)));
     let (src, mounted): (PathBuf, bool) = if same_device && params.toplayerflags.as_deref().is_none_or(only_subvol) {
         // Same partition as root: reuse the top-level mount, no second mount.
-        if plan.toplayer_path.is_none() {
-            return Err(Error::msg(
-                "toplayer= is the root partition but toplayer_path= is not set: \
-                 it must name the top layer directory on that partition",
-            ));
-        }
-        let mut parts = params
-            .toplayerflags
-            .as_deref()
-            .and_then(|f| cmdline::mount_option(f, "subvol"))
-            .map(|s| cmdline::relative_path("toplayerflags=subvol", s))
-            .transpose()?
-            .unwrap_or_default();
-        parts.extend(subpath);
+        let parts = plan.toplayer_on_root(params)?.context(|| {
+            "toplayer= is the root partition but toplayer_path= is not set: \
+             it must name the top layer directory on that partition"
+        })?;
         (Path::new(STAGING_TOP).join(parts.join("/")), false)
     } else {
         let degraded = params.toplayerflags.as_deref().unwrap_or("").split(',').any(|o| o == "degraded");

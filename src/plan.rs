@@ -188,16 +188,8 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
     // The top layer.
     let toplayer_dir = match (input.toplayer_dir, &params.toplayer, &root.toplayer_path) {
         (Some(d), _, _) => Some(d.to_path_buf()),
-        (None, Some(t), Some(p)) if *t == root.root => {
-            let mut parts = params
-                .toplayerflags
-                .as_deref()
-                .and_then(|f| cmdline::mount_option(f, "subvol"))
-                .map(|s| cmdline::relative_path("toplayerflags=subvol", s))
-                .transpose()?
-                .unwrap_or_default();
-            parts.extend(p.iter().cloned());
-            Some(input.top.join(parts.join("/")))
+        (None, Some(t), Some(_)) if *t == root.root => {
+            root.toplayer_on_root(&params)?.map(|parts| input.top.join(parts.join("/")))
         }
         _ => None,
     };
