@@ -21,6 +21,7 @@
 //! |----------------------------------|--------------------------------------------|
 //! | `NAME.dockroot-tmp`              | half built: deleted                        |
 //! | entries in `NAME.dockroot-trash` | deleted in the background                  |
+//! | `NAME.dockroot-skel`             | an overlay root's skeleton: deleted        |
 //! | `NAME.dockroot-ready`, NAME      | complete but not installed: deleted        |
 //! | `NAME.dockroot-ready`, no NAME   | the old root was retired: ready installed  |
 //! | a writable root in `NAME.kept/`  | made read-only                             |
@@ -47,6 +48,7 @@ const TMP_SUFFIX: &str = ".dockroot-tmp";
 const READY_SUFFIX: &str = ".dockroot-ready";
 const KEPT_SUFFIX: &str = ".kept";
 const TRASH_SUFFIX: &str = ".dockroot-trash";
+const SKEL_SUFFIX: &str = ".dockroot-skel";
 /// The file naming an overlay root's layers.
 pub const OVERLAY_SPEC: &str = "dockroot-overlay.json";
 /// An overlay root's upper and work directories.
@@ -501,30 +503,87 @@ impl RwStore {
     /// Start a new overlay root at the temporary name: empty upper and work
     /// directories over the layers of `spec`, labelled with `info`. Returns
     /// its top directory.
+    ///
+    /// The skeleton is made under `NAME.dockroot-skel` and renamed to the
+    /// temporary name when complete, so that a crash or an error half way
+    /// leaves only a skeleton, which [`recover`](Self::recover) and the next
+    /// call remove (and nothing that looks like user data at our names).
     pub fn begin_overlay(&self, spec: &OverlaySpec, info: &RootInfo) -> Result<OwnedFd> {
         let p = self.parent.as_fd();
-        let tmp = self.tmp();
+        let skel = self.skel();
         let json = spec.to_json()?;
-        rustix::fs::mkdirat(p, tmp.as_str(), Mode::from_raw_mode(0o755))
-            .context(|| format!("creating {}", self.shown(&tmp)))?;
-        let fd = open_dir(p, &tmp).context(|| format!("opening {}", self.shown(&tmp)))?;
-        for (dir, mode) in [(UPPER, 0o755), (WORK, 0o700)] {
-            rustix::fs::mkdirat(&fd, dir, Mode::from_raw_mode(mode))
-                .context(|| format!("creating {}/{dir}", self.shown(&tmp)))?;
+        self.remove_skeleton()?;
+        let made = (|| -> Result<()> {
+            rustix::fs::mkdirat(p, skel.as_str(), Mode::from_raw_mode(0o755))
+                .context(|| format!("creating {}", self.shown(&skel)))?;
+            let fd = open_dir(p, &skel).context(|| format!("opening {}", self.shown(&skel)))?;
+            for (dir, mode) in [(UPPER, 0o755), (WORK, 0o700)] {
+                rustix::fs::mkdirat(&fd, dir, Mode::from_raw_mode(mode))
+                    .context(|| format!("creating {}/{dir}", self.shown(&skel)))?;
+            }
+            let file = rustix::fs::openat(
+                &fd,
+                OVERLAY_SPEC,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )
+            .context(|| format!("creating {}/{OVERLAY_SPEC}", self.shown(&skel)))?;
+            use std::io::Write;
+            std::fs::File::from(file)
+                .write_all(json.as_bytes())
+                .context(|| format!("writing {}/{OVERLAY_SPEC}", self.shown(&skel)))?;
+            write_info(fd.as_fd(), info)?;
+            rustix::fs::renameat(p, skel.as_str(), p, self.tmp().as_str())
+                .context(|| format!("renaming {} to {}", self.shown(&skel), self.shown(&self.tmp())))
+        })();
+        if let Err(e) = made {
+            if let Err(e2) = self.remove_skeleton() {
+                log::warn!("{e2}");
+            }
+            return Err(e);
         }
-        let file = rustix::fs::openat(
-            &fd,
-            OVERLAY_SPEC,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        )
-        .context(|| format!("creating {}/{OVERLAY_SPEC}", self.shown(&tmp)))?;
-        use std::io::Write;
-        std::fs::File::from(file)
-            .write_all(json.as_bytes())
-            .context(|| format!("writing {}/{OVERLAY_SPEC}", self.shown(&tmp)))?;
-        write_info(fd.as_fd(), info)?;
-        Ok(fd)
+        open_dir(p, &self.tmp()).context(|| format!("opening {}", self.shown(&self.tmp())))
+    }
+
+    fn skel(&self) -> String {
+        format!("{}{SKEL_SUFFIX}", self.name)
+    }
+
+    /// Remove a leftover overlay skeleton: only `upper/` and `work/` (both
+    /// empty) and the spec file may be in it; anything else is refused.
+    /// Returns whether there was one.
+    fn remove_skeleton(&self) -> Result<bool> {
+        let skel = self.skel();
+        let shown = self.shown(&skel);
+        let dir = match open_dir(self.parent.as_fd(), &skel) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(Error::with(format!("opening {shown}"), e)),
+        };
+        let mut entries = rustix::fs::Dir::read_from(&dir).context(|| format!("reading {shown}"))?;
+        let mut names = Vec::new();
+        while let Some(entry) = entries.read() {
+            let entry = entry.context(|| format!("reading {shown}"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        for name in &names {
+            let r = match name.as_str() {
+                UPPER | WORK => rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::REMOVEDIR),
+                OVERLAY_SPEC => rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty()),
+                _ => {
+                    return Err(Error::msg(format!(
+                        "{shown} holds {name:?}, which dockroot never puts there: refusing to delete it"
+                    )))
+                }
+            };
+            r.context(|| format!("deleting {shown}/{name} (left by an interrupted boot)"))?;
+        }
+        rustix::fs::unlinkat(self.parent.as_fd(), skel.as_str(), AtFlags::REMOVEDIR)
+            .context(|| format!("deleting {shown} (left by an interrupted boot)"))?;
+        Ok(true)
     }
 
     /// Get rid of a root: a subvolume is deleted (btrfs frees its space in
@@ -608,6 +667,9 @@ impl RwStore {
         let p = self.parent.as_fd();
         let plan = recovery_plan(existing(p, &self.name)?, existing(p, &self.tmp())?, existing(p, &self.ready())?)?;
         let mut done = Vec::new();
+        if self.remove_skeleton()? {
+            done.push(format!("deleted the overlay skeleton {} of an interrupted boot", self.shown(&self.skel())));
+        }
         for step in plan {
             match step {
                 Recovery::DeleteTmp => {

@@ -165,6 +165,21 @@ fn overlay_recovery_and_refusals() {
     assert!(done.iter().any(|d| d.contains("installed")), "{done:?}");
     assert_eq!(store.kind(&At::Current).unwrap(), Existing::Overlay);
 
+    // A power cut while the skeleton was being made: it goes, nothing else.
+    let skel = fs_.mnt.join("roots/rw.dockroot-skel");
+    fs::create_dir_all(skel.join("upper")).unwrap();
+    fs::write(skel.join(OVERLAY_SPEC), "{").unwrap();
+    let done = open(&fs_.mnt).recover().unwrap();
+    assert!(done.iter().any(|d| d.contains("skeleton")), "{done:?}");
+    assert!(!skel.exists());
+    // ... but a skeleton holding anything else is not dockroot's: refused, kept.
+    fs::create_dir_all(skel.join("upper")).unwrap();
+    fs::write(skel.join("notes.txt"), "mine").unwrap();
+    let e = open(&fs_.mnt).recover().unwrap_err().to_string();
+    assert!(e.contains("notes.txt") && e.contains("refusing"), "{e}");
+    assert!(skel.join("notes.txt").exists());
+    fs::remove_dir_all(&skel).unwrap();
+
     // A spec that leaves the partition is refused with the root's name.
     let bad = fs_.mnt.join("roots/rw").join(OVERLAY_SPEC);
     fs::write(&bad, r#"{"base": "../etc", "lowerdirs": ["a"]}"#).unwrap();
