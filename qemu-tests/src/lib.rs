@@ -206,9 +206,9 @@ impl StoreDisk {
 
     /// A list of strings of fixture.json; panics if absent.
     pub fn list(&self, key: &str) -> Vec<String> {
-        let items = self.fixture[key].as_array().unwrap_or_else(|| {
-            panic!("fixture.json of {} has no list {key:?}", self.disk.display())
-        });
+        let items = self.fixture[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("fixture.json of {} has no list {key:?}", self.disk.display()));
         items.iter().map(|v| v.as_str().unwrap_or_else(|| panic!("{key}: {v} is not a string")).to_string()).collect()
     }
 }
@@ -792,7 +792,8 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
             Ok(None) if spec.kill_after.is_some() && killed_at.is_none() => {
                 let k = spec.kill_after.as_ref().expect("checked");
                 if kill_seen.is_none() {
-                    let serial = live.lock().map(|v| v.get(kill_scan..).unwrap_or_default().to_vec()).unwrap_or_default();
+                    let serial =
+                        live.lock().map(|v| v.get(kill_scan..).unwrap_or_default().to_vec()).unwrap_or_default();
                     let needle = k.needle.as_bytes();
                     if !needle.is_empty() && serial.windows(needle.len()).any(|w| w == needle) {
                         kill_seen = Some(Instant::now());
@@ -907,7 +908,8 @@ pub fn tree_digest(root: &Path, skip: &[&str]) -> std::collections::BTreeMap<Str
             "special".to_string()
         };
         let size = if ft.is_dir() { 0 } else { md.len() };
-        let entry = format!("{what} mode {:o} owner {}:{} links {} size {size}", md.mode(), md.uid(), md.gid(), md.nlink());
+        let entry =
+            format!("{what} mode {:o} owner {}:{} links {} size {size}", md.mode(), md.uid(), md.gid(), md.nlink());
         for (name, value) in xattrs(&path) {
             out.insert(format!("{rel} xattr {name}"), value);
         }
@@ -964,6 +966,16 @@ pub fn disk_fstype(disk: &Path) -> String {
     let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(!t.is_empty(), "blkid finds no filesystem on {}: {}", disk.display(), String::from_utf8_lossy(&out.stderr));
     t
+}
+
+/// Panics, listing the differences, unless two [`tree_digest`]s are equal.
+pub fn assert_same_digest(
+    what: &str,
+    before: &std::collections::BTreeMap<String, String>,
+    after: &std::collections::BTreeMap<String, String>,
+) {
+    let diff = digest_diff(before, after, 40);
+    assert!(diff.is_empty(), "{what} changed:\n{}", diff.join("\n"));
 }
 
 /// Mounts the disk image `disk` (a whole-disk btrfs, ext4 or xfs filesystem)

@@ -7,7 +7,6 @@ use std::path::Path;
 use qemu_tests::{boot, field, sh, Artifacts, BootSpec, Machine, OS_CONFIG, STANDARD_APPEND};
 use serde_json::Value;
 
-
 fn kept_dirs(top: &Path) -> Vec<String> {
     let mut v: Vec<String> = match std::fs::read_dir(top.join("rwlayer.kept")) {
         Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
@@ -129,11 +128,10 @@ fn a_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
     sh(&format!("dd if=/dev/urandom of='{}' bs=1M count=64 status=none", src.join("big").display()));
     let ext4 = work.path().join("machine.img");
     sh(&format!("mkfs.ext4 -q -L machine -d '{}' '{}' 128M", src.parent().unwrap().display(), ext4.display()));
-    let append =
-        format!("root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=machine toplayer_path=machine");
+    let append = "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=machine toplayer_path=machine";
     let spec = BootSpec {
         name: Some("enospc_2".into()),
-        ..BootSpec::new(m.artifacts.kernel(), m.initrd.clone(), &[m.disk.path(), &ext4], &append)
+        ..BootSpec::new(m.artifacts.kernel(), m.initrd.clone(), &[m.disk.path(), &ext4], append)
     };
     let out = boot(&spec);
     let r = out.expect_testinit();

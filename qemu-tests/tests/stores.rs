@@ -7,11 +7,10 @@
 //! a message naming it and the mismatch, and boots with `dockroot.verify=off` with a
 //! warning in the boot record.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use qemu_tests::{
-    field, sh, tree_digest, Artifacts, BootOutput, Machine, StoreDisk, OS_CONFIG, STANDARD_MODULES,
+    assert_same_digest, field, sh, tree_digest, Artifacts, BootOutput, Machine, StoreDisk, OS_CONFIG, STANDARD_MODULES,
 };
 use serde_json::Value;
 
@@ -36,8 +35,7 @@ struct Layout {
     overlay: bool,
 }
 
-const PODMAN: Layout =
-    Layout { key: "PODMAN", modules: STANDARD_MODULES, append: APPEND_BTRFS, overlay: false };
+const PODMAN: Layout = Layout { key: "PODMAN", modules: STANDARD_MODULES, append: APPEND_BTRFS, overlay: false };
 const CONTAINERD: Layout =
     Layout { key: "CONTAINERD", modules: STANDARD_MODULES, append: APPEND_BTRFS, overlay: false };
 const CONTAINERD_OVERLAYFS: Layout = Layout {
@@ -193,7 +191,10 @@ fn layer_index(s: &StoreDisk, lowerdir: &str) -> Option<usize> {
 fn layer_indices(s: &StoreDisk, lowerdirs: &[String]) -> Vec<usize> {
     lowerdirs
         .iter()
-        .map(|l| layer_index(s, l).unwrap_or_else(|| panic!("lowerdir {l} is no layer of the image: {:?}", s.list("layer_dirs"))))
+        .map(|l| {
+            layer_index(s, l)
+                .unwrap_or_else(|| panic!("lowerdir {l} is no layer of the image: {:?}", s.list("layer_dirs")))
+        })
         .collect()
 }
 
@@ -317,7 +318,8 @@ fn boot_layout(layout: &Layout) {
     assert_eq!(rec["retired"].as_str(), Some(retired.as_str()), "{rec}\n{}", planned.text);
     assert!(strings(&rec["kept"]).contains(&retired), "{rec}");
     if layout.overlay {
-        let lower = planned.lowerdirs.clone().unwrap_or_else(|| panic!("the plan names no lowerdirs:\n{}", planned.text));
+        let lower =
+            planned.lowerdirs.clone().unwrap_or_else(|| panic!("the plan names no lowerdirs:\n{}", planned.text));
         assert_eq!(layer_indices(&s, &lower), vec![2, 1, 0], "{}", planned.text);
         if let Some(l) = rec["image"]["lowerdirs"].as_array() {
             assert_eq!(strings(&Value::Array(l.clone())), lower, "{rec}\n{}", planned.text);
@@ -335,12 +337,7 @@ fn boot_layout(layout: &Layout) {
         assert!(kept.join(MARKER).is_file(), "the retired root {} lost the marker", kept.display());
         assert!(!top.join(rw_root(layout, "rwlayer")).join(MARKER).exists(), "the new rw layer has the marker");
     });
-    assert_same("the store", &store_before, &store_digest());
-}
-
-fn assert_same(what: &str, before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) {
-    let diff = qemu_tests::digest_diff(before, after, 40);
-    assert!(diff.is_empty(), "{what} changed:\n{}", diff.join("\n"));
+    assert_same_digest("the store", &store_before, &store_digest());
 }
 
 /// A fallback boot after a refusal: the previous root as it was, the reason on the
@@ -398,9 +395,10 @@ fn check_unverified(out: &BootOutput, r: &Value, id: &str, names: &[&str]) {
         .unwrap_or_else(|| panic!("no verify=off warning on the console:\n{}", out.tail(30)));
     let mut warnings = strings(&rec["warnings"]);
     warnings.extend(strings(&rec["image"]["warnings"]));
-    let w = warnings.iter().find(|w| w.starts_with("dockroot.verify=off: ")).unwrap_or_else(|| {
-        panic!("the boot record has no verify=off warning (the console has: {console}): {rec}")
-    });
+    let w = warnings
+        .iter()
+        .find(|w| w.starts_with("dockroot.verify=off: "))
+        .unwrap_or_else(|| panic!("the boot record has no verify=off warning (the console has: {console}): {rec}"));
     for n in names {
         assert!(w.contains(n), "the warning does not name {n:?}: {w}");
     }
@@ -454,12 +452,15 @@ fn tampered_docker_images_are_refused_unless_verification_is_off() {
         ),
     ];
     for (name, change, names) in &cases {
-        let saved = m.inspect(|top| (std::fs::read(top.join(&config_rel)).unwrap(), std::fs::read(top.join(&diff_rel)).unwrap()));
+        let saved = m.inspect(|top| {
+            (std::fs::read(top.join(&config_rel)).unwrap(), std::fs::read(top.join(&diff_rel)).unwrap())
+        });
         m.modify(|top| change(top));
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
 
         let planned = plan(&m, OS_CONFIG, "");
-        let refusal = planned.refusal.clone().unwrap_or_else(|| panic!("{name}: the plan does not refuse:\n{}", planned.text));
+        let refusal =
+            planned.refusal.clone().unwrap_or_else(|| panic!("{name}: the plan does not refuse:\n{}", planned.text));
         assert!(planned.fallback && !planned.fresh, "{name}:\n{}", planned.text);
 
         let out = m.boot(&format!("tamper_{name}_refused"), "");
