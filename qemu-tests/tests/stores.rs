@@ -215,6 +215,8 @@ fn check_fresh_boot(layout: &Layout, s: &StoreDisk, r: &Value) {
             && whence.ends_with(&format!(" at /{}", s.get("store_path"))),
         "{image}"
     );
+    assert_eq!(image["store_kind"], s.get("store").as_str(), "{image}");
+    assert_eq!(image["driver"], driver, "{image}");
     assert_eq!(strings(&image["diff_ids"]), s.list("diff_ids"), "{image}");
     assert_eq!(strings(&image["chain_ids"]), s.list("chain_ids"), "{image}");
     assert_eq!(image["verified"], true, "{image}");
