@@ -308,6 +308,8 @@ fn choose_root(
     }
     match build_fresh(ctx, t, store, top, devs) {
         Ok(resolved) => {
+            // Logged when found; recorded for the booted system too.
+            record.warnings.extend(resolved.warnings.iter().cloned());
             let commit = t.run("install", || store.commit(ctx.params.keep))?;
             record.retired = commit.retired;
             record.pruned = commit.pruned;
