@@ -1,0 +1,807 @@
+//! Overlay roots (an image stored as layer directories boots as an overlayfs with
+//! the rw layer's upper and work directories) keep every promise btrfs roots keep,
+//! on the Docker overlay2-on-ext4 disk of make-store-disks (`DOCKROOT_STORE_OVERLAY2_EXT4`):
+//! - retired roots are kept (`dockroot.keep=`), pruned ones go into
+//!   `rwlayer.dockroot-trash/` and a background process of the init empties it;
+//! - `dockroot.boot=persist` boots the rw layer as it is, `dockroot.boot=previous`
+//!   a copy of the newest kept root (which stays as it was);
+//! - an unbootable fresh root (an unknown image, a full disk during the top layer)
+//!   falls back to the current root as it was;
+//! - a power cut at any moment of an overlay boot loses nothing: the next boot
+//!   recovers, and no root but the new one changed.
+//!
+//! Each test checks what the booted system saw (testinit's report and
+//! /run/dockroot/boot.json) and what is on the disk afterwards (a host loop mount).
+//! On Linux 6.1 the overlays are mounted with mount(2) and relative lowerdirs, on
+//! 6.8+ with fsconfig lowerdir+ (checked from the init's log). The number of power
+//! cuts follows `DOCKROOT_CRASH_POINTS` (a number, or `all`, the default).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use qemu_tests::{
+    assert_same_digest, boot, field, printk_time, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec,
+    KillAfter, Machine, StoreDisk,
+};
+use serde_json::Value;
+
+const MODULES: &[&str] = &["virtio_blk", "virtio_pci", "ext4", "overlay"];
+const CONFIG: &str = r#"{"docker_image":"dockroot-test/stores","docker_tag":"latest"}"#;
+const APPEND: &str = "root=LABEL=storedisk dockroot.rw=rwlayer rw toplayer=LABEL=storedisk toplayer_path=toplayer";
+/// A file in the image's testinit path list; written into upper directories by the host.
+const MARKER: &str = "var/tmp/from-previous-boot";
+/// Every name dockroot gives the rw layer's roots (the rest of the disk must never change).
+const RW_NAMES: &[&str] = &[
+    "rwlayer",
+    "rwlayer.kept",
+    "rwlayer.dockroot-tmp",
+    "rwlayer.dockroot-ready",
+    "rwlayer.dockroot-skel",
+    "rwlayer.dockroot-trash",
+];
+const TRASH: &str = "rwlayer.dockroot-trash";
+const CREATED: &str = ". xattr user.dockroot.created";
+const RUN_INIT: &str = "Run /init as init process";
+
+type Digest = BTreeMap<String, String>;
+
+fn store() -> StoreDisk {
+    StoreDisk::from_env("OVERLAY2_EXT4")
+}
+
+/// A machine on a copy of the overlay2-on-ext4 disk; `extra` follows [`APPEND`] on every boot.
+fn machine(s: &StoreDisk, extra: &str) -> Machine {
+    Machine::with(Artifacts::from_env(), &s.disk, MODULES, CONFIG, &format!("{APPEND} {extra}"))
+}
+
+/// The marker's content as the booted system saw it (None: absent).
+fn marker(r: &Value) -> Option<String> {
+    let p = field(r, &["paths", &format!("/{MARKER}")]);
+    match p["exists"].as_bool() {
+        Some(true) => Some(p["content"].as_str().unwrap_or_else(|| panic!("marker without content: {p}")).into()),
+        Some(false) => None,
+        None => panic!("the report does not say whether /{MARKER} exists: {p}"),
+    }
+}
+
+/// Writes the marker into the current rw layer's upper directory.
+fn put_marker(top: &Path, text: &str) {
+    let p = top.join("rwlayer/upper").join(MARKER);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, format!("{text}\n")).unwrap();
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}
+
+/// An overlay root on the disk: everything in it but the overlay's work directory.
+#[derive(Clone, Debug)]
+struct Root {
+    digest: Digest,
+}
+
+impl Root {
+    fn read(path: &Path) -> Option<Root> {
+        path.symlink_metadata().ok()?;
+        Some(Root { digest: tree_digest(path, &["work"]) })
+    }
+
+    fn created(&self) -> String {
+        self.digest.get(CREATED).cloned().unwrap_or_else(|| "(none)".into())
+    }
+
+    /// Without the creation stamp and the overlay's own uuid: equal for every
+    /// complete fresh root of the image.
+    fn content(&self) -> Digest {
+        self.digest
+            .iter()
+            .filter(|(k, _)| k.as_str() != CREATED && !k.ends_with(" xattr trusted.overlay.uuid"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Without the xattrs overlayfs itself sets in an upper directory when the root
+    /// is mounted (`trusted.overlay.origin`, `.impure`, ...: on directories the host
+    /// made in it): what a root that booted since must still have.
+    fn files(&self) -> Digest {
+        self.digest.iter().filter(|(k, _)| !k.contains(" xattr trusted.overlay.")).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn is_overlay_root(&self) -> bool {
+        self.digest.contains_key("dockroot-overlay.json") && self.digest.get("upper").is_some_and(|v| v.starts_with("dir"))
+    }
+}
+
+/// The rw layer's names and the rest of the disk.
+#[derive(Clone, Debug)]
+struct DiskState {
+    outside: Digest,
+    current: Option<Root>,
+    tmp: bool,
+    skel: bool,
+    ready: Option<Root>,
+    kept: BTreeMap<String, Root>,
+    trash: Vec<String>,
+}
+
+impl DiskState {
+    fn read(top: &Path) -> DiskState {
+        let kept = names_in(&top.join("rwlayer.kept"))
+            .into_iter()
+            .map(|n| {
+                let r = Root::read(&top.join("rwlayer.kept").join(&n)).expect("a kept root vanished");
+                (n, r)
+            })
+            .collect();
+        let exists = |n: &str| top.join(n).symlink_metadata().is_ok();
+        let mut outside = tree_digest(top, RW_NAMES);
+        // The top level's link count changes with the number of directories in it
+        // (the trash directory appears): its other attributes are still compared.
+        if let Some(v) = outside.get_mut(".") {
+            *v = v.split(" links ").next().unwrap_or_default().to_string();
+        }
+        DiskState {
+            outside,
+            current: Root::read(&top.join("rwlayer")),
+            tmp: exists("rwlayer.dockroot-tmp"),
+            skel: exists("rwlayer.dockroot-skel"),
+            ready: Root::read(&top.join("rwlayer.dockroot-ready")),
+            kept,
+            trash: names_in(&top.join(TRASH)),
+        }
+    }
+
+    fn leftovers(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.tmp {
+            v.push("rwlayer.dockroot-tmp");
+        }
+        if self.skel {
+            v.push("rwlayer.dockroot-skel");
+        }
+        if self.ready.is_some() {
+            v.push("rwlayer.dockroot-ready");
+        }
+        v
+    }
+}
+
+/// The checks every fresh overlay boot passes: the image's files and the top
+/// layer's, an overlay as `/`, mounted the way this kernel supports.
+fn check_fresh(s: &StoreDisk, r: &Value, out: &BootOutput) {
+    let rec = &r["boot_record"];
+    assert_eq!(rec["booted"], "fresh", "{rec}");
+    assert_eq!(rec["image"]["id"], s.get("image_id").as_str(), "{rec}");
+    assert_eq!(rec["rw_layer"], "/rwlayer", "{rec}");
+    assert_eq!(rec["rw_layer_kind"], "overlay", "{rec}");
+    check_overlay_root(r, out);
+    assert_eq!(field(r, &["paths", "/etc/hostname", "content"]), "storedisk-machine\n", "{r}");
+}
+
+/// `/` is an overlay of the image's layers, mounted with the method of this kernel.
+fn check_overlay_root(r: &Value, out: &BootOutput) {
+    assert_eq!(r["root_mount"]["fstype"], "overlay", "{}", r["root_mount"]);
+    for (path, content) in [("/layer1.txt", "layer1\n"), ("/layer3.txt", "layer3\n"), ("/olddir/new.txt", "new\n")] {
+        assert_eq!(field(r, &["paths", path, "content"]), content, "{path}: {}", field(r, &["paths", path]));
+    }
+    for path in ["/doomed.txt", "/olddir/old.txt"] {
+        assert_eq!(field(r, &["paths", path, "exists"]), false, "{path} deleted in an upper layer is back");
+    }
+    let line = out
+        .serial
+        .lines()
+        .find(|l| l.contains("dockroot: mounted /rwlayer ") && l.contains(" on /sysroot with "))
+        .unwrap_or_else(|| panic!("no line about mounting /rwlayer on /sysroot:\n{}", out.tail(30)));
+    let release = out
+        .serial
+        .lines()
+        .find_map(|l| l.split_once("Linux version ").map(|(_, v)| v.split(' ').next().unwrap_or("").to_string()))
+        .unwrap_or_else(|| panic!("no Linux version line in {}", out.log_path.display()));
+    let legacy = line.ends_with("with mount(2) with relative lowerdirs");
+    let plus = line.ends_with("with fsconfig lowerdir+");
+    assert!(legacy || plus, "{line}");
+    // lowerdir+ exists from Linux 6.8: 6.1 must use mount(2), 6.12 fsconfig.
+    let major_minor: Vec<u32> = release.split(['.', '-', '+']).take(2).filter_map(|p| p.parse().ok()).collect();
+    let [maj, min] = major_minor[..] else { panic!("kernel release {release:?}") };
+    assert_eq!(plus, (maj, min) >= (6, 8), "kernel {release}: {line}");
+}
+
+/// A boot that must reach testinit without errors, with a boot record.
+fn report(m: &Machine, name: &str, extra: &str) -> (Value, BootOutput) {
+    m.report_and_output(name, extra)
+}
+
+/// keep/prune: with dockroot.keep=1 each boot retires the current root and prunes
+/// the older kept one into the trash; the init's background process empties the
+/// trash (persist boots, which prune nothing, finish what a boot that powered off
+/// quickly did not).
+#[test]
+fn overlay_roots_are_kept_pruned_into_the_trash_and_the_trash_is_emptied() {
+    let s = store();
+    let m = machine(&s, "dockroot.keep=1");
+    let store_before = m.inspect(|top| tree_digest(&top.join(s.get("store_path")), &[]));
+
+    let (r1, out1) = report(&m, "ovl_keep_1", "");
+    check_fresh(&s, &r1, &out1);
+    let rec = &r1["boot_record"];
+    assert_eq!(rec["retired"], Value::Null, "{rec}");
+    assert_eq!(rec["kept"], serde_json::json!([]), "{rec}");
+    assert_eq!(rec["deleting_in_background"], false, "{rec}");
+    assert_eq!(marker(&r1), None);
+    // Root 1 gets a marker and many files, so that deleting it takes a while.
+    const BULK: usize = 1000;
+    let root1 = m.modify(|top| {
+        put_marker(top, "root 1");
+        let bulk = top.join("rwlayer/upper/var/tmp/bulk");
+        for d in 0..10 {
+            let dir = bulk.join(format!("d{d}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in 0..BULK / 10 {
+                std::fs::write(dir.join(format!("f{f}")), format!("{d}/{f}\n")).unwrap();
+            }
+        }
+        DiskState::read(top)
+    });
+    let root1 = root1.current.expect("no rw layer after the first boot");
+    assert!(root1.is_overlay_root(), "{:?}", root1.digest.keys().take(10).collect::<Vec<_>>());
+
+    let (r2, out2) = report(&m, "ovl_keep_2", "");
+    check_fresh(&s, &r2, &out2);
+    let rec = &r2["boot_record"];
+    assert_eq!(marker(&r2), None, "the rw layer was not replaced");
+    let kept1 = rec["retired"].as_str().unwrap_or_else(|| panic!("root 1 was not retired: {rec}")).to_string();
+    let hex12 = &s.get("image_id")["sha256:".len()..][..12];
+    assert!(kept1.starts_with(&format!("/rwlayer.kept/{}-", root1.created())) && kept1.ends_with(hex12), "{kept1}");
+    assert_eq!(rec["kept"], serde_json::json!([kept1]), "{rec}");
+    assert_eq!(rec["pruned"], serde_json::json!([]), "{rec}");
+    let root2 = m.modify(|top| {
+        let st = DiskState::read(top);
+        let k = st.kept.get(kept1.trim_start_matches("/rwlayer.kept/")).expect("the kept root is not on the disk");
+        assert_same_digest("root 1, retired", &root1.digest, &k.digest);
+        assert!(st.leftovers().is_empty(), "{:?}", st.leftovers());
+        put_marker(top, "root 2");
+        Root::read(&top.join("rwlayer")).unwrap()
+    });
+
+    let (r3, out3) = report(&m, "ovl_keep_3", "");
+    check_fresh(&s, &r3, &out3);
+    let rec = &r3["boot_record"];
+    let kept2 = rec["retired"].as_str().unwrap_or_else(|| panic!("root 2 was not retired: {rec}")).to_string();
+    assert!(kept2.starts_with(&format!("/rwlayer.kept/{}-", root2.created())), "{kept2}");
+    assert_eq!(rec["kept"], serde_json::json!([kept2]), "{rec}");
+    assert_eq!(rec["pruned"], serde_json::json!([kept1]), "{rec}");
+    assert_eq!(rec["deleting_in_background"], true, "{rec}");
+    assert!(
+        out3.contains("dockroot: deleting the old overlay roots in /rwlayer.dockroot-trash in the background (process "),
+        "{}",
+        out3.tail(30)
+    );
+    // Root 1 went into the trash: it is still there (under a name that ends with its
+    // kept name), or the background process said it emptied the trash of at least
+    // its entries before the power went off.
+    let kept1_name = kept1.trim_start_matches("/rwlayer.kept/").to_string();
+    let emptied = emptied_entries(&out3);
+    let after3 = m.inspect(|top| {
+        let st = DiskState::read(top);
+        assert_eq!(st.kept.keys().collect::<Vec<_>>(), vec![kept2.trim_start_matches("/rwlayer.kept/")]);
+        assert_same_digest("root 2, retired", &root2.digest, &st.kept.values().next().unwrap().digest);
+        assert!(st.leftovers().is_empty(), "{:?}", st.leftovers());
+        st
+    });
+    match (&after3.trash[..], emptied) {
+        ([entry], None) => {
+            assert!(entry.ends_with(&format!("-{kept1_name}.1")), "the trash holds {entry}, not root 1 ({kept1_name})")
+        }
+        ([], Some(n)) => assert!(n > BULK as u64, "the trash was emptied of only {n} entries, root 1 has {BULK} files"),
+        (t, e) => panic!("trash {t:?} after a boot whose background deletion reported {e:?}"),
+    }
+    eprintln!("overlay keep: after the pruning boot the trash holds {:?} (emptied: {emptied:?})", after3.trash);
+
+    // Persist boots prune nothing: the trash empties within a few of them.
+    let mut boots = 0;
+    let mut trash = after3.trash.clone();
+    while !trash.is_empty() {
+        boots += 1;
+        assert!(boots <= 4, "the trash is not empty after {} persist boots: {trash:?}", boots - 1);
+        let (r, out) = report(&m, &format!("ovl_keep_persist_{boots}"), "dockroot.boot=persist");
+        assert_eq!(r["boot_record"]["booted"], "persist", "{}", r["boot_record"]);
+        assert_eq!(r["boot_record"]["deleting_in_background"], true, "{}", r["boot_record"]);
+        check_overlay_root(&r, &out);
+        trash = m.inspect(|top| names_in(&top.join(TRASH)));
+        eprintln!("overlay keep: after persist boot {boots} the trash holds {trash:?}");
+    }
+    let end = m.inspect(|top| {
+        assert_same_digest("the store", &store_before, &tree_digest(&top.join(s.get("store_path")), &[]));
+        DiskState::read(top)
+    });
+    assert_eq!(end.kept.len(), 1);
+    assert_same_digest("root 2, kept", &root2.digest, &end.kept.values().next().unwrap().digest);
+}
+
+/// How many entries the background deletion said it deleted ("emptied ... (N entries)").
+fn emptied_entries(out: &BootOutput) -> Option<u64> {
+    let line = out.serial.lines().find(|l| l.contains("dockroot: emptied /rwlayer.dockroot-trash ("))?;
+    let rest = line.split_once("dockroot-trash (")?.1;
+    rest.split(' ').next()?.parse().ok()
+}
+
+/// persist boots the rw layer as it is (a marker the host put into its upper
+/// directory survives); previous boots a copy of the newest kept root (its marker
+/// is there) and leaves the kept root as it was.
+#[test]
+fn overlay_persist_keeps_changes_and_previous_boots_a_copy_of_the_kept_root() {
+    let s = store();
+    let m = machine(&s, "dockroot.keep=2");
+    let (r1, out1) = report(&m, "ovl_modes_1", "");
+    check_fresh(&s, &r1, &out1);
+    let root1 = m.modify(|top| {
+        put_marker(top, "root 1");
+        Root::read(&top.join("rwlayer")).unwrap()
+    });
+
+    let (r2, out2) = report(&m, "ovl_modes_2_persist", "dockroot.boot=persist");
+    let rec = &r2["boot_record"];
+    assert_eq!(rec["booted"], "persist", "{rec}");
+    assert_eq!(rec["rw_layer_kind"], "overlay", "{rec}");
+    assert_eq!(rec["retired"], Value::Null, "{rec}");
+    check_overlay_root(&r2, &out2);
+    assert_eq!(marker(&r2).as_deref(), Some("root 1\n"), "persist lost the changes");
+    m.inspect(|top| {
+        let st = DiskState::read(top);
+        let cur = st.current.as_ref().unwrap();
+        assert_eq!(cur.created(), root1.created(), "persist made a new root");
+        assert!(cur.digest.contains_key(&format!("upper/{MARKER}")));
+        assert!(st.kept.is_empty() && st.leftovers().is_empty(), "{st:?}");
+    });
+
+    // A fresh boot retires it; previous boots a copy of it.
+    let (r3, out3) = report(&m, "ovl_modes_3_fresh", "");
+    check_fresh(&s, &r3, &out3);
+    assert_eq!(marker(&r3), None);
+    let kept1 = r3["boot_record"]["retired"].as_str().expect("root 1 retired").to_string();
+    let kept1_name = kept1.trim_start_matches("/rwlayer.kept/").to_string();
+    let (kept_before, root3) = m.inspect(|top| {
+        let st = DiskState::read(top);
+        (st.kept.get(&kept1_name).cloned().expect("the kept root is on the disk"), st.current.unwrap())
+    });
+
+    let (r4, out4) = report(&m, "ovl_modes_4_previous", "dockroot.boot=previous");
+    let rec = &r4["boot_record"];
+    assert_eq!(rec["booted"], format!("previous: {kept1}").as_str(), "{rec}");
+    assert_eq!(rec["rw_layer_kind"], "overlay", "{rec}");
+    check_overlay_root(&r4, &out4);
+    assert_eq!(marker(&r4).as_deref(), Some("root 1\n"), "previous did not boot the kept root's copy");
+    assert_eq!(field(&r4, &["paths", "/etc/hostname", "content"]), "storedisk-machine\n");
+    let kept3 = rec["retired"].as_str().expect("the fresh root of boot 3 retired").to_string();
+    assert!(kept3.starts_with(&format!("/rwlayer.kept/{}-", root3.created())), "{kept3}");
+    m.inspect(|top| {
+        let st = DiskState::read(top);
+        let k = st.kept.get(&kept1_name).expect("previous deleted the kept root it copied");
+        assert_same_digest("the kept root booted by previous", &kept_before.digest, &k.digest);
+        // Booted with persist since: overlayfs marked the directories the host made.
+        assert_same_digest("root 1 (now kept)", &root1.files(), &k.files());
+        let cur = st.current.as_ref().unwrap();
+        assert!(cur.is_overlay_root());
+        assert_ne!(cur.created(), root1.created(), "previous must boot a copy, not the kept root");
+        assert_eq!(
+            std::fs::read_to_string(top.join("rwlayer/upper").join(MARKER)).unwrap(),
+            "root 1\n",
+            "the copy's upper directory lacks the marker"
+        );
+        assert_eq!(cur.digest.get(". xattr user.dockroot.image"), root1.digest.get(". xattr user.dockroot.image"));
+        assert!(st.leftovers().is_empty(), "{:?}", st.leftovers());
+    });
+}
+
+/// A fresh root of an unknown image cannot be made: the current overlay root boots
+/// as it was, FALLBACK in the boot record, and nothing on the disk changed.
+#[test]
+fn overlay_unknown_image_falls_back_to_the_current_root_as_it_was() {
+    let s = store();
+    let m = machine(&s, "");
+    let (r1, out1) = report(&m, "ovl_fallback_1", "");
+    check_fresh(&s, &r1, &out1);
+    let before = m.modify(|top| {
+        put_marker(top, "root 1");
+        DiskState::read(top)
+    });
+    let out = m.boot("ovl_fallback_2", "dockroot.image=no/such:image");
+    let r = out.expect_testinit();
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    let rec = &r["boot_record"];
+    assert!(rec["booted"].as_str().unwrap_or_default().starts_with("fallback: /rwlayer as it was"), "{rec}");
+    assert!(rec["fallback"]["reason"].as_str().unwrap_or_default().contains("no/such:image"), "{rec}");
+    assert!(rec["warnings"].to_string().contains("FALLBACK"), "{rec}");
+    assert_eq!(rec["rw_layer_kind"], "overlay", "{rec}");
+    check_overlay_root(&r, &out);
+    assert_eq!(marker(&r).as_deref(), Some("root 1\n"), "the fallback must boot the last root as it was");
+    assert!(out.contains("dockroot: WARNING: FALLBACK: booting the previous root /rwlayer as it was"), "{}", out.tail(30));
+    let after = m.inspect(DiskState::read);
+    assert_same_digest("the disk outside the rw layer", &before.outside, &after.outside);
+    assert_same_digest("the rw layer", &before.current.unwrap().files(), &after.current.as_ref().unwrap().files());
+    assert!(after.kept.is_empty() && after.leftovers().is_empty() && after.trash.is_empty(), "{after:?}");
+}
+
+/// The disk fills up while the top layer is copied into the new root's upper
+/// directory: the current overlay root boots as it was; once there is room again,
+/// the next boot is a normal fresh one and the half-built root is gone.
+#[test]
+fn overlay_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
+    let s = store();
+    let m = machine(&s, "");
+    let (r1, out1) = report(&m, "ovl_enospc_1", "");
+    check_fresh(&s, &r1, &out1);
+    m.modify(|top| put_marker(top, "root 1"));
+    // Booted once with the marker, so that overlayfs has marked the directories the
+    // host made (on a full disk, setting those xattrs at lookup fails with ENOSPC).
+    let (r2, _) = report(&m, "ovl_enospc_2_persist", "dockroot.boot=persist");
+    assert_eq!(marker(&r2).as_deref(), Some("root 1\n"));
+    let before = m.modify(|top| {
+        let filler = top.join("filler");
+        sh(&format!("dd if=/dev/zero of='{}' bs=1M status=none 2>/dev/null || true", filler.display()));
+        sh(&format!("sync && truncate -s -24M '{}' && sync", filler.display()));
+        DiskState::read(top)
+    });
+    // A top layer on a second disk with more data than fits.
+    let work = tempfile::tempdir().expect("temp dir");
+    let src = work.path().join("src/machine");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hostname"), b"never-applied\n").unwrap();
+    sh(&format!("dd if=/dev/urandom of='{}' bs=1M count=64 status=none", src.join("big").display()));
+    let ext4 = work.path().join("machine.img");
+    sh(&format!("mkfs.ext4 -q -L machine -d '{}' '{}' 128M", src.parent().unwrap().display(), ext4.display()));
+    let append = "root=LABEL=storedisk dockroot.rw=rwlayer rw toplayer=LABEL=machine toplayer_path=machine";
+    let spec = BootSpec {
+        name: Some("ovl_enospc_3_full".into()),
+        ..BootSpec::new(m.artifacts.kernel(), m.initrd.clone(), &[m.disk.path(), &ext4], append)
+    };
+    let out = boot(&spec);
+    let r = out.expect_testinit();
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    let rec = &r["boot_record"];
+    assert!(rec["booted"].as_str().unwrap_or_default().starts_with("fallback: /rwlayer as it was"), "{rec}");
+    let reason = rec["fallback"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("No space left on device") && reason.contains("top layer"), "{rec}");
+    check_overlay_root(&r, &out);
+    assert_eq!(marker(&r).as_deref(), Some("root 1\n"), "the previous root must boot intact");
+    assert_eq!(field(&r, &["paths", "/etc/hostname", "content"]), "storedisk-machine\n");
+    let full = m.modify(|top| {
+        let st = DiskState::read(top);
+        sh(&format!("rm -f '{}'", top.join("filler").display()));
+        st
+    });
+    eprintln!("overlay enospc: after the fallback: leftovers {:?}, trash {:?}", full.leftovers(), full.trash);
+    assert_same_digest("the disk outside the rw layer", &before.outside, &full.outside);
+    assert_same_digest("the rw layer", &before.current.as_ref().unwrap().digest, &full.current.as_ref().unwrap().digest);
+    // The half-built root is discarded into the trash; on a disk too full to create
+    // the trash directory it stays at the temporary name (said on the console) and
+    // the next boot deletes it.
+    let tmp_left = full.tmp;
+    assert!(!full.skel && full.ready.is_none(), "{:?}", full.leftovers());
+    if tmp_left {
+        assert!(
+            out.contains("dockroot: WARNING: could not delete the unfinished /rwlayer.dockroot-tmp (the next boot will)"),
+            "the half-built root was left behind silently:\n{}",
+            out.tail(30)
+        );
+    }
+    for t in &full.trash {
+        assert!(t.ends_with("-rwlayer.dockroot-tmp.1"), "unexpected trash entry {t}");
+    }
+
+    // Room again: a normal fresh boot; the half-built root is deleted at last.
+    let (r4, out4) = report(&m, "ovl_enospc_4", "");
+    check_fresh(&s, &r4, &out4);
+    let rec = &r4["boot_record"];
+    assert_eq!(rec["warnings"], serde_json::json!([]), "{rec}");
+    assert_eq!(
+        rec["recovered"].to_string().contains("deleted the half-built /rwlayer.dockroot-tmp"),
+        tmp_left,
+        "{rec}"
+    );
+    let kept = rec["retired"].as_str().expect("root 1 retired").to_string();
+    let mut trash = m.inspect(|top| {
+        let st = DiskState::read(top);
+        let k = st.kept.get(kept.trim_start_matches("/rwlayer.kept/")).expect("root 1 kept");
+        assert_same_digest("root 1, retired", &before.current.as_ref().unwrap().digest, &k.digest);
+        assert!(st.leftovers().is_empty(), "{:?}", st.leftovers());
+        st.trash
+    });
+    let mut boots = 0;
+    while !trash.is_empty() {
+        boots += 1;
+        assert!(boots <= 3, "the trash is not empty after {} more boots: {trash:?}", boots - 1);
+        let (r, _) = report(&m, &format!("ovl_enospc_persist_{boots}"), "dockroot.boot=persist");
+        assert_eq!(r["boot_record"]["booted"], "persist");
+        trash = m.inspect(|top| names_in(&top.join(TRASH)));
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Power cuts.
+
+/// What a power cut left behind, relative to the state before the boot it cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Left {
+    /// The old root at its name, nothing else.
+    Nothing,
+    /// The old root and an overlay skeleton (NAME.dockroot-skel).
+    Skeleton,
+    /// The old root and a half-built NAME.dockroot-tmp.
+    TmpOnly,
+    /// The old root and a complete NAME.dockroot-ready.
+    ReadyAndCurrent,
+    /// The old root retired, the new one still at NAME.dockroot-ready.
+    ReadyWithoutCurrent,
+    /// The new root installed at NAME.
+    Installed,
+}
+
+/// Where to cut the power, from the serial log of a normal boot.
+#[derive(Clone, Copy, Debug)]
+enum At {
+    /// A fraction of the way from the kernel starting /init to testinit running.
+    Window(f64),
+    /// A fraction of the way from dockroot finding the root device to its "ready" line.
+    Work(f64),
+    /// This many milliseconds after a line containing the needle.
+    Line(&'static str, u64),
+}
+
+const IMAGE: &str = "dockroot: image ";
+const MOUNTED_TMP: &str = "dockroot: mounted /rwlayer.dockroot-tmp";
+const TOP_LAYER: &str = "dockroot: top layer ";
+const RETIRED: &str = "the previous root is kept as";
+const PRUNED: &str = "deleted the old kept root";
+const FRESH: &str = "is a fresh overlay of";
+const MOUNTED_ROOT: &str = "dockroot: mounted /rwlayer ";
+const DELETING: &str = "dockroot: deleting the old overlay roots";
+const ROOT_DEVICE: &str = "dockroot: found ";
+const READY: &str = "dockroot: ready:";
+
+/// Every kill point, most telling first (a sample takes a prefix).
+const POINTS: &[At] = &[
+    At::Line(RETIRED, 0),
+    At::Line(FRESH, 0),
+    At::Line(IMAGE, 0),
+    At::Line(PRUNED, 0),
+    At::Line(DELETING, 0),
+    At::Work(0.5),
+    At::Line(TOP_LAYER, 0),
+    At::Line(MOUNTED_TMP, 0),
+    At::Window(0.5),
+    At::Line(RETIRED, 3),
+    At::Line(FRESH, 5),
+    At::Work(0.25),
+    At::Work(0.75),
+    At::Line(IMAGE, 10),
+    At::Line(TOP_LAYER, 10),
+    At::Line(MOUNTED_ROOT, 0),
+    At::Line(READY, 0),
+    At::Work(0.1),
+    At::Work(0.9),
+    At::Window(0.8),
+    At::Line(ROOT_DEVICE, 0),
+];
+
+impl At {
+    fn kill(&self, reference: &BootOutput, report: &Value) -> KillAfter {
+        let t = |needle: &str| {
+            printk_time(&reference.serial, needle)
+                .unwrap_or_else(|| panic!("no {needle:?} line in {}", reference.log_path.display()))
+        };
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        match *self {
+            At::Window(f) => {
+                let end = report["uptime_s"].as_f64().expect("testinit's uptime_s");
+                KillAfter { needle: RUN_INIT.into(), delay: secs(f * (end - t(RUN_INIT))) }
+            }
+            At::Work(f) => KillAfter { needle: ROOT_DEVICE.into(), delay: secs(f * (t(READY) - t(ROOT_DEVICE))) },
+            At::Line(needle, ms) => KillAfter { needle: needle.into(), delay: Duration::from_millis(ms) },
+        }
+    }
+}
+
+fn points() -> Vec<At> {
+    let n = match std::env::var("DOCKROOT_CRASH_POINTS") {
+        Err(_) => POINTS.len(),
+        Ok(v) if v == "all" => POINTS.len(),
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("DOCKROOT_CRASH_POINTS={v}: a number or 'all'")),
+    };
+    POINTS.iter().copied().take(n.max(1)).collect()
+}
+
+/// The table of what each cut left, printed and saved to target/qemu-logs/overlay-crash-table.txt.
+struct Table(Vec<String>);
+
+impl Table {
+    fn add(&mut self, line: String) {
+        let _ = writeln!(std::io::stderr(), "overlay crash: {line}");
+        self.0.push(line);
+        let path = target_dir().join("qemu-logs").join("overlay-crash-table.txt");
+        let _ = std::fs::write(&path, self.0.join("\n") + "\n");
+    }
+}
+
+const KEEP: usize = 2;
+
+/// Two normal boots (a kept root with a marker, a current one with another), then
+/// for every kill point: cut the power there, check what is on the disk, boot again
+/// and check the recovery; the host marks every new current root with its own marker.
+#[test]
+fn overlay_power_cuts_during_the_boot_lose_nothing() {
+    let s = store();
+    let m = machine(&s, &format!("dockroot.keep={KEEP}"));
+    let (_, out) = report(&m, "ovl_crash_setup_1", "");
+    assert!(out.contains(FRESH), "{}", out.tail(20));
+    m.modify(|top| put_marker(top, "setup 1"));
+    let (mut reference_report, mut reference) = report(&m, "ovl_crash_setup_2", "");
+    // The pristine fresh root: every complete new root has its content.
+    let fresh = m.inspect(|top| Root::read(&top.join("rwlayer")).expect("no rw layer").content());
+    assert!(!fresh.contains_key(&format!("upper/{MARKER}")), "a fresh root has the marker");
+    let mut prev = m.modify(|top| {
+        put_marker(top, "setup 2");
+        DiskState::read(top)
+    });
+    assert_eq!(prev.kept.len(), 1, "{:?}", prev.kept.keys());
+    let mut table = Table(Vec::new());
+    let mut seen: BTreeMap<Left, usize> = BTreeMap::new();
+
+    for (i, at) in points().into_iter().enumerate() {
+        let kill = at.kill(&reference, &reference_report);
+        let out = boot(&BootSpec { kill_after: Some(kill.clone()), ..m.spec(&format!("ovl_crash_kill_{i:02}"), "") });
+        let late = if out.testinit().is_some() { " (after testinit)" } else { "" };
+        let cut = m.inspect(DiskState::read);
+        let old = prev.current.as_ref().expect("a current root before every cut");
+
+        // --- what the cut left: never a root-less disk, never a half-built root at a final name.
+        assert_same_digest(&format!("cut {i}: the disk outside the rw layer"), &prev.outside, &cut.outside);
+        let current_is_old = cut.current.as_ref().is_some_and(|c| c.created() == old.created());
+        let left = match (&cut.current, current_is_old, cut.tmp, &cut.ready) {
+            (Some(_), true, false, None) if cut.skel => Left::Skeleton,
+            (Some(_), true, false, None) => Left::Nothing,
+            (Some(_), true, true, None) => Left::TmpOnly,
+            (Some(_), true, _, Some(_)) => Left::ReadyAndCurrent,
+            (None, _, _, Some(_)) => Left::ReadyWithoutCurrent,
+            (Some(_), false, false, None) => Left::Installed,
+            _ => panic!(
+                "cut {i} ({at:?}): unexpected state: current {:?} (old: {current_is_old}), tmp {}, ready {}, skel {}",
+                cut.current.as_ref().map(Root::created),
+                cut.tmp,
+                cut.ready.is_some(),
+                cut.skel
+            ),
+        };
+        *seen.entry(left).or_default() += 1;
+        if let Some(c) = &cut.current {
+            if current_is_old {
+                assert_same_digest(&format!("cut {i}: the old rw layer"), &old.digest, &c.digest);
+            } else {
+                assert_same_digest(&format!("cut {i}: the new rw layer (half-built?)"), &fresh, &c.content());
+            }
+        }
+        if let Some(r) = &cut.ready {
+            assert_same_digest(&format!("cut {i}: the ready root (half-built?)"), &fresh, &r.content());
+        }
+        // The old root is at its name or kept, intact.
+        let old_kept = cut.kept.values().filter(|k| k.digest == old.digest).count();
+        assert!(current_is_old || old_kept == 1, "cut {i}: the previous root is lost ({left:?})");
+        // Kept roots are intact; only the oldest ones the policy was due to prune may be gone.
+        let mut before: Vec<String> =
+            prev.kept.keys().cloned().chain([format!("{}-", old.created())]).collect();
+        before.sort();
+        let due = before.len().saturating_sub(KEEP);
+        for (idx, (name, r)) in prev.kept.iter().enumerate() {
+            match cut.kept.get(name) {
+                Some(k) => assert_same_digest(&format!("cut {i}: kept root {name}"), &r.digest, &k.digest),
+                None => assert!(idx < due, "cut {i}: kept root {name} vanished but was not due for pruning"),
+            }
+        }
+        for t in &cut.trash {
+            assert!(
+                prev.trash.contains(t) || trash_entry_of(t, &prev),
+                "cut {i}: the trash holds {t}, which is no root the cut boot could discard"
+            );
+        }
+
+        // --- the next boot: recovers, boots fresh, keeps exactly what the policy says.
+        let (rec_report, rec_out) = report(&m, &format!("ovl_crash_recover_{i:02}"), "");
+        check_fresh(&s, &rec_report, &rec_out);
+        let rec = &rec_report["boot_record"];
+        assert_eq!(rec["warnings"], serde_json::json!([]), "recovery after cut {i}: {rec}");
+        assert_eq!(marker(&rec_report), None, "after cut {i}: the recovery boot's root has an old marker");
+        let recovered = rec["recovered"].to_string();
+        let expect = |cond: bool, text: &str| {
+            assert_eq!(
+                recovered.contains(text),
+                cond,
+                "after cut {i} ({left:?}) recovered should {}say {text:?}: {rec}",
+                if cond { "" } else { "not " }
+            );
+        };
+        expect(left == Left::Skeleton, "deleted the overlay skeleton /rwlayer.dockroot-skel");
+        expect(left == Left::TmpOnly, "deleted the half-built /rwlayer.dockroot-tmp");
+        expect(left == Left::ReadyAndCurrent, "deleted the uninstalled /rwlayer.dockroot-ready");
+        expect(left == Left::ReadyWithoutCurrent, "installed /rwlayer.dockroot-ready");
+
+        let now = m.modify(|top| {
+            let st = DiskState::read(top);
+            put_marker(top, &format!("recovery {i}"));
+            (st, Root::read(&top.join("rwlayer")).unwrap())
+        });
+        let (now, marked) = now;
+        assert_same_digest(&format!("after cut {i}: the disk outside the rw layer"), &prev.outside, &now.outside);
+        assert!(now.leftovers().is_empty(), "after cut {i}: leftovers after a successful boot: {:?}", now.leftovers());
+        let cur = now.current.as_ref().expect("no rw layer after the recovery boot");
+        assert_same_digest(&format!("after cut {i}: the recovery boot's root"), &fresh, &cur.content());
+        // Kept: the newest KEEP of the old kept ones, the old current, and the cut boot's root if it got that far.
+        let mut candidates: Vec<(String, Root, &str)> =
+            prev.kept.iter().map(|(n, r)| (n.clone(), r.clone(), "kept")).collect();
+        candidates.push((format!("{}-", old.created()), old.clone(), "previous rw layer"));
+        let cut_root = match left {
+            Left::ReadyWithoutCurrent => cut.ready.clone(),
+            Left::Installed => cut.current.clone(),
+            _ => None,
+        };
+        if let Some(r) = &cut_root {
+            candidates.push((format!("{}-", r.created()), r.clone(), "the cut boot's root"));
+        }
+        candidates.sort_by(|a, b| a.0.cmp(&b.0));
+        let expected = &candidates[candidates.len().saturating_sub(KEEP)..];
+        let names: Vec<&String> = now.kept.keys().collect();
+        assert_eq!(now.kept.len(), expected.len(), "after cut {i}: kept {names:?}");
+        for ((name, root), (prefix, want, what)) in now.kept.iter().zip(expected) {
+            assert!(name.starts_with(prefix.as_str()), "after cut {i}: kept {names:?}, expected {what} {prefix}*");
+            assert_same_digest(&format!("after cut {i}: kept root {name} ({what})"), &want.digest, &root.digest);
+        }
+        let retired = rec["retired"].as_str().unwrap_or_default();
+        let retired_created = cut_root.as_ref().unwrap_or(old).created();
+        assert!(
+            retired.starts_with(&format!("/rwlayer.kept/{retired_created}-")),
+            "after cut {i}: the recovery boot retired {retired}, expected the root made at {retired_created}"
+        );
+
+        table.add(format!(
+            "{i:2} {:<44} killed {:<8} left {:<20} recovered {} trash {:?}",
+            format!(
+                "{at:?} (+{} ms after {:?})",
+                kill.delay.as_millis(),
+                kill.needle.chars().take(24).collect::<String>()
+            ),
+            out.killed_at.map(|t| format!("{:.2}s{late}", t.as_secs_f64())).unwrap_or_else(|| "never".into()),
+            format!("{left:?}"),
+            rec["recovered"],
+            now.trash,
+        ));
+        prev = DiskState { current: Some(marked), ..now };
+        reference = rec_out;
+        reference_report = rec_report;
+    }
+    table.add(format!("states reached: {seen:?}"));
+    // What the cuts and pruning put into the trash is deleted within a few more boots.
+    let mut trash = prev.trash.clone();
+    let mut boots = 0;
+    while !trash.is_empty() {
+        boots += 1;
+        assert!(boots <= 3, "the trash is not empty after {} persist boots: {trash:?}", boots - 1);
+        let (r, _) = report(&m, &format!("ovl_crash_persist_{boots}"), "dockroot.boot=persist");
+        assert_eq!(r["boot_record"]["booted"], "persist");
+        trash = m.inspect(|top| names_in(&top.join(TRASH)));
+    }
+}
+
+/// Whether a trash entry is a root the boot after `prev` could discard: a kept root
+/// it pruned, or its own tmp/ready root (names are `<stamp>-<pid>-<name>.<n>`).
+fn trash_entry_of(entry: &str, prev: &DiskState) -> bool {
+    let Some((stem, _)) = entry.rsplit_once('.') else { return false };
+    ["rwlayer.dockroot-tmp", "rwlayer.dockroot-ready"].iter().any(|n| stem.ends_with(&format!("-{n}")))
+        || prev.kept.keys().any(|k| stem.ends_with(&format!("-{k}")))
+}
