@@ -42,7 +42,7 @@ fn check(s: &str) {
     for (name, path) in [
         ("docker_path", Some(p.docker_path.as_str())),
         ("toplayer_path", p.toplayer_path.as_deref()),
-        ("rootflags subvol", p.rw_subvol()),
+        ("rw layer", p.rw_subvol().ok().flatten()),
         ("init", p.init.as_deref()),
     ] {
         if let Some(path) = path {
