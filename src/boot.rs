@@ -327,7 +327,9 @@ fn choose_root(
             Ok(Booted::Fresh(resolved))
         }
         Err(e) => {
-            store.abort();
+            if let Some(w) = store.abort() {
+                record.warn(w);
+            }
             fall_back(e, ctx, store, record)
         }
     }
@@ -453,7 +455,9 @@ fn copy_kept(store: &RwStore, name: &str, keep: usize, record: &mut Record) -> R
         _ => store.begin(fd.as_fd(), &info).map(drop),
     };
     if let Err(e) = copied {
-        store.abort();
+        if let Some(w) = store.abort() {
+            record.warn(w);
+        }
         return Err(e.context(format!("copying {}", store.kept_shown(name))));
     }
     let commit =

@@ -513,6 +513,9 @@ impl RwStore {
         let skel = self.skel();
         let json = spec.to_json()?;
         self.remove_skeleton()?;
+        // Made now, while there is space: discarding this root later (a full
+        // disk during the top layer, say) is then a rename.
+        self.ensure_trash()?;
         let made = (|| -> Result<()> {
             rustix::fs::mkdirat(p, skel.as_str(), Mode::from_raw_mode(0o755))
                 .context(|| format!("creating {}", self.shown(&skel)))?;
@@ -592,30 +595,45 @@ impl RwStore {
     fn discard(&self, dir: BorrowedFd<'_>, name: &str, shown: &str) -> Result<()> {
         match existing(dir, name)? {
             Existing::Subvolume => btrfs::delete_subvolume(dir, name),
-            Existing::Overlay => {
-                let trash = self.trash_name();
-                match rustix::fs::mkdirat(&self.parent, trash.as_str(), Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(Error::with(format!("creating {}", self.shown(&trash)), e)),
+            Existing::Overlay => match self.move_to_trash(dir, name, shown) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // A full disk may refuse even the trash directory: delete
+                    // now, which frees the space (slow, but rare).
+                    log::warn!("{e}: deleting {shown} now instead");
+                    let fd = open_dir(dir, name).context(|| format!("opening {shown}"))?;
+                    remove_contents(fd.as_fd(), 0).map_err(|e| e.context(format!("deleting {shown}")))?;
+                    drop(fd);
+                    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).context(|| format!("deleting {shown}"))
                 }
-                let tdir =
-                    open_dir(self.parent.as_fd(), &trash).context(|| format!("opening {}", self.shown(&trash)))?;
-                let unique = format!("{}-{}-{name}", now_stamp(), rustix::process::getpid().as_raw_pid());
-                let target = (1..).map(|n| format!("{unique}.{n}")).find(|t| {
-                    matches!(
-                        rustix::fs::statat(&tdir, t.as_str(), AtFlags::SYMLINK_NOFOLLOW),
-                        Err(rustix::io::Errno::NOENT)
-                    )
-                });
-                let target = target.unwrap_or(unique);
-                rustix::fs::renameat(dir, name, &tdir, target.as_str())
-                    .context(|| format!("moving {shown} into {}", self.shown(&trash)))
-            }
+            },
             Existing::Absent => Ok(()),
             Existing::Other(kind) => {
                 Err(Error::msg(format!("{shown} is a {kind}, not a root dockroot made: not deleted")))
             }
         }
+    }
+
+    /// Create the trash directory if there is none.
+    fn ensure_trash(&self) -> Result<OwnedFd> {
+        let trash = self.trash_name();
+        match rustix::fs::mkdirat(&self.parent, trash.as_str(), Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(Error::with(format!("creating {}", self.shown(&trash)), e)),
+        }
+        open_dir(self.parent.as_fd(), &trash).context(|| format!("opening {}", self.shown(&trash)))
+    }
+
+    /// Rename `name` in `dir` into the trash directory, under a unique name.
+    fn move_to_trash(&self, dir: BorrowedFd<'_>, name: &str, shown: &str) -> Result<()> {
+        let tdir = self.ensure_trash()?;
+        let unique = format!("{}-{}-{name}", now_stamp(), rustix::process::getpid().as_raw_pid());
+        let target = (1..).map(|n| format!("{unique}.{n}")).find(|t| {
+            matches!(rustix::fs::statat(&tdir, t.as_str(), AtFlags::SYMLINK_NOFOLLOW), Err(rustix::io::Errno::NOENT))
+        });
+        let target = target.unwrap_or(unique);
+        rustix::fs::renameat(dir, name, &tdir, target.as_str())
+            .context(|| format!("moving {shown} into {}", self.shown(&self.trash_name())))
     }
 
     /// Delete what is in the trash directory in a child process, so that the
@@ -762,12 +780,17 @@ impl RwStore {
     }
 
     /// Throw away a new root that could not be completed.
-    pub fn abort(&self) {
+    /// Returns a warning if it could not (the next boot tries again).
+    pub fn abort(&self) -> Option<String> {
         if existing(self.parent.as_fd(), &self.tmp()).is_ok_and(Existing::is_root) {
             if let Err(e) = self.discard(self.parent.as_fd(), &self.tmp(), &self.shown(&self.tmp())) {
-                log::warn!("could not delete the unfinished {} (the next boot will): {e}", self.shown(&self.tmp()));
+                return Some(format!(
+                    "could not delete the unfinished {} (the next boot will): {e}",
+                    self.shown(&self.tmp())
+                ));
             }
         }
+        None
     }
 
     /// Install the new root built since [`begin`](Self::begin): sync it, mark

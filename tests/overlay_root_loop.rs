@@ -180,6 +180,16 @@ fn overlay_recovery_and_refusals() {
     assert!(skel.join("notes.txt").exists());
     fs::remove_dir_all(&skel).unwrap();
 
+    // If the trash cannot take a discarded root, it is deleted at once instead.
+    store.begin_overlay(&spec, &info("d")).unwrap();
+    fs::write(fs_.mnt.join("roots/rw.dockroot-tmp/upper/big"), vec![7u8; 1 << 20]).unwrap();
+    let trash = fs_.mnt.join("roots/rw.dockroot-trash");
+    fs::remove_dir_all(&trash).unwrap();
+    fs::write(&trash, "not a directory").unwrap();
+    assert_eq!(store.abort(), None);
+    assert!(!fs_.mnt.join("roots/rw.dockroot-tmp").exists(), "deleted in the foreground");
+    fs::remove_file(&trash).unwrap();
+
     // A spec that leaves the partition is refused with the root's name.
     let bad = fs_.mnt.join("roots/rw").join(OVERLAY_SPEC);
     fs::write(&bad, r#"{"base": "../etc", "lowerdirs": ["a"]}"#).unwrap();
