@@ -54,7 +54,9 @@ fn kernel_boots_testinit_and_the_harness_reads_its_report() {
     assert_eq!(field(&r, &["paths", "/proc/cmdline", "content"]).as_str().unwrap().trim_end(), cmdline);
     assert!(out.kernel_to_init().is_some(), "no 'Run /init' line:\n{}", out.tail(40));
     let t = out.time_to_init().expect("time to init");
-    assert!((0.0..30.0).contains(&t), "time to init {t}");
+    // printk stamps come from the scheduler clock, testinit's uptime from the boot
+    // clock: with no dockroot in between the two readings can cross by a few ms.
+    assert!((-0.05..30.0).contains(&t), "time to init {t}");
     assert!(out.contains("reboot: Power down"), "testinit did not power off:\n{}", out.tail(20));
     assert!(out.status.map(|s| s.success()).unwrap_or(false), "qemu exit: {:?}", out.status);
 }
