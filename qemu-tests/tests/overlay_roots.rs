@@ -302,8 +302,8 @@ fn overlay_roots_are_kept_pruned_into_the_trash_and_the_trash_is_emptied() {
         out3.tail(30)
     );
     // Root 1 went into the trash: it is still there (under a name that ends with its
-    // kept name), or the background process said it emptied the trash of at least
-    // its entries before the power went off.
+    // kept name), or the background process emptied the trash (and, if its closing
+    // line made it out before the power went off, of at least root 1's entries).
     let kept1_name = kept1.trim_start_matches("/rwlayer.kept/").to_string();
     let emptied = emptied_entries(&out3);
     let after3 = m.inspect(|top| {
@@ -318,6 +318,9 @@ fn overlay_roots_are_kept_pruned_into_the_trash_and_the_trash_is_emptied() {
             assert!(entry.ends_with(&format!("-{kept1_name}.1")), "the trash holds {entry}, not root 1 ({kept1_name})")
         }
         ([], Some(n)) => assert!(n > BULK as u64, "the trash was emptied of only {n} entries, root 1 has {BULK} files"),
+        // Emptied, and the power went off before the deleter's closing line reached
+        // the console (testinit powers off at once).
+        ([], None) => {}
         (t, e) => panic!("trash {t:?} after a boot whose background deletion reported {e:?}"),
     }
     eprintln!("overlay keep: after the pruning boot the trash holds {:?} (emptied: {emptied:?})", after3.trash);
