@@ -1124,6 +1124,55 @@ pub fn field<'a>(report: &'a Value, keys: &[&str]) -> &'a Value {
     keys.iter().fold(report, |v, k| v.get(*k).unwrap_or(&Value::Null))
 }
 
+/// Where to cut the power during a boot (the crash tests), timed from the serial
+/// log and testinit report of a normal boot of the same disk.
+#[derive(Clone, Copy, Debug)]
+pub enum CutAt {
+    /// A fraction of the way from the kernel starting /init to testinit running.
+    Window(f64),
+    /// A fraction of the way from dockroot finding the root device to its "ready" line.
+    Work(f64),
+    /// This many milliseconds after a line containing the needle.
+    Line(&'static str, u64),
+}
+
+/// dockroot's line when it has found the root device.
+pub const LINE_ROOT_DEVICE: &str = "dockroot: found ";
+/// dockroot's last line before switching root.
+pub const LINE_READY: &str = "dockroot: ready:";
+
+impl CutAt {
+    /// The kill for this point, timed from `reference` (a normal boot's serial log
+    /// and its testinit report).
+    pub fn kill(&self, reference: &BootOutput, report: &Value) -> KillAfter {
+        let t = |needle: &str| {
+            printk_time(&reference.serial, needle)
+                .unwrap_or_else(|| panic!("no {needle:?} line in {}", reference.log_path.display()))
+        };
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        match *self {
+            CutAt::Window(f) => {
+                let end = report["uptime_s"].as_f64().expect("testinit's uptime_s");
+                KillAfter { needle: RUN_INIT_LINE.into(), delay: secs(f * (end - t(RUN_INIT_LINE))) }
+            }
+            CutAt::Work(f) => {
+                KillAfter { needle: LINE_ROOT_DEVICE.into(), delay: secs(f * (t(LINE_READY) - t(LINE_ROOT_DEVICE))) }
+            }
+            CutAt::Line(needle, ms) => KillAfter { needle: needle.into(), delay: Duration::from_millis(ms) },
+        }
+    }
+}
+
+/// The first `DOCKROOT_CRASH_POINTS` of `all` (a number, or `all`, the default).
+pub fn cut_points(all: &[CutAt]) -> Vec<CutAt> {
+    let n = match std::env::var("DOCKROOT_CRASH_POINTS") {
+        Err(_) => all.len(),
+        Ok(v) if v == "all" => all.len(),
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("DOCKROOT_CRASH_POINTS={v}: a number or 'all'")),
+    };
+    all.iter().copied().take(n.max(1)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,13 +12,11 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
 
 use qemu_tests::{
-    boot, digest_diff, printk_time, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec, KillAfter, Machine,
-    OS_CONFIG, STANDARD_MODULES,
+    boot, cut_points, digest_diff, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec, CutAt as At,
+    KillAfter, Machine, LINE_READY, LINE_ROOT_DEVICE, OS_CONFIG, STANDARD_MODULES,
 };
-use serde_json::Value;
 
 const APPEND: &str = "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=dockroot-test \
                       toplayer_path=toplayer dockroot.keep=2";
@@ -26,7 +24,6 @@ const KEEP: usize = 2;
 const RW_NAMES: &[&str] = &["rwlayer", "rwlayer.kept", "rwlayer.dockroot-tmp", "rwlayer.dockroot-ready"];
 const CREATED: &str = ". xattr user.dockroot.created";
 const MARKER: &str = "var/tmp/from-previous-boot";
-const RUN_INIT: &str = "Run /init as init process";
 
 /// A machine on a copy of the fixture disk with [`APPEND`] (`dockroot.keep=2`).
 fn machine() -> Machine {
@@ -123,25 +120,11 @@ fn assert_same(what: &str, before: &Digest, after: &Digest) {
     assert!(diff.is_empty(), "{what} changed:\n{}", diff.join("\n"));
 }
 
-/// Where to cut the power, from the serial log of a normal boot.
-#[derive(Clone, Copy, Debug)]
-enum At {
-    /// A fraction of the way from the kernel starting /init to testinit running.
-    Window(f64),
-    /// A fraction of the way from dockroot finding the root device to its "ready" line.
-    Work(f64),
-    /// This many milliseconds after a line containing the needle.
-    Line(&'static str, u64),
-}
-
 const IMAGE: &str = "dockroot: image ";
 const TOP_LAYER: &str = "dockroot: top layer ";
 const RETIRED: &str = "the previous root is kept read-only as";
 const PRUNED: &str = "deleted the old kept root";
 const FRESH: &str = "is a fresh snapshot of";
-/// The waiter's line when the root device is there ("found LABEL=...: /dev/vda (btrfs) after ...").
-const ROOT_DEVICE: &str = "dockroot: found ";
-const READY: &str = "dockroot: ready:";
 
 /// Every kill point, most telling first (a sample takes a prefix).
 const POINTS: &[At] = &[
@@ -168,37 +151,9 @@ const POINTS: &[At] = &[
     At::Window(0.8),
     At::Window(0.95),
     At::Line(RETIRED, 30),
-    At::Line(READY, 0),
-    At::Line(ROOT_DEVICE, 0),
+    At::Line(LINE_READY, 0),
+    At::Line(LINE_ROOT_DEVICE, 0),
 ];
-
-impl At {
-    /// The kill for this point, timed from `reference` (a normal boot's serial log and report).
-    fn kill(&self, reference: &BootOutput, report: &Value) -> KillAfter {
-        let t = |needle: &str| {
-            printk_time(&reference.serial, needle)
-                .unwrap_or_else(|| panic!("no {needle:?} line in {}", reference.log_path.display()))
-        };
-        let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
-        match *self {
-            At::Window(f) => {
-                let end = report["uptime_s"].as_f64().expect("testinit's uptime_s");
-                KillAfter { needle: RUN_INIT.into(), delay: secs(f * (end - t(RUN_INIT))) }
-            }
-            At::Work(f) => KillAfter { needle: ROOT_DEVICE.into(), delay: secs(f * (t(READY) - t(ROOT_DEVICE))) },
-            At::Line(needle, ms) => KillAfter { needle: needle.into(), delay: Duration::from_millis(ms) },
-        }
-    }
-}
-
-fn points() -> Vec<At> {
-    let n = match std::env::var("DOCKROOT_CRASH_POINTS") {
-        Err(_) => POINTS.len(),
-        Ok(v) if v == "all" => POINTS.len(),
-        Ok(v) => v.parse().unwrap_or_else(|_| panic!("DOCKROOT_CRASH_POINTS={v}: a number or 'all'")),
-    };
-    POINTS.iter().copied().take(n.max(1)).collect()
-}
 
 /// The table of what each cut left, printed and saved to target/qemu-logs/crash-table-<series>.txt.
 struct Table(String, Vec<String>);
@@ -238,7 +193,7 @@ fn cut_series(series: &str, first: usize) {
     assert_eq!(prev.kept.len(), 1, "{:?}", prev.kept.keys());
     let mut seen: BTreeMap<Left, usize> = BTreeMap::new();
 
-    for (i, at) in points().into_iter().enumerate().skip(first).step_by(2) {
+    for (i, at) in cut_points(POINTS).into_iter().enumerate().skip(first).step_by(2) {
         let kill = at.kill(&reference, &reference_report);
         let out = boot_killed(&m, &format!("crash_kill_{i:02}"), kill.clone());
         // A cut that came late (the machine ran faster than the reference boot) still counts.

@@ -19,11 +19,10 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
 
 use qemu_tests::{
-    assert_same_digest, boot, field, printk_time, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec,
-    KillAfter, Machine, StoreDisk,
+    assert_same_digest, boot, cut_points, field, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec,
+    CutAt as At, Machine, StoreDisk, LINE_READY, LINE_ROOT_DEVICE,
 };
 use serde_json::Value;
 
@@ -43,7 +42,6 @@ const RW_NAMES: &[&str] = &[
 ];
 const TRASH: &str = "rwlayer.dockroot-trash";
 const CREATED: &str = ". xattr user.dockroot.created";
-const RUN_INIT: &str = "Run /init as init process";
 
 type Digest = BTreeMap<String, String>;
 
@@ -675,17 +673,6 @@ enum Left {
     Installed,
 }
 
-/// Where to cut the power, from the serial log of a normal boot.
-#[derive(Clone, Copy, Debug)]
-enum At {
-    /// A fraction of the way from the kernel starting /init to testinit running.
-    Window(f64),
-    /// A fraction of the way from dockroot finding the root device to its "ready" line.
-    Work(f64),
-    /// This many milliseconds after a line containing the needle.
-    Line(&'static str, u64),
-}
-
 const IMAGE: &str = "dockroot: image ";
 const MOUNTED_TMP: &str = "dockroot: mounted /rwlayer.dockroot-tmp";
 const TOP_LAYER: &str = "dockroot: top layer ";
@@ -694,8 +681,6 @@ const PRUNED: &str = "deleted the old kept root";
 const FRESH: &str = "is a fresh overlay of";
 const MOUNTED_ROOT: &str = "dockroot: mounted /rwlayer ";
 const DELETING: &str = "dockroot: deleting the old overlay roots";
-const ROOT_DEVICE: &str = "dockroot: found ";
-const READY: &str = "dockroot: ready:";
 
 /// Every kill point, most telling first (a sample takes a prefix).
 const POINTS: &[At] = &[
@@ -715,39 +700,12 @@ const POINTS: &[At] = &[
     At::Line(IMAGE, 10),
     At::Line(TOP_LAYER, 10),
     At::Line(MOUNTED_ROOT, 0),
-    At::Line(READY, 0),
+    At::Line(LINE_READY, 0),
     At::Work(0.1),
     At::Work(0.9),
     At::Window(0.8),
-    At::Line(ROOT_DEVICE, 0),
+    At::Line(LINE_ROOT_DEVICE, 0),
 ];
-
-impl At {
-    fn kill(&self, reference: &BootOutput, report: &Value) -> KillAfter {
-        let t = |needle: &str| {
-            printk_time(&reference.serial, needle)
-                .unwrap_or_else(|| panic!("no {needle:?} line in {}", reference.log_path.display()))
-        };
-        let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
-        match *self {
-            At::Window(f) => {
-                let end = report["uptime_s"].as_f64().expect("testinit's uptime_s");
-                KillAfter { needle: RUN_INIT.into(), delay: secs(f * (end - t(RUN_INIT))) }
-            }
-            At::Work(f) => KillAfter { needle: ROOT_DEVICE.into(), delay: secs(f * (t(READY) - t(ROOT_DEVICE))) },
-            At::Line(needle, ms) => KillAfter { needle: needle.into(), delay: Duration::from_millis(ms) },
-        }
-    }
-}
-
-fn points() -> Vec<At> {
-    let n = match std::env::var("DOCKROOT_CRASH_POINTS") {
-        Err(_) => POINTS.len(),
-        Ok(v) if v == "all" => POINTS.len(),
-        Ok(v) => v.parse().unwrap_or_else(|_| panic!("DOCKROOT_CRASH_POINTS={v}: a number or 'all'")),
-    };
-    POINTS.iter().copied().take(n.max(1)).collect()
-}
 
 /// The table of what each cut left, printed and saved to target/qemu-logs/overlay-crash-table.txt.
 struct Table(Vec<String>);
@@ -785,7 +743,7 @@ fn overlay_power_cuts_during_the_boot_lose_nothing() {
     let mut table = Table(Vec::new());
     let mut seen: BTreeMap<Left, usize> = BTreeMap::new();
 
-    for (i, at) in points().into_iter().enumerate() {
+    for (i, at) in cut_points(POINTS).into_iter().enumerate() {
         let kill = at.kill(&reference, &reference_report);
         let out = boot(&BootSpec { kill_after: Some(kill.clone()), ..m.spec(&format!("ovl_crash_kill_{i:02}"), "") });
         let late = if out.testinit().is_some() { " (after testinit)" } else { "" };
