@@ -763,23 +763,27 @@ const CHECK_MOUNT: &str = "/.dockroot/check";
 /// directories, or (`read_only`, for a look inside) its upper directory as
 /// the topmost lower layer.
 fn mount_overlay_root(store: &RwStore, at: &At, target: &str, read_only: bool) -> Result<overlay::Method> {
+    let (ov, layers) = overlay_of(store, at, true)?;
+    let method = overlay::mount(&ov, Path::new(target), read_only)
+        .map_err(|e| e.context(format!("mounting the overlay root {}", store.shown_at(at))))?;
+    log::info!("mounted {} ({layers} layers) on {target} with {}", store.shown_at(at), method.describe());
+    Ok(method)
+}
+
+/// The overlay of root `at` (below the staging mount) and its image's layer
+/// count: writable with its upper and work directories, or read-only with the
+/// upper directory as the topmost lower layer.
+fn overlay_of(store: &RwStore, at: &At, writable: bool) -> Result<(overlay::Overlay, usize)> {
     let spec = store.overlay_spec(at)?;
     let top = Path::new(STAGING_TOP);
     let root = top.join(store.path(at));
-    let ov = overlay::Overlay {
-        base: top.join(&spec.base),
-        lowerdirs: spec.lowerdirs.clone(),
-        upper: Some((root.join(rwlayer::UPPER), root.join(rwlayer::WORK))),
+    let layers = spec.lowerdirs.len();
+    let (lowerdirs, upper) = if writable {
+        (spec.lowerdirs, Some((root.join(rwlayer::UPPER), root.join(rwlayer::WORK))))
+    } else {
+        (std::iter::once(root.join(rwlayer::UPPER)).chain(spec.lowerdirs).collect(), None)
     };
-    let method = overlay::mount(&ov, Path::new(target), read_only)
-        .map_err(|e| e.context(format!("mounting the overlay root {}", store.shown_at(at))))?;
-    log::info!(
-        "mounted {} ({} layers) on {target} with {}",
-        store.shown_at(at),
-        spec.lowerdirs.len(),
-        method.describe()
-    );
-    Ok(method)
+    Ok((overlay::Overlay { base: top.join(&spec.base), lowerdirs, upper }, layers))
 }
 
 /// Whether the root `at` has an init: looked up in the subvolume, or in a
@@ -788,11 +792,7 @@ fn has_init(store: &RwStore, at: &At, ctx: &Ctx) -> Result<()> {
     match store.kind(at)? {
         Existing::Subvolume => switch_root::find_init(store.open_root(at)?.as_fd(), ctx.candidates).map(drop),
         Existing::Overlay => {
-            let spec = store.overlay_spec(at)?;
-            let top = Path::new(STAGING_TOP);
-            let mut lowerdirs = vec![top.join(store.path(at)).join(rwlayer::UPPER)];
-            lowerdirs.extend(spec.lowerdirs.iter().map(|l| top.join(&spec.base).join(l)));
-            let ov = overlay::Overlay { base: top.join(&spec.base), lowerdirs, upper: None };
+            let (ov, _) = overlay_of(store, at, false)?;
             mkdir_p(CHECK_MOUNT)?;
             overlay::mount(&ov, Path::new(CHECK_MOUNT), true)
                 .map_err(|e| e.context(format!("mounting {} read-only to look for its init", store.shown_at(at))))?;

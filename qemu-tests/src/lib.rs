@@ -1019,6 +1019,26 @@ fn with_disk_mounted<T>(disk: &Path, fstype: &str, options: &str, f: impl FnOnce
     r.unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
+/// Fill the filesystem mounted at `top` with the file `filler`, leaving about
+/// 24 MiB for metadata (the full-disk tests).
+pub fn fill_disk(top: &Path) {
+    let filler = top.join("filler");
+    sh(&format!("dd if=/dev/zero of='{}' bs=1M status=none 2>/dev/null || true", filler.display()));
+    sh(&format!("sync && truncate -s -24M '{}' && sync", filler.display()));
+}
+
+/// An ext4 disk image labelled `machine` in `dir` holding a top layer
+/// `machine/` with 64 MiB of data, more than a filled disk takes.
+pub fn oversized_toplayer_disk(dir: &Path) -> PathBuf {
+    let src = dir.join("src/machine");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hostname"), b"never-applied\n").unwrap();
+    sh(&format!("dd if=/dev/urandom of='{}' bs=1M count=64 status=none", src.join("big").display()));
+    let ext4 = dir.join("machine.img");
+    sh(&format!("mkfs.ext4 -q -L machine -d '{}' '{}' 128M", dir.join("src").display(), ext4.display()));
+    ext4
+}
+
 /// Runs `cmd` with `sh -c`; panics with its output unless it succeeds. Its stdout.
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap_or_else(|e| panic!("running sh: {e}"));

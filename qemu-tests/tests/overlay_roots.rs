@@ -21,8 +21,8 @@ use std::io::Write;
 use std::path::Path;
 
 use qemu_tests::{
-    assert_same_digest, boot, cut_points, field, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec,
-    CutAt as At, Machine, StoreDisk, LINE_READY, LINE_ROOT_DEVICE,
+    assert_same_digest, boot, cut_points, field, fill_disk, oversized_toplayer_disk, sh, target_dir, tree_digest,
+    Artifacts, BootOutput, BootSpec, CutAt as At, Machine, StoreDisk, LINE_READY, LINE_ROOT_DEVICE,
 };
 use serde_json::Value;
 
@@ -482,19 +482,12 @@ fn overlay_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
     let (r2, _) = report(&m, "ovl_enospc_2_persist", "dockroot.boot=persist");
     assert_eq!(marker(&r2).as_deref(), Some("root 1\n"));
     let before = m.modify(|top| {
-        let filler = top.join("filler");
-        sh(&format!("dd if=/dev/zero of='{}' bs=1M status=none 2>/dev/null || true", filler.display()));
-        sh(&format!("sync && truncate -s -24M '{}' && sync", filler.display()));
+        fill_disk(top);
         DiskState::read(top)
     });
     // A top layer on a second disk with more data than fits.
     let work = tempfile::tempdir().expect("temp dir");
-    let src = work.path().join("src/machine");
-    std::fs::create_dir_all(src.join("etc")).unwrap();
-    std::fs::write(src.join("etc/hostname"), b"never-applied\n").unwrap();
-    sh(&format!("dd if=/dev/urandom of='{}' bs=1M count=64 status=none", src.join("big").display()));
-    let ext4 = work.path().join("machine.img");
-    sh(&format!("mkfs.ext4 -q -L machine -d '{}' '{}' 128M", src.parent().unwrap().display(), ext4.display()));
+    let ext4 = oversized_toplayer_disk(work.path());
     let append = "root=LABEL=storedisk dockroot.rw=rwlayer rw toplayer=LABEL=machine toplayer_path=machine";
     let spec = BootSpec {
         name: Some("ovl_enospc_3_full".into()),

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use qemu_tests::{boot, field, sh, Artifacts, BootSpec, Machine, OS_CONFIG, STANDARD_APPEND};
+use qemu_tests::{
+    boot, field, fill_disk, oversized_toplayer_disk, sh, Artifacts, BootSpec, Machine, OS_CONFIG, STANDARD_APPEND,
+};
 use serde_json::Value;
 
 fn kept_dirs(top: &Path) -> Vec<String> {
@@ -115,19 +117,12 @@ fn a_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
     assert_eq!(marker(&first), true);
     // Fill the btrfs partition, leaving a little room for metadata.
     m.modify(|top| {
-        let filler = top.join("filler");
-        sh(&format!("dd if=/dev/zero of='{}' bs=1M status=none 2>/dev/null || true", filler.display()));
-        sh(&format!("sync && truncate -s -24M '{}' && sync", filler.display()));
+        fill_disk(top);
     });
     // A top layer on a second disk (ext4) with more data than fits: copying it
     // into the new root (same filesystem as the full one) must fail with ENOSPC.
     let work = tempfile::tempdir().expect("temp dir");
-    let src = work.path().join("src/machine");
-    std::fs::create_dir_all(src.join("etc")).unwrap();
-    std::fs::write(src.join("etc/hostname"), b"never-applied\n").unwrap();
-    sh(&format!("dd if=/dev/urandom of='{}' bs=1M count=64 status=none", src.join("big").display()));
-    let ext4 = work.path().join("machine.img");
-    sh(&format!("mkfs.ext4 -q -L machine -d '{}' '{}' 128M", src.parent().unwrap().display(), ext4.display()));
+    let ext4 = oversized_toplayer_disk(work.path());
     let append = "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=machine toplayer_path=machine";
     let spec = BootSpec {
         name: Some("enospc_2".into()),
