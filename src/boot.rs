@@ -297,20 +297,30 @@ fn choose_root(
                 store.rw_shown()
             )),
         },
-        BootMode::Previous => match newest_usable_kept(store, ctx)? {
-            Some(name) => {
-                t.run("rw layer", || copy_kept(store, &name, ctx.params.keep, record))?;
-                log::info!("dockroot.boot=previous: booting a copy of {}", store.kept_shown(&name));
-                return Ok(Booted::Previous(store.kept_shown(&name)));
+        BootMode::Previous => {
+            for name in usable_kept(store, ctx)? {
+                match t.run("rw layer", || copy_kept(store, &name, ctx.params.keep, record)) {
+                    Ok(()) => {
+                        log::info!("dockroot.boot=previous: booting a copy of {}", store.kept_shown(&name));
+                        return Ok(Booted::Previous(store.kept_shown(&name)));
+                    }
+                    Err(e) => record.warn(format!("dockroot.boot=previous: {e}")),
+                }
             }
-            None => record.warn("dockroot.boot=previous, but no kept root has an init: booting a fresh one".into()),
-        },
+            record.warn("dockroot.boot=previous, but no kept root could be booted: booting a fresh one".into())
+        }
     }
-    match build_fresh(ctx, t, store, top, devs) {
-        Ok(resolved) => {
+    let fresh = build_fresh(ctx, t, store, top, devs).and_then(|resolved| {
+        // A failed install leaves the previous root in place (see RwStore::commit).
+        let commit = t
+            .run("install", || store.commit(ctx.params.keep))
+            .map_err(|e| e.context(format!("installing the new root of image {}", resolved.reference)))?;
+        Ok((resolved, commit))
+    });
+    match fresh {
+        Ok((resolved, commit)) => {
             // Logged when found; recorded for the booted system too.
             record.warnings.extend(resolved.warnings.iter().cloned());
-            let commit = t.run("install", || store.commit(ctx.params.keep))?;
             record.retired = commit.retired;
             record.pruned = commit.pruned;
             match &resolved.root {
@@ -428,14 +438,17 @@ fn usable(store: &RwStore, at: &At, ctx: &Ctx) -> bool {
     }
 }
 
-fn newest_usable_kept(store: &RwStore, ctx: &Ctx) -> Result<Option<String>> {
+/// The kept roots that have an init, newest first.
+fn usable_kept(store: &RwStore, ctx: &Ctx) -> Result<Vec<String>> {
+    let mut usable_ones = Vec::new();
     for name in store.kept()?.into_iter().rev() {
         if usable(store, &At::Kept(name.clone()), ctx) {
-            return Ok(Some(name));
+            usable_ones.push(name);
+        } else {
+            log::warn!("kept root {} skipped", store.kept_shown(&name));
         }
-        log::warn!("kept root {} skipped", store.kept_shown(&name));
     }
-    Ok(None)
+    Ok(usable_ones)
 }
 
 /// Make a writable copy of kept root `name` the rw layer: a snapshot of a
@@ -478,13 +491,27 @@ fn fall_back(err: Error, ctx: &Ctx, store: &RwStore, record: &mut Record) -> Res
         record.warn(format!("FALLBACK: booting the previous root {from}; fix the problem above and reboot"));
         return Ok(Booted::Fallback { reason, from });
     }
-    if let Some(name) = newest_usable_kept(store, ctx)? {
-        copy_kept(store, &name, ctx.params.keep, record)?;
-        let from = format!("a copy of {}", store.kept_shown(&name));
-        record.warn(format!("FALLBACK: booting {from}; fix the problem above and reboot"));
-        return Ok(Booted::Fallback { reason, from });
+    let mut tried = Vec::new();
+    for name in usable_kept(store, ctx).unwrap_or_else(|e| {
+        tried.push(format!("the kept roots cannot be listed: {e}"));
+        Vec::new()
+    }) {
+        match copy_kept(store, &name, ctx.params.keep, record) {
+            Ok(()) => {
+                let from = format!("a copy of {}", store.kept_shown(&name));
+                record.warn(format!("FALLBACK: booting {from}; fix the problem above and reboot"));
+                return Ok(Booted::Fallback { reason, from });
+            }
+            Err(e) => {
+                log::error!("{e}");
+                tried.push(e.to_string());
+            }
+        }
     }
-    Err(Error::msg(format!("{reason}; and there is no previous root to fall back to")))
+    match tried.is_empty() {
+        true => Err(Error::msg(format!("{reason}; and there is no previous root to fall back to"))),
+        false => Err(Error::msg(format!("{reason}; and no previous root could be booted: {}", tried.join("; ")))),
+    }
 }
 
 /// The image to boot: `dockroot.image=` if given, else the embedded config.

@@ -802,18 +802,44 @@ impl RwStore {
     /// transactions and ext4/xfs journal it in order, so after a crash the
     /// disk shows a prefix of the renames, which [`recover`](Self::recover)
     /// completes.
+    ///
+    /// On an error the previous root is left (or put back) in place at the
+    /// rw layer's name and the new one is discarded as far as possible, so
+    /// the caller can boot the previous root instead of rebooting into the
+    /// same failure: a failed install never leaves the machine without the
+    /// root it booted last.
     pub fn commit(&self, keep: usize) -> Result<Commit> {
         let p = self.parent.as_fd();
         btrfs::sync(p)?;
         rustix::fs::renameat(p, self.tmp(), p, self.ready())
             .context(|| format!("renaming {} to {}", self.shown(&self.tmp()), self.shown(&self.ready())))?;
         let mut commit = Commit::default();
+        let mut retired_as = None;
         if let Some((current, kind)) = self.current()? {
-            commit.retired = Some(self.retire(current, kind)?);
+            match self.retire(current, kind) {
+                Ok((shown, name)) => {
+                    commit.retired = Some(shown);
+                    retired_as = Some((name, kind));
+                }
+                Err(e) => return Err(self.drop_ready(e.context("the previous root stays in place"))),
+            }
         }
-        rustix::fs::renameat(p, self.ready(), p, self.name.as_str())
-            .context(|| format!("renaming {} to {}", self.shown(&self.ready()), self.rw_shown()))?;
-        btrfs::sync(p)?;
+        if let Err(e) = rustix::fs::renameat(p, self.ready(), p, self.name.as_str()) {
+            let e = Error::with(format!("renaming {} to {}", self.shown(&self.ready()), self.rw_shown()), e);
+            return Err(match retired_as {
+                Some((name, kind)) => match self.unretire(&name, kind) {
+                    Ok(()) => self.drop_ready(e.context("the previous root was put back")),
+                    // Left for the next boot's recovery, which installs the ready root.
+                    Err(back) => e.context(format!("and putting the previous root back failed too: {back}")),
+                },
+                None => self.drop_ready(e),
+            });
+        }
+        // From here on the new root is installed: what fails costs durability
+        // or space, not the boot.
+        if let Err(e) = btrfs::sync(p) {
+            log::warn!("could not sync after installing {}: {e}", self.rw_shown());
+        }
         commit.pruned = self.prune(keep);
         if !commit.pruned.is_empty() {
             // Persist the deletions now rather than at the next transaction commit.
@@ -824,8 +850,32 @@ impl RwStore {
         Ok(commit)
     }
 
+    /// Discard the ready root of a failed install; `err` gains a note if that fails too.
+    fn drop_ready(&self, err: Error) -> Error {
+        match self.discard(self.parent.as_fd(), &self.ready(), &self.shown(&self.ready())) {
+            Ok(()) => err,
+            Err(e) => err.context(format!("(the next boot deletes {}: {e})", self.shown(&self.ready()))),
+        }
+    }
+
+    /// Undo [`retire`](Self::retire): the kept root `name` back at the rw layer's name, writable.
+    fn unretire(&self, name: &str, kind: Existing) -> Result<()> {
+        let p = self.parent.as_fd();
+        let dir = self.kept_dir()?.context(|| format!("{} vanished", self.shown(&self.kept_dir_name())))?;
+        if kind == Existing::Subvolume {
+            let kept = open_dir(dir.as_fd(), name).context(|| format!("opening {}", self.kept_shown(name)))?;
+            btrfs::set_readonly(kept.as_fd(), false)?;
+        }
+        rustix::fs::renameat(&dir, name, p, self.name.as_str())
+            .context(|| format!("renaming {} back to {}", self.kept_shown(name), self.rw_shown()))?;
+        log::warn!("the previous root is back at {}", self.rw_shown());
+        Ok(())
+    }
+
     /// Rename the current root into the kept directory and make it read-only.
-    fn retire(&self, current: OwnedFd, kind: Existing) -> Result<String> {
+    /// Returns where it went: (shown path, name in the kept directory). Once
+    /// renamed it is kept even if it cannot be made read-only (a warning).
+    fn retire(&self, current: OwnedFd, kind: Existing) -> Result<(String, String)> {
         let p = self.parent.as_fd();
         let info =
             read_info(current.as_fd()).unwrap_or_else(|| RootInfo { created: now_stamp(), image: "unknown".into() });
@@ -840,13 +890,17 @@ impl RwStore {
         rustix::fs::renameat(p, self.name.as_str(), &dir, name.as_str())
             .context(|| format!("retiring {} to {}", self.rw_shown(), self.kept_shown(&name)))?;
         if kind == Existing::Subvolume {
-            let kept = open_dir(dir.as_fd(), &name).context(|| format!("opening {}", self.kept_shown(&name)))?;
-            btrfs::set_readonly(kept.as_fd(), true)?;
-            log::info!("the previous root is kept read-only as {}", self.kept_shown(&name));
+            let ro = open_dir(dir.as_fd(), &name)
+                .context(|| format!("opening {}", self.kept_shown(&name)))
+                .and_then(|kept| btrfs::set_readonly(kept.as_fd(), true));
+            match ro {
+                Ok(()) => log::info!("the previous root is kept read-only as {}", self.kept_shown(&name)),
+                Err(e) => log::warn!("the previous root is kept as {}, but writable: {e}", self.kept_shown(&name)),
+            }
         } else {
             log::info!("the previous root is kept as {}", self.kept_shown(&name));
         }
-        Ok(self.kept_shown(&name))
+        Ok((self.kept_shown(&name), name))
     }
 
     /// Delete kept roots beyond `keep`, oldest first. Failures are warnings:
