@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
@@ -53,9 +54,14 @@ impl Timings {
     }
 }
 
+/// The reboot delay in effect (the default until the command line is read);
+/// the panic hook reads it.
+static REBOOT_DELAY_MS: AtomicU64 = AtomicU64::new(cmdline::DEFAULT_REBOOT_DELAY.as_millis() as u64);
+
 /// PID 1's entry point: boot, or explain why not and reboot.
 pub fn run() -> ! {
     logging::init();
+    std::panic::set_hook(Box::new(on_panic));
     let mut reboot_delay = cmdline::DEFAULT_REBOOT_DELAY;
     let err = match boot(&mut reboot_delay) {
         Ok(never) => match never {},
@@ -68,16 +74,51 @@ pub fn run() -> ! {
 fn fail(err: &Error, delay: Duration) -> ! {
     log::error!("cannot boot: {err}");
     log::error!("rebooting in {} s (set dockroot.reboot_delay= to change this)", delay.as_secs());
+    reboot_after(delay)
+}
+
+fn reboot_after(delay: Duration) -> ! {
     std::thread::sleep(delay);
     rustix::fs::sync();
     loop {
         if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::Restart) {
-            log::error!("reboot failed ({e}); trying to power off");
+            logging::emergency(&format!("reboot failed ({e}); trying to power off"));
             let _ = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);
         }
         // Only reached if the kernel refused both: keep saying so, never exit.
         std::thread::sleep(Duration::from_secs(60));
     }
+}
+
+/// The panic hook. A panic is a bug in dockroot; in PID 1 it would end in
+/// abort() and a kernel panic ("Attempted to kill init!") that says nothing
+/// useful. So PID 1 says what happened, where, and reboots like any other
+/// failure. (A forked helper only reports; its abort ends just that child.)
+/// The logger is not used: the panic may have happened while it held a lock.
+fn on_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info
+        .payload()
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str));
+    let location = info.location().map(|l| (l.file(), l.line()));
+    let pid1 = rustix::process::getpid().is_init();
+    let delay = Duration::from_millis(REBOOT_DELAY_MS.load(Ordering::Relaxed));
+    logging::emergency(&panic_report(payload, location, pid1.then_some(delay)));
+    if pid1 {
+        reboot_after(delay);
+    }
+}
+
+/// What the panic hook prints: the bug, where it is, and what happens next.
+fn panic_report(payload: Option<&str>, location: Option<(&str, u32)>, reboot_in: Option<Duration>) -> String {
+    let at = location.map(|(f, l)| format!(" at {f}:{l}")).unwrap_or_default();
+    let what = payload.unwrap_or("(no message)");
+    let next = match reboot_in {
+        Some(d) => format!("\nrebooting in {} s (set dockroot.reboot_delay= to change this)", d.as_secs()),
+        None => String::new(),
+    };
+    format!("cannot boot: dockroot {} hit a bug (a panic{at}): {what}; please report it{next}", env!("CARGO_PKG_VERSION"))
 }
 
 fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
@@ -91,6 +132,7 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     let (args, _) = cmdline::split(&cmdline);
     let params = Params::parse(&args).context(|| "in the kernel command line")?;
     *reboot_delay = params.reboot_delay;
+    REBOOT_DELAY_MS.store(u64::try_from(params.reboot_delay.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
     logging::set_console_debug(params.debug);
     for w in &params.warnings {
         log::warn!("{w}");
@@ -131,6 +173,10 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     match store.recover() {
         Ok(done) => record.recovered = done,
         Err(e) => record.warn(format!("could not clean up after an interrupted boot: {e}")),
+    }
+    #[cfg(feature = "fault-injection")]
+    if args.iter().any(|a| a.key == "dockroot.fault" && a.value.as_deref() == Some("panic")) {
+        panic!("dockroot.fault=panic: a panic injected by a test build");
     }
     let booted = choose_root(&ctx, &mut t, &store, top.as_fd(), &mut devs, &mut record)?;
     record.kept = store.kept().map(|k| k.iter().map(|n| store.kept_shown(n)).collect()).unwrap_or_default();
@@ -696,6 +742,7 @@ fn apply_top_layer(
             "toplayer= is the root partition but toplayer_path= is not set: \
              it must name the top layer directory on that partition"
         })?;
+        log::info!("toplayer={toplayer} is the root partition: reading /{} through its top-level mount", parts.join("/"));
         (Path::new(STAGING_TOP).join(parts.join("/")), false)
     } else {
         let degraded = params.toplayerflags.as_deref().unwrap_or("").split(',').any(|o| o == "degraded");
@@ -840,6 +887,17 @@ mod tests {
 
     fn plan(cmd: &str) -> Result<RootPlan> {
         RootPlan::from_params(&Params::parse(&cmdline::split(cmd).0).unwrap())
+    }
+
+    #[test]
+    fn panic_reports_say_what_where_and_what_next() {
+        let r = panic_report(Some("index out of bounds"), Some(("src/probe.rs", 42)), Some(Duration::from_secs(5)));
+        assert!(r.starts_with("cannot boot: dockroot "), "{r}");
+        assert!(r.contains("a bug (a panic at src/probe.rs:42): index out of bounds; please report it"), "{r}");
+        assert!(r.ends_with("\nrebooting in 5 s (set dockroot.reboot_delay= to change this)"), "{r}");
+        // Not PID 1 (a forked helper), no location, no message.
+        let r = panic_report(None, None, None);
+        assert!(r.ends_with("hit a bug (a panic): (no message); please report it"), "{r}");
     }
 
     #[test]

@@ -152,6 +152,19 @@ pub fn kmsg_records(level: Level, msg: &str) -> Vec<String> {
     out
 }
 
+/// Write `msg` as an error to /dev/kmsg and the console without the logger
+/// (for the panic hook: the panic may have happened while the logger held its
+/// locks). Each file is opened afresh; failures are ignored, there is nowhere
+/// else to say anything.
+pub fn emergency(msg: &str) {
+    if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        for rec in kmsg_records(Level::Error, msg) {
+            let _ = kmsg.write_all(rec.as_bytes());
+        }
+    }
+    let _ = std::io::stderr().write_all(console_line(Level::Error, msg).as_bytes());
+}
+
 impl Log for Logger {
     fn enabled(&self, _: &Metadata) -> bool {
         true
