@@ -79,6 +79,12 @@ pub const MAX_WORKERS: usize = 4;
 /// `finit_module` flag: the file is compressed, the kernel decompresses it.
 pub const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
 
+/// A string only an init built with the `decompress-modules` feature carries (it is
+/// logged at start only there, so only there is it in the binary): the builder looks
+/// for it to tell whether the `--init` it packs decompresses modules itself
+/// (`dockroot-mkinitramfs --keep-compressed`).
+pub const DECOMPRESS_MARKER: &str = "dockroot-init-feature: decompress-modules (xz zstd gzip)";
+
 /// A module name as the kernel spells it: `-` becomes `_`
 /// (`crc32c-intel.ko` is the module `crc32c_intel`).
 pub fn normalize_name(name: &str) -> String {
@@ -1092,6 +1098,37 @@ pub fn module_compression(path: &str) -> Option<&'static str> {
     }
 }
 
+/// A line saying who decompressed the compressed modules among `loaded` (module
+/// paths): those in the format the kernel decompresses (`kernel`, from
+/// `/sys/module/compression`) went to the kernel with MODULE_INIT_COMPRESSED_FILE,
+/// the others were decompressed by this init (as [`KernelLoader`] does). `None` if
+/// none is compressed.
+pub fn decompression_summary<'a>(loaded: impl IntoIterator<Item = &'a str>, kernel: Option<&str>) -> Option<String> {
+    const KINDS: [&str; 3] = ["xz", "zstd", "gzip"];
+    let (mut by_kernel, mut by_init) = ([0usize; 3], [0usize; 3]);
+    for path in loaded {
+        let Some(kind) = module_compression(path) else { continue };
+        let Some(k) = KINDS.iter().position(|&x| x == kind) else { continue };
+        let counts = if kernel == Some(kind) { &mut by_kernel } else { &mut by_init };
+        if let Some(c) = counts.get_mut(k) {
+            *c = c.saturating_add(1);
+        }
+    }
+    let list = |counts: &[usize; 3]| {
+        let parts: Vec<String> =
+            KINDS.iter().zip(counts).filter(|(_, &n)| n > 0).map(|(kind, n)| format!("{n} {kind}")).collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    };
+    let mut parts = Vec::new();
+    if let Some(l) = list(&by_kernel) {
+        parts.push(format!("decompressed by the kernel (MODULE_INIT_COMPRESSED_FILE): {l}"));
+    }
+    if let Some(l) = list(&by_init) {
+        parts.push(format!("decompressed by this init: {l}"));
+    }
+    (!parts.is_empty()).then(|| format!("compressed kernel modules loaded: {}", parts.join("; ")))
+}
+
 /// The largest compressed module the init decompresses itself, and the most it may expand to.
 #[cfg(feature = "decompress-modules")]
 pub const DECOMPRESSED_MAX_BYTES: u64 = 256 << 20;
@@ -1229,6 +1266,11 @@ impl KernelLoader {
         }
     }
 
+    /// What `/sys/module/compression` said: the format the kernel decompresses itself.
+    pub fn kernel_compression(&self) -> Option<&str> {
+        self.kernel_compression.as_deref()
+    }
+
     fn cannot(&self, kind: &str) -> String {
         let kernel = match &self.kernel_compression {
             Some(k) => format!("the kernel decompresses only {k} modules"),
@@ -1240,7 +1282,9 @@ impl KernelLoader {
     #[cfg(not(feature = "decompress-modules"))]
     fn load_compressed_here(&self, _path: &Path, kind: &str) -> Attempt {
         Attempt::Unsupported(format!(
-            "{} and this init was built without the decompress-modules feature: rebuild the initramfs without --keep-compressed",
+            "{} and this init was built without the decompress-modules feature: rebuild the initramfs \
+             without --keep-compressed (the builder then stores modules decompressed), or with an init \
+             built with --features decompress-modules",
             self.cannot(kind)
         ))
     }
@@ -1461,6 +1505,10 @@ pub struct Autoloader<X: Executor = ForkExecutor> {
     walks: usize,
     /// The devices directory coldplug walked, walked again if uevents were lost.
     devices: Option<PathBuf>,
+    /// The format the kernel decompresses itself (`/sys/module/compression`), for
+    /// [`Autoloader::decompression_line`]: a loaded module in another format was
+    /// decompressed by this init.
+    kernel_compression: Option<String>,
 }
 
 impl Autoloader<ForkExecutor> {
@@ -1474,7 +1522,12 @@ impl Autoloader<ForkExecutor> {
         if let Some(k) = &loader.kernel_compression {
             log::debug!("the kernel decompresses {k} modules itself");
         }
-        Ok(Autoloader::with_executor(index, ForkExecutor::new(loader), default_workers()))
+        #[cfg(feature = "decompress-modules")]
+        log::debug!("{DECOMPRESS_MARKER}");
+        let kernel_compression = loader.kernel_compression.clone();
+        let mut auto = Autoloader::with_executor(index, ForkExecutor::new(loader), default_workers());
+        auto.kernel_compression = kernel_compression;
+        Ok(auto)
     }
 }
 
@@ -1502,6 +1555,7 @@ impl<X: Executor> Autoloader<X> {
             seen: BTreeMap::new(),
             walks: 0,
             devices: None,
+            kernel_compression: None,
         }
     }
 
@@ -1616,6 +1670,9 @@ impl<X: Executor> Autoloader<X> {
             self.seen.len(),
             tried
         );
+        if let Some(line) = self.decompression_line() {
+            log::info!("{line}");
+        }
         Ok(tried)
     }
 
@@ -1648,6 +1705,19 @@ impl<X: Executor> Autoloader<X> {
             }
         }
         out.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Who decompressed the compressed modules loaded so far (see
+    /// [`decompression_summary`]); `None` if none was compressed.
+    pub fn decompression_line(&self) -> Option<String> {
+        let loaded = self
+            .index
+            .modules
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| matches!(self.schedule.done(*i), Some(Done::Loaded(_))))
+            .map(|(_, m)| m.path.as_str());
+        decompression_summary(loaded, self.kernel_compression.as_deref())
     }
 
     /// Everything tried so far.
@@ -2674,6 +2744,65 @@ mod tests {
         assert_eq!(module_compression("a/b.ko.zst"), Some("zstd"));
         assert_eq!(module_compression("a/b.ko.gz"), Some("gzip"));
         assert_eq!(module_compression("a/b.ko"), None);
+    }
+
+    #[test]
+    fn finit_results_map_to_attempts() {
+        assert_eq!(KernelLoader::attempt_of(Ok(())), Attempt::Loaded);
+        assert_eq!(KernelLoader::attempt_of(Err(Errno::EXIST)), Attempt::AlreadyPresent);
+        for e in [Errno::NOEXEC, Errno::NOENT, Errno::OPNOTSUPP, Errno::KEYREJECTED, Errno::PERM, Errno::INVAL] {
+            assert_eq!(KernelLoader::attempt_of(Err(e)), Attempt::Failed(e), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn says_who_decompressed_the_loaded_modules() {
+        let paths = ["a.ko.xz", "b.ko.zst", "c.ko", "d.ko.xz", "e.ko.gz", "f.ko.zst"];
+        assert_eq!(
+            decompression_summary(paths, Some("xz")).unwrap(),
+            "compressed kernel modules loaded: decompressed by the kernel (MODULE_INIT_COMPRESSED_FILE): 2 xz; \
+             decompressed by this init: 2 zstd, 1 gzip"
+        );
+        assert_eq!(
+            decompression_summary(paths, None).unwrap(),
+            "compressed kernel modules loaded: decompressed by this init: 2 xz, 2 zstd, 1 gzip"
+        );
+        assert_eq!(
+            decompression_summary(["a.ko.xz"], Some("xz")).unwrap(),
+            "compressed kernel modules loaded: decompressed by the kernel (MODULE_INIT_COMPRESSED_FILE): 1 xz"
+        );
+        assert_eq!(decompression_summary(["a.ko", "b.ko"], Some("xz")), None);
+        assert_eq!(decompression_summary([], None), None);
+    }
+
+    #[test]
+    fn autoloader_counts_only_modules_it_loaded_for_the_decompression_line() {
+        let mut index = sample();
+        for m in &mut index.modules {
+            m.path = format!("{}.ko.zst", m.name);
+        }
+        let names: Vec<String> = index.modules.iter().map(|m| m.name.clone()).collect();
+        let present = names.first().cloned().unwrap();
+        let mut auto =
+            Autoloader::with_loader(
+                index,
+                move |e: &IndexEntry| {
+                    if e.name == present {
+                        Attempt::AlreadyPresent
+                    } else {
+                        Attempt::Loaded
+                    }
+                },
+            );
+        assert_eq!(auto.decompression_line(), None, "nothing loaded yet");
+        auto.load_everything();
+        let loaded = auto.report().loaded.len();
+        assert!(loaded > 0 && loaded < names.len(), "{:?}", auto.report());
+        auto.kernel_compression = Some("zstd".into());
+        assert_eq!(
+            auto.decompression_line().unwrap(),
+            format!("compressed kernel modules loaded: decompressed by the kernel (MODULE_INIT_COMPRESSED_FILE): {loaded} zstd")
+        );
     }
 
     #[test]
