@@ -1266,11 +1266,6 @@ impl KernelLoader {
         }
     }
 
-    /// What `/sys/module/compression` said: the format the kernel decompresses itself.
-    pub fn kernel_compression(&self) -> Option<&str> {
-        self.kernel_compression.as_deref()
-    }
-
     fn cannot(&self, kind: &str) -> String {
         let kernel = match &self.kernel_compression {
             Some(k) => format!("the kernel decompresses only {k} modules"),
