@@ -267,6 +267,8 @@ impl Params {
                 }
                 // The image stores' own parameters (store::options_from_args reads them).
                 k if crate::store::STORE_PARAMS.contains(&k) => {}
+                // Test builds only (boot.rs reads it).
+                "dockroot.fault" if cfg!(feature = "fault-injection") => {}
                 k if k.starts_with("dockroot.") => {
                     p.warnings.push(format!("unknown kernel parameter {k} ignored"));
                 }
@@ -455,6 +457,55 @@ mod tests {
         let e = Params::parse(&split("rootdelay=soon").0).unwrap_err();
         assert!(e.to_string().contains("rootdelay=\"soon\""), "{e}");
         assert!(Params::parse(&split("dockroot.timeout=99999999").0).is_err());
+    }
+
+    #[test]
+    fn params_filesystem_types_flags_and_waits() {
+        let p = Params::parse(
+            &split(
+                "root=LABEL=r rootfstype=btrfs toplayer=LABEL=m toplayerfstype=ext4 \
+                 toplayerflags=ro,noload rootdelay=2 rootwait toplayer_path=/machine",
+            )
+            .0,
+        )
+        .unwrap();
+        assert_eq!(p.rootfstype.as_deref(), Some("btrfs"));
+        assert_eq!(p.toplayerfstype.as_deref(), Some("ext4"));
+        // Mount options are kept whole, commas and all, for the mount call.
+        assert_eq!(p.toplayerflags.as_deref(), Some("ro,noload"));
+        assert_eq!(p.rootdelay, Duration::from_secs(2));
+        assert_eq!(p.device_timeout, ROOTWAIT_TIMEOUT, "a bare rootwait waits long");
+        assert_eq!(p.toplayer_path.as_deref(), Some("/machine"));
+        // Defaults: no types or flags, no delay.
+        let d = Params::parse(&[]).unwrap();
+        assert_eq!((d.rootfstype, d.toplayerfstype, d.toplayerflags), (None, None, None));
+        assert_eq!(d.rootdelay, Duration::ZERO);
+        // Quoted flags keep their spaces; the last of each wins.
+        let p = Params::parse(
+            &split(r#"toplayerflags="subvol=my top,ro" rootfstype=ext4 rootfstype=xfs rootdelay=9 rootdelay=0"#).0,
+        )
+        .unwrap();
+        assert_eq!(p.toplayerflags.as_deref(), Some("subvol=my top,ro"));
+        assert_eq!(p.rootfstype.as_deref(), Some("xfs"));
+        assert_eq!(p.rootdelay, Duration::ZERO);
+        // rootwait with a value bounds the wait; dockroot.timeout beats it in either order.
+        assert_eq!(Params::parse(&split("rootwait=0").0).unwrap().device_timeout, Duration::ZERO);
+        let p = Params::parse(&split("rootwait dockroot.timeout=4").0).unwrap();
+        assert_eq!(p.device_timeout, Duration::from_secs(4));
+        // Malformed or empty values are errors naming the parameter.
+        for (cmd, want) in [
+            ("rootfstype=", "rootfstype= needs a value"),
+            ("toplayerfstype", "toplayerfstype= needs a value"),
+            ("toplayerflags=", "toplayerflags= needs a value"),
+            ("rootdelay", "rootdelay=\"\": expected a whole number of seconds"),
+            ("rootdelay=-1", "rootdelay=\"-1\""),
+            ("rootdelay=1.5", "rootdelay=\"1.5\""),
+            ("rootdelay=86401", "rootdelay=86401: more than 86400 seconds"),
+            ("rootwait=soon", "rootwait=\"soon\""),
+        ] {
+            let e = Params::parse(&split(cmd).0).unwrap_err().to_string();
+            assert!(e.contains(want), "{cmd}: {e}");
+        }
     }
 
     #[test]

@@ -1513,6 +1513,46 @@ mod tests {
         assert!(w.wait_for(&parse("UUID=0BAD-F00D"), &quick, false, &mut NoHooks).is_ok());
     }
 
+    #[test]
+    fn rootdelay_is_waited_even_when_the_device_is_there_at_once() {
+        let s = Scratch::new("rootdelay");
+        let f = build_fake(&s);
+        let delay = Duration::from_millis(400);
+        let policy = WaitPolicy { timeout: Duration::from_secs(5), delay };
+        let mut w = fake_waiter(&f);
+        let started = Instant::now();
+        let d = w.wait_for(&parse("LABEL=data"), &policy, false, &mut NoHooks).unwrap();
+        assert_eq!(d.name, "vdb5");
+        assert!(started.elapsed() >= delay, "returned after {:?}, before rootdelay {delay:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+        // The devices are first looked at after the delay: one scan, which finds it.
+        assert_eq!(w.stats().scans, 1);
+
+        // A device that appears during the delay is found by that first look.
+        let late = std::thread::spawn({
+            let mut w = fake_waiter(&f);
+            move || {
+                let started = Instant::now();
+                let r = w.wait_for(&DeviceSpec::MajMin(254, 40), &policy, false, &mut NoHooks);
+                (r, started.elapsed(), w.stats().scans)
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        f.node("vde", 1 << 20);
+        f.add("virtual/block/vde", "254:40", 2048, None);
+        let (r, took, scans) = late.join().unwrap();
+        assert_eq!(r.unwrap().name, "vde");
+        assert!(took >= delay, "returned after {took:?}, before rootdelay {delay:?}");
+        assert_eq!(scans, 1, "the device was there when the delay ended");
+
+        // The timeout is counted after the delay.
+        let policy = WaitPolicy { timeout: Duration::from_millis(300), delay: Duration::from_millis(300) };
+        let started = Instant::now();
+        let e = w.wait_for(&parse("LABEL=nope"), &policy, false, &mut NoHooks).unwrap_err().to_string();
+        assert!(started.elapsed() >= Duration::from_millis(600), "gave up after {:?}", started.elapsed());
+        assert!(e.starts_with("no block device matching LABEL=nope appeared within 0.3s"), "{e}");
+    }
+
     fn member(name: &str, minor: u32, uuid: &str, devid: u64, n: u64) -> BlockDevice {
         let mut d = with_fs(dev(name, minor), FsType::Btrfs, Some("raid"), uuid);
         if let Some(fs) = d.fs.as_mut() {
