@@ -104,21 +104,21 @@ fn on_panic(info: &std::panic::PanicHookInfo<'_>) {
     let location = info.location().map(|l| (l.file(), l.line()));
     let pid1 = rustix::process::getpid().is_init();
     let delay = Duration::from_millis(REBOOT_DELAY_MS.load(Ordering::Relaxed));
-    logging::emergency(&panic_report(payload, location, pid1.then_some(delay)));
+    logging::emergency(&panic_report(payload, location));
     if pid1 {
+        logging::emergency(&format!(
+            "rebooting in {} s (set dockroot.reboot_delay= to change this)",
+            delay.as_secs()
+        ));
         reboot_after(delay);
     }
 }
 
-/// What the panic hook prints: the bug, where it is, and what happens next.
-fn panic_report(payload: Option<&str>, location: Option<(&str, u32)>, reboot_in: Option<Duration>) -> String {
+/// What the panic hook prints: the bug and where it is.
+fn panic_report(payload: Option<&str>, location: Option<(&str, u32)>) -> String {
     let at = location.map(|(f, l)| format!(" at {f}:{l}")).unwrap_or_default();
     let what = payload.unwrap_or("(no message)");
-    let next = match reboot_in {
-        Some(d) => format!("\nrebooting in {} s (set dockroot.reboot_delay= to change this)", d.as_secs()),
-        None => String::new(),
-    };
-    format!("cannot boot: dockroot {} hit a bug (a panic{at}): {what}; please report it{next}", env!("CARGO_PKG_VERSION"))
+    format!("cannot boot: dockroot {} hit a bug (a panic{at}): {what}; please report it", env!("CARGO_PKG_VERSION"))
 }
 
 fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
@@ -891,12 +891,10 @@ mod tests {
 
     #[test]
     fn panic_reports_say_what_where_and_what_next() {
-        let r = panic_report(Some("index out of bounds"), Some(("src/probe.rs", 42)), Some(Duration::from_secs(5)));
+        let r = panic_report(Some("index out of bounds"), Some(("src/probe.rs", 42)));
         assert!(r.starts_with("cannot boot: dockroot "), "{r}");
-        assert!(r.contains("a bug (a panic at src/probe.rs:42): index out of bounds; please report it"), "{r}");
-        assert!(r.ends_with("\nrebooting in 5 s (set dockroot.reboot_delay= to change this)"), "{r}");
-        // Not PID 1 (a forked helper), no location, no message.
-        let r = panic_report(None, None, None);
+        assert!(r.ends_with("a bug (a panic at src/probe.rs:42): index out of bounds; please report it"), "{r}");
+        let r = panic_report(None, None);
         assert!(r.ends_with("hit a bug (a panic): (no message); please report it"), "{r}");
     }
 
