@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use dockroot::error::{Context, Error, Result};
-use dockroot::modules::{write_index, INDEX_PATH};
+use dockroot::modules::{write_index, DECOMPRESS_MARKER, INDEX_PATH};
 
 use crate::compress::{compress, read_capped, Compression};
 use crate::cpio::Archive;
@@ -168,6 +168,47 @@ pub struct Built {
     pub firmware_missing: Vec<MissingFirmware>,
     /// Where firmware was looked for.
     pub firmware_dir: PathBuf,
+    /// The init decompresses modules itself (built with `decompress-modules`).
+    pub init_decompresses: bool,
+    /// With `--keep-compressed`: each compressed module format kept, and who decompresses it.
+    pub kept: Vec<Kept>,
+}
+
+/// Who decompresses a module kept compressed at boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decompressor {
+    /// The kernel (finit_module with MODULE_INIT_COMPRESSED_FILE; its configuration says it can).
+    Kernel,
+    /// The init (built with the `decompress-modules` feature).
+    Init,
+}
+
+/// One compressed module format kept by `--keep-compressed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    /// `.xz`, `.zst` or `.gz`.
+    pub suffix: &'static str,
+    /// How many module files of the image are in it.
+    pub count: usize,
+    pub by: Decompressor,
+}
+
+/// Does this init binary decompress modules itself? True if it carries
+/// [`DECOMPRESS_MARKER`], which an init has only when built with the
+/// `decompress-modules` feature.
+pub fn init_decompresses_modules(init: &[u8]) -> bool {
+    let marker = DECOMPRESS_MARKER.as_bytes();
+    let Some(&first) = marker.first() else { return false };
+    let mut at = 0usize;
+    while let Some(rest) = init.get(at..) {
+        let Some(i) = rest.iter().position(|&b| b == first) else { return false };
+        let start = at.saturating_add(i);
+        if init.get(start..start.saturating_add(marker.len())) == Some(marker) {
+            return true;
+        }
+        at = start.saturating_add(1);
+    }
+    false
 }
 
 /// `BASE` of a modules directory `BASE/lib/modules/RELEASE`, if it has that shape.
@@ -208,14 +249,14 @@ pub fn default_init() -> Result<PathBuf> {
 fn read_init(path: &Path) -> Result<Vec<u8>> {
     if !path.exists() {
         return Err(Error::msg(format!(
-            "the init binary {} does not exist: build it with scripts/build-init, or give --init PATH",
+            "the init binary {} does not exist: build it with scripts/build, or give --init PATH",
             path.display()
         )));
     }
     let data = read_capped(path, INIT_MAX_BYTES)?;
     elf::check_static_x86_64(&data).map_err(|e| {
         Error::msg(format!(
-            "{} cannot be the initramfs /init: {e}; it must be a static x86-64 executable: build it with scripts/build-init",
+            "{} cannot be the initramfs /init: {e}; it must be a static x86-64 executable: build it with scripts/build",
             path.display()
         ))
     })?;
@@ -379,42 +420,71 @@ fn hostonly_request(opts: &Options, tree: &mut KernelTree) -> Result<(Request, H
     Ok((request, found))
 }
 
-/// Refuse `--keep-compressed` for module formats the target kernel cannot decompress itself.
-fn check_keep_compressed(opts: &Options, release: &str, plan: &Plan) -> Result<()> {
-    let mut suffixes: BTreeSet<&str> = BTreeSet::new();
+/// Who decompresses each compressed module format `--keep-compressed` keeps: the
+/// kernel when its configuration says it can, else the init if it was built with
+/// `decompress-modules` (`init_decompresses`); anything else is refused, naming
+/// both remedies.
+fn check_keep_compressed(
+    opts: &Options,
+    release: &str,
+    plan: &Plan,
+    init: &Path,
+    init_decompresses: bool,
+) -> Result<Vec<Kept>> {
+    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
     for m in &plan.modules {
         if let Some(s) = crate::compress::module_suffix(&m.source) {
-            suffixes.insert(s);
+            let c = counts.entry(s).or_default();
+            *c = c.saturating_add(1);
         }
     }
-    if suffixes.is_empty() {
-        return Ok(());
+    if counts.is_empty() {
+        return Ok(Vec::new());
     }
+    let remedies = "drop --keep-compressed (the modules are then stored decompressed), or give an --init \
+                    built with --features decompress-modules (it decompresses what the kernel cannot)";
     let path = match (&opts.kernel_config, default_kernel_config(&opts.kernel_modules, release)) {
-        (Some(p), _) => p.clone(),
-        (None, Some(p)) => p,
-        (None, None) => {
-            return Err(Error::msg(format!(
-                "--keep-compressed: cannot tell whether kernel {release} decompresses modules itself: give --kernel-config FILE"
-            )))
-        }
+        (Some(p), _) => Some(p.clone()),
+        (None, p) => p,
     };
-    let config = KernelConfig::read(&path)?.context(|| {
-        format!(
-            "--keep-compressed: cannot tell whether kernel {release} decompresses modules itself: {} does not exist; \
-             give --kernel-config FILE, or drop --keep-compressed",
-            path.display()
-        )
-    })?;
-    for suffix in suffixes {
-        config.decompresses_modules(suffix).map_err(|why| {
-            Error::msg(format!(
-                "--keep-compressed: kernel {release} cannot load .ko{suffix} modules itself ({why}): \
-                 drop --keep-compressed to store them decompressed"
-            ))
-        })?;
+    let config = match &path {
+        Some(p) => KernelConfig::read(p)?,
+        None => None,
+    };
+    let Some(config) = config else {
+        if init_decompresses {
+            // The init decompresses whatever the kernel turns out not to.
+            return Ok(counts
+                .into_iter()
+                .map(|(suffix, count)| Kept { suffix, count, by: Decompressor::Init })
+                .collect());
+        }
+        let missing = match &path {
+            Some(p) => format!("{} does not exist", p.display()),
+            None => "no kernel configuration found".to_owned(),
+        };
+        return Err(Error::msg(format!(
+            "--keep-compressed: cannot tell whether kernel {release} decompresses modules itself ({missing}) \
+             and the init {} does not decompress them: give --kernel-config FILE, or {remedies}",
+            init.display()
+        )));
+    };
+    let mut kept = Vec::new();
+    for (suffix, count) in counts {
+        let by = match config.decompresses_modules(suffix) {
+            Ok(()) => Decompressor::Kernel,
+            Err(_) if init_decompresses => Decompressor::Init,
+            Err(why) => {
+                return Err(Error::msg(format!(
+                    "--keep-compressed: kernel {release} cannot load .ko{suffix} modules itself ({why}) and the \
+                     init {} was built without the decompress-modules feature: {remedies}",
+                    init.display()
+                )))
+            }
+        };
+        kept.push(Kept { suffix, count, by });
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Firmware a module names that was not found: (module, file name).
@@ -472,6 +542,7 @@ pub fn build_image(opts: &Options) -> Result<Built> {
         None => default_init()?,
     };
     let init = read_init(&init_path)?;
+    let init_decompresses = init_decompresses_modules(&init);
 
     let config = read_capped(&opts.config, CONFIG_MAX_BYTES)?;
     let spec = dockroot::reference::from_prior_art_config(&config)
@@ -502,9 +573,11 @@ pub fn build_image(opts: &Options) -> Result<Built> {
         (request, Mode::Listed)
     };
     let mut plan = kmod::plan(&mut tree, &request)?;
-    if opts.keep_compressed {
-        check_keep_compressed(opts, &release, &plan)?;
-    }
+    let kept = if opts.keep_compressed {
+        check_keep_compressed(opts, &release, &plan, &init_path, init_decompresses)?
+    } else {
+        Vec::new()
+    };
     let index = write_index(&plan.index())?;
 
     let mut archive = Archive::new();
@@ -544,6 +617,8 @@ pub fn build_image(opts: &Options) -> Result<Built> {
         firmware,
         firmware_missing,
         firmware_dir,
+        init_decompresses,
+        kept,
     })
 }
 
@@ -582,7 +657,13 @@ pub fn summary(opts: &Options, built: &Built) -> String {
         built.image.len(),
         if opts.compression == Compression::None { "uncompressed" } else { "compressed" }
     );
-    let _ = writeln!(s, "  init: {} ({} bytes)", built.init.display(), built.init_len);
+    let _ = writeln!(
+        s,
+        "  init: {} ({} bytes{})",
+        built.init.display(),
+        built.init_len,
+        if built.init_decompresses { ", decompresses modules itself: built with decompress-modules" } else { "" }
+    );
     let _ = writeln!(s, "  config: {} (image {})", opts.config.display(), built.config_image);
     let plan = &built.plan;
     match &built.mode {
@@ -627,10 +708,19 @@ pub fn summary(opts: &Options, built: &Built) -> String {
     let compressed = plan.modules.iter().filter(|m| crate::compress::module_suffix(&m.source).is_some()).count();
     if compressed > 0 {
         if opts.keep_compressed {
-            let _ = writeln!(
-                s,
-                "  kept {compressed} module files compressed (.ko.xz/.ko.zst/.ko.gz): the kernel decompresses them"
-            );
+            let by = |who: Decompressor| {
+                let parts: Vec<String> =
+                    built.kept.iter().filter(|k| k.by == who).map(|k| format!("{} .ko{}", k.count, k.suffix)).collect();
+                (!parts.is_empty()).then(|| parts.join(", "))
+            };
+            let mut whom = Vec::new();
+            if let Some(k) = by(Decompressor::Kernel) {
+                whom.push(format!("the kernel decompresses {k}"));
+            }
+            if let Some(i) = by(Decompressor::Init) {
+                whom.push(format!("the init decompresses {i}"));
+            }
+            let _ = writeln!(s, "  kept {compressed} module files compressed: {}", whom.join("; "));
         } else {
             let _ = writeln!(s, "  decompressed {compressed} compressed module files (.ko.xz/.ko.zst/.ko.gz)");
         }
@@ -656,4 +746,31 @@ pub fn summary(opts: &Options, built: &Built) -> String {
         let _ = writeln!(s, "  note: {note}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_an_init_that_decompresses_modules_by_its_marker() {
+        let marker = DECOMPRESS_MARKER.as_bytes();
+        let with = |before: &[u8], after: &[u8]| [before, marker, after].concat();
+        assert!(init_decompresses_modules(&with(b"\x7fELF....", b"\0rest")));
+        assert!(init_decompresses_modules(marker), "the whole input");
+        assert!(init_decompresses_modules(&with(b"", b"")));
+        // Near misses: the first byte repeated before it, a cut-off or altered copy.
+        assert!(init_decompresses_modules(&with(&marker[..5], b"")));
+        assert!(!init_decompresses_modules(&marker[..marker.len() - 1]));
+        let mut altered = marker.to_vec();
+        if let Some(last) = altered.last_mut() {
+            *last ^= 1;
+        }
+        assert!(!init_decompresses_modules(&altered));
+        assert!(!init_decompresses_modules(b""));
+        // What an init without the feature says about it is not the marker.
+        assert!(!init_decompresses_modules(
+            b"this init was built without the decompress-modules feature: rebuild the initramfs"
+        ));
+    }
 }

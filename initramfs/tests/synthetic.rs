@@ -364,11 +364,14 @@ fn refuses_a_dynamic_or_missing_init() {
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("/bin/ls cannot be the initramfs /init: dynamically linked"), "{e}");
-    assert!(e.contains("build it with scripts/build-init"), "{e}");
+    assert!(e.contains("build it with scripts/build") && !e.contains("build-init"), "{e}");
     let o = attempt(&["--module", "xor", "--init", "/nonexistent/dockroot"]);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
-    assert!(e.contains("/nonexistent/dockroot does not exist: build it with scripts/build-init"), "{e}");
+    assert!(
+        e.contains("/nonexistent/dockroot does not exist: build it with scripts/build, or give --init PATH"),
+        "{e}"
+    );
 
     // The default init is `dockroot` next to the builder: in a test build it is missing or not static.
     let o = attempt(&["--module", "xor"]);
@@ -377,7 +380,8 @@ fn refuses_a_dynamic_or_missing_init() {
         assert_eq!(find(&entries(&b.dir.join("init.img")), "init").data, std::fs::read(&next_to_us).unwrap());
     } else {
         let e = stderr(&o);
-        assert!(e.contains(&next_to_us.display().to_string()) && e.contains("scripts/build-init"), "{e}");
+        assert!(e.contains(&next_to_us.display().to_string()) && e.contains("scripts/build"), "{e}");
+        assert!(!e.contains("build-init"), "{e}");
     }
 }
 
@@ -605,9 +609,12 @@ fn keep_compressed_needs_a_kernel_that_decompresses_that_format() {
     let config = b.dir.join("config");
     std::fs::write(&config, "CONFIG_MODULE_DECOMPRESS=y\nCONFIG_MODULE_COMPRESS_XZ=y\n").unwrap();
     let cfg = config.to_str().unwrap();
-    // The standard tree also has .ko.zst and .ko.gz modules: refused, naming the format.
+    // The standard tree also has .ko.zst and .ko.gz modules: refused, naming the format
+    // and both remedies.
     let e = b.fails(&["--module", "btrfs", "--keep-compressed", "--kernel-config", cfg]);
     assert!(e.contains("cannot load .ko.gz modules itself") && e.contains("not CONFIG_MODULE_COMPRESS_GZIP=y"), "{e}");
+    assert!(e.contains("was built without the decompress-modules feature"), "{e}");
+    assert!(e.contains("drop --keep-compressed") && e.contains("--features decompress-modules"), "{e}");
     std::fs::write(&config, "CONFIG_MODULE_COMPRESS_XZ=y\n").unwrap();
     let e = b.fails(&["--module", "btrfs", "--keep-compressed", "--kernel-config", cfg]);
     assert!(e.contains("does not set CONFIG_MODULE_DECOMPRESS=y"), "{e}");
@@ -635,4 +642,56 @@ fn keep_compressed_needs_a_kernel_that_decompresses_that_format() {
         .unwrap();
     b.ok("b.img", &["--module", "xzfs", "--keep-compressed"]);
     let _ = btrfs;
+}
+
+/// A copy of the static test init with [`DECOMPRESS_MARKER`] in it, as an init built
+/// with `--features decompress-modules` carries it.
+fn decompressing_init(dir: &Path) -> PathBuf {
+    let mut data = std::fs::read(static_init()).unwrap();
+    data.extend_from_slice(b"\0");
+    data.extend_from_slice(dockroot::modules::DECOMPRESS_MARKER.as_bytes());
+    data.extend_from_slice(b"\0");
+    let path = dir.join("decompressing-init");
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+#[test]
+fn keep_compressed_formats_the_kernel_cannot_load_when_the_init_decompresses_them() {
+    let (b, _) = setup("keep-init");
+    let init = decompressing_init(&b.dir);
+    let config = b.dir.join("config");
+    std::fs::write(&config, "CONFIG_MODULE_DECOMPRESS=y\nCONFIG_MODULE_COMPRESS_XZ=y\n").unwrap();
+    let with_init = |out: &str, extra: &[&str]| {
+        let mut args = b.args_without_init(out, extra);
+        args.extend(["--init".to_string(), init.display().to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run(&args, &[]);
+        assert!(o.status.success(), "builder failed: {}", stderr(&o));
+        (entries(&b.dir.join(out)), stderr(&o))
+    };
+    // .ko.xz for the kernel, .ko.zst and .ko.gz for the init: all kept as shipped.
+    let (entries, summary) =
+        with_init("a.img", &["--module", "btrfs", "--keep-compressed", "--kernel-config", config.to_str().unwrap()]);
+    let index = index(&entries);
+    for (name, path) in [
+        ("btrfs", "kernel/fs/btrfs/btrfs.ko.xz"),
+        ("xor", "kernel/crypto/xor.ko.zst"),
+        ("libcrc32c", "kernel/lib/libcrc32c.ko.gz"),
+    ] {
+        let m = &index.modules[position(&index, name)];
+        assert_eq!(m.path, format!("lib/modules/{RELEASE}/{path}"));
+        assert_eq!(find(&entries, &m.path).data, std::fs::read(b.tree.dir.join(path)).unwrap(), "{name}");
+    }
+    assert!(summary.contains("decompresses modules itself: built with decompress-modules"), "{summary}");
+    assert!(
+        summary.contains("kept 3 module files compressed: the kernel decompresses 1 .ko.xz; the init decompresses 1 .ko.gz, 1 .ko.zst"),
+        "{summary}"
+    );
+    // No kernel configuration at all: the init decompresses everything.
+    let (_, summary) = with_init("b.img", &["--module", "btrfs", "--keep-compressed"]);
+    assert!(summary.contains("the init decompresses 1 .ko.gz, 1 .ko.xz, 1 .ko.zst"), "{summary}");
+    // The same without the marker (the plain static init): refused.
+    let e = b.fails(&["--module", "btrfs", "--keep-compressed"]);
+    assert!(e.contains("does not decompress them") && e.contains("--features decompress-modules"), "{e}");
 }
