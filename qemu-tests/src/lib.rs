@@ -1193,6 +1193,38 @@ pub fn cut_points(all: &[CutAt]) -> Vec<CutAt> {
     all.iter().copied().take(n.max(1)).collect()
 }
 
+/// The init built with the `decompress-modules` and `fault-injection` features
+/// (`DOCKROOT_INIT_VARIANT`, made by scripts/build as `dockroot-test-variant`).
+pub fn init_variant() -> PathBuf {
+    required_env(
+        "DOCKROOT_INIT_VARIANT",
+        "the test variant of the init (scripts/build's dockroot-test-variant: decompress-modules, fault-injection)",
+    )
+}
+
+/// The fatal part of a failed boot, booted with `dockroot.reboot_delay=1`: from
+/// dockroot's "cannot boot" line to its reboot notice. Asserts the boot ended in that
+/// message and a reboot (QEMU exits because of -no-reboot), never a hang, a kernel
+/// panic or the image's init.
+pub fn assert_fatal_boot(out: &BootOutput) -> String {
+    assert!(!out.timed_out, "the init hung instead of rebooting:\n{}", out.tail(40));
+    assert!(out.testinit().is_none(), "the image's init ran although dockroot should have refused");
+    assert!(!out.contains("Kernel panic"), "kernel panic instead of a clean reboot:\n{}", out.tail(40));
+    let lines: Vec<&str> = out.serial.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("dockroot: ERROR: cannot boot: "))
+        .unwrap_or_else(|| panic!("no 'cannot boot' message:\n{}", out.tail(40)));
+    let end = lines
+        .iter()
+        .skip(start)
+        .position(|l| l.contains("dockroot: ERROR: rebooting in 1 s"))
+        .map(|n| start + n)
+        .unwrap_or_else(|| panic!("no reboot notice after the error:\n{}", out.tail(40)));
+    assert!(out.contains("reboot: Restarting system"), "the kernel did not restart:\n{}", out.tail(20));
+    lines.get(start..end).unwrap_or_default().join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
