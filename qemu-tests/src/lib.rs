@@ -426,14 +426,28 @@ pub struct BootSpec {
 }
 
 /// A power cut at a chosen moment: QEMU is SIGKILLed `delay` after `needle` first
-/// appears on the serial console. What the guest had written to its virtual disk
-/// survives (QEMU's default cache mode, writeback, has passed it to the host's page
-/// cache); what was still in the guest's page cache is lost, as in a power cut.
+/// appears on the serial console, or as soon as `deadline` appears if that comes
+/// first. What the guest had written to its virtual disk survives (QEMU's default
+/// cache mode, writeback, has passed it to the host's page cache); what was still in
+/// the guest's page cache is lost, as in a power cut.
 #[derive(Debug, Clone)]
 pub struct KillAfter {
     /// E.g. the kernel's "Run /init as init process" or one of dockroot's log lines.
     pub needle: String,
     pub delay: Duration,
+    /// A line that cuts the power at once if the needle's delay has not run out by
+    /// then (e.g. [`LINE_READY`], so that a cut always comes during the init's work).
+    pub deadline: Option<String>,
+}
+
+/// How a [`KillAfter`] cut the power.
+#[derive(Debug, Clone)]
+pub struct PowerCut {
+    /// Wall time from QEMU's start to the kill.
+    pub at: Duration,
+    /// Wall time from the harness seeing the needle to the kill; None when the
+    /// deadline line came first and cut the power.
+    pub after_needle: Option<Duration>,
 }
 
 impl BootSpec {
@@ -468,9 +482,9 @@ pub struct BootOutput {
     pub log_path: PathBuf,
     /// The hotplugs done, in order (see [`BootSpec::hotplug`]).
     pub hotplugged: Vec<HotplugDone>,
-    /// When the harness SIGKILLed QEMU for [`BootSpec::kill_after`]: wall time from
-    /// QEMU's start (None: not killed that way).
-    pub killed_at: Option<Duration>,
+    /// When and how the harness SIGKILLed QEMU for [`BootSpec::kill_after`] (None:
+    /// not killed that way: the needle and the deadline never showed).
+    pub cut: Option<PowerCut>,
 }
 
 /// The timestamp of the first printk line containing `needle`, in seconds.
@@ -533,6 +547,39 @@ impl BootOutput {
     /// Whether the serial output contains `needle`.
     pub fn contains(&self, needle: &str) -> bool {
         self.serial.contains(needle)
+    }
+
+    /// The power cut of [`BootSpec::kill_after`]; panics unless it came while the init
+    /// was still at work: QEMU killed by the harness, and neither the init's handover
+    /// line ([`LINE_HANDOVER`]) nor testinit's report on the console. Everything the
+    /// guest printed before the kill is in the log, so the check errs on the safe side.
+    pub fn expect_cut_during_init(&self) -> &PowerCut {
+        let cut = self.cut.as_ref().unwrap_or_else(|| {
+            panic!(
+                "the power was never cut: the kill line never showed (timed out: {}); log {}; last serial lines:\n{}",
+                self.timed_out,
+                self.log_path.display(),
+                self.tail(30)
+            )
+        });
+        assert!(
+            !self.contains(LINE_HANDOVER) && !self.contains(TESTINIT_MARKER),
+            "the power was cut at {:.3} s wall, after the init handed over to the image's init; log {}; last serial lines:\n{}",
+            cut.at.as_secs_f64(),
+            self.log_path.display(),
+            self.tail(30)
+        );
+        cut
+    }
+
+    /// The guest's clock (printk time, s) when the power was cut, estimated from the
+    /// kill line's printk time and how long after seeing it the harness killed QEMU.
+    pub fn cut_guest_time(&self, kill: &KillAfter) -> Option<f64> {
+        let cut = self.cut.as_ref()?;
+        match cut.after_needle {
+            Some(d) => Some(printk_time(&self.serial, &kill.needle)? + d.as_secs_f64()),
+            None => printk_time(&self.serial, kill.deadline.as_deref()?),
+        }
     }
 }
 
@@ -779,8 +826,9 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
     let stderr = reader(Box::new(child.stderr.take().expect("piped stderr")), log.clone(), None);
 
     let mut timed_out = false;
-    // kill_after: how far the needle search got, when the needle was seen, when QEMU was killed.
-    let (mut kill_scan, mut kill_seen, mut killed_at) = (0usize, None::<Instant>, None::<Duration>);
+    // kill_after: how far the needle and deadline searches got, when the needle was seen, the cut.
+    let (mut kill_scan, mut deadline_scan, mut kill_seen, mut cut) =
+        (0usize, 0usize, None::<Instant>, None::<PowerCut>);
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break Some(s),
@@ -789,21 +837,27 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
                 let _ = child.kill();
                 break child.wait().ok();
             }
-            Ok(None) if spec.kill_after.is_some() && killed_at.is_none() => {
+            Ok(None) if spec.kill_after.is_some() && cut.is_none() => {
                 let k = spec.kill_after.as_ref().expect("checked");
-                if kill_seen.is_none() {
-                    let serial =
-                        live.lock().map(|v| v.get(kill_scan..).unwrap_or_default().to_vec()).unwrap_or_default();
-                    let needle = k.needle.as_bytes();
-                    if !needle.is_empty() && serial.windows(needle.len()).any(|w| w == needle) {
-                        kill_seen = Some(Instant::now());
-                    } else {
-                        kill_scan += serial.len().saturating_sub(needle.len());
+                // Whether `needle` is in the serial output from `*scan` on (moving `*scan`
+                // past what was searched, keeping a needle's length for a split line).
+                let find = |needle: &[u8], scan: &mut usize| {
+                    let serial = live.lock().map(|v| v.get(*scan..).unwrap_or_default().to_vec()).unwrap_or_default();
+                    let found = !needle.is_empty() && serial.windows(needle.len()).any(|w| w == needle);
+                    if !found {
+                        *scan += serial.len().saturating_sub(needle.len());
                     }
+                    found
+                };
+                if kill_seen.is_none() && find(k.needle.as_bytes(), &mut kill_scan) {
+                    kill_seen = Some(Instant::now());
                 }
-                if kill_seen.is_some_and(|t| t.elapsed() >= k.delay) {
+                let by_deadline = kill_seen.is_none_or(|t| t.elapsed() < k.delay)
+                    && k.deadline.as_ref().is_some_and(|d| find(d.as_bytes(), &mut deadline_scan));
+                if by_deadline || kill_seen.is_some_and(|t| t.elapsed() >= k.delay) {
                     let _ = child.kill();
-                    killed_at = Some(started.elapsed());
+                    let after_needle = if by_deadline { None } else { kill_seen.map(|t| t.elapsed()) };
+                    cut = Some(PowerCut { at: started.elapsed(), after_needle });
                 } else {
                     // Fine-grained: the interesting moments are milliseconds apart.
                     std::thread::sleep(Duration::from_millis(1));
@@ -838,14 +892,18 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
             let _ = l.write_all(line.as_bytes());
         }
     }
-    if let Some(at) = killed_at {
-        let line = format!("# harness: QEMU killed (power cut) at {:.3} s wall\n", at.as_secs_f64());
+    if let Some(c) = &cut {
+        let how = match c.after_needle {
+            Some(d) => format!("{} ms after the kill line", d.as_millis()),
+            None => "at the deadline line".to_string(),
+        };
+        let line = format!("# harness: QEMU killed (power cut) at {:.3} s wall, {how}\n", c.at.as_secs_f64());
         serial.push_str(&line);
         if let Ok(mut l) = log.lock() {
             let _ = l.write_all(line.as_bytes());
         }
     }
-    let output = BootOutput { serial, status, timed_out, elapsed, log_path, hotplugged: hotplug.done, killed_at };
+    let output = BootOutput { serial, status, timed_out, elapsed, log_path, hotplugged: hotplug.done, cut };
 
     // Always visible (not captured by the test harness): how long the boot took.
     let fmt = |t: Option<f64>| t.map(|t| format!("{t:.2} s")).unwrap_or_else(|| "-".into());
@@ -861,49 +919,64 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
     output
 }
 
-/// A digest of everything below `root`, by path relative to it ("." is `root` itself):
-/// file type, mode, owner, link count, size, and a hash of the content, the symlink
-/// target or the device number; each extended attribute is an entry of its own,
-/// `"{path} xattr {name}"`, with its value. Symlinks are never followed; nested btrfs
+/// A digest of everything below `root`, by path relative to it ("." is `root` itself;
+/// a name that is not UTF-8 is written with `\xNN` escapes): file type, mode, owner,
+/// link count, size, and the SHA-256 of the content, of the symlink target or the
+/// device number; a btrfs subvolume's root directory says so. Each extended attribute
+/// is an entry of its own, `"{path} xattr {name}"`: its value as text if it is short
+/// UTF-8, else its length and SHA-256. Symlinks are never followed; nested btrfs
 /// subvolumes are walked like directories. Top-level names in `skip` are left out.
-/// Times are not part of it: the digest says whether files are byte-identical.
+/// Times and inode numbers are not part of it: the digest says whether two trees hold
+/// byte-identical files with the same metadata and extended attributes.
 pub fn tree_digest(root: &Path, skip: &[&str]) -> std::collections::BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![(root.to_path_buf(), ".".to_string())];
+    let mut buf = vec![0u8; 1 << 16];
     while let Some((path, rel)) = stack.pop() {
         let md = fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
         let ft = md.file_type();
         let what = if ft.is_file() {
             let mut f = fs::File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-            let mut h = DefaultHasher::new();
-            let mut buf = vec![0u8; 1 << 16];
+            let mut h = Sha256::new();
             loop {
                 match f.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => h.write(&buf[..n]),
+                    Ok(n) => h.update(&buf[..n]),
                     Err(e) => panic!("reading {}: {e}", path.display()),
                 }
             }
-            format!("file {:016x}", h.finish())
+            format!("file sha256 {}", hex(&h.finalize()))
         } else if ft.is_symlink() {
             let t = fs::read_link(&path).unwrap_or_else(|e| panic!("readlink {}: {e}", path.display()));
-            format!("symlink -> {}", t.display())
+            format!("symlink -> {}", name_text(t.as_os_str()))
         } else if ft.is_dir() {
-            let mut names: Vec<String> = fs::read_dir(&path)
+            let mut names: Vec<(std::ffi::OsString, String)> = fs::read_dir(&path)
                 .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-                .map(|e| e.unwrap_or_else(|e| panic!("reading {}: {e}", path.display())))
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| rel != "." || !skip.contains(&n.as_str()))
+                .map(|e| e.unwrap_or_else(|e| panic!("reading {}: {e}", path.display())).file_name())
+                .map(|n| {
+                    let t = name_text(&n);
+                    (n, t)
+                })
+                .filter(|(_, t)| rel != "." || !skip.contains(&t.as_str()))
                 .collect();
-            names.sort();
-            for n in names.iter().rev() {
-                let child = if rel == "." { n.clone() } else { format!("{rel}/{n}") };
+            names.sort_by(|a, b| a.1.cmp(&b.1));
+            for (n, t) in names.iter().rev() {
+                let child = if rel == "." { t.clone() } else { format!("{rel}/{t}") };
                 stack.push((path.join(n), child));
             }
-            "dir".to_string()
+            if md.ino() == BTRFS_SUBVOL_INO && is_btrfs(&path) {
+                "dir (btrfs subvolume)".to_string()
+            } else {
+                "dir".to_string()
+            }
         } else if ft.is_block_device() || ft.is_char_device() {
-            format!("device {:x}", md.rdev())
+            format!("{} device {:x}", if ft.is_block_device() { "block" } else { "char" }, md.rdev())
+        } else if ft.is_fifo() {
+            "fifo".to_string()
+        } else if ft.is_socket() {
+            "socket".to_string()
         } else {
             "special".to_string()
         };
@@ -911,28 +984,88 @@ pub fn tree_digest(root: &Path, skip: &[&str]) -> std::collections::BTreeMap<Str
         let entry =
             format!("{what} mode {:o} owner {}:{} links {} size {size}", md.mode(), md.uid(), md.gid(), md.nlink());
         for (name, value) in xattrs(&path) {
-            out.insert(format!("{rel} xattr {name}"), value);
+            let shown = match String::from_utf8(value) {
+                Ok(text) if text.len() <= 256 => text,
+                Ok(text) => format!("{} bytes sha256 {}", text.len(), hex(&Sha256::digest(text.as_bytes()))),
+                Err(e) => {
+                    let v = e.into_bytes();
+                    format!("{} bytes sha256 {}", v.len(), hex(&Sha256::digest(&v)))
+                }
+            };
+            out.insert(format!("{rel} xattr {name}"), shown);
         }
         out.insert(rel, entry);
     }
     out
 }
 
-/// The extended attributes of `path` (not following a symlink), values as lossy text.
-fn xattrs(path: &Path) -> Vec<(String, String)> {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return Vec::new() };
+/// The inode number of a btrfs subvolume's root directory.
+const BTRFS_SUBVOL_INO: u64 = 256;
+
+fn is_btrfs(path: &Path) -> bool {
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+    rustix::fs::statfs(path).map(|s| s.f_type as i64 == BTRFS_SUPER_MAGIC).unwrap_or(false)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A file name as text: itself if it is UTF-8 (and has no backslash), else with every
+/// byte outside printable ASCII and every backslash written `\xNN`, so that two
+/// different names never give the same text.
+fn name_text(name: &std::ffi::OsStr) -> String {
+    let b = name.as_encoded_bytes();
+    match std::str::from_utf8(b) {
+        Ok(s) if !s.contains('\\') => s.to_string(),
+        _ => {
+            b.iter()
+                .map(|&c| {
+                    if (0x20..0x7f).contains(&c) && c != b'\\' {
+                        (c as char).to_string()
+                    } else {
+                        format!("\\x{c:02x}")
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// The extended attributes of `path` (not following a symlink), by name. Panics if
+/// they cannot be read (a filesystem without xattrs has none).
+fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut names = vec![0u8; 65536];
     // SAFETY: `c` is a NUL-terminated path, `names` a writable buffer of the given size.
     let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    let Ok(n) = usize::try_from(n) else { return Vec::new() };
+    let n = match usize::try_from(n) {
+        Ok(n) => n,
+        Err(_) => {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOTSUP) {
+                return Vec::new();
+            }
+            panic!("listing the extended attributes of {}: {e}", path.display());
+        }
+    };
     let mut out = Vec::new();
     for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let Ok(cname) = std::ffi::CString::new(name) else { continue };
+        let cname = std::ffi::CString::new(name).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut value = vec![0u8; 65536];
         // SAFETY: both strings are NUL-terminated, `value` is a writable buffer of the given size.
         let len = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-        let value = usize::try_from(len).map(|l| String::from_utf8_lossy(&value[..l]).into_owned());
-        out.push((String::from_utf8_lossy(name).into_owned(), value.unwrap_or_else(|_| "(unreadable)".into())));
+        let len = usize::try_from(len).unwrap_or_else(|_| {
+            panic!(
+                "reading extended attribute {} of {}: {}",
+                String::from_utf8_lossy(name),
+                path.display(),
+                std::io::Error::last_os_error()
+            )
+        });
+        value.truncate(len);
+        out.push((String::from_utf8_lossy(name).into_owned(), value));
     }
     out
 }
@@ -1144,15 +1277,18 @@ pub fn field<'a>(report: &'a Value, keys: &[&str]) -> &'a Value {
     keys.iter().fold(report, |v, k| v.get(*k).unwrap_or(&Value::Null))
 }
 
-/// Where to cut the power during a boot (the crash tests), timed from the serial
-/// log and testinit report of a normal boot of the same disk.
-#[derive(Clone, Copy, Debug)]
+/// Where to cut the power during a boot (the crash tests), timed from the serial log
+/// of a normal boot of the same disk (the reference). Every point cuts no later than
+/// dockroot's [`LINE_READY`] (the deadline of its [`KillAfter`]), so a cut always comes
+/// while the init is at work, whatever the machine's speed.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum CutAt {
-    /// A fraction of the way from the kernel starting /init to testinit running.
+    /// A fraction of the way from the kernel starting /init to dockroot's "ready" line.
     Window(f64),
     /// A fraction of the way from dockroot finding the root device to its "ready" line.
     Work(f64),
-    /// This many milliseconds after a line containing the needle.
+    /// This many milliseconds after a line containing the needle; the reference boot
+    /// must have printed it (a point whose line the scenario never prints cannot cut).
     Line(&'static str, u64),
 }
 
@@ -1160,37 +1296,48 @@ pub enum CutAt {
 pub const LINE_ROOT_DEVICE: &str = "dockroot: found ";
 /// dockroot's last line before switching root.
 pub const LINE_READY: &str = "dockroot: ready:";
+/// dockroot's line when it hands over to the image's init (after switching root).
+pub const LINE_HANDOVER: &str = "dockroot: starting /";
 
 impl CutAt {
-    /// The kill for this point, timed from `reference` (a normal boot's serial log
-    /// and its testinit report).
-    pub fn kill(&self, reference: &BootOutput, report: &Value) -> KillAfter {
+    /// The kill for this point, timed from `reference` (a normal boot's serial log).
+    /// Panics if the reference lacks a line the point is timed from.
+    pub fn kill(&self, reference: &BootOutput) -> KillAfter {
         let t = |needle: &str| {
-            printk_time(&reference.serial, needle)
-                .unwrap_or_else(|| panic!("no {needle:?} line in {}", reference.log_path.display()))
+            printk_time(&reference.serial, needle).unwrap_or_else(|| {
+                panic!("cut point {self:?}: no {needle:?} line in the reference boot {}", reference.log_path.display())
+            })
         };
         let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
-        match *self {
-            CutAt::Window(f) => {
-                let end = report["uptime_s"].as_f64().expect("testinit's uptime_s");
-                KillAfter { needle: RUN_INIT_LINE.into(), delay: secs(f * (end - t(RUN_INIT_LINE))) }
+        let (needle, delay) = match *self {
+            CutAt::Window(f) => (RUN_INIT_LINE, secs(f * (t(LINE_READY) - t(RUN_INIT_LINE)))),
+            CutAt::Work(f) => (LINE_ROOT_DEVICE, secs(f * (t(LINE_READY) - t(LINE_ROOT_DEVICE)))),
+            CutAt::Line(needle, ms) => {
+                t(needle);
+                (needle, Duration::from_millis(ms))
             }
-            CutAt::Work(f) => {
-                KillAfter { needle: LINE_ROOT_DEVICE.into(), delay: secs(f * (t(LINE_READY) - t(LINE_ROOT_DEVICE))) }
-            }
-            CutAt::Line(needle, ms) => KillAfter { needle: needle.into(), delay: Duration::from_millis(ms) },
-        }
+        };
+        KillAfter { needle: needle.into(), delay, deadline: Some(LINE_READY.into()) }
     }
 }
 
 /// The first `DOCKROOT_CRASH_POINTS` of `all` (a number, or `all`, the default).
+/// Panics if two points are the same.
 pub fn cut_points(all: &[CutAt]) -> Vec<CutAt> {
+    for (i, a) in all.iter().enumerate() {
+        assert!(!all[..i].contains(a), "cut point {a:?} is listed twice");
+    }
     let n = match std::env::var("DOCKROOT_CRASH_POINTS") {
         Err(_) => all.len(),
         Ok(v) if v == "all" => all.len(),
         Ok(v) => v.parse().unwrap_or_else(|_| panic!("DOCKROOT_CRASH_POINTS={v}: a number or 'all'")),
     };
     all.iter().copied().take(n.max(1)).collect()
+}
+
+/// Whether `DOCKROOT_CRASH_POINTS` asks for every point (`all`, or unset).
+pub fn all_cut_points() -> bool {
+    std::env::var("DOCKROOT_CRASH_POINTS").map_or(true, |v| v == "all")
 }
 
 /// The init built with the `decompress-modules` and `fault-injection` features
@@ -1246,7 +1393,7 @@ mod tests {
             elapsed: Duration::ZERO,
             log_path: PathBuf::new(),
             hotplugged: Vec::new(),
-            killed_at: None,
+            cut: None,
         };
         let t = out.time_to_init().expect("time to init");
         assert!((t - 0.873835).abs() < 1e-9, "{t}");
