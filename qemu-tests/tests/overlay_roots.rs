@@ -724,7 +724,7 @@ fn overlay_power_cuts_during_the_boot_lose_nothing() {
     let (_, out) = report(&m, "ovl_crash_setup_1", "");
     assert!(out.contains(FRESH), "{}", out.tail(20));
     m.modify(|top| put_marker(top, "setup 1"));
-    let (mut reference_report, mut reference) = report(&m, "ovl_crash_setup_2", "");
+    let (_, mut reference) = report(&m, "ovl_crash_setup_2", "");
     // The pristine fresh root: every complete new root has its content.
     let fresh = m.inspect(|top| Root::read(&top.join("rwlayer")).expect("no rw layer").content());
     assert!(!fresh.contains_key(&format!("upper/{MARKER}")), "a fresh root has the marker");
@@ -737,9 +737,10 @@ fn overlay_power_cuts_during_the_boot_lose_nothing() {
     let mut seen: BTreeMap<Left, usize> = BTreeMap::new();
 
     for (i, at) in cut_points(POINTS).into_iter().enumerate() {
-        let kill = at.kill(&reference, &reference_report);
+        let kill = at.kill(&reference);
         let out = boot(&BootSpec { kill_after: Some(kill.clone()), ..m.spec(&format!("ovl_crash_kill_{i:02}"), "") });
-        let late = if out.testinit().is_some() { " (after testinit)" } else { "" };
+        // Every point cuts the power while the init is at work (before it hands over).
+        let power_cut = out.expect_cut_during_init().clone();
         let cut = m.inspect(DiskState::read);
         let old = prev.current.as_ref().expect("a current root before every cut");
 
@@ -856,14 +857,17 @@ fn overlay_power_cuts_during_the_boot_lose_nothing() {
                 kill.delay.as_millis(),
                 kill.needle.chars().take(24).collect::<String>()
             ),
-            out.killed_at.map(|t| format!("{:.2}s{late}", t.as_secs_f64())).unwrap_or_else(|| "never".into()),
+            format!(
+                "{:.2}s{}",
+                power_cut.at.as_secs_f64(),
+                if power_cut.after_needle.is_none() { " (deadline)" } else { "" }
+            ),
             format!("{left:?}"),
             rec["recovered"],
             now.trash,
         ));
         prev = DiskState { current: Some(marked), ..now };
         reference = rec_out;
-        reference_report = rec_report;
     }
     table.add(format!("states reached: {seen:?}"));
     // What the cuts and pruning put into the trash is deleted within a few more boots.
