@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use qemu_tests::{
-    boot, build_initramfs, field, printk_time, Artifacts, BootOutput, BootSpec, Disk, DiskInterface, DiskSpec, Hotplug,
-    Layouts,
+    assert_fatal_boot, boot, build_initramfs, field, printk_time, Artifacts, BootOutput, BootSpec, Disk, DiskInterface,
+    DiskSpec, Hotplug, Layouts,
 };
 use serde_json::Value;
 
@@ -75,26 +75,37 @@ fn hostname(r: &Value) -> &Value {
     field(r, &["paths", "/etc/hostname", "content"])
 }
 
-/// The fatal part of a failed boot: from dockroot's "cannot boot" line to its reboot
-/// notice. Asserts the boot ended in that message and a reboot (QEMU exits because of
-/// -no-reboot), never a hang, a kernel panic or the image's init.
-fn assert_fatal(out: &BootOutput) -> String {
-    assert!(!out.timed_out, "the init hung instead of rebooting:\n{}", out.tail(40));
-    assert!(out.testinit().is_none(), "the image's init ran although dockroot should have refused");
-    assert!(!out.contains("Kernel panic"), "kernel panic instead of a clean reboot:\n{}", out.tail(40));
-    let lines: Vec<&str> = out.serial.lines().collect();
-    let start = lines
-        .iter()
-        .position(|l| l.contains("dockroot: ERROR: cannot boot: "))
-        .unwrap_or_else(|| panic!("no 'cannot boot' message:\n{}", out.tail(40)));
-    let end = lines
-        .iter()
-        .skip(start)
-        .position(|l| l.contains("dockroot: ERROR: rebooting in 1 s"))
-        .map(|n| start + n)
-        .unwrap_or_else(|| panic!("no reboot notice after the error:\n{}", out.tail(40)));
-    assert!(out.contains("reboot: Restarting system"), "the kernel did not restart:\n{}", out.tail(20));
-    lines.get(start..end).unwrap_or_default().join("\n")
+/// The words after `prefix` on the first line of `text` holding it (the prefix at a
+/// word boundary, after dockroot's tag).
+fn words_after<'a>(text: &'a str, prefix: &str) -> Option<Vec<&'a str>> {
+    text.lines().find_map(|l| l.split_once(prefix).map(|(_, rest)| rest.split_whitespace().collect()))
+}
+
+/// The row of the block device table (dockroot's "block devices seen:" message) for
+/// `name`, as column → value.
+fn device_row(text: &str, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let cols = |l: &str| -> Vec<String> {
+        l.split_once("dockroot: ").map_or(l, |(_, r)| r).split_whitespace().map(String::from).collect()
+    };
+    let header =
+        text.lines().map(cols).find(|c| c.first().is_some_and(|h| h == "NAME") && c.contains(&"UUID".into()))?;
+    let row = text.lines().map(cols).find(|c| c.first().is_some_and(|n| n == name))?;
+    (row.len() == header.len()).then(|| header.into_iter().zip(row).collect())
+}
+
+/// A size as dockroot's device table (and lsblk) shows it: 512M, 1.5G, ...
+fn table_size(bytes: u64) -> String {
+    let units = ["B", "K", "M", "G", "T"];
+    let (mut v, mut unit) = (bytes as f64, 0);
+    while v >= 1024.0 && unit + 1 < units.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => bytes.to_string(),
+        _ if v < 10.0 && v.fract() != 0.0 => format!("{v:.1}{}", units[unit]),
+        _ => format!("{v:.0}{}", units[unit]),
+    }
 }
 
 fn assert_mentions(text: &str, wants: &[&str]) {
@@ -253,10 +264,22 @@ fn raid1_with_a_member_missing_is_a_clear_error_and_a_reboot() {
     let da = Disk::copy_of(&l.raid1a);
     let append = format!("{STANDARD_APPEND} dockroot.timeout=4 dockroot.reboot_delay=1");
     let out = boot_with("raid1_missing", &a, generic(&a), vec![DiskSpec::virtio(da.path())], &append);
-    let msg = assert_fatal(&out);
+    let msg = assert_fatal_boot(&out);
     // The filesystem (label, UUID), how many devices it has, which were found.
     assert_mentions(&msg, &["root=LABEL=dockroot-test", FS_UUID, "dockroot-test", "2 devices", "devid 1 (/dev/vda)"]);
     assert_mentions(&msg, &["degraded"]);
+    // The device table lists the member present: its type, label, UUID, size and devid.
+    let row = device_row(&msg, "vda").unwrap_or_else(|| panic!("no table row for vda:\n{msg}"));
+    let size = std::fs::metadata(da.path()).expect("stat the RAID1 member").len();
+    for (col, want) in [
+        ("FSTYPE", "btrfs".to_string()),
+        ("LABEL", "dockroot-test".to_string()),
+        ("UUID", FS_UUID.to_string()),
+        ("SIZE", table_size(size)),
+        ("DEVID", "1/2".to_string()),
+    ] {
+        assert_eq!(row.get(col), Some(&want), "column {col} of vda's row {row:?}:\n{msg}");
+    }
 }
 
 #[test]
@@ -359,14 +382,35 @@ fn a_missing_disk_driver_gets_the_full_diagnostic_and_a_reboot() {
     let disk = Disk::copy_of(&a.disk);
     let append = format!("{STANDARD_APPEND} dockroot.timeout=4 dockroot.reboot_delay=1");
     let out = boot_with("missing_driver", &a, initrd, vec![DiskSpec::virtio(disk.path())], &append);
-    let msg = assert_fatal(&out);
+    let msg = assert_fatal_boot(&out);
     // The parameter that could not be satisfied, and the wait.
     assert_mentions(&msg, &["root=LABEL=dockroot-test", "no block device matching LABEL=dockroot-test", "4s"]);
     // The block devices seen: none.
     assert_mentions(&msg, &["(no block devices found)"]);
     // The modules loaded (btrfs among them) and the hardware no module in the initramfs matches.
-    assert_mentions(&msg, &["btrfs", "virtio:d00000002v00001AF4"]);
+    let loaded = words_after(&msg, "dockroot: modules loaded: ")
+        .unwrap_or_else(|| panic!("no 'modules loaded:' line in the diagnostic:\n{msg}"));
+    assert!(loaded.contains(&"btrfs"), "btrfs not among the modules loaded {loaded:?}:\n{msg}");
+    assert!(!loaded.contains(&"virtio_blk"), "virtio_blk loaded although the initramfs lacks it: {loaded:?}");
+    assert_mentions(&msg, &["virtio:d00000002v00001AF4"]);
     assert!(!out.contains("[vda]"), "a disk driver bound the virtio disk after all:\n{}", out.tail(40));
+}
+
+#[test]
+fn diagnostic_helpers_read_dockroot_tables() {
+    let msg = "[ 8.7] dockroot: NAME  MAJ:MIN  SIZE  FSTYPE  LABEL          UUID  DEVID  PARTUUID  PARTLABEL  ERROR\n\
+               [ 8.7] dockroot: vda   254:0    512M  btrfs   dockroot-test  u-1   1/2    -         -          -\n\
+               [ 8.7] dockroot: modules loaded: xor btrfs_extra libcrc32c\n";
+    let row = device_row(msg, "vda").expect("row");
+    assert_eq!(row["SIZE"], "512M");
+    assert_eq!(row["LABEL"], "dockroot-test");
+    assert!(device_row(msg, "vdb").is_none());
+    let loaded = words_after(msg, "dockroot: modules loaded: ").expect("line");
+    assert_eq!(loaded, ["xor", "btrfs_extra", "libcrc32c"]);
+    assert!(!loaded.contains(&"btrfs"), "a word, not a substring");
+    assert_eq!(table_size(536870912), "512M");
+    assert_eq!(table_size(1536 * 1024), "1.5M");
+    assert_eq!(table_size(512), "512");
 }
 
 #[test]
