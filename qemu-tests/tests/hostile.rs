@@ -146,12 +146,40 @@ fn a_broken_docker_store_falls_back_to_the_previous_root() {
             reason_names: vec![base_parent.clone()],
         },
         Breakage {
+            // The image's layer is a plain directory with the same files (a store
+            // copied without btrfs, say): the store lookup finds it, the
+            // snapshot refuses it. (The next breakage removes it.)
+            name: "layer_not_a_subvolume",
+            apply: Box::new({
+                let top_cache = top_cache.clone();
+                move |top: &Path| {
+                    let sub = top.join("var/lib/docker/btrfs/subvolumes").join(&top_cache);
+                    let plain = sub.with_extension("plain");
+                    sh(&format!("cp -a '{}' '{}'", sub.display(), plain.display()));
+                    sh(&format!("btrfs subvolume delete '{}' >/dev/null", sub.display()));
+                    sh(&format!("mv '{}' '{}'", plain.display(), sub.display()));
+                    assert!(sub.join("layer3.txt").is_file(), "the plain directory lacks the layer's files");
+                    let show = std::process::Command::new("btrfs").arg("subvolume").arg("show").arg(&sub).output();
+                    assert!(!show.unwrap().status.success(), "{} is still a subvolume", sub.display());
+                    Restore::Nothing
+                }
+            }),
+            reason_names: vec![
+                format!("/var/lib/docker/btrfs/subvolumes/{top_cache} (top layer of image"),
+                "is not a btrfs subvolume".into(),
+            ],
+        },
+        Breakage {
             name: "no_layer_subvolume",
             apply: Box::new({
                 let top_cache = top_cache.clone();
                 move |top: &Path| {
                     let sub = top.join("var/lib/docker/btrfs/subvolumes").join(&top_cache);
-                    sh(&format!("btrfs subvolume delete '{}' >/dev/null", sub.display()));
+                    // A plain directory by now (the breakage before), or a subvolume.
+                    sh(&format!(
+                        "btrfs subvolume delete '{0}' >/dev/null 2>&1 || rm -rf '{0}'; test ! -e '{0}'",
+                        sub.display()
+                    ));
                     Restore::Nothing
                 }
             }),
@@ -217,6 +245,17 @@ fn paths_leaving_the_top_level_on_the_command_line_are_refused() {
             &format!("{STANDARD_APPEND} docker_path=a/../.."),
             "docker_path=\"a/../..\": '..' is not allowed",
         ),
+        // An absolute path means the partition's top level; '..' cannot climb out of it.
+        (
+            "cmdline_toplayer_path_dotdot",
+            &format!("{STANDARD_APPEND} toplayer_path=/../../etc"),
+            "toplayer_path=\"/../../etc\": '..' is not allowed",
+        ),
+        (
+            "cmdline_image_dotdot",
+            &format!("{STANDARD_APPEND} dockroot.image=../x"),
+            "dockroot.image=../x: invalid image reference \"../x\"",
+        ),
     ];
     for (name, append, want) in cases {
         let out = m.boot_cmdline(name, &format!("{append} dockroot.reboot_delay=1"));
@@ -227,4 +266,50 @@ fn paths_leaving_the_top_level_on_the_command_line_are_refused() {
         assert!(out.contains("reboot: Restarting system"), "{name}: did not reboot:\n{}", out.tail(30));
     }
     assert_eq!(image_hash(), before, "the disk changed");
+}
+
+/// A kernel command line of about 2000 bytes (x86 keeps 2048) full of what a
+/// bootloader or a careless user leaves: repeated keys (the last wins), an
+/// unknown dockroot.* key (a warning), odd characters, quotes in odd places and
+/// an unbalanced quote at the end. dockroot reads it as the kernel does and boots.
+#[test]
+fn a_garbage_command_line_still_boots() {
+    let m = Machine::new(OS_CONFIG);
+    let mut append = String::from(
+        "root=LABEL=no-such-disk rootflags=subvol=elsewhere ro toplayer_path=nowhere \
+         é ☃ \u{1}\u{7f} =lonely == ,,, '' p=q\"r s\"t \"quoted word\" dockroot.bogus=1 dockroot.debug",
+    );
+    // Padding: dotted keys are module parameters, never handed to init (the kernel
+    // panics beyond 32 init arguments or environment variables).
+    let tail = format!(" {STANDARD_APPEND} rw x=\"unbalanced quote");
+    let harness = "console=ttyS0 panic=-1 printk.time=1 no_timer_check ";
+    let mut i = 0;
+    while harness.len() + append.len() + tail.len() < 1970 {
+        append.push_str(&format!(" junk{i}.opt=\"v {i}\""));
+        i += 1;
+    }
+    append.push_str(&tail);
+    let full = format!("{harness}{append}");
+    assert!((1900..2048).contains(&full.len()), "{} bytes", full.len());
+    let out = m.boot_cmdline("cmdline_garbage", &append);
+    let r = out.expect_testinit();
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    let cmdline = r["cmdline"].as_str().expect("testinit's /proc/cmdline");
+    assert!(cmdline.ends_with("x=\"unbalanced quote"), "the kernel cut the command line: {cmdline}");
+    let rec = &r["boot_record"];
+    assert_eq!(rec["booted"], "fresh", "{rec}");
+    assert_eq!(rec["rw_layer"], "/rwlayer", "the last rootflags= did not win: {rec}");
+    assert_eq!(rec["root_device"]["label"], "dockroot-test", "the last root= did not win: {rec}");
+    assert!(strings(&r["root_mount"]["mount_options"]).contains(&"rw".to_string()), "the last rw did not win");
+    assert_eq!(field(&r, &["paths", "/etc/hostname", "content"]), "dockroot-test-machine\n", "top layer");
+    assert!(out.contains("dockroot: WARNING: unknown kernel parameter dockroot.bogus ignored"), "{}", out.tail(40));
+    // What the kernel gave init (no '=', not the kernel's own) reaches the image's init.
+    let argv = strings(&r["argv"]);
+    for a in ["é", "☃", "quoted word"] {
+        assert!(argv.iter().any(|x| x == a), "argv lacks {a:?}: {argv:?}");
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
 }

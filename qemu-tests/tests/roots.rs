@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use qemu_tests::{
-    boot, field, fill_disk, oversized_toplayer_disk, sh, Artifacts, BootSpec, Machine, OS_CONFIG, STANDARD_APPEND,
+    assert_same_digest, boot, field, fill_disk, oversized_toplayer_disk, sh, tree_digest, Artifacts, BootSpec, Machine,
+    OS_CONFIG, STANDARD_APPEND,
 };
 use serde_json::Value;
 
@@ -164,5 +165,99 @@ fn leftovers_of_an_interrupted_boot_are_finished_or_cleaned() {
     assert_eq!(marker(&r), true, "the ready root was not the one installed");
     m.modify(|top| {
         assert!(!top.join("rwlayer.dockroot-tmp").exists() && !top.join("rwlayer.dockroot-ready").exists());
+    });
+}
+
+/// The failure policy step by step on one machine (each step's root is the next
+/// step's previous root):
+/// 1. an install that fails (the kept directory's name holds a regular file, so
+///    the current root cannot be retired) puts everything back and boots the
+///    current root as it was, instead of rebooting into the same failure;
+/// 2. an image without an init falls back to the current root;
+/// 3. with the current root unbootable too (its init removed), a copy of the
+///    newest kept root boots; each time with the FALLBACK warning on the console,
+///    in kmsg as the booted system reads it, and in boot.json.
+#[test]
+fn failures_fall_back_to_the_current_root_then_to_the_newest_kept_one() {
+    let m = Machine::new(OS_CONFIG);
+    let fx = m.artifacts.fixture();
+    let top_cache = fx["images"]["os"]["top_cache_id"].as_str().expect("top_cache_id in fixture.json").to_string();
+    let first = m.report("failpolicy_1", "-- --make-nested");
+    assert_eq!(marker(&first), true);
+    let first_root = field(&first, &["root_btrfs", "subvolume_id"]).clone();
+    let no_leftovers = |top: &Path, step: &str| {
+        for n in ["rwlayer.dockroot-tmp", "rwlayer.dockroot-ready"] {
+            assert!(!top.join(n).exists(), "{step}: {n} was left behind");
+        }
+    };
+    let fallback_warned = |r: &Value, out: &qemu_tests::BootOutput, step: &str, from: &str| {
+        let warning = format!("FALLBACK: booting {from}");
+        assert!(out.contains(&format!("dockroot: WARNING: {warning}")), "{step}: console:\n{}", out.tail(30));
+        let kmsg: Vec<&str> = r["kmsg_dockroot"].as_array().unwrap().iter().filter_map(|l| l.as_str()).collect();
+        assert!(kmsg.iter().any(|l| l.contains(&warning)), "{step}: kmsg lacks {warning:?}: {kmsg:#?}");
+        assert!(r["boot_record"]["warnings"].to_string().contains(&warning), "{step}: {}", r["boot_record"]);
+    };
+
+    // 1. A regular file where the kept directory goes: the install fails.
+    let before = m.modify(|top| {
+        std::fs::write(top.join("rwlayer.kept"), b"not a directory\n").unwrap();
+        tree_digest(&top.join("rwlayer"), &[])
+    });
+    let out = m.boot("failpolicy_2_install", "");
+    let r = out.expect_testinit();
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    let rec = &r["boot_record"];
+    assert_eq!(rec["booted"], "fallback: /rwlayer as it was", "{rec}");
+    let reason = rec["fallback"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("installing the new root") && reason.contains("/rwlayer.kept"), "{reason}");
+    assert!(out.contains(&format!("dockroot: ERROR: cannot prepare a fresh root: {reason}")), "{}", out.tail(30));
+    fallback_warned(&r, &out, "install", "the previous root /rwlayer as it was");
+    assert_eq!(marker(&r), true, "not the previous root with its changes");
+    assert_eq!(field(&r, &["root_btrfs", "subvolume_id"]), &first_root, "not the very same root");
+    m.inspect(|top| {
+        no_leftovers(top, "install");
+        assert_same_digest("the current root", &before, &tree_digest(&top.join("rwlayer"), &[]));
+        assert_eq!(std::fs::read(top.join("rwlayer.kept")).unwrap(), b"not a directory\n");
+    });
+
+    // A fresh boot with the way clear retires the first root into the kept directory.
+    m.modify(|top| std::fs::remove_file(top.join("rwlayer.kept")).unwrap());
+    let third = m.report("failpolicy_3", "");
+    assert_eq!(third["boot_record"]["booted"], "fresh");
+    assert_eq!(marker(&third), false);
+    let kept = third["boot_record"]["retired"].as_str().expect("the first root was kept").to_string();
+
+    // 2. The image loses its init (and /bin/sh, the kernel's last resort).
+    m.modify(|top| {
+        let layer = top.join("var/lib/docker/btrfs/subvolumes").join(&top_cache);
+        sh(&format!("btrfs property set -ts '{0}' ro false && rm '{0}/sbin/init' '{0}/bin/sh'", layer.display()));
+    });
+    let out = m.boot("failpolicy_4_no_init", "");
+    let r = out.expect_testinit();
+    let rec = &r["boot_record"];
+    assert_eq!(rec["booted"], "fallback: /rwlayer as it was", "{rec}");
+    let reason = rec["fallback"]["reason"].as_str().unwrap_or_default();
+    for want in ["no init found in the new root", "/sbin/init", "/bin/sh", "dockroot-test/os"] {
+        assert!(reason.contains(want), "the reason does not name {want:?}: {reason}");
+    }
+    fallback_warned(&r, &out, "no init", "the previous root /rwlayer as it was");
+    assert_eq!(field(&r, &["root_btrfs", "subvolume_id"]), field(&third, &["root_btrfs", "subvolume_id"]));
+    m.inspect(|top| no_leftovers(top, "no init"));
+
+    // 3. The current root cannot boot either: a copy of the newest kept root.
+    m.modify(|top| sh(&format!("rm '{0}/rwlayer/sbin/init' '{0}/rwlayer/bin/sh'", top.display())));
+    let out = m.boot("failpolicy_5_kept", "dockroot.image=no/such:image");
+    let r = out.expect_testinit();
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    let rec = &r["boot_record"];
+    let from = format!("a copy of {kept}");
+    assert_eq!(rec["booted"], format!("fallback: {from}").as_str(), "{rec}");
+    assert!(rec["fallback"]["reason"].as_str().unwrap_or_default().contains("no/such:image"), "{rec}");
+    assert!(out.contains("dockroot: WARNING: /rwlayer cannot boot: no init found"), "{}", out.tail(30));
+    fallback_warned(&r, &out, "kept", &from);
+    assert_eq!(marker(&r), true, "not a copy of the first root");
+    m.inspect(|top| {
+        no_leftovers(top, "kept");
+        assert!(top.join(kept.trim_start_matches('/')).join("sbin/init").is_file(), "the kept root was changed");
     });
 }
