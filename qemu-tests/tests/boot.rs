@@ -168,11 +168,14 @@ fn the_booted_system_sees_a_clean_handover_and_dockroots_log() {
     for want in [
         "dockroot: found LABEL=dockroot-test: /dev/vda",
         "dockroot: rw layer /rwlayer is a fresh snapshot",
-        "dockroot: top layer",
+        // toplayer= is the root partition: read through the top-level mount, no second mount.
+        "dockroot: toplayer=LABEL=dockroot-test is the root partition: reading /toplayer through its top-level mount",
+        "dockroot: top layer /.dockroot/top/toplayer applied",
         "dockroot: ready: ",
     ] {
         assert!(kmsg.iter().any(|l| l.starts_with(want)), "kmsg lacks {want:?}: {kmsg:#?}");
     }
+    assert!(!out.contains("/.dockroot/toplayer"), "the root partition was mounted again for the top layer");
 }
 
 #[test]
@@ -281,6 +284,9 @@ fn a_plain_directory_at_the_rw_layer_name_is_refused_and_kept() {
     });
 }
 
+/// The top layer on a second disk (ext4), with the prior art's parameters for
+/// its type and mount options, the root's type, a rootdelay, and an init at a
+/// non-default path (a symlink the top layer adds) with arguments.
 #[test]
 fn top_layer_on_a_separate_ext4_disk() {
     let a = Artifacts::from_env();
@@ -290,24 +296,54 @@ fn top_layer_on_a_separate_ext4_disk() {
     let work = tempfile::tempdir().expect("temp dir");
     let top = work.path().join("top");
     std::fs::create_dir_all(top.join("machine/etc")).unwrap();
+    std::fs::create_dir_all(top.join("machine/usr/local/sbin")).unwrap();
     std::fs::write(top.join("machine/etc/hostname"), b"from-the-ext4-disk\n").unwrap();
     std::fs::write(top.join("machine/etc/only-here"), b"ext4\n").unwrap();
+    // An absolute symlink: resolved inside the new root, to the image's testinit.
+    std::os::unix::fs::symlink("/sbin/init", top.join("machine/usr/local/sbin/alt-init")).unwrap();
     let ext4 = work.path().join("machine.img");
     sh(&format!("mkfs.ext4 -q -L machine -d '{}' '{}' 16M", top.display(), ext4.display()));
 
-    let append = "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=machine toplayer_path=machine";
+    let append = "root=LABEL=dockroot-test rootfstype=btrfs rootflags=subvol=rwlayer rw rootdelay=2 \
+                  toplayer=LABEL=machine toplayerfstype=ext4 toplayerflags=ro,noload toplayer_path=machine \
+                  init=/usr/local/sbin/alt-init -- --stat /etc/only-here \"two words\"";
     let spec = BootSpec {
         name: Some("toplayer_ext4".into()),
         ..BootSpec::new(a.kernel(), initrd, &[disk.path(), &ext4], append)
     };
     let out = boot(&spec);
     let r = out.expect_testinit();
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
     assert_eq!(field(&r, &["paths", "/etc/hostname", "content"]), "from-the-ext4-disk\n", "{}", out.tail(30));
+    assert_eq!(field(&r, &["paths", "/etc/only-here", "content"]), "ext4\n");
     // The btrfs partition's own toplayer/ directory was not used.
     assert_eq!(field(&r, &["paths", "/root/.dotfile", "exists"]), false);
     assert!(out.contains("dockroot: top layer /.dockroot/toplayer/machine applied"), "{}", out.tail(30));
     // Nothing of the top layer's device stays mounted in the booted system.
     assert!(!r["mounts"].as_array().unwrap().iter().any(|m| m["fstype"] == "ext4"), "{}", r["mounts"]);
+
+    // init= at a non-default path, exec'd by that path, with the arguments after --.
+    assert_eq!(r["pid"], 1);
+    assert_eq!(strings(&r["argv"]), vec!["/usr/local/sbin/alt-init", "--stat", "/etc/only-here", "two words"], "{r}");
+    assert!(out.contains("dockroot: starting /usr/local/sbin/alt-init"), "{}", out.tail(30));
+
+    // rootfstype=btrfs: the root is the rw layer, a btrfs subvolume; and a private mount.
+    let root = &r["root_mount"];
+    assert_eq!(root["fstype"], "btrfs", "{root}");
+    assert!(strings(&root["super_options"]).contains(&"subvol=/rwlayer".to_string()), "{root}");
+    let optional = strings(&root["optional_fields"]);
+    assert!(!optional.iter().any(|f| f.starts_with("shared:")), "/ is a shared mount: {root}");
+
+    // rootdelay=2: waited before looking for the root device, and timed.
+    let kmsg = strings(&r["kmsg_dockroot"]);
+    let delay_line = "dockroot: waiting 2s (rootdelay) before looking for LABEL=dockroot-test";
+    assert!(kmsg.iter().any(|l| l == delay_line), "kmsg lacks {delay_line:?}: {kmsg:#?}");
+    let stages = &r["boot_record"]["stages_ms"];
+    let waited = stages["root device"].as_f64().unwrap_or_else(|| panic!("no root device stage: {stages}"));
+    assert!(waited >= 2000.0, "the root device stage took {waited} ms, less than rootdelay=2: {stages}");
+    // The kernel's rootdelay is for the root device: the top layer's device is not delayed again.
+    let toplayer_delays = kmsg.iter().filter(|l| l.contains("(rootdelay) before looking for LABEL=machine")).count();
+    assert_eq!(toplayer_delays, 0, "rootdelay was waited again for toplayer=: {kmsg:#?}");
 }
 
 #[test]
