@@ -1,12 +1,35 @@
 //! Image references: `reference::parse` on arbitrary text. For accepted
 //! input: the printed form parses back to the same value, the familiar
-//! string (the repositories.json key) is stable, and IDs are well formed.
+//! string (the repositories.json key) is stable, IDs are well formed, and no
+//! normalised name has a `.`, `..` or empty path component or a leading `/`
+//! (stores turn names into lookups, and some into paths).
 #![no_main]
 
 use dockroot::reference::{is_hex64, parse, ImageSpec, Reference};
 use libfuzzer_sys::fuzz_target;
 
+/// A name that is safe to use as (part of) a relative path: no leading `/`, no
+/// `.`, `..` or empty component, no NUL.
+fn check_path_like(what: &str, s: &str, r: &Reference) {
+    assert!(!s.starts_with('/'), "{what} {s:?} of {r:?} starts with /");
+    assert!(!s.contains('\0'), "{what} {s:?} of {r:?} holds a NUL");
+    for c in s.split('/') {
+        assert!(!matches!(c, "" | "." | ".."), "{what} {s:?} of {r:?} has the path component {c:?}");
+    }
+}
+
 fn check_named(r: &Reference) {
+    check_path_like("domain", &r.domain, r);
+    assert!(!r.domain.contains('/'), "domain {:?} of {r:?} holds a /", r.domain);
+    check_path_like("path", &r.path, r);
+    check_path_like("full name", &r.full_name(), r);
+    check_path_like("familiar name", &r.familiar_name(), r);
+    if let Some(t) = &r.tag {
+        assert!(!t.contains('/') && !t.is_empty() && t != "." && t != "..", "tag {t:?} of {r:?}");
+    }
+    if let Some(d) = &r.digest {
+        assert!(!d.contains('/') && d.contains(':'), "digest {d:?} of {r:?}");
+    }
     let shown = r.to_string();
     match parse(&shown) {
         Ok(ImageSpec::Named(again)) => assert_eq!(&again, r, "{shown:?} parses back differently"),

@@ -137,8 +137,13 @@ pub fn parse_layers_json(json: &[u8]) -> Result<BTreeMap<String, PodmanLayer>> {
 
 /// The file name containers-storage gives a big-data item: the key itself
 /// if it is only `.`, digits and lowercase letters, else `=` + base64(key).
+/// A key of dots only (`.`, `..`), which containers-storage would turn into a
+/// path out of the image's directory, is encoded too (the boot never asks for
+/// one: its keys are `sha256:<id>` and `manifest-<digest>`).
 pub fn big_data_file_name(key: &str) -> String {
-    if key.bytes().all(|b| b == b'.' || b.is_ascii_digit() || b.is_ascii_lowercase()) && !key.is_empty() {
+    if key.bytes().all(|b| b == b'.' || b.is_ascii_digit() || b.is_ascii_lowercase())
+        && key.bytes().any(|b| b != b'.')
+    {
         return key.to_string();
     }
     let mut s = String::from("=");
@@ -447,6 +452,10 @@ mod tests {
     #[test]
     fn big_data_names_like_containers_storage() {
         assert_eq!(big_data_file_name("manifest"), "manifest");
+        // Never a name that leaves the image's directory.
+        assert_eq!(big_data_file_name(".."), "=Li4=");
+        assert_eq!(big_data_file_name("."), "=Lg==");
+        assert_eq!(big_data_file_name(""), "=");
         // Seen in a store Podman 4.3 wrote.
         assert_eq!(
             big_data_file_name(&format!("sha256:{A}")),
