@@ -128,7 +128,7 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     let kmsg_saved = logging::attach_kmsg();
     log::info!("dockroot {} starting", env!("CARGO_PKG_VERSION"));
 
-    let cmdline = std::fs::read_to_string("/proc/cmdline").context(|| "reading /proc/cmdline")?;
+    let cmdline = read_cmdline()?;
     let (args, _) = cmdline::split(&cmdline);
     let params = Params::parse(&args).context(|| "in the kernel command line")?;
     *reboot_delay = params.reboot_delay;
@@ -202,11 +202,26 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     logging::detach_kmsg(kmsg_saved);
     // The init's arguments are ours: the kernel passed us what it did not
     // understand and everything after "--".
-    let init_args: Vec<String> = std::env::args().skip(1).collect();
+    let init_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let term = std::env::var("TERM").unwrap_or_else(|_| "linux".to_string());
     let env = [("HOME".to_string(), "/".to_string()), ("TERM".to_string(), term)];
     switch_root::switch_root(Path::new(NEW_ROOT), &init, &init_args, &env)
 }
+
+/// The kernel command line. Bytes that are not UTF-8 (the kernel passes any)
+/// become U+FFFD in what dockroot parses instead of making the machine
+/// unbootable; the init's own arguments keep their bytes (args_os).
+fn read_cmdline() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open("/proc/cmdline")
+        .and_then(|f| f.take(CMDLINE_MAX_BYTES).read_to_end(&mut bytes))
+        .context(|| "reading /proc/cmdline")?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// More than any architecture's COMMAND_LINE_SIZE.
+const CMDLINE_MAX_BYTES: u64 = 64 << 10;
 
 /// Where the boot record is written (the initramfs's /run moves into the new root).
 pub const BOOT_RECORD: &str = "/run/dockroot/boot.json";
@@ -746,9 +761,11 @@ fn apply_top_layer(
         (Path::new(STAGING_TOP).join(parts.join("/")), false)
     } else {
         let degraded = params.toplayerflags.as_deref().unwrap_or("").split(',').any(|o| o == "degraded");
+        // rootdelay= was waited for the root device; not again for this one.
+        let policy = WaitPolicy { delay: Duration::ZERO, ..policy.clone() };
         let dev = devs
             .waiter
-            .wait_for(&spec, policy, degraded, devs.hooks.as_mut())
+            .wait_for(&spec, &policy, degraded, devs.hooks.as_mut())
             .map_err(|e| e.context(format!("toplayer={toplayer}")))?;
         let fstype = match (&params.toplayerfstype, &dev.fs) {
             (Some(t), _) => t.clone(),

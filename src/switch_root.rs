@@ -114,7 +114,12 @@ fn preflight(new_root: &Path) -> Result<()> {
 /// Switch to `new_root` (a mount point) and exec `init` there with `args` and
 /// exactly the environment `env`. Returns only on failure; failures before the
 /// root has moved leave the initramfs intact.
-pub fn switch_root(new_root: &Path, init: &str, args: &[String], env: &[(String, String)]) -> Result<Infallible> {
+pub fn switch_root(
+    new_root: &Path,
+    init: &str,
+    args: &[std::ffi::OsString],
+    env: &[(String, String)],
+) -> Result<Infallible> {
     preflight(new_root)?;
     rustix::fs::sync();
     rustix::mount::mount_change(

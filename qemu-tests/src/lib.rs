@@ -413,6 +413,8 @@ pub struct BootSpec {
     pub disks: Vec<DiskSpec>,
     /// Kernel parameters after the harness' `console=ttyS0 panic=-1`.
     pub append: String,
+    /// Bytes after `append` (after a space), for command lines that are not UTF-8.
+    pub append_raw: Vec<u8>,
     /// The VM is killed after this long (then `timed_out` is set).
     pub timeout: Duration,
     pub memory_mb: u32,
@@ -458,6 +460,7 @@ impl BootSpec {
             initrd,
             disks: disks.iter().map(|d| DiskSpec::virtio(d)).collect(),
             append: append.to_string(),
+            append_raw: Vec::new(),
             timeout: Duration::from_secs(180),
             memory_mb: 1024,
             name: None,
@@ -767,7 +770,12 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
     cmd.arg("-kernel").arg(&spec.kernel).arg("-initrd").arg(&spec.initrd);
     // no_timer_check: under TCG on a busy host, the kernel's IO-APIC timer check can
     // miss its ticks and panic ("IO-APIC + timer doesn't work!") before any init runs.
-    cmd.arg("-append").arg(format!("console=ttyS0 panic=-1 printk.time=1 no_timer_check {}", spec.append));
+    let mut append = std::ffi::OsString::from(format!("console=ttyS0 panic=-1 printk.time=1 no_timer_check {}", spec.append));
+    if !spec.append_raw.is_empty() {
+        append.push(" ");
+        append.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&spec.append_raw));
+    }
+    cmd.arg("-append").arg(append);
     for (i, d) in spec.disks.iter().enumerate() {
         cmd.args(qemu_drive_args(i, d));
     }

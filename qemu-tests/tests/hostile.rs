@@ -277,7 +277,7 @@ fn a_garbage_command_line_still_boots() {
     let m = Machine::new(OS_CONFIG);
     let mut append = String::from(
         "root=LABEL=no-such-disk rootflags=subvol=elsewhere ro toplayer_path=nowhere \
-         é ☃ \u{1}\u{7f} =lonely == ,,, '' p=q\"r s\"t \"quoted word\" dockroot.bogus=1 dockroot.debug",
+         é ☃ \u{1}\u{7f} =lonely == ,,, '' p=q\"r s\"t \"quoted word\" dockroot.bogus=1 dockroot.debug @RAW@",
     );
     // Padding: dotted keys are module parameters, never handed to init (the kernel
     // panics beyond 32 init arguments or environment variables).
@@ -289,9 +289,14 @@ fn a_garbage_command_line_still_boots() {
         i += 1;
     }
     append.push_str(&tail);
-    let full = format!("{harness}{append}");
-    assert!((1900..2048).contains(&full.len()), "{} bytes", full.len());
-    let out = m.boot_cmdline("cmdline_garbage", &append);
+    // A byte that is not UTF-8 (the kernel passes any): an init argument.
+    let (head, rest) = append.split_once("@RAW@").expect("the placeholder");
+    let raw = [head.as_bytes(), b"caf\xe9", rest.as_bytes()].concat();
+    let full = harness.len() + raw.len() + 2;
+    assert!((1900..2048).contains(&full), "{full} bytes");
+    let mut spec = m.spec_cmdline("cmdline_garbage", "");
+    spec.append_raw = raw;
+    let out = qemu_tests::boot(&spec);
     let r = out.expect_testinit();
     assert_eq!(r["errors"], serde_json::json!([]), "{r}");
     let cmdline = r["cmdline"].as_str().expect("testinit's /proc/cmdline");
@@ -305,7 +310,7 @@ fn a_garbage_command_line_still_boots() {
     assert!(out.contains("dockroot: WARNING: unknown kernel parameter dockroot.bogus ignored"), "{}", out.tail(40));
     // What the kernel gave init (no '=', not the kernel's own) reaches the image's init.
     let argv = strings(&r["argv"]);
-    for a in ["é", "☃", "quoted word"] {
+    for a in ["é", "☃", "quoted word", "caf\u{fffd}"] {
         assert!(argv.iter().any(|x| x == a), "argv lacks {a:?}: {argv:?}");
     }
 }
