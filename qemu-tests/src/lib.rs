@@ -1420,4 +1420,58 @@ mod tests {
         assert_eq!(field(&v, &["paths", "/a", "mode"]), "0600");
         assert!(field(&v, &["paths", "/b", "mode"]).is_null());
     }
+
+    fn output(serial: &str, cut: Option<PowerCut>) -> BootOutput {
+        BootOutput {
+            serial: serial.into(),
+            status: None,
+            timed_out: false,
+            elapsed: Duration::ZERO,
+            log_path: PathBuf::new(),
+            hotplugged: Vec::new(),
+            cut,
+        }
+    }
+
+    const INIT_LOG: &str = "[    1.000000] Run /init as init process\n[    2.000000] dockroot: found LABEL=x\n\
+        [    2.250000] dockroot: image x is sha256:0\n[    3.000000] dockroot: ready: 2000ms in all\n";
+
+    #[test]
+    fn cut_points_are_timed_from_the_reference_and_end_at_ready() {
+        let reference = output(INIT_LOG, None);
+        let k = CutAt::Window(0.5).kill(&reference);
+        assert_eq!((k.needle.as_str(), k.delay), (RUN_INIT_LINE, Duration::from_secs(1)));
+        assert_eq!(k.deadline.as_deref(), Some(LINE_READY));
+        let k = CutAt::Work(0.5).kill(&reference);
+        assert_eq!((k.needle.as_str(), k.delay), (LINE_ROOT_DEVICE, Duration::from_millis(500)));
+        let k = CutAt::Line("dockroot: image ", 7).kill(&reference);
+        assert_eq!((k.needle.as_str(), k.delay), ("dockroot: image ", Duration::from_millis(7)));
+        assert_eq!(k.deadline.as_deref(), Some(LINE_READY));
+        // A line the scenario never prints cannot cut: refused up front.
+        let never = std::panic::catch_unwind(|| CutAt::Line("dockroot: never printed", 0).kill(&reference));
+        assert!(never.is_err());
+    }
+
+    #[test]
+    fn a_cut_counts_only_before_the_handover() {
+        let cut = PowerCut { at: Duration::from_secs(3), after_needle: Some(Duration::from_millis(2)) };
+        let during = output(INIT_LOG, Some(cut.clone()));
+        assert_eq!(during.expect_cut_during_init().at, Duration::from_secs(3));
+        let kill = KillAfter { needle: "dockroot: image ".into(), delay: Duration::ZERO, deadline: None };
+        let t = during.cut_guest_time(&kill).expect("a guest time");
+        assert!((t - 2.252).abs() < 1e-9, "{t}");
+        for late in [format!("{INIT_LOG}dockroot: starting /sbin/init\n"), format!("{INIT_LOG}{TESTINIT_MARKER}{{}}\n")]
+        {
+            let after = output(&late, Some(cut.clone()));
+            assert!(std::panic::catch_unwind(|| after.expect_cut_during_init().at).is_err(), "{late}");
+        }
+        let never = output(INIT_LOG, None);
+        assert!(std::panic::catch_unwind(|| never.expect_cut_during_init().at).is_err());
+    }
+
+    #[test]
+    fn cut_points_refuse_duplicates() {
+        let points = [CutAt::Work(0.5), CutAt::Line("x", 1), CutAt::Work(0.5)];
+        assert!(std::panic::catch_unwind(|| cut_points(&points)).is_err());
+    }
 }
