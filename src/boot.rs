@@ -106,10 +106,7 @@ fn on_panic(info: &std::panic::PanicHookInfo<'_>) {
     let delay = Duration::from_millis(REBOOT_DELAY_MS.load(Ordering::Relaxed));
     logging::emergency(&panic_report(payload, location));
     if pid1 {
-        logging::emergency(&format!(
-            "rebooting in {} s (set dockroot.reboot_delay= to change this)",
-            delay.as_secs()
-        ));
+        logging::emergency(&format!("rebooting in {} s (set dockroot.reboot_delay= to change this)", delay.as_secs()));
         reboot_after(delay);
     }
 }
@@ -757,7 +754,10 @@ fn apply_top_layer(
             "toplayer= is the root partition but toplayer_path= is not set: \
              it must name the top layer directory on that partition"
         })?;
-        log::info!("toplayer={toplayer} is the root partition: reading /{} through its top-level mount", parts.join("/"));
+        log::info!(
+            "toplayer={toplayer} is the root partition: reading /{} through its top-level mount",
+            parts.join("/")
+        );
         (Path::new(STAGING_TOP).join(parts.join("/")), false)
     } else {
         let degraded = params.toplayerflags.as_deref().unwrap_or("").split(',').any(|o| o == "degraded");

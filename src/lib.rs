@@ -4,21 +4,21 @@
 //! resolve) that unit tests run on the host and a thin part that makes the
 //! system calls.
 
+pub mod boot;
+pub mod btrfs;
+pub mod cmdline;
+pub mod devices;
 pub mod error;
 pub mod logging;
-pub mod cmdline;
 pub mod modules;
-pub mod uevent;
-pub mod probe;
-pub mod devices;
-pub mod btrfs;
-pub mod reference;
-pub mod store;
-pub mod rwlayer;
 pub mod overlay;
-pub mod toplayer;
-pub mod switch_root;
-pub mod boot;
 pub mod plan;
+pub mod probe;
+pub mod reference;
+pub mod rwlayer;
+pub mod store;
+pub mod switch_root;
+pub mod toplayer;
+pub mod uevent;
 
 pub use error::{Context, Error, Result};

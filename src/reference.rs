@@ -171,13 +171,7 @@ fn parse_spec(s: &str) -> Result<(ImageSpec, bool)> {
     let (name, explicit) = parse_named(s)?;
     let hex = s.strip_prefix("sha256:").unwrap_or(s);
     if (MIN_SHORT_ID_LEN..64).contains(&hex.len()) && is_lower_hex(hex) {
-        return Ok((
-            ImageSpec::NameOrShortId {
-                name,
-                prefix: hex.to_string(),
-            },
-            explicit,
-        ));
+        return Ok((ImageSpec::NameOrShortId { name, prefix: hex.to_string() }, explicit));
     }
     Ok((ImageSpec::Named(name), explicit))
 }
@@ -210,9 +204,7 @@ fn parse_named(s: &str) -> Result<(Reference, bool)> {
         }
     }
     if name.is_empty() {
-        return Err(bad(
-            "repository name must have at least one component".into()
-        ));
+        return Err(bad("repository name must have at least one component".into()));
     }
 
     let (domain, path) = split_domain(name);
@@ -223,9 +215,7 @@ fn parse_named(s: &str) -> Result<(Reference, bool)> {
         return Err(bad(format!("{domain:?} is not a valid registry domain")));
     }
     if path.len() > MAX_PATH_LEN {
-        return Err(bad(format!(
-            "repository name is longer than {MAX_PATH_LEN} characters"
-        )));
+        return Err(bad(format!("repository name is longer than {MAX_PATH_LEN} characters")));
     }
     if let Some(c) = path.split('/').find(|c| !is_valid_component(c)) {
         return Err(bad(format!(
@@ -239,15 +229,7 @@ fn parse_named(s: &str) -> Result<(Reference, bool)> {
         (None, None) => Some(DEFAULT_TAG.to_string()),
         (t, _) => t.map(str::to_string),
     };
-    Ok((
-        Reference {
-            domain,
-            path,
-            tag,
-            digest: digest.map(str::to_string),
-        },
-        explicit,
-    ))
+    Ok((Reference { domain, path, tag, digest: digest.map(str::to_string) }, explicit))
 }
 
 /// Split a name into (domain, path), normalised.
@@ -321,9 +303,7 @@ fn is_valid_component(c: &str) -> bool {
 /// `[\w][\w.-]{0,127}` with `\w` = `[A-Za-z0-9_]`.
 fn is_valid_tag(t: &str) -> bool {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    t.len() <= MAX_TAG_LEN
-        && t.bytes().next().is_some_and(word)
-        && t.bytes().all(|b| word(b) || b == b'.' || b == b'-')
+    t.len() <= MAX_TAG_LEN && t.bytes().next().is_some_and(word) && t.bytes().all(|b| word(b) || b == b'.' || b == b'-')
 }
 
 /// `algorithm:hex`, with an algorithm Docker knows and its exact length.
@@ -333,8 +313,7 @@ fn check_digest(d: &str) -> std::result::Result<(), String> {
         return Err("must be algorithm:hex".into());
     };
     let algo_ok = algo.split(['-', '_', '+', '.']).all(|c| {
-        c.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
-            && c.bytes().all(|b| b.is_ascii_alphanumeric())
+        c.bytes().next().is_some_and(|b| b.is_ascii_alphabetic()) && c.bytes().all(|b| b.is_ascii_alphanumeric())
     });
     if !algo_ok {
         return Err(format!("has an invalid algorithm {algo:?}"));
@@ -343,16 +322,10 @@ fn check_digest(d: &str) -> std::result::Result<(), String> {
         "sha256" => 64,
         "sha384" => 96,
         "sha512" => 128,
-        _ => {
-            return Err(format!(
-                "uses unsupported algorithm {algo:?} (sha256, sha384 or sha512)"
-            ))
-        }
+        _ => return Err(format!("uses unsupported algorithm {algo:?} (sha256, sha384 or sha512)")),
     };
     if hex.len() != want || !is_lower_hex(hex) {
-        return Err(format!(
-            "must have {want} lowercase hex digits after {algo}:"
-        ));
+        return Err(format!("must have {want} lowercase hex digits after {algo}:"));
     }
     Ok(())
 }
@@ -364,8 +337,7 @@ pub fn is_hex64(s: &str) -> bool {
 
 /// Only lowercase hex digits (true for "").
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Read the prior art's embedded config, e.g.
@@ -382,25 +354,17 @@ pub fn from_prior_art_config(json: &[u8]) -> Result<ImageSpec> {
             MAX_PRIOR_ART_CONFIG / 1024
         )));
     }
-    let v: Value = serde_json::from_slice(json)
-        .map_err(|e| Error::with(format!("{file} is not valid JSON"), e))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Error::msg(format!("{file} must contain a JSON object")))?;
+    let v: Value = serde_json::from_slice(json).map_err(|e| Error::with(format!("{file} is not valid JSON"), e))?;
+    let obj = v.as_object().ok_or_else(|| Error::msg(format!("{file} must contain a JSON object")))?;
     let string_key = |key: &str| -> Result<Option<&str>> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(other) => Err(Error::msg(format!(
-                "{file}: \"{key}\" must be a string, not {other}"
-            ))),
+            Some(other) => Err(Error::msg(format!("{file}: \"{key}\" must be a string, not {other}"))),
         }
     };
-    let image = string_key("docker_image")?.ok_or_else(|| {
-        Error::msg(format!(
-            "{file} has no \"docker_image\" (the image to boot)"
-        ))
-    })?;
+    let image = string_key("docker_image")?
+        .ok_or_else(|| Error::msg(format!("{file} has no \"docker_image\" (the image to boot)")))?;
     let tag = string_key("docker_tag")?;
     let ctx = |e: Error| e.context(format!("{file}: \"docker_image\""));
     let (spec, explicit) = parse_spec(image).map_err(ctx)?;
@@ -419,11 +383,7 @@ pub fn from_prior_art_config(json: &[u8]) -> Result<ImageSpec> {
     }
     let mut name = match spec {
         ImageSpec::Named(r) | ImageSpec::NameOrShortId { name: r, .. } => r,
-        ImageSpec::Id(_) => {
-            return Err(Error::msg(format!(
-                "{file}: an image ID cannot have \"docker_tag\""
-            )))
-        }
+        ImageSpec::Id(_) => return Err(Error::msg(format!("{file}: an image ID cannot have \"docker_tag\""))),
     };
     name.tag = Some(tag.to_string());
     Ok(ImageSpec::Named(name))
@@ -456,164 +416,32 @@ mod tests {
         let table: &[Row] = &[
             ("ubuntu", "<D>", "library/ubuntu", Some("latest"), None),
             ("ubuntu:22.04", "<D>", "library/ubuntu", Some("22.04"), None),
-            (
-                "library/ubuntu",
-                "<D>",
-                "library/ubuntu",
-                Some("latest"),
-                None,
-            ),
-            (
-                "<D>/library/ubuntu:22.04",
-                "<D>",
-                "library/ubuntu",
-                Some("22.04"),
-                None,
-            ),
+            ("library/ubuntu", "<D>", "library/ubuntu", Some("latest"), None),
+            ("<D>/library/ubuntu:22.04", "<D>", "library/ubuntu", Some("22.04"), None),
             ("<D>/ubuntu", "<D>", "library/ubuntu", Some("latest"), None),
-            (
-                "index.<D>/library/debian",
-                "<D>",
-                "library/debian",
-                Some("latest"),
-                None,
-            ),
-            (
-                "index.<D>/debian",
-                "<D>",
-                "library/debian",
-                Some("latest"),
-                None,
-            ),
-            (
-                "index.<D>/docker/docker",
-                "<D>",
-                "docker/docker",
-                Some("latest"),
-                None,
-            ),
-            (
-                "docker/docker",
-                "<D>",
-                "docker/docker",
-                Some("latest"),
-                None,
-            ),
-            (
-                "<D>/library/foo/bar",
-                "<D>",
-                "library/foo/bar",
-                Some("latest"),
-                None,
-            ),
-            (
-                "store/foo/bar",
-                "<D>",
-                "store/foo/bar",
-                Some("latest"),
-                None,
-            ),
-            (
-                "other/library",
-                "<D>",
-                "other/library",
-                Some("latest"),
-                None,
-            ),
+            ("index.<D>/library/debian", "<D>", "library/debian", Some("latest"), None),
+            ("index.<D>/debian", "<D>", "library/debian", Some("latest"), None),
+            ("index.<D>/docker/docker", "<D>", "docker/docker", Some("latest"), None),
+            ("docker/docker", "<D>", "docker/docker", Some("latest"), None),
+            ("<D>/library/foo/bar", "<D>", "library/foo/bar", Some("latest"), None),
+            ("store/foo/bar", "<D>", "store/foo/bar", Some("latest"), None),
+            ("other/library", "<D>", "other/library", Some("latest"), None),
             ("localhost/x", "localhost", "x", Some("latest"), None),
-            (
-                "localhost/library/debian",
-                "localhost",
-                "library/debian",
-                Some("latest"),
-                None,
-            ),
-            (
-                "localhost",
-                "<D>",
-                "library/localhost",
-                Some("latest"),
-                None,
-            ),
-            (
-                "localhost:5000",
-                "<D>",
-                "library/localhost",
-                Some("5000"),
-                None,
-            ),
-            (
-                "localhost:5000/team/os:v1",
-                "localhost:5000",
-                "team/os",
-                Some("v1"),
-                None,
-            ),
-            (
-                "registry.example:5000/a/b/c:tag",
-                "registry.example:5000",
-                "a/b/c",
-                Some("tag"),
-                None,
-            ),
-            (
-                "127.0.0.1:5000/library/debian",
-                "127.0.0.1:5000",
-                "library/debian",
-                Some("latest"),
-                None,
-            ),
-            (
-                "192.168.0.1:8/debian",
-                "192.168.0.1:8",
-                "debian",
-                Some("latest"),
-                None,
-            ),
-            (
-                "192.168.0.1",
-                "<D>",
-                "library/192.168.0.1",
-                Some("latest"),
-                None,
-            ),
-            (
-                "192.168.0.1:80",
-                "<D>",
-                "library/192.168.0.1",
-                Some("80"),
-                None,
-            ),
+            ("localhost/library/debian", "localhost", "library/debian", Some("latest"), None),
+            ("localhost", "<D>", "library/localhost", Some("latest"), None),
+            ("localhost:5000", "<D>", "library/localhost", Some("5000"), None),
+            ("localhost:5000/team/os:v1", "localhost:5000", "team/os", Some("v1"), None),
+            ("registry.example:5000/a/b/c:tag", "registry.example:5000", "a/b/c", Some("tag"), None),
+            ("127.0.0.1:5000/library/debian", "127.0.0.1:5000", "library/debian", Some("latest"), None),
+            ("192.168.0.1:8/debian", "192.168.0.1:8", "debian", Some("latest"), None),
+            ("192.168.0.1", "<D>", "library/192.168.0.1", Some("latest"), None),
+            ("192.168.0.1:80", "<D>", "library/192.168.0.1", Some("80"), None),
             ("test.com/foo", "test.com", "foo", Some("latest"), None),
             ("test_com/foo", "<D>", "test_com/foo", Some("latest"), None),
-            (
-                "test-com:8080/foo",
-                "test-com:8080",
-                "foo",
-                Some("latest"),
-                None,
-            ),
-            (
-                "xn--n3h.com:18080/foo",
-                "xn--n3h.com:18080",
-                "foo",
-                Some("latest"),
-                None,
-            ),
-            (
-                "Registry.Example:5000/foo",
-                "Registry.Example:5000",
-                "foo",
-                Some("latest"),
-                None,
-            ),
-            (
-                "[fc00::1]:5000/docker",
-                "[fc00::1]:5000",
-                "docker",
-                Some("latest"),
-                None,
-            ),
+            ("test-com:8080/foo", "test-com:8080", "foo", Some("latest"), None),
+            ("xn--n3h.com:18080/foo", "xn--n3h.com:18080", "foo", Some("latest"), None),
+            ("Registry.Example:5000/foo", "Registry.Example:5000", "foo", Some("latest"), None),
+            ("[fc00::1]:5000/docker", "[fc00::1]:5000", "docker", Some("latest"), None),
             (
                 "[fc00:1:2:3:4:5:6:7]:5000/library/debian",
                 "[fc00:1:2:3:4:5:6:7]:5000",
@@ -622,35 +450,11 @@ mod tests {
                 None,
             ),
             ("[::1]/x:t", "[::1]", "x", Some("t"), None),
-            (
-                "docker-rules/docker",
-                "<D>",
-                "docker-rules/docker",
-                Some("latest"),
-                None,
-            ),
-            (
-                "docker---rules/docker",
-                "<D>",
-                "docker---rules/docker",
-                Some("latest"),
-                None,
-            ),
-            (
-                "dock__er/docker",
-                "<D>",
-                "dock__er/docker",
-                Some("latest"),
-                None,
-            ),
+            ("docker-rules/docker", "<D>", "docker-rules/docker", Some("latest"), None),
+            ("docker---rules/docker", "<D>", "docker---rules/docker", Some("latest"), None),
+            ("dock__er/docker", "<D>", "dock__er/docker", Some("latest"), None),
             ("d/docker", "<D>", "d/docker", Some("latest"), None),
-            (
-                "ab_c-d/x.y__z",
-                "<D>",
-                "ab_c-d/x.y__z",
-                Some("latest"),
-                None,
-            ),
+            ("ab_c-d/x.y__z", "<D>", "ab_c-d/x.y__z", Some("latest"), None),
             (
                 "thisisthesongthatneverendsitgoesonandonandonthisisthesongthatnev",
                 "<D>",
@@ -658,13 +462,7 @@ mod tests {
                 Some("latest"),
                 None,
             ),
-            (
-                "ubuntu:Latest_1.0-rc",
-                "<D>",
-                "library/ubuntu",
-                Some("Latest_1.0-rc"),
-                None,
-            ),
+            ("ubuntu:Latest_1.0-rc", "<D>", "library/ubuntu", Some("Latest_1.0-rc"), None),
             ("ubuntu:_x", "<D>", "library/ubuntu", Some("_x"), None),
             ("dbcc1", "<D>", "library/dbcc1", Some("latest"), None),
             (
@@ -689,15 +487,9 @@ mod tests {
             ("library/redis", None, Some(sha.as_str()))
         );
         let r = named(&format!("busybox:latest@{sha}"));
-        assert_eq!(
-            (r.tag.as_deref(), r.digest.as_deref()),
-            (Some("latest"), Some(sha.as_str()))
-        );
+        assert_eq!((r.tag.as_deref(), r.digest.as_deref()), (Some("latest"), Some(sha.as_str())));
         let r = named(&format!("localhost:5000/a/b:t@{sha}"));
-        assert_eq!(
-            (r.domain.as_str(), r.path.as_str(), r.tag.as_deref()),
-            ("localhost:5000", "a/b", Some("t"))
-        );
+        assert_eq!((r.domain.as_str(), r.path.as_str(), r.tag.as_deref()), ("localhost:5000", "a/b", Some("t")));
         let sha512 = format!("sha512:{H}{H}");
         assert_eq!(named(&format!("x@{sha512}")).digest, Some(sha512));
     }
@@ -753,23 +545,14 @@ mod tests {
         .collect();
         for input in &table {
             let e = parse(input).expect_err(input);
-            assert!(
-                e.to_string().contains(&format!("{input:?}")),
-                "error for {input:?} must quote it: {e}"
-            );
+            assert!(e.to_string().contains(&format!("{input:?}")), "error for {input:?} must quote it: {e}");
         }
     }
 
     #[test]
     fn uppercase_repository_is_a_clear_error() {
-        for input in [
-            "Ubuntu",
-            "docker/Docker",
-            "Docker/docker",
-            "DOCKER/docker",
-            "<D>/docker/Docker",
-            "localhost/X:t",
-        ] {
+        for input in ["Ubuntu", "docker/Docker", "Docker/docker", "DOCKER/docker", "<D>/docker/Docker", "localhost/X:t"]
+        {
             let e = parse(&d(input)).expect_err(input).to_string();
             assert!(e.contains("must be lowercase"), "{input}: {e}");
         }
@@ -794,38 +577,21 @@ mod tests {
         }
         // Twelve digits, with or without sha256:.
         let h12 = H.get(..12).unwrap();
-        assert!(
-            matches!(parse(h12).unwrap(), ImageSpec::NameOrShortId { prefix, .. } if prefix == h12)
-        );
+        assert!(matches!(parse(h12).unwrap(), ImageSpec::NameOrShortId { prefix, .. } if prefix == h12));
         match parse(&format!("sha256:{h12}")).unwrap() {
             ImageSpec::NameOrShortId { name, prefix } => {
-                assert_eq!(
-                    (name.path.as_str(), name.tag.as_deref()),
-                    ("library/sha256", Some(h12))
-                );
+                assert_eq!((name.path.as_str(), name.tag.as_deref()), ("library/sha256", Some(h12)));
                 assert_eq!(prefix, h12);
             }
             other => panic!("{other:?}"),
         }
         // Eleven digits or a non-hex letter: a name only.
-        assert!(matches!(
-            parse(H.get(..11).unwrap()).unwrap(),
-            ImageSpec::Named(_)
-        ));
-        assert!(matches!(
-            parse("abcdef12345g").unwrap(),
-            ImageSpec::Named(_)
-        ));
+        assert!(matches!(parse(H.get(..11).unwrap()).unwrap(), ImageSpec::Named(_)));
+        assert!(matches!(parse("abcdef12345g").unwrap(), ImageSpec::Named(_)));
         // A tag makes it a name only.
-        assert!(matches!(
-            parse(&format!("{h12}:latest")).unwrap(),
-            ImageSpec::Named(_)
-        ));
+        assert!(matches!(parse(&format!("{h12}:latest")).unwrap(), ImageSpec::Named(_)));
         // 64 upper-case hex digits: not an ID, and not a valid (lowercase) name.
-        assert!(parse(&H.to_uppercase())
-            .unwrap_err()
-            .to_string()
-            .contains("lowercase"));
+        assert!(parse(&H.to_uppercase()).unwrap_err().to_string().contains("lowercase"));
         assert_eq!(ImageSpec::Id(id.clone()).to_string(), id);
     }
 
@@ -848,13 +614,7 @@ mod tests {
                 "ubuntu:22.04".into(),
                 d("<D>/library/ubuntu:22.04"),
             ),
-            (
-                "foo/bar".into(),
-                "foo/bar",
-                d("<D>/foo/bar"),
-                "foo/bar:latest".into(),
-                d("<D>/foo/bar:latest"),
-            ),
+            ("foo/bar".into(), "foo/bar", d("<D>/foo/bar"), "foo/bar:latest".into(), d("<D>/foo/bar:latest")),
             (
                 "library/foo/bar".into(),
                 "library/foo/bar",
@@ -920,62 +680,29 @@ mod tests {
         ] {
             assert_eq!(p(json).unwrap(), parse("archlinux/base").unwrap(), "{json}");
         }
-        assert_eq!(
-            p(r#"{"docker_image": "localhost:5000/a:v1"}"#).unwrap(),
-            parse("localhost:5000/a:v1").unwrap()
-        );
+        assert_eq!(p(r#"{"docker_image": "localhost:5000/a:v1"}"#).unwrap(), parse("localhost:5000/a:v1").unwrap());
         let id = format!("sha256:{H}");
-        assert_eq!(
-            p(&format!(r#"{{"docker_image": "{id}"}}"#)).unwrap(),
-            ImageSpec::Id(id.clone())
-        );
+        assert_eq!(p(&format!(r#"{{"docker_image": "{id}"}}"#)).unwrap(), ImageSpec::Id(id.clone()));
         // A hex name plus a tag is a name only.
         let h12 = H.get(..12).unwrap();
         assert!(matches!(
-            p(&format!(
-                r#"{{"docker_image": "{h12}", "docker_tag": "t"}}"#
-            ))
-            .unwrap(),
+            p(&format!(r#"{{"docker_image": "{h12}", "docker_tag": "t"}}"#)).unwrap(),
             ImageSpec::Named(_)
         ));
 
         let errs: &[(String, &str)] = &[
-            (
-                r#"{"docker_image": "a:b", "docker_tag": "c"}"#.into(),
-                "must be left out",
-            ),
-            (
-                format!(r#"{{"docker_image": "a@sha256:{H}", "docker_tag": "c"}}"#),
-                "must be left out",
-            ),
-            (
-                format!(r#"{{"docker_image": "{H}", "docker_tag": "c"}}"#),
-                "must be left out",
-            ),
-            (
-                r#"{"docker_image": "a", "docker_tag": "-c"}"#.into(),
-                "\"docker_tag\" \"-c\" is not a valid tag",
-            ),
-            (
-                r#"{"docker_image": "a", "docker_tag": 3}"#.into(),
-                "\"docker_tag\" must be a string",
-            ),
-            (
-                r#"{"docker_image": ["a"]}"#.into(),
-                "\"docker_image\" must be a string",
-            ),
+            (r#"{"docker_image": "a:b", "docker_tag": "c"}"#.into(), "must be left out"),
+            (format!(r#"{{"docker_image": "a@sha256:{H}", "docker_tag": "c"}}"#), "must be left out"),
+            (format!(r#"{{"docker_image": "{H}", "docker_tag": "c"}}"#), "must be left out"),
+            (r#"{"docker_image": "a", "docker_tag": "-c"}"#.into(), "\"docker_tag\" \"-c\" is not a valid tag"),
+            (r#"{"docker_image": "a", "docker_tag": 3}"#.into(), "\"docker_tag\" must be a string"),
+            (r#"{"docker_image": ["a"]}"#.into(), "\"docker_image\" must be a string"),
             (r#"{"docker_tag": "x"}"#.into(), "has no \"docker_image\""),
             (r#"{"docker_image": "Arch"}"#.into(), "must be lowercase"),
             (r#"["docker_image"]"#.into(), "must contain a JSON object"),
             (r#"{"docker_image": "a""#.into(), "not valid JSON"),
             ("".into(), "not valid JSON"),
-            (
-                format!(
-                    r#"{{"docker_image": "a", "pad": "{}"}}"#,
-                    "x".repeat(70_000)
-                ),
-                "larger than the 64 KiB",
-            ),
+            (format!(r#"{{"docker_image": "a", "pad": "{}"}}"#, "x".repeat(70_000)), "larger than the 64 KiB"),
         ];
         for (json, want) in errs {
             let e = p(json).expect_err(json).to_string();
@@ -986,36 +713,16 @@ mod tests {
 
     #[test]
     fn component_grammar() {
-        for ok in [
-            "a",
-            "a1",
-            "a.b",
-            "a_b",
-            "a__b",
-            "a-b",
-            "a---b",
-            "a.b-c_d__e",
-        ] {
+        for ok in ["a", "a1", "a.b", "a_b", "a__b", "a-b", "a---b", "a.b-c_d__e"] {
             assert!(is_valid_component(ok), "{ok}");
         }
-        for bad in [
-            "", ".", "a.", ".a", "a..b", "a___b", "a_.b", "a-.b", "a.-b", "A", "a b", "-", "a/b",
-        ] {
+        for bad in ["", ".", "a.", ".a", "a..b", "a___b", "a_.b", "a-.b", "a.-b", "A", "a b", "-", "a/b"] {
             assert!(!is_valid_component(bad), "{bad:?}");
         }
-        for ok in [
-            "localhost",
-            "a.b",
-            "a-b.c:1",
-            "[::1]",
-            "[fc00::1]:80",
-            "1.2.3.4:5000",
-        ] {
+        for ok in ["localhost", "a.b", "a-b.c:1", "[::1]", "[fc00::1]:80", "1.2.3.4:5000"] {
             assert!(is_valid_domain(ok), "{ok}");
         }
-        for bad in [
-            "", "a.", ".a", "a-.b", "a:", "a:x", "a:1:2", "[]", "[::1", "[::1]x", "[::g]", "a_b.c",
-        ] {
+        for bad in ["", "a.", ".a", "a-.b", "a:", "a:x", "a:1:2", "[]", "[::1", "[::1]x", "[::g]", "a_b.c"] {
             assert!(!is_valid_domain(bad), "{bad:?}");
         }
     }

@@ -770,7 +770,8 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
     cmd.arg("-kernel").arg(&spec.kernel).arg("-initrd").arg(&spec.initrd);
     // no_timer_check: under TCG on a busy host, the kernel's IO-APIC timer check can
     // miss its ticks and panic ("IO-APIC + timer doesn't work!") before any init runs.
-    let mut append = std::ffi::OsString::from(format!("console=ttyS0 panic=-1 printk.time=1 no_timer_check {}", spec.append));
+    let mut append =
+        std::ffi::OsString::from(format!("console=ttyS0 panic=-1 printk.time=1 no_timer_check {}", spec.append));
     if !spec.append_raw.is_empty() {
         append.push(" ");
         append.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&spec.append_raw));

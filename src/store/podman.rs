@@ -141,8 +141,7 @@ pub fn parse_layers_json(json: &[u8]) -> Result<BTreeMap<String, PodmanLayer>> {
 /// path out of the image's directory, is encoded too (the boot never asks for
 /// one: its keys are `sha256:<id>` and `manifest-<digest>`).
 pub fn big_data_file_name(key: &str) -> String {
-    if key.bytes().all(|b| b == b'.' || b.is_ascii_digit() || b.is_ascii_lowercase())
-        && key.bytes().any(|b| b != b'.')
+    if key.bytes().all(|b| b == b'.' || b.is_ascii_digit() || b.is_ascii_lowercase()) && key.bytes().any(|b| b != b'.')
     {
         return key.to_string();
     }
