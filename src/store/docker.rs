@@ -1021,6 +1021,45 @@ mod tests {
         assert!(e.contains("layer 2 of 3") && e.contains("missing from the layer store"), "{e}");
     }
 
+    /// Issue 4's hostile inputs, every metadata file the lookup reads, each
+    /// broken four ways: a clear error naming the file and the image, no panic.
+    #[test]
+    fn every_metadata_file_broken_every_way_is_a_clear_error() {
+        const HUGE: u64 = 100 << 20;
+        let (t, deb, ..) = fixture();
+        let config_of =
+            |t: &TempDir| t.0.join("image/btrfs/imagedb/content/sha256").join(deb.id.strip_prefix("sha256:").unwrap());
+        let files: Vec<(&str, Box<dyn Fn(&TempDir) -> PathBuf>)> = vec![
+            ("repositories.json", Box::new(|t: &TempDir| t.0.join("image/btrfs/repositories.json"))),
+            ("image config", Box::new(config_of)),
+            ("cache-id", Box::new(|t: &TempDir| layer_file(t, &deb.chains[2], "cache-id"))),
+            ("diff", Box::new(|t: &TempDir| layer_file(t, &deb.chains[1], "diff"))),
+            ("parent", Box::new(|t: &TempDir| layer_file(t, &deb.chains[2], "parent"))),
+        ];
+        drop(t);
+        for (what, path_of) in &files {
+            for how in ["empty", "truncated", "garbage", "huge"] {
+                let (t, ..) = fixture();
+                let path = path_of(&t);
+                let good = std::fs::read(&path).unwrap();
+                match how {
+                    "empty" => std::fs::write(&path, b"").unwrap(),
+                    "truncated" => std::fs::write(&path, &good[..good.len() / 2]).unwrap(),
+                    "garbage" => std::fs::write(&path, b"\x00\xff{\"\n\x1b[2J").unwrap(),
+                    _ => std::fs::File::options().write(true).open(&path).unwrap().set_len(HUGE).unwrap(),
+                }
+                let e = match resolve_str(&t.0, "labdeb:base") {
+                    Ok(r) => panic!("{what} {how}: resolved anyway to {:?}", r.subvolume),
+                    Err(e) => e.to_string(),
+                };
+                let named =
+                    e.contains(&path.display().to_string()) || (*what == "repositories.json" && e.contains(what));
+                assert!(named, "{what} {how}: the error does not name {}: {e}", path.display());
+                assert!(e.contains("labdeb:base") || e.contains(&deb.id), "{what} {how}: the image is not named: {e}");
+            }
+        }
+    }
+
     #[test]
     fn image_without_layers_is_refused() {
         let t = TempDir::new();
