@@ -117,8 +117,10 @@ fn a_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
     let first = m.report("enospc_1", "-- --make-nested");
     assert_eq!(marker(&first), true);
     // Fill the btrfs partition, leaving a little room for metadata.
-    m.modify(|top| {
+    // The whole partition (image store, rw layer, everything) before the failing boot.
+    let before = m.modify(|top| {
         fill_disk(top);
+        tree_digest(top, &[])
     });
     // A top layer on a second disk (ext4) with more data than fits: copying it
     // into the new root (same filesystem as the full one) must fail with ENOSPC.
@@ -140,6 +142,8 @@ fn a_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
     m.modify(|top| {
         assert!(!top.join("rwlayer.dockroot-tmp").exists(), "the half-built root was left behind");
         assert!(top.join("rwlayer/var/tmp/from-previous-boot").exists());
+        // Byte for byte what it was: the fallback boot and its ENOSPC changed nothing.
+        assert_same_digest("the partition after the failed boot", &before, &tree_digest(top, &[]));
     });
 }
 
