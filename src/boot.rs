@@ -172,8 +172,14 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
         Err(e) => record.warn(format!("could not clean up after an interrupted boot: {e}")),
     }
     #[cfg(feature = "fault-injection")]
-    if args.iter().any(|a| a.key == "dockroot.fault" && a.value.as_deref() == Some("panic")) {
-        panic!("dockroot.fault=panic: a panic injected by a test build");
+    for a in args.iter().filter(|a| a.key == "dockroot.fault") {
+        match a.value.as_deref() {
+            Some("panic") => panic!("dockroot.fault=panic: a panic injected by a test build"),
+            Some(v) if v.starts_with("pause:") => {
+                let _ = rwlayer::PAUSE_AT.set(v.trim_start_matches("pause:").to_string());
+            }
+            _ => log::warn!("dockroot.fault={:?} is not a fault this build injects", a.value),
+        }
     }
     let booted = choose_root(&ctx, &mut t, &store, top.as_fd(), &mut devs, &mut record)?;
     record.kept = store.kept().map(|k| k.iter().map(|n| store.kept_shown(n)).collect()).unwrap_or_default();

@@ -47,6 +47,9 @@ use crate::error::{Context, Error, Result};
 const TMP_SUFFIX: &str = ".dockroot-tmp";
 const READY_SUFFIX: &str = ".dockroot-ready";
 const KEPT_SUFFIX: &str = ".kept";
+/// Test builds only: where `dockroot.fault=pause:STEP` stops the install (see `RwStore::fault_point`).
+#[cfg(feature = "fault-injection")]
+pub static PAUSE_AT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 const TRASH_SUFFIX: &str = ".dockroot-trash";
 const SKEL_SUFFIX: &str = ".dockroot-skel";
 /// The file naming an overlay root's layers.
@@ -813,6 +816,7 @@ impl RwStore {
         btrfs::sync(p)?;
         rustix::fs::renameat(p, self.tmp(), p, self.ready())
             .context(|| format!("renaming {} to {}", self.shown(&self.tmp()), self.shown(&self.ready())))?;
+        self.fault_point("ready");
         let mut commit = Commit::default();
         let mut retired_as = None;
         if let Some((current, kind)) = self.current()? {
@@ -848,6 +852,24 @@ impl RwStore {
             }
         }
         Ok(commit)
+    }
+
+    /// Test builds only (`--features fault-injection`, `dockroot.fault=pause:STEP`):
+    /// at `step`, commit what is done so far (as the kernel's periodic commit
+    /// could have at that moment), say so, and stop, so that a test can cut the
+    /// power in a state timing alone rarely reaches. A no-op otherwise.
+    fn fault_point(&self, step: &str) {
+        #[cfg(feature = "fault-injection")]
+        if PAUSE_AT.get().is_some_and(|s| s == step) {
+            if let Err(e) = btrfs::sync(self.parent.as_fd()) {
+                log::warn!("fault: sync at {step}: {e}");
+            }
+            log::warn!("fault: paused at {step} (dockroot.fault=pause:{step})");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        let _ = step;
     }
 
     /// Discard the ready root of a failed install; `err` gains a note if that fails too.

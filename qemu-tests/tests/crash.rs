@@ -22,8 +22,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use qemu_tests::{
-    all_cut_points, boot, cut_points, digest_diff, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec,
-    CutAt as At, KillAfter, Machine, LINE_READY, LINE_ROOT_DEVICE, OS_CONFIG, STANDARD_MODULES,
+    all_cut_points, boot, build_initramfs_with_init, cut_points, digest_diff, init_variant, sh, target_dir,
+    tree_digest, Artifacts, BootOutput, BootSpec, CutAt as At, KillAfter, Machine, LINE_READY, LINE_ROOT_DEVICE,
+    OS_CONFIG, STANDARD_MODULES,
 };
 
 const APPEND: &str = "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=dockroot-test \
@@ -508,4 +509,49 @@ fn crafted_leftovers_are_recovered_without_loss() {
     assert!(retired.starts_with(&format!("{}-", old.created())), "{retired}");
     assert!(root.readonly, "the retired root is writable");
     assert_same("the retired root", &old.digest, &root.digest);
+}
+
+/// The state a power cut timed from outside (almost) never reaches, made by the init's
+/// own code: the new root complete at NAME.dockroot-ready beside the intact old root
+/// (no transaction commit falls between those two renames). The test build of the
+/// init commits and stops right after the first rename (`dockroot.fault=pause:ready`),
+/// the power is cut there, and the next boot, with the shipped init, deletes the ready
+/// root and boots fresh; nothing else is touched.
+#[test]
+fn a_cut_between_ready_and_retiring_is_recovered() {
+    let m = machine();
+    m.report("pause_1", "-- --make-nested");
+    m.report("pause_2", "");
+    let before = state(&m);
+    let old = before.current.clone().expect("a current root");
+
+    let variant = build_initramfs_with_init(&m.artifacts, &init_variant(), STANDARD_MODULES, OS_CONFIG);
+    let kill = KillAfter { needle: "fault: paused at ready".into(), delay: std::time::Duration::ZERO, deadline: None };
+    let spec = m.spec("pause_ready", "dockroot.fault=pause:ready");
+    let out = boot(&BootSpec { initrd: variant, kill_after: Some(kill), ..spec });
+    out.expect_cut_during_init();
+    let cut = state(&m);
+    assert_same("the disk outside the rw layer", &before.outside, &cut.outside);
+    assert_same("the old root", &old.digest, &cut.current.as_ref().expect("the old root is gone").digest);
+    let ready = cut.ready.as_ref().expect("no NAME.dockroot-ready at the pause");
+    assert!(!cut.tmp, "a temporary root beside the ready one");
+    assert_same("the ready root (a fresh root of the same image)", &old.content(), &ready.content());
+    assert_eq!(before.kept.keys().collect::<Vec<_>>(), cut.kept.keys().collect::<Vec<_>>());
+    for (name, k) in &before.kept {
+        assert_same(&format!("kept root {name}"), &k.digest, &cut.kept[name].digest);
+    }
+
+    let r = m.report("pause_recover", "");
+    let rec = &r["boot_record"];
+    assert_eq!(rec["booted"], "fresh", "{rec}");
+    assert!(rec["recovered"].to_string().contains("deleted the uninstalled /rwlayer.dockroot-ready"), "{rec}");
+    let now = state(&m);
+    assert_same("the disk outside the rw layer after recovery", &before.outside, &now.outside);
+    assert!(!now.tmp && now.ready.is_none(), "leftovers after a successful boot");
+    let (_, retired) = now
+        .kept
+        .iter()
+        .find(|(n, _)| n.starts_with(&format!("{}-", old.created())))
+        .expect("the old root was not retired into the kept roots");
+    assert_same("the retired old root", &old.digest, &retired.digest);
 }
