@@ -97,24 +97,14 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
     v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
 }
 
-/// A failed boot must end in dockroot's message and a reboot (QEMU exits
-/// because of -no-reboot), never in a hang or a kernel panic.
+/// A failed boot must end in dockroot's message and a reboot ([`assert_fatal_boot`]),
+/// with each of `wants` in the output; returns the "cannot boot" line.
 fn assert_fatal(out: &qemu_tests::BootOutput, wants: &[&str]) -> String {
-    assert!(!out.timed_out, "the init hung instead of rebooting:\n{}", out.tail(40));
-    assert!(out.testinit().is_none(), "the image's init ran although dockroot should have refused");
-    assert!(!out.contains("Kernel panic"), "kernel panic instead of a clean reboot:\n{}", out.tail(40));
-    let line = out
-        .serial
-        .lines()
-        .find(|l| l.contains("dockroot: ERROR: cannot boot: "))
-        .unwrap_or_else(|| panic!("no 'cannot boot' message:\n{}", out.tail(40)))
-        .to_string();
+    let fatal = qemu_tests::assert_fatal_boot(out);
     for w in wants {
         assert!(out.serial.contains(w), "missing {w:?} in the failure output:\n{}", out.tail(60));
     }
-    assert!(out.contains("dockroot: ERROR: rebooting in 1 s"), "no reboot notice:\n{}", out.tail(20));
-    assert!(out.contains("reboot: Restarting system"), "the kernel did not restart:\n{}", out.tail(20));
-    line
+    fatal.lines().next().unwrap_or_default().to_string()
 }
 
 /// Run a command on the host, panicking with its output on failure.
