@@ -1110,6 +1110,45 @@ pub fn disk_fstype(disk: &Path) -> String {
     t
 }
 
+/// In a root's [`tree_digest`]: when dockroot made it (the `user.dockroot.created`
+/// xattr of its root directory), which starts the names of kept roots.
+pub const DIGEST_CREATED: &str = ". xattr user.dockroot.created";
+
+/// A root's creation stamp from its [`tree_digest`].
+pub fn digest_created(digest: &std::collections::BTreeMap<String, String>) -> String {
+    digest.get(DIGEST_CREATED).cloned().unwrap_or_else(|| "(none)".into())
+}
+
+/// After a power cut and the recovery boot, the kept roots must be the newest `keep`
+/// of: the roots kept before the cut boot (`kept_before`, those the policy was not
+/// midway deleting), the root that was current before it (`previous`), and the cut
+/// boot's own root if the cut came after it retired `previous` (`cut_root`); each
+/// named by its creation stamp and byte-identical. `now` maps the kept roots' names to
+/// their digests. `what` starts every message.
+pub fn assert_kept_after_recovery(
+    what: &str,
+    now: &std::collections::BTreeMap<String, &std::collections::BTreeMap<String, String>>,
+    kept_before: &[&std::collections::BTreeMap<String, String>],
+    previous: &std::collections::BTreeMap<String, String>,
+    cut_root: Option<&std::collections::BTreeMap<String, String>>,
+    keep: usize,
+) {
+    let mut candidates: Vec<(String, &std::collections::BTreeMap<String, String>, &str)> =
+        kept_before.iter().map(|d| (format!("{}-", digest_created(d)), *d, "kept")).collect();
+    candidates.push((format!("{}-", digest_created(previous)), previous, "previous rw layer"));
+    if let Some(r) = cut_root {
+        candidates.push((format!("{}-", digest_created(r)), r, "the cut boot's root"));
+    }
+    candidates.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected = &candidates[candidates.len().saturating_sub(keep)..];
+    let names: Vec<&String> = now.keys().collect();
+    assert_eq!(now.len(), expected.len(), "{what}: kept {names:?}");
+    for ((name, root), (prefix, want, which)) in now.iter().zip(expected) {
+        assert!(name.starts_with(prefix.as_str()), "{what}: kept {names:?}, expected {which} {prefix}*");
+        assert_same_digest(&format!("{what}: kept root {name} ({which})"), want, root);
+    }
+}
+
 /// Panics, listing the differences, unless two [`tree_digest`]s are equal.
 pub fn assert_same_digest(
     what: &str,

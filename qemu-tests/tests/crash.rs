@@ -22,16 +22,15 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use qemu_tests::{
-    all_cut_points, boot, build_initramfs_with_init, cut_points, digest_diff, init_variant, sh, target_dir,
-    tree_digest, Artifacts, BootOutput, BootSpec, CutAt as At, KillAfter, Machine, LINE_READY, LINE_ROOT_DEVICE,
-    OS_CONFIG, STANDARD_MODULES,
+    all_cut_points, assert_kept_after_recovery, boot, build_initramfs_with_init, cut_points, digest_created,
+    digest_diff, init_variant, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec, CutAt as At, KillAfter,
+    Machine, DIGEST_CREATED, LINE_READY, LINE_ROOT_DEVICE, OS_CONFIG, STANDARD_MODULES,
 };
 
 const APPEND: &str = "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=dockroot-test \
                       toplayer_path=toplayer dockroot.keep=2";
 const KEEP: usize = 2;
 const RW_NAMES: &[&str] = &["rwlayer", "rwlayer.kept", "rwlayer.dockroot-tmp", "rwlayer.dockroot-ready"];
-const CREATED: &str = ". xattr user.dockroot.created";
 const MARKER: &str = "var/tmp/from-previous-boot";
 
 /// A machine on a copy of the fixture disk with [`APPEND`] (`dockroot.keep=2`).
@@ -68,13 +67,13 @@ impl Root {
 
     /// When dockroot made it (its `user.dockroot.created` xattr).
     fn created(&self) -> String {
-        self.digest.get(CREATED).cloned().unwrap_or_else(|| "(none)".into())
+        digest_created(&self.digest)
     }
 
     /// The digest without the creation stamp: equal for every complete fresh root.
     fn content(&self) -> Digest {
         let mut d = self.digest.clone();
-        d.remove(CREATED);
+        d.remove(DIGEST_CREATED);
         d
     }
 }
@@ -408,30 +407,25 @@ fn cut_series(series: &str, points: &[(usize, At)]) -> Vec<Cut> {
         let cur = now.current.as_ref().expect("no rw layer after the recovery boot");
         assert!(cur.digest.contains_key(MARKER), "after cut {i}: the rw layer is not the recovery boot's");
         // The kept roots: the newest KEEP of the old ones, the old current, and the cut
-        // boot's root if it got past the retirement.
-        let mut candidates: Vec<(String, Root, &str)> = prev
-            .kept
-            .iter()
-            .filter(|(n, _)| !half_pruned.contains(n))
-            .map(|(n, r)| (n.clone(), r.clone(), "kept"))
-            .collect();
-        candidates.push((format!("{}-", old.created()), old.clone(), "previous rw layer"));
+        // boot's root if it got past the retirement; all read-only.
         let cut_root = match left {
             Left::ReadyWithoutCurrent => cut.ready.clone(),
             Left::Installed => cut.current.clone(),
             _ => None,
         };
-        if let Some(r) = &cut_root {
-            candidates.push((format!("{}-", r.created()), r.clone(), "the cut boot's root"));
-        }
-        candidates.sort_by(|a, b| a.0.cmp(&b.0));
-        let expected = &candidates[candidates.len().saturating_sub(KEEP)..];
-        let names: Vec<&String> = now.kept.keys().collect();
-        assert_eq!(now.kept.len(), expected.len(), "after cut {i}: kept {names:?}");
-        for ((name, root), (prefix, want, what)) in now.kept.iter().zip(expected) {
-            assert!(name.starts_with(prefix.as_str()), "after cut {i}: kept {names:?}, expected {what} {prefix}*");
+        let kept_before: Vec<&Digest> =
+            prev.kept.iter().filter(|(n, _)| !half_pruned.contains(n)).map(|(_, r)| &r.digest).collect();
+        let kept_now: BTreeMap<String, &Digest> = now.kept.iter().map(|(n, r)| (n.clone(), &r.digest)).collect();
+        assert_kept_after_recovery(
+            &format!("after cut {i}"),
+            &kept_now,
+            &kept_before,
+            &old.digest,
+            cut_root.as_ref().map(|r| &r.digest),
+            KEEP,
+        );
+        for (name, root) in &now.kept {
             assert!(root.readonly, "after cut {i}: kept root {name} is writable");
-            assert_same(&format!("after cut {i}: kept root {name} ({what})"), &want.digest, &root.digest);
         }
         let retired = rec["retired"].as_str().unwrap_or_default();
         let retired_created = cut_root.as_ref().unwrap_or(old).created();

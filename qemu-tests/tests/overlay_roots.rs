@@ -21,8 +21,9 @@ use std::io::Write;
 use std::path::Path;
 
 use qemu_tests::{
-    assert_same_digest, boot, cut_points, field, fill_disk, oversized_toplayer_disk, sh, target_dir, tree_digest,
-    Artifacts, BootOutput, BootSpec, CutAt as At, Machine, StoreDisk, LINE_READY, LINE_ROOT_DEVICE,
+    assert_kept_after_recovery, assert_same_digest, boot, cut_points, digest_created, field, fill_disk,
+    oversized_toplayer_disk, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec, CutAt as At, Machine,
+    StoreDisk, DIGEST_CREATED, LINE_READY, LINE_ROOT_DEVICE,
 };
 use serde_json::Value;
 
@@ -41,7 +42,6 @@ const RW_NAMES: &[&str] = &[
     "rwlayer.dockroot-trash",
 ];
 const TRASH: &str = "rwlayer.dockroot-trash";
-const CREATED: &str = ". xattr user.dockroot.created";
 
 type Digest = BTreeMap<String, String>;
 
@@ -101,7 +101,7 @@ impl Root {
     }
 
     fn created(&self) -> String {
-        self.digest.get(CREATED).cloned().unwrap_or_else(|| "(none)".into())
+        digest_created(&self.digest)
     }
 
     /// Without the creation stamp and the overlay's own uuid: equal for every
@@ -109,7 +109,7 @@ impl Root {
     fn content(&self) -> Digest {
         self.digest
             .iter()
-            .filter(|(k, _)| k.as_str() != CREATED && !k.ends_with(" xattr trusted.overlay.uuid"))
+            .filter(|(k, _)| k.as_str() != DIGEST_CREATED && !k.ends_with(" xattr trusted.overlay.uuid"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
@@ -824,25 +824,21 @@ fn overlay_power_cuts_during_the_boot_lose_nothing() {
         let cur = now.current.as_ref().expect("no rw layer after the recovery boot");
         assert_same_digest(&format!("after cut {i}: the recovery boot's root"), &fresh, &cur.content());
         // Kept: the newest KEEP of the old kept ones, the old current, and the cut boot's root if it got that far.
-        let mut candidates: Vec<(String, Root, &str)> =
-            prev.kept.iter().map(|(n, r)| (n.clone(), r.clone(), "kept")).collect();
-        candidates.push((format!("{}-", old.created()), old.clone(), "previous rw layer"));
         let cut_root = match left {
             Left::ReadyWithoutCurrent => cut.ready.clone(),
             Left::Installed => cut.current.clone(),
             _ => None,
         };
-        if let Some(r) = &cut_root {
-            candidates.push((format!("{}-", r.created()), r.clone(), "the cut boot's root"));
-        }
-        candidates.sort_by(|a, b| a.0.cmp(&b.0));
-        let expected = &candidates[candidates.len().saturating_sub(KEEP)..];
-        let names: Vec<&String> = now.kept.keys().collect();
-        assert_eq!(now.kept.len(), expected.len(), "after cut {i}: kept {names:?}");
-        for ((name, root), (prefix, want, what)) in now.kept.iter().zip(expected) {
-            assert!(name.starts_with(prefix.as_str()), "after cut {i}: kept {names:?}, expected {what} {prefix}*");
-            assert_same_digest(&format!("after cut {i}: kept root {name} ({what})"), &want.digest, &root.digest);
-        }
+        let kept_before: Vec<&Digest> = prev.kept.values().map(|r| &r.digest).collect();
+        let kept_now: BTreeMap<String, &Digest> = now.kept.iter().map(|(n, r)| (n.clone(), &r.digest)).collect();
+        assert_kept_after_recovery(
+            &format!("after cut {i}"),
+            &kept_now,
+            &kept_before,
+            &old.digest,
+            cut_root.as_ref().map(|r| &r.digest),
+            KEEP,
+        );
         let retired = rec["retired"].as_str().unwrap_or_default();
         let retired_created = cut_root.as_ref().unwrap_or(old).created();
         assert!(
