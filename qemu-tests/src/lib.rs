@@ -1110,6 +1110,20 @@ pub fn disk_fstype(disk: &Path) -> String {
     t
 }
 
+/// A recovery boot's record (`recovered` in boot.json) must say each text whose
+/// condition holds and none of the others; `what` starts every message.
+pub fn assert_recovery_steps(what: &str, rec: &Value, steps: &[(bool, String)]) {
+    let recovered = rec["recovered"].to_string();
+    for (cond, text) in steps {
+        assert_eq!(
+            recovered.contains(text.as_str()),
+            *cond,
+            "{what}: recovered should {}say {text:?}: {rec}",
+            if *cond { "" } else { "not " }
+        );
+    }
+}
+
 /// In a root's [`tree_digest`]: when dockroot made it (the `user.dockroot.created`
 /// xattr of its root directory), which starts the names of kept roots.
 pub const DIGEST_CREATED: &str = ". xattr user.dockroot.created";

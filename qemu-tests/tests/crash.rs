@@ -22,9 +22,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use qemu_tests::{
-    all_cut_points, assert_kept_after_recovery, boot, build_initramfs_with_init, cut_points, digest_created,
-    digest_diff, init_variant, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec, CutAt as At, KillAfter,
-    Machine, DIGEST_CREATED, LINE_READY, LINE_ROOT_DEVICE, OS_CONFIG, STANDARD_MODULES,
+    all_cut_points, assert_kept_after_recovery, assert_recovery_steps, boot, build_initramfs_with_init, cut_points,
+    digest_created, digest_diff, init_variant, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec,
+    CutAt as At, KillAfter, Machine, DIGEST_CREATED, LINE_READY, LINE_ROOT_DEVICE, OS_CONFIG, STANDARD_MODULES,
 };
 
 const APPEND: &str = "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw toplayer=LABEL=dockroot-test \
@@ -385,21 +385,13 @@ fn cut_series(series: &str, points: &[(usize, At)]) -> Vec<Cut> {
         let rec = &rec_report["boot_record"];
         assert_eq!(rec["booted"], "fresh", "recovery after cut {i}: {rec}");
         assert_eq!(rec["warnings"], serde_json::json!([]), "recovery after cut {i}: {rec}");
-        let recovered = rec["recovered"].to_string();
-        let expect = |cond: bool, text: &str| {
-            assert_eq!(
-                recovered.contains(text),
-                cond,
-                "after cut {i} ({left:?}) recovered should {}say {text:?}: {rec}",
-                if cond { "" } else { "not " }
-            );
-        };
-        expect(left == Left::TmpOnly, "deleted the half-built /rwlayer.dockroot-tmp");
-        expect(left == Left::ReadyAndCurrent, "deleted the uninstalled /rwlayer.dockroot-ready");
-        expect(left == Left::ReadyWithoutCurrent, "installed /rwlayer.dockroot-ready");
-        for w in &writable {
-            expect(true, &format!("made kept root {w} read-only"));
-        }
+        let mut steps = vec![
+            (left == Left::TmpOnly, "deleted the half-built /rwlayer.dockroot-tmp".to_string()),
+            (left == Left::ReadyAndCurrent, "deleted the uninstalled /rwlayer.dockroot-ready".to_string()),
+            (left == Left::ReadyWithoutCurrent, "installed /rwlayer.dockroot-ready".to_string()),
+        ];
+        steps.extend(writable.iter().map(|w| (true, format!("made kept root {w} read-only"))));
+        assert_recovery_steps(&format!("after cut {i} ({left:?})"), rec, &steps);
 
         let now = state(&m);
         assert_same(&format!("after cut {i}: the disk outside the rw layer"), &prev.outside, &now.outside);

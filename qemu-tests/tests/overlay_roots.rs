@@ -21,9 +21,9 @@ use std::io::Write;
 use std::path::Path;
 
 use qemu_tests::{
-    assert_kept_after_recovery, assert_same_digest, boot, cut_points, digest_created, field, fill_disk,
-    oversized_toplayer_disk, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec, CutAt as At, Machine,
-    StoreDisk, DIGEST_CREATED, LINE_READY, LINE_ROOT_DEVICE,
+    assert_kept_after_recovery, assert_recovery_steps, assert_same_digest, boot, cut_points, digest_created, field,
+    fill_disk, oversized_toplayer_disk, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec, CutAt as At,
+    Machine, StoreDisk, DIGEST_CREATED, LINE_READY, LINE_ROOT_DEVICE,
 };
 use serde_json::Value;
 
@@ -799,19 +799,13 @@ fn overlay_power_cuts_during_the_boot_lose_nothing() {
         let rec = &rec_report["boot_record"];
         assert_eq!(rec["warnings"], serde_json::json!([]), "recovery after cut {i}: {rec}");
         assert_eq!(marker(&rec_report), None, "after cut {i}: the recovery boot's root has an old marker");
-        let recovered = rec["recovered"].to_string();
-        let expect = |cond: bool, text: &str| {
-            assert_eq!(
-                recovered.contains(text),
-                cond,
-                "after cut {i} ({left:?}) recovered should {}say {text:?}: {rec}",
-                if cond { "" } else { "not " }
-            );
-        };
-        expect(left == Left::Skeleton, "deleted the overlay skeleton /rwlayer.dockroot-skel");
-        expect(left == Left::TmpOnly, "deleted the half-built /rwlayer.dockroot-tmp");
-        expect(left == Left::ReadyAndCurrent, "deleted the uninstalled /rwlayer.dockroot-ready");
-        expect(left == Left::ReadyWithoutCurrent, "installed /rwlayer.dockroot-ready");
+        let steps = [
+            (left == Left::Skeleton, "deleted the overlay skeleton /rwlayer.dockroot-skel".to_string()),
+            (left == Left::TmpOnly, "deleted the half-built /rwlayer.dockroot-tmp".to_string()),
+            (left == Left::ReadyAndCurrent, "deleted the uninstalled /rwlayer.dockroot-ready".to_string()),
+            (left == Left::ReadyWithoutCurrent, "installed /rwlayer.dockroot-ready".to_string()),
+        ];
+        assert_recovery_steps(&format!("after cut {i} ({left:?})"), rec, &steps);
 
         let now = m.modify(|top| {
             let st = DiskState::read(top);
