@@ -6,14 +6,18 @@
 
 pub mod boot;
 pub mod btrfs;
-pub mod cmdline;
+pub mod choose;
+pub mod config;
 pub mod devices;
 pub mod error;
 pub mod logging;
 pub mod modules;
+pub mod mounts;
 pub mod overlay;
 pub mod plan;
+pub mod policy;
 pub mod probe;
+pub mod record;
 pub mod reference;
 pub mod rwlayer;
 pub mod store;

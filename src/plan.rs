@@ -1,17 +1,21 @@
 //! `dockroot plan`: what the init would do with a disk and a kernel command
-//! line, without changing anything (a host-side dry run).
+//! line, without changing anything (a host-side dry run, and a pre-flight
+//! check before a reboot: see [`Outcome`]).
 //!
-//! [`describe`] only reads: the command line is checked as the init checks
-//! it, the image is resolved in the stores on the mounted top level exactly
-//! as at boot, and the rw layer, the kept roots and the top layer are looked
-//! at to say what would be created, kept, deleted and written.
+//! [`describe`] only reads: the command line is checked as the init checks it
+//! ([`BootConfig`]), the image is resolved in the stores on the mounted top
+//! level exactly as at boot, the roots on the partition are looked at as the
+//! init looks at them (`choose::facts`), and the same rule decides
+//! ([`policy::decide_with`]); the plan says what would be created, kept,
+//! deleted and written.
 
-use crate::boot::RootPlan;
-use crate::cmdline::{self, BootMode, Params};
-use crate::error::{Error, Result};
-use crate::reference::{self, ImageSpec};
-use crate::rwlayer;
+use crate::choose::facts::{self, Lookout};
+use crate::config::{BootConfig, Embedded};
+use crate::error::{Context, Error, Result};
+use crate::policy::{self, Decision};
+use crate::rwlayer::{self, At, RwStore};
 use crate::store::{self, Resolved, Root};
+use crate::switch_root;
 use std::fmt;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -29,13 +33,35 @@ pub struct PlanInput<'a> {
     pub top: &'a Path,
     /// The kernel command line the init would get.
     pub cmdline: &'a str,
-    /// The image of the initramfs's embedded config, used when the command
-    /// line has no `dockroot.image=`.
-    pub config_image: Option<ImageSpec>,
+    /// The initramfs's embedded config, used when the command line has no
+    /// `dockroot.image=`.
+    pub config: Option<Embedded>,
     /// The top layer directory as mounted on this host, to list its files;
     /// when `None` and `toplayer=` is the root partition itself, it is found
     /// under `top`.
     pub toplayer_dir: Option<&'a Path>,
+}
+
+/// How the boot would go, for the exit status of `dockroot plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// As the command line asks (exit 0).
+    AsAsked,
+    /// It would fall back to a previous root (exit 3).
+    Fallback,
+    /// It would fail (exit 4); so does a command line the init refuses.
+    Fail,
+}
+
+impl Outcome {
+    /// `dockroot plan`'s exit status (README, "Checking a setup before rebooting").
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::AsAsked => 0,
+            Outcome::Fallback => 3,
+            Outcome::Fail => 4,
+        }
+    }
 }
 
 /// The dry run's findings.
@@ -45,10 +71,22 @@ pub struct Plan {
     pub resolved: Option<Resolved>,
     /// Why a fresh root could not be made (the boot would fall back).
     pub refusal: Option<String>,
+    /// What the boot would do.
+    pub decision: Decision,
     /// Kept roots the boot would delete (`dockroot.keep=`).
     pub pruned: Vec<String>,
     /// The report, line by line.
     pub lines: Vec<String>,
+}
+
+impl Plan {
+    pub fn outcome(&self) -> Outcome {
+        match &self.decision {
+            Decision::Fail(_) | Decision::Check(_) => Outcome::Fail,
+            d if d.fallback().is_some() => Outcome::Fallback,
+            _ => Outcome::AsAsked,
+        }
+    }
 }
 
 impl fmt::Display for Plan {
@@ -64,12 +102,9 @@ impl fmt::Display for Plan {
 /// init would refuse is an error; a store problem is a [`Plan::refusal`]
 /// (the boot falls back to the previous root).
 pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
-    let (args, _) = cmdline::split(input.cmdline);
-    let params = Params::parse(&args).map_err(|e| e.context("in the kernel command line"))?;
-    let root = RootPlan::from_params(&params)?;
-    let opts = store::options_from_args(&args, &root.docker_path)?;
+    let cfg = BootConfig::parse(input.cmdline, || Ok(input.config.clone()))?;
+    let (params, root, opts) = (&cfg.params, &cfg.root, &cfg.store);
     let mut lines: Vec<String> = Vec::new();
-    let mut pruned: Vec<String> = Vec::new();
     let mut say = |s: String| lines.push(s);
     let fstype = root.fstype.as_deref().unwrap_or("filesystem type detected at boot");
     say(format!("root partition: {} ({fstype}), top level at {}", root.root, input.top.display()));
@@ -78,33 +113,25 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
     }
 
     // The image.
-    let image = match (&params.image, &input.config_image) {
-        (Some(s), _) => Some(reference::parse(s).map_err(|e| e.context(format!("dockroot.image={s}")))?),
-        (None, Some(spec)) => Some(spec.clone()),
-        (None, None) => None,
-    };
-    let d = store::detect(input.top, &opts)?;
-    if d.stores.is_empty() {
-        say(format!("stores: none found (looked for {})", d.looked.join(", ")));
-    } else {
-        let found: Vec<String> = d.stores.iter().map(|s| s.whence()).collect();
-        say(format!("stores: {}", found.join(", ")));
-    }
-    for n in &d.notes {
-        say(format!("note: {n}"));
+    match store::detect(input.top, opts) {
+        Ok(d) => {
+            if d.stores.is_empty() {
+                say(format!("stores: none found (looked for {})", d.looked.join(", ")));
+            } else {
+                let found: Vec<String> = d.stores.iter().map(|s| s.whence()).collect();
+                say(format!("stores: {}", found.join(", ")));
+            }
+            for n in &d.notes {
+                say(format!("note: {n}"));
+            }
+        }
+        Err(e) => say(format!("stores: {e}")),
     }
     say(format!(
         "verification: {}",
         if opts.verify { "on" } else { "off (dockroot.verify=off): mismatches are only warnings" }
     ));
-    drop(d);
-    let resolved = match &image {
-        None => Err(Error::msg(format!(
-            "no image to boot: dockroot.image= is not set and no embedded config ({}) was given",
-            cmdline::CONFIG_PATH
-        ))),
-        Some(spec) => store::resolve_image(input.top, &opts, spec),
-    };
+    let resolved = store::resolve_image(input.top, opts, &cfg.image);
     match &resolved {
         Ok(r) => {
             say(format!("image: {} in {}", r.reference, r.whence()));
@@ -134,79 +161,103 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
         Err(e) => say(format!("image: cannot make a fresh root: {e}")),
     }
 
-    // The rw layer and the kept roots.
-    let rw_shown = format!("/{}", root.rw_subvol.join("/"));
-    let rw_abs = input.top.join(root.rw_subvol.join("/"));
-    let current = std::fs::symlink_metadata(&rw_abs).ok().filter(|m| m.is_dir()).map(|_| rw_abs.clone());
-    let kept_dir = PathBuf::from(format!("{}.kept", rw_abs.display()));
-    let kept_shown = format!("{rw_shown}.kept");
-    let kept = list_kept(&kept_dir);
-    let kept_list = if kept.is_empty() { "none".to_string() } else { kept.join(", ") };
-    say(format!("rw layer: {rw_shown} ({})", if current.is_some() { "exists" } else { "does not exist yet" }));
-    say(format!("kept roots in {kept_shown}: {kept_list} (dockroot.keep={})", params.keep));
-    let fresh_ok = resolved.is_ok();
-    match (params.mode, fresh_ok) {
-        (BootMode::Persist, _) if current.is_some() => {
-            say(format!("dockroot.boot=persist: {rw_shown} boots as it is; nothing is created or deleted"))
+    // The top layer, walked now: the boot falls back when it cannot apply it.
+    let toplayer_dir = match (input.toplayer_dir, &params.toplayer, &root.toplayer_path) {
+        (Some(d), _, _) => Some(d.to_path_buf()),
+        (None, Some(t), Some(_)) if *t == root.root => {
+            root.toplayer_on_root(params)?.map(|parts| input.top.join(parts.join("/")))
         }
-        (BootMode::Previous, _) if !kept.is_empty() => say(format!(
-            "dockroot.boot=previous: a writable copy of {kept_shown}/{} becomes {rw_shown}",
-            kept.last().map(String::as_str).unwrap_or_default()
-        )),
-        (_, true) => {
-            let mut after = kept.clone();
-            if let Some(cur) = &current {
-                let info = std::fs::File::open(cur).ok().and_then(|f| rwlayer::read_info(f.as_fd()));
-                let retired = info.map(|i| rwlayer::kept_name(&i, &kept));
-                say(format!(
-                    "the current {rw_shown} is retired read-only to {kept_shown}/{}",
-                    retired.clone().unwrap_or_else(|| "<boot time>-unknown".into())
-                ));
-                after.push(retired.unwrap_or_else(|| format!("{}-unknown", rwlayer::now_stamp())));
+        _ => None,
+    };
+    let walked = toplayer_dir.as_ref().map(|dir| (dir, walk(dir)));
+
+    // The rw layer, the kept roots, and the rule.
+    let top = std::fs::File::open(input.top).context(|| format!("opening {}", input.top.display()))?;
+    let rw = RwStore::open(top.as_fd(), &root.rw_subvol)?;
+    let mut facts = facts::gather(&rw, params.mode);
+    facts.fresh_failed = match (&resolved, &walked) {
+        (Err(e), _) => Some(e.to_string()),
+        (Ok(_), Some((dir, Err(e)))) => Some(format!("applying the top layer {}: {e}", dir.display())),
+        _ => None,
+    };
+    let rw_shown = rw.rw_shown();
+    let kept_shown = format!("{rw_shown}.kept");
+    let kept: Vec<String> = facts.kept.iter().map(|k| k.name.clone()).collect();
+    let kept_list = if kept.is_empty() { "none".to_string() } else { kept.join(", ") };
+    say(format!("rw layer: {rw_shown} ({})", if facts.current.is_some() { "exists" } else { "does not exist yet" }));
+    say(format!("kept roots in {kept_shown}: {kept_list} (dockroot.keep={})", params.keep));
+    if let Some(e) = &facts.kept_error {
+        say(format!("warning: {e}"));
+    }
+    let check_mount = check_mount_dir();
+    let candidates = switch_root::init_candidates(params.init.as_deref());
+    let look = Lookout { top: input.top, check_mount: &check_mount, candidates: &candidates };
+    let has_current = facts.current.is_some();
+    let decision = policy::decide_with(&mut facts, |w| facts::check(&rw, w, &look));
+    let _ = std::fs::remove_dir(&check_mount);
+    for (name, why) in facts.kept.iter().filter_map(|k| match &k.bootable {
+        policy::Bootable::No(why) => Some((&k.shown, why)),
+        _ => None,
+    }) {
+        say(format!("kept root {name} cannot boot: {why}"));
+    }
+    let mut pruned: Vec<String> = Vec::new();
+    let retire_and_prune = |say: &mut dyn FnMut(String), pruned: &mut Vec<String>| {
+        let mut after = kept.clone();
+        if has_current {
+            let info = rw.open_root(&At::Current).ok().and_then(|fd| rwlayer::read_info(fd.as_fd()));
+            let retired = info.map(|i| rwlayer::kept_name(&i, &kept));
+            say(format!(
+                "the current {rw_shown} is retired read-only to {kept_shown}/{}",
+                retired.clone().unwrap_or_else(|| "<boot time>-unknown".into())
+            ));
+            after.push(retired.unwrap_or_else(|| format!("{}-unknown", rwlayer::now_stamp())));
+        }
+        *pruned = rwlayer::prune_plan(&after, params.keep);
+        if !pruned.is_empty() {
+            say(format!("deleted to keep {}: {}", params.keep, pruned.join(", ")));
+        }
+    };
+    match &decision {
+        Decision::Fresh { note } => {
+            if let Some(n) = note {
+                say(format!("warning: {n}"));
             }
+            retire_and_prune(&mut say, &mut pruned);
             say(match resolved.as_ref().map(|r| &r.root) {
                 Ok(Root::Overlay { .. }) => {
                     format!("a fresh {rw_shown} is created: the upper and work directories of the overlay")
                 }
                 _ => format!("a fresh {rw_shown} is created from the image"),
             });
-            pruned = rwlayer::prune_plan(&after, params.keep);
-            if !pruned.is_empty() {
-                say(format!("deleted to keep {}: {}", params.keep, pruned.join(", ")));
-            }
         }
-        (_, false) => say(match &current {
-            Some(_) => format!("FALLBACK: the boot would keep booting {rw_shown} as it is"),
-            None if !kept.is_empty() => format!(
-                "FALLBACK: the boot would boot a copy of {kept_shown}/{}",
-                kept.last().map(String::as_str).unwrap_or_default()
-            ),
-            None => "the boot would fail: there is no previous root to fall back to".to_string(),
-        }),
+        Decision::Current { fallback: None } => {
+            say(format!("dockroot.boot=persist: {rw_shown} boots as it is; nothing is created or deleted"))
+        }
+        Decision::CopyKept { shown, fallback: None, .. } => {
+            say(format!("dockroot.boot=previous: a writable copy of {shown} becomes {rw_shown}"));
+            retire_and_prune(&mut say, &mut pruned);
+        }
+        Decision::Current { fallback: Some(_) } => {
+            say(format!("FALLBACK: the boot would keep booting {rw_shown} as it is"))
+        }
+        Decision::CopyKept { shown, fallback: Some(_), .. } => {
+            say(format!("FALLBACK: the boot would boot a copy of {shown}"));
+            retire_and_prune(&mut say, &mut pruned);
+        }
+        Decision::Fail(reason) => say(format!("the boot would fail: {reason}")),
+        Decision::Check(_) => say("the boot would fail: the policy did not decide (a bug in dockroot)".into()),
     }
 
-    // The top layer.
-    let toplayer_dir = match (input.toplayer_dir, &params.toplayer, &root.toplayer_path) {
-        (Some(d), _, _) => Some(d.to_path_buf()),
-        (None, Some(t), Some(_)) if *t == root.root => {
-            root.toplayer_on_root(&params)?.map(|parts| input.top.join(parts.join("/")))
-        }
-        _ => None,
-    };
     // The top layer goes only into a fresh root.
-    let writes_top = fresh_ok
-        && match params.mode {
-            BootMode::Fresh => true,
-            BootMode::Persist => current.is_none(),
-            BootMode::Previous => kept.is_empty(),
-        };
-    match (&params.toplayer, toplayer_dir) {
+    let writes_top = matches!(decision, Decision::Fresh { .. });
+    match (&params.toplayer, walked) {
         (None, _) => say("top layer: none (no toplayer=)".into()),
         (Some(t), None) => say(format!(
             "top layer: toplayer={t}{}: mount it and give its directory to list the files",
             root.toplayer_path.as_ref().map(|p| format!(" toplayer_path=/{}", p.join("/"))).unwrap_or_default()
         )),
-        (Some(_), Some(dir)) => match walk(&dir) {
+        (Some(_), Some((dir, walked))) => match walked {
             Err(e) => say(format!("top layer: {e}: the boot would fail to apply it (and fall back)")),
             Ok((entries, total)) => {
                 let verb = if writes_top { "would write" } else { "(not applied in this mode)" };
@@ -224,22 +275,15 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
         Ok(r) => (Some(r), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    Ok(Plan { resolved, refusal, pruned, lines })
+    Ok(Plan { resolved, refusal, decision, pruned, lines })
 }
 
-/// dockroot's kept roots in `dir`, oldest first.
-fn list_kept(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| rwlayer::is_kept_name(n))
-                .take(10_000)
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+/// A directory name of its own (made only when an overlay root is looked
+/// into, and removed after) for each plan.
+fn check_mount_dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("dockroot-plan-check-{}-{n}", std::process::id()))
 }
 
 /// The entries below `dir` (relative paths, directories with a trailing
@@ -311,16 +355,44 @@ mod tests {
     const CMD: &str =
         "root=LABEL=disk rootflags=subvol=rw toplayer=LABEL=disk toplayer_path=/machine dockroot.image=os:1";
 
+    fn input<'a>(top: &'a Path, cmdline: &'a str) -> PlanInput<'a> {
+        PlanInput { top, cmdline, config: None, toplayer_dir: None }
+    }
+
+    /// An overlay root at `dir` (over the layer `layers/l1` of the top level
+    /// `top`), with an init in its upper directory or not.
+    fn overlay_root(top: &Path, dir: &Path, with_init: bool) {
+        std::fs::create_dir_all(top.join("layers/l1/etc")).unwrap();
+        write(&dir.join(rwlayer::OVERLAY_SPEC), br#"{"base": "layers", "lowerdirs": ["l1"]}"#);
+        std::fs::create_dir_all(dir.join(rwlayer::UPPER)).unwrap();
+        std::fs::create_dir_all(dir.join(rwlayer::WORK)).unwrap();
+        if with_init {
+            let init = dir.join(rwlayer::UPPER).join("sbin/init");
+            write(&init, b"#!/bin/sh\n");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    /// Looking inside an overlay root mounts it: root only.
+    fn can_mount() -> bool {
+        let root = rustix::process::geteuid().is_root();
+        if !root {
+            eprintln!("skipped: mounting overlay roots needs root");
+        }
+        root
+    }
+
     #[test]
     fn plans_a_fresh_boot() {
         let t = TempDir::new();
         let id = podman_image(&t.0);
-        std::fs::create_dir_all(t.0.join("rw")).unwrap();
+        overlay_root(&t.0, &t.0.join("rw"), true);
         for k in ["20240101T000000Z-aaaaaaaaaaaa", "20240102T000000Z-bbbbbbbbbbbb", "20240103T000000Z-cccccccccccc"] {
             std::fs::create_dir_all(t.0.join("rw.kept").join(k)).unwrap();
         }
         write(&t.0.join("machine/etc/hostname"), b"box\n");
-        let plan = describe(&PlanInput { top: &t.0, cmdline: CMD, config_image: None, toplayer_dir: None }).unwrap();
+        let plan = describe(&input(&t.0, CMD)).unwrap();
         let text = plan.to_string();
         let r = plan.resolved.as_ref().unwrap();
         assert_eq!(r.image_id, format!("sha256:{id}"));
@@ -338,34 +410,68 @@ mod tests {
             "{text}"
         );
         assert!(plan.refusal.is_none());
+        assert_eq!(plan.decision, Decision::Fresh { note: None });
+        assert_eq!(plan.outcome(), Outcome::AsAsked);
     }
 
     #[test]
     fn plans_a_fallback_and_refuses_bad_command_lines() {
+        let e = describe(&input(Path::new("/nonexistent"), "root=/dev/vda dockroot.image=os")).unwrap_err().to_string();
+        assert!(e.contains("rootflags=subvol=NAME") && e.contains("is not set"), "{e}");
+        let e =
+            describe(&input(Path::new("/nonexistent"), &format!("{CMD} dockroot.store=lxc"))).unwrap_err().to_string();
+        assert!(e.contains("dockroot.store"), "{e}");
+        if !can_mount() {
+            return;
+        }
         let t = TempDir::new();
         podman_image(&t.0);
-        std::fs::create_dir_all(t.0.join("rw")).unwrap();
+        overlay_root(&t.0, &t.0.join("rw"), true);
         let cmd = CMD.replace("os:1", "os:2");
-        let plan = describe(&PlanInput { top: &t.0, cmdline: &cmd, config_image: None, toplayer_dir: None }).unwrap();
+        let plan = describe(&input(&t.0, &cmd)).unwrap();
         let text = plan.to_string();
         assert!(plan.resolved.is_none());
         assert!(plan.refusal.as_deref().unwrap().contains("localhost/os:2"), "{plan:?}");
         assert!(text.contains("FALLBACK: the boot would keep booting /rw as it is"), "{text}");
         assert!(text.contains("machine: No such file") && text.contains("fail to apply"), "{text}");
         assert!(plan.pruned.is_empty());
+        assert_eq!(plan.outcome(), Outcome::Fallback);
+        assert_eq!(plan.outcome().exit_code(), 3);
+    }
 
-        let e = describe(&PlanInput { top: &t.0, cmdline: "root=/dev/vda", config_image: None, toplayer_dir: None })
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("rootflags=subvol=NAME") && e.contains("is not set"), "{e}");
-        let e = describe(&PlanInput {
-            top: &t.0,
-            cmdline: &format!("{CMD} dockroot.store=lxc"),
-            config_image: None,
-            toplayer_dir: None,
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("dockroot.store"), "{e}");
+    /// The plan promises only a fallback the boot would make: a kept root
+    /// without an init is skipped, and without any root that can boot the
+    /// plan says the boot fails.
+    #[test]
+    fn a_kept_root_without_an_init_is_never_promised() {
+        if !can_mount() {
+            return;
+        }
+        let t = TempDir::new();
+        podman_image(&t.0);
+        let (good, bad) = ("20240101T000000Z-aaaaaaaaaaaa", "20240102T000000Z-bbbbbbbbbbbb");
+        overlay_root(&t.0, &t.0.join("rw.kept").join(bad), false);
+        let cmd = CMD.replace("os:1", "os:2");
+        let plan = describe(&input(&t.0, &cmd)).unwrap();
+        let text = plan.to_string();
+        assert!(text.contains(&format!("kept root /rw.kept/{bad} cannot boot: no init found")), "{text}");
+        assert!(text.contains("the boot would fail: ") && text.contains("no previous root to fall back to"), "{text}");
+        assert_eq!(plan.outcome(), Outcome::Fail);
+        assert_eq!(plan.outcome().exit_code(), 4);
+
+        overlay_root(&t.0, &t.0.join("rw.kept").join(good), true);
+        let plan = describe(&input(&t.0, &cmd)).unwrap();
+        let text = plan.to_string();
+        assert!(text.contains(&format!("FALLBACK: the boot would boot a copy of /rw.kept/{good}")), "{text}");
+        assert!(text.contains(&format!("kept root /rw.kept/{bad} cannot boot")), "{text}");
+        assert_eq!(plan.outcome(), Outcome::Fallback);
+        // The same with dockroot.boot=previous: the older root with an init, as asked.
+        let plan = describe(&input(&t.0, &format!("{CMD} dockroot.boot=previous"))).unwrap();
+        assert!(
+            plan.to_string()
+                .contains(&format!("dockroot.boot=previous: a writable copy of /rw.kept/{good} becomes /rw")),
+            "{plan}"
+        );
+        assert_eq!(plan.outcome(), Outcome::AsAsked);
     }
 }

@@ -321,7 +321,7 @@ fn docker_overlay2_on_ext4_and_containerd_overlayfs_snapshotter() {
     let plan = dockroot::plan::describe(&dockroot::plan::PlanInput {
         top: &top,
         cmdline: &cmdline,
-        config_image: None,
+        config: None,
         toplayer_dir: None,
     })
     .unwrap();

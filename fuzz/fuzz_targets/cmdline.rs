@@ -5,7 +5,7 @@
 //! init reads /proc/cmdline).
 #![no_main]
 
-use dockroot::cmdline::{mount_option, relative_path, split, without_option, Arg, Params};
+use dockroot::config::{mount_option, relative_path, split, without_option, Arg, Params};
 use dockroot::devices::DeviceSpec;
 use libfuzzer_sys::fuzz_target;
 

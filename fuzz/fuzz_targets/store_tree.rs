@@ -26,10 +26,10 @@ use std::path::{Component, Path, PathBuf};
 
 use dockroot::reference::{is_hex64, parse};
 use dockroot::store::{
-    big_data_file_name, chain_ids, check_digest_id, options_from_args, parse_image_config, resolve_image,
+    big_data_file_name, chain_ids, check_digest_id, parse_image_config, resolve_image,
     sha256_hex, Resolved, Root,
 };
-use dockroot::cmdline::Arg;
+use dockroot::config::{store_options, Arg};
 use libfuzzer_sys::fuzz_target;
 
 const SEP: &[u8] = b"\n--\n";
@@ -257,7 +257,7 @@ fuzz_target!(|data: &[u8]| {
     if mode & 4 != 0 {
         args.push(Arg { key: "dockroot.verify".into(), value: Some("off".into()) });
     }
-    let opts = options_from_args(&args, &["var".into(), "lib".into(), "docker".into()]).expect("store options");
+    let opts = store_options(&args, &["var".into(), "lib".into(), "docker".into()]).expect("store options");
     for s in &specs {
         let spec = parse(s).expect("a spec the harness made");
         let result = resolve_image(&top, &opts, &spec);

@@ -356,7 +356,7 @@ impl std::fmt::Display for Platform {
 }
 
 /// Where to look and what to check. Paths are components relative to the
-/// root partition's top level (as `cmdline::relative_path` returns them).
+/// root partition's top level (as `config::relative_path` returns them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Docker's data root (`docker_path=`).
@@ -409,90 +409,6 @@ impl StoreOptions {
     pub fn wants(&self, kind: StoreKind, driver: Driver) -> bool {
         self.pin.is_none_or(|p| p == kind) && self.driver.is_none_or(|d| d == driver)
     }
-}
-
-/// The `dockroot.*` kernel parameters [`options_from_args`] reads.
-pub const STORE_PARAMS: [&str; 6] = [
-    "dockroot.store",
-    "dockroot.verify",
-    "dockroot.podman_path",
-    "dockroot.containerd_path",
-    "dockroot.containerd_namespace",
-    "dockroot.platform",
-];
-
-/// The store options from the kernel command line, on top of the defaults
-/// for `docker_path`:
-///
-/// - `dockroot.store=docker|podman|containerd`: search only that kind of store;
-///   `dockroot.store=KIND:DRIVER` (`docker:btrfs`, `docker:overlay2`,
-///   `podman:btrfs`, `containerd:btrfs`, `containerd:overlayfs`) only that driver;
-/// - `dockroot.verify=on|off` (default on);
-/// - `dockroot.podman_path=PATH`: Podman's graph root;
-/// - `dockroot.containerd_path=PATH[,PATH...]`: containerd roots (replace both defaults);
-/// - `dockroot.containerd_namespace=NS` (default `moby`);
-/// - `dockroot.platform=OS/ARCH[/VARIANT]` (default: the running one).
-///
-/// Paths are relative to the root partition's top level; `..` is refused.
-pub fn options_from_args(args: &[crate::cmdline::Arg], docker_path: &[String]) -> Result<StoreOptions> {
-    use crate::cmdline::relative_path;
-    let mut o = StoreOptions::new(docker_path);
-    for a in args {
-        let v = a.value.as_deref().unwrap_or("");
-        let needs = || Error::msg(format!("kernel parameter {}= needs a value", a.key));
-        match a.key.as_str() {
-            "dockroot.store" => {
-                let (kind, driver) = StoreKind::parse_pin(v)?;
-                o.pin = Some(kind);
-                o.driver = driver;
-            }
-            "dockroot.verify" => {
-                o.verify = match v {
-                    "on" | "1" | "yes" | "true" => true,
-                    "off" | "0" | "no" | "false" => false,
-                    _ => return Err(Error::msg(format!("kernel parameter dockroot.verify={v:?}: expected on or off"))),
-                }
-            }
-            "dockroot.podman_path" if !v.is_empty() => o.podman_path = relative_path("dockroot.podman_path", v)?,
-            "dockroot.containerd_path" if !v.is_empty() => {
-                o.containerd_paths = v
-                    .split(',')
-                    .filter(|p| !p.is_empty())
-                    .map(|p| relative_path("dockroot.containerd_path", p))
-                    .collect::<Result<_>>()?;
-            }
-            "dockroot.containerd_namespace" => {
-                let ok = !v.is_empty()
-                    && v.len() <= 76
-                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-                if !ok {
-                    return Err(Error::msg(format!(
-                        "kernel parameter dockroot.containerd_namespace={v:?}: expected a containerd namespace name"
-                    )));
-                }
-                o.namespace = v.to_string();
-            }
-            "dockroot.platform" => {
-                let parts: Vec<&str> = v.split('/').collect();
-                o.platform = match parts.as_slice() {
-                    [os, arch] if !os.is_empty() && !arch.is_empty() => {
-                        Platform { os: (*os).into(), architecture: (*arch).into(), variant: None }
-                    }
-                    [os, arch, var] if !os.is_empty() && !arch.is_empty() && !var.is_empty() => {
-                        Platform { os: (*os).into(), architecture: (*arch).into(), variant: Some((*var).into()) }
-                    }
-                    _ => {
-                        return Err(Error::msg(format!(
-                            "kernel parameter dockroot.platform={v:?}: expected OS/ARCH or OS/ARCH/VARIANT"
-                        )))
-                    }
-                };
-            }
-            "dockroot.podman_path" | "dockroot.containerd_path" => return Err(needs()),
-            _ => {}
-        }
-    }
-    Ok(o)
 }
 
 /// The stores found, and notes on stores seen but not usable.
@@ -1129,40 +1045,6 @@ mod tests {
         assert_eq!(o.podman_path, vec!["var", "lib", "containers", "storage"]);
         assert!(rel(&["..".to_string()]).is_err());
         assert!(rel(&["/abs".to_string()]).is_err());
-    }
-
-    #[test]
-    fn options_from_the_command_line() {
-        let args = |s: &str| crate::cmdline::split(s).0;
-        let docker = vec!["docker".to_string()];
-        let o = options_from_args(&args("root=/dev/vda quiet"), &docker).unwrap();
-        assert_eq!(o, StoreOptions::new(&docker));
-        let o = options_from_args(
-            &args(
-                "dockroot.store=podman dockroot.verify=off dockroot.podman_path=/@/var/lib/containers/storage \
-                 dockroot.containerd_path=a/containerd,b dockroot.containerd_namespace=k8s.io dockroot.platform=linux/arm64/v8",
-            ),
-            &docker,
-        )
-        .unwrap();
-        assert_eq!(o.pin, Some(StoreKind::Podman));
-        assert!(!o.verify);
-        assert_eq!(o.podman_path, vec!["@", "var", "lib", "containers", "storage"]);
-        assert_eq!(o.containerd_paths, vec![vec!["a".to_string(), "containerd".to_string()], vec!["b".to_string()]]);
-        assert_eq!(o.namespace, "k8s.io");
-        assert_eq!(o.platform.to_string(), "linux/arm64/v8");
-        for (bad, want) in [
-            ("dockroot.store=lxc", "docker, podman or containerd"),
-            ("dockroot.verify=maybe", "expected on or off"),
-            ("dockroot.podman_path=../x", "'..' is not allowed"),
-            ("dockroot.containerd_path=a,../../b", "'..' is not allowed"),
-            ("dockroot.containerd_namespace=a/b", "namespace"),
-            ("dockroot.platform=linux", "OS/ARCH"),
-            ("dockroot.podman_path=", "needs a value"),
-        ] {
-            let e = options_from_args(&args(bad), &docker).unwrap_err().to_string();
-            assert!(e.contains(want), "{bad}: {e}");
-        }
     }
 
     #[test]

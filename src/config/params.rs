@@ -1,14 +1,17 @@
-//! Stage 2: the kernel command line and the embedded config.
+//! Every kernel parameter dockroot reads, its default and its validation (pure).
 //!
-//! Pure: [`split`] tokenises `/proc/cmdline` exactly as the kernel's `next_arg()`
-//! does, and [`Params::parse`] turns the tokens into the boot parameters. The
-//! parameters of the prior art (`root`, `rootflags`, `rootfstype`, `rw`/`ro`,
-//! `init`, `docker_path`, `toplayer`, `toplayerfstype`, `toplayerflags`,
-//! `toplayer_path`) keep their meaning; ours are namespaced `dockroot.*`.
+//! [`Params::parse`] turns the command line's tokens into the boot parameters and
+//! [`store_options`] into the image stores' options. The parameters of the prior
+//! art (`root`, `rootflags`, `rootfstype`, `rw`/`ro`, `init`, `docker_path`,
+//! `toplayer`, `toplayerfstype`, `toplayerflags`, `toplayer_path`) keep their
+//! meaning; ours are namespaced `dockroot.*`. [`PARAMETERS`] lists them all; a test
+//! holds the README's parameter table to it.
 
 use std::time::Duration;
 
+use super::cmdline::Arg;
 use crate::error::{Error, Result};
+use crate::store::{Platform, StoreKind, StoreOptions};
 
 /// Path of the embedded config inside the initramfs (the prior art's format).
 pub const CONFIG_PATH: &str = "/etc/docker-btrfs.json";
@@ -28,92 +31,39 @@ pub const MAX_KEEP: usize = 100;
 /// Longest delay accepted for any `*delay=`/timeout parameter (one day).
 const MAX_SECONDS: u64 = 86_400;
 
-/// One `param[=value]` token of the kernel command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Arg {
-    pub key: String,
-    pub value: Option<String>,
-}
+/// Every kernel parameter dockroot reads (the key, without `=`), in the
+/// README's order. Any other `dockroot.*` key is warned about and ignored.
+pub const PARAMETERS: [&str; 26] = [
+    "root",
+    "rootflags",
+    "dockroot.rw",
+    "rootfstype",
+    "ro",
+    "rw",
+    "init",
+    "docker_path",
+    "toplayer",
+    "toplayerfstype",
+    "toplayerflags",
+    "toplayer_path",
+    "dockroot.image",
+    "dockroot.timeout",
+    "rootwait",
+    "rootdelay",
+    "dockroot.reboot_delay",
+    "dockroot.boot",
+    "dockroot.keep",
+    "dockroot.store",
+    "dockroot.verify",
+    "dockroot.podman_path",
+    "dockroot.containerd_path",
+    "dockroot.containerd_namespace",
+    "dockroot.platform",
+    "dockroot.debug",
+];
 
-/// Split a kernel command line into arguments with the kernel's quoting rules
-/// (`lib/cmdline.c: next_arg`): arguments are separated by whitespace; double
-/// quotes group whitespace; quotes around a whole argument or around a value
-/// (`key="a b"`) are removed, other quotes are kept; there are no escapes.
-/// Everything after a lone `--` belongs to init and is returned separately.
-pub fn split(cmdline: &str) -> (Vec<Arg>, Vec<String>) {
-    let mut args = Vec::new();
-    let mut rest = cmdline.trim_start_matches(is_space);
-    while !rest.is_empty() {
-        let (arg, next) = next_arg(rest);
-        rest = next.trim_start_matches(is_space);
-        if arg.key == "--" && arg.value.is_none() {
-            return (args, split_all(rest));
-        }
-        args.push(arg);
-    }
-    (args, Vec::new())
-}
-
-/// All remaining tokens as plain strings (the init's arguments after `--`).
-fn split_all(mut rest: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let (arg, next) = next_arg(rest);
-        rest = next.trim_start_matches(is_space);
-        out.push(match arg.value {
-            Some(v) => format!("{}={}", arg.key, v),
-            None => arg.key,
-        });
-    }
-    out
-}
-
-fn is_space(c: char) -> bool {
-    // The kernel's isspace(): space, \t, \n, \v, \f, \r.
-    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
-}
-
-/// One step of the kernel's `next_arg()`; `s` starts with a non-space.
-fn next_arg(s: &str) -> (Arg, &str) {
-    let (quoted, body) = match s.strip_prefix('"') {
-        Some(b) => (true, b),
-        None => (false, s),
-    };
-    let mut in_quote = quoted;
-    let mut equals: Option<usize> = None;
-    let mut end = body.len();
-    for (i, c) in body.char_indices() {
-        if is_space(c) && !in_quote {
-            end = i;
-            break;
-        }
-        // As in the kernel, an '=' at position 0 does not split.
-        if equals.is_none() && c == '=' && i > 0 {
-            equals = Some(i);
-        }
-        if c == '"' {
-            in_quote = !in_quote;
-        }
-    }
-    let token = &body[..end];
-    let rest = body.get(end..).unwrap_or("");
-    // A leading quote of the whole argument drops a trailing quote.
-    let strip_trailing = |t: &str| -> String { t.strip_suffix('"').unwrap_or(t).to_string() };
-    let arg = match equals {
-        None => Arg { key: if quoted { strip_trailing(token) } else { token.to_string() }, value: None },
-        Some(eq) => {
-            let key = token[..eq].to_string();
-            let raw = &token[eq + 1..];
-            let value = match raw.strip_prefix('"') {
-                Some(v) => strip_trailing(v),
-                None if quoted => strip_trailing(raw),
-                None => raw.to_string(),
-            };
-            Arg { key, value: Some(value) }
-        }
-    };
-    (arg, rest)
-}
+/// Test builds only (`--features fault-injection`): `dockroot.fault=`, read by the boot.
+pub const FAULT_PARAMETER: &str = "dockroot.fault";
 
 /// What to boot (`dockroot.boot=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +124,9 @@ pub struct Params {
     pub mode: BootMode,
     /// `dockroot.keep=`: how many previous roots to keep.
     pub keep: usize,
+    /// `dockroot.fault=`: a fault to inject (test builds only; ignored with a
+    /// warning otherwise).
+    pub fault: Option<String>,
     /// Things worth a warning (unknown `dockroot.*` keys, ignored values).
     pub warnings: Vec<String>,
 }
@@ -199,6 +152,7 @@ impl Default for Params {
             debug: false,
             mode: BootMode::Fresh,
             keep: DEFAULT_KEEP,
+            fault: None,
             warnings: Vec::new(),
         }
     }
@@ -265,10 +219,9 @@ impl Params {
                         ))
                     })?;
                 }
-                // The image stores' own parameters (store::options_from_args reads them).
-                k if crate::store::STORE_PARAMS.contains(&k) => {}
-                // Test builds only (boot.rs reads it).
-                "dockroot.fault" if cfg!(feature = "fault-injection") => {}
+                // The image stores' own parameters ([`store_options`] reads them).
+                k if k.starts_with("dockroot.") && PARAMETERS.contains(&k) => {}
+                FAULT_PARAMETER if cfg!(feature = "fault-injection") => p.fault = Some(v.unwrap_or("").to_string()),
                 k if k.starts_with("dockroot.") => {
                     p.warnings.push(format!("unknown kernel parameter {k} ignored"));
                 }
@@ -291,6 +244,79 @@ impl Params {
             (None, b) => Ok(b),
         }
     }
+}
+
+/// The store options from the kernel command line, on top of the defaults
+/// for `docker_path`:
+///
+/// - `dockroot.store=docker|podman|containerd`: search only that kind of store;
+///   `dockroot.store=KIND:DRIVER` (`docker:btrfs`, `docker:overlay2`,
+///   `podman:btrfs`, `containerd:btrfs`, `containerd:overlayfs`) only that driver;
+/// - `dockroot.verify=on|off` (default on);
+/// - `dockroot.podman_path=PATH`: Podman's graph root;
+/// - `dockroot.containerd_path=PATH[,PATH...]`: containerd roots (replace both defaults);
+/// - `dockroot.containerd_namespace=NS` (default `moby`);
+/// - `dockroot.platform=OS/ARCH[/VARIANT]` (default: the running one).
+///
+/// Paths are relative to the root partition's top level; `..` is refused.
+pub fn store_options(args: &[Arg], docker_path: &[String]) -> Result<StoreOptions> {
+    let mut o = StoreOptions::new(docker_path);
+    for a in args {
+        let v = a.value.as_deref().unwrap_or("");
+        let needs = || Error::msg(format!("kernel parameter {}= needs a value", a.key));
+        match a.key.as_str() {
+            "dockroot.store" => {
+                let (kind, driver) = StoreKind::parse_pin(v)?;
+                o.pin = Some(kind);
+                o.driver = driver;
+            }
+            "dockroot.verify" => {
+                o.verify = match v {
+                    "on" | "1" | "yes" | "true" => true,
+                    "off" | "0" | "no" | "false" => false,
+                    _ => return Err(Error::msg(format!("kernel parameter dockroot.verify={v:?}: expected on or off"))),
+                }
+            }
+            "dockroot.podman_path" if !v.is_empty() => o.podman_path = relative_path("dockroot.podman_path", v)?,
+            "dockroot.containerd_path" if !v.is_empty() => {
+                o.containerd_paths = v
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| relative_path("dockroot.containerd_path", p))
+                    .collect::<Result<_>>()?;
+            }
+            "dockroot.containerd_namespace" => {
+                let ok = !v.is_empty()
+                    && v.len() <= 76
+                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                if !ok {
+                    return Err(Error::msg(format!(
+                        "kernel parameter dockroot.containerd_namespace={v:?}: expected a containerd namespace name"
+                    )));
+                }
+                o.namespace = v.to_string();
+            }
+            "dockroot.platform" => {
+                let parts: Vec<&str> = v.split('/').collect();
+                o.platform = match parts.as_slice() {
+                    [os, arch] if !os.is_empty() && !arch.is_empty() => {
+                        Platform { os: (*os).into(), architecture: (*arch).into(), variant: None }
+                    }
+                    [os, arch, var] if !os.is_empty() && !arch.is_empty() && !var.is_empty() => {
+                        Platform { os: (*os).into(), architecture: (*arch).into(), variant: Some((*var).into()) }
+                    }
+                    _ => {
+                        return Err(Error::msg(format!(
+                            "kernel parameter dockroot.platform={v:?}: expected OS/ARCH or OS/ARCH/VARIANT"
+                        )))
+                    }
+                };
+            }
+            "dockroot.podman_path" | "dockroot.containerd_path" => return Err(needs()),
+            _ => {}
+        }
+    }
+    Ok(o)
 }
 
 /// The value of `name=` in a comma-separated mount option string.
@@ -348,67 +374,8 @@ pub fn relative_path(param: &str, path: &str) -> Result<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::cmdline::split;
     use super::*;
-
-    fn a(key: &str, value: Option<&str>) -> Arg {
-        Arg { key: key.into(), value: value.map(Into::into) }
-    }
-
-    #[test]
-    fn split_plain_and_values() {
-        let (args, init) = split("  root=LABEL=linux rw  quiet\tinit=/sbin/init\n");
-        assert_eq!(
-            args,
-            vec![a("root", Some("LABEL=linux")), a("rw", None), a("quiet", None), a("init", Some("/sbin/init"))]
-        );
-        assert!(init.is_empty());
-    }
-
-    #[test]
-    fn split_quotes_like_the_kernel() {
-        let (args, _) = split(r#"a="b c" "d=e f" "g h" x="y"z p=q"r s"t"#);
-        assert_eq!(
-            args,
-            vec![
-                a("a", Some("b c")),
-                a("d", Some("e f")),
-                a("g h", None),
-                // A value that starts with a quote loses it, and a trailing quote.
-                a("x", Some("y\"z")),
-                // Quotes inside a value group spaces and are kept.
-                a("p", Some("q\"r s\"t")),
-            ]
-        );
-    }
-
-    #[test]
-    fn split_unterminated_quote_runs_to_end() {
-        let (args, _) = split(r#"a="b c d"#);
-        assert_eq!(args, vec![a("a", Some("b c d"))]);
-    }
-
-    #[test]
-    fn split_equals_at_start_is_not_a_separator() {
-        let (args, _) = split("=x y==z");
-        assert_eq!(args, vec![a("=x", None), a("y", Some("=z"))]);
-    }
-
-    #[test]
-    fn split_double_dash_gives_init_args() {
-        let (args, init) = split("root=/dev/vda -- single  x=1 \"two words\"");
-        assert_eq!(args, vec![a("root", Some("/dev/vda"))]);
-        assert_eq!(init, vec!["single", "x=1", "two words"]);
-    }
-
-    #[test]
-    fn split_handles_garbage_without_panicking() {
-        for s in ["\"", "\"\"", "=", "==", "\"=\"", "a=\"", " \u{0} \u{ff}é\"=é", "--", "-- --"] {
-            let _ = split(s);
-        }
-        let long = "x".repeat(4096);
-        let (args, _) = split(&long);
-        assert_eq!(args.len(), 1);
-    }
 
     #[test]
     fn params_prior_art_line() {
@@ -556,5 +523,38 @@ mod tests {
         assert!(e.to_string().contains("'..' is not allowed"), "{e}");
         assert!(relative_path("p", &"x".repeat(300)).is_err());
         assert!(relative_path("p", "a\0b").is_err());
+    }
+    #[test]
+    fn store_options_from_the_command_line() {
+        let args = |s: &str| super::super::cmdline::split(s).0;
+        let docker = vec!["docker".to_string()];
+        let o = store_options(&args("root=/dev/vda quiet"), &docker).unwrap();
+        assert_eq!(o, StoreOptions::new(&docker));
+        let o = store_options(
+            &args(
+                "dockroot.store=podman dockroot.verify=off dockroot.podman_path=/@/var/lib/containers/storage \
+                 dockroot.containerd_path=a/containerd,b dockroot.containerd_namespace=k8s.io dockroot.platform=linux/arm64/v8",
+            ),
+            &docker,
+        )
+        .unwrap();
+        assert_eq!(o.pin, Some(StoreKind::Podman));
+        assert!(!o.verify);
+        assert_eq!(o.podman_path, vec!["@", "var", "lib", "containers", "storage"]);
+        assert_eq!(o.containerd_paths, vec![vec!["a".to_string(), "containerd".to_string()], vec!["b".to_string()]]);
+        assert_eq!(o.namespace, "k8s.io");
+        assert_eq!(o.platform.to_string(), "linux/arm64/v8");
+        for (bad, want) in [
+            ("dockroot.store=lxc", "docker, podman or containerd"),
+            ("dockroot.verify=maybe", "expected on or off"),
+            ("dockroot.podman_path=../x", "'..' is not allowed"),
+            ("dockroot.containerd_path=a,../../b", "'..' is not allowed"),
+            ("dockroot.containerd_namespace=a/b", "namespace"),
+            ("dockroot.platform=linux", "OS/ARCH"),
+            ("dockroot.podman_path=", "needs a value"),
+        ] {
+            let e = store_options(&args(bad), &docker).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 }

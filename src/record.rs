@@ -1,0 +1,139 @@
+//! The boot record, `/run/dockroot/boot.json`: what this boot did and why,
+//! for the booted system (the initramfs's `/run` moves into the new root),
+//! and the stage timings it and the closing log line report.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Params;
+use crate::devices::BlockDevice;
+use crate::error::Result;
+use crate::store::{self, Resolved};
+
+/// Stage timings, for the closing log line and the boot record.
+#[derive(Default)]
+pub struct Timings {
+    start: Option<Instant>,
+    stages: Vec<(&'static str, Duration)>,
+}
+
+impl Timings {
+    pub fn new() -> Self {
+        Timings { start: Some(Instant::now()), stages: Vec::new() }
+    }
+
+    pub fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        let r = f();
+        self.stages.push((name, t.elapsed()));
+        r
+    }
+
+    pub fn summary(&self) -> String {
+        let total = self.start.map(|s| s.elapsed()).unwrap_or_default();
+        let parts: Vec<String> = self.stages.iter().map(|(n, d)| format!("{n} {}ms", d.as_millis())).collect();
+        format!("{}ms in all ({})", total.as_millis(), parts.join(", "))
+    }
+}
+
+/// Where the boot record is written (the initramfs's /run moves into the new root).
+pub const BOOT_RECORD: &str = "/run/dockroot/boot.json";
+
+/// Which root this boot ended up with, and why.
+pub enum Booted {
+    /// A fresh snapshot of the image with the top layer.
+    Fresh(Resolved),
+    /// The current rw layer as it was (`dockroot.boot=persist`).
+    Persisted,
+    /// A writable copy of a kept root (`dockroot.boot=previous`).
+    Previous(String),
+    /// The fresh root could not be made: an older root instead.
+    Fallback { reason: String, from: String },
+}
+
+/// The facts for /run/dockroot/boot.json, gathered along the way.
+#[derive(Default)]
+pub struct Record {
+    pub warnings: Vec<String>,
+    pub recovered: Vec<String>,
+    pub retired: Option<String>,
+    pub pruned: Vec<String>,
+    pub kept: Vec<String>,
+    pub rw_layer: String,
+    /// "subvolume" or "overlay".
+    pub rw_kind: &'static str,
+    /// Whether old overlay roots are being deleted in the background.
+    pub trash_deleter: bool,
+}
+
+impl Record {
+    pub fn warn(&mut self, w: String) {
+        log::warn!("{w}");
+        self.warnings.push(w);
+    }
+
+    pub fn write(&self, params: &Params, root_dev: &BlockDevice, booted: &Booted, t: &Timings) {
+        let (booted_name, image, fallback) = match booted {
+            Booted::Fresh(r) => (
+                "fresh".to_string(),
+                serde_json::json!({
+                    "reference": r.reference, "id": r.image_id, "diff_ids": r.diff_ids,
+                    "chain_ids": r.chain_ids, "store": r.whence(), "store_kind": r.store.name(),
+                    "driver": r.driver.name(), "layer": r.layer,
+                    "layer_subvolume": match &r.root {
+                        store::Root::Subvolume(p) => serde_json::json!(format!("/{}", p.display())),
+                        store::Root::Overlay { .. } => serde_json::Value::Null,
+                    },
+                    "lowerdirs": match &r.root {
+                        store::Root::Subvolume(_) => serde_json::Value::Null,
+                        store::Root::Overlay { base, lowerdirs } => serde_json::json!(lowerdirs
+                            .iter()
+                            .map(|l| format!("/{}", base.join(l).display()))
+                            .collect::<Vec<_>>()),
+                    },
+                    "manifest_digest": r.manifest_digest, "verified": r.verified,
+                }),
+                serde_json::Value::Null,
+            ),
+            Booted::Persisted => ("persist".to_string(), serde_json::Value::Null, serde_json::Value::Null),
+            Booted::Previous(k) => (format!("previous: {k}"), serde_json::Value::Null, serde_json::Value::Null),
+            Booted::Fallback { reason, from } => (
+                format!("fallback: {from}"),
+                serde_json::Value::Null,
+                serde_json::json!({"reason": reason, "booted": from}),
+            ),
+        };
+        let stages: serde_json::Map<String, serde_json::Value> =
+            t.stages.iter().map(|(n, d)| (n.to_string(), serde_json::json!(d.as_secs_f64() * 1000.0))).collect();
+        let fs = root_dev.fs.as_ref();
+        let json = serde_json::json!({
+            "dockroot": env!("CARGO_PKG_VERSION"),
+            "requested": params.mode.name(),
+            "booted": booted_name,
+            "image": image,
+            "fallback": fallback,
+            "rw_layer": self.rw_layer,
+            "rw_layer_kind": self.rw_kind,
+            "deleting_in_background": self.trash_deleter,
+            "root_device": {
+                "devnode": root_dev.devnode.to_string_lossy(),
+                "label": fs.and_then(|f| f.label.clone()),
+                "uuid": fs.and_then(|f| f.uuid.clone()),
+            },
+            "retired": self.retired,
+            "pruned": self.pruned,
+            "kept": self.kept,
+            "keep": params.keep,
+            "recovered": self.recovered,
+            "warnings": self.warnings,
+            "stages_ms": stages,
+            "total_ms": t.start.map(|s| s.elapsed().as_secs_f64() * 1000.0),
+        });
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all("/run/dockroot")?;
+            std::fs::write(BOOT_RECORD, format!("{json:#}\n"))
+        };
+        if let Err(e) = write() {
+            log::warn!("could not write {BOOT_RECORD}: {e}");
+        }
+    }
+}
