@@ -184,13 +184,20 @@ fn inject_fault(params: &Params) {
     #[cfg(feature = "fault-injection")]
     match params.fault.as_deref() {
         None => {}
-        Some("panic") => panic!("dockroot.fault=panic: a panic injected by a test build"),
+        Some("panic") => injected_panic(),
         Some(v) if v.starts_with("pause:") => {
             let _ = crate::rwlayer::PAUSE_AT.set(v.trim_start_matches("pause:").to_string());
         }
         Some(v) => log::warn!("dockroot.fault={v:?} is not a fault this build injects"),
     }
     let _ = params;
+}
+
+/// `dockroot.fault=panic`: the one panic on purpose, in test builds only.
+#[cfg(feature = "fault-injection")]
+#[allow(clippy::panic, reason = "the boot tests check that a panic in PID 1 ends in a message and a reboot")]
+fn injected_panic() -> ! {
+    panic!("dockroot.fault=panic: a panic injected by a test build")
 }
 
 /// The kernel command line. Bytes that are not UTF-8 (the kernel passes any)

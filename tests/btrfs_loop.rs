@@ -1,5 +1,8 @@
 //! btrfs ioctls on a loop-mounted btrfs (run as root).
 
+// Tests stop at the first failure: unwrap, expect and panic are how they say so.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::fs;

@@ -9,6 +9,9 @@
 //! itself says the layers are, then mounted with overlayfs (from the driver
 //! directory, as the init does) to check the merged view.
 
+// Tests stop at the first failure: unwrap, expect and panic are how they say so.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::fs;

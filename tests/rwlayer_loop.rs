@@ -2,6 +2,9 @@
 //! install retires the previous root read-only, and an install that fails
 //! leaves the previous root in place and nothing half-done behind.
 
+// Tests stop at the first failure: unwrap, expect and panic are how they say so.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::fs;

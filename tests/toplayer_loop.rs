@@ -1,5 +1,8 @@
 //! toplayer::apply onto a loop-mounted btrfs, from a top layer on tmpfs (run as root).
 
+// Tests stop at the first failure: unwrap, expect and panic are how they say so.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::BTreeMap;
