@@ -1013,7 +1013,7 @@ const BTRFS_SUBVOL_INO: u64 = 256;
 
 fn is_btrfs(path: &Path) -> bool {
     const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
-    rustix::fs::statfs(path).map(|s| s.f_type as i64 == BTRFS_SUPER_MAGIC).unwrap_or(false)
+    rustix::fs::statfs(path).map(|s| s.f_type == BTRFS_SUPER_MAGIC).unwrap_or(false)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1029,7 +1029,8 @@ mod tests {
         let (t, deb, ..) = fixture();
         let config_of =
             |t: &TempDir| t.0.join("image/btrfs/imagedb/content/sha256").join(deb.id.strip_prefix("sha256:").unwrap());
-        let files: Vec<(&str, Box<dyn Fn(&TempDir) -> PathBuf>)> = vec![
+        type PathOf<'a> = Box<dyn Fn(&TempDir) -> PathBuf + 'a>;
+        let files: Vec<(&str, PathOf)> = vec![
             ("repositories.json", Box::new(|t: &TempDir| t.0.join("image/btrfs/repositories.json"))),
             ("image config", Box::new(config_of)),
             ("cache-id", Box::new(|t: &TempDir| layer_file(t, &deb.chains[2], "cache-id"))),
