@@ -271,11 +271,6 @@ impl<X: Executor> Autoloader<X> {
         &self.report
     }
 
-    /// How many modalias strings were seen.
-    pub fn modaliases_seen(&self) -> usize {
-        self.seen.len()
-    }
-
     /// The index this autoloader works from.
     pub fn index(&self) -> &ModuleIndex {
         &self.index
@@ -383,20 +378,6 @@ impl<X: Executor> crate::devices::WaitHooks for Autoloader<X> {
     }
 }
 
-/// Load every module of `index` from the initramfs rooted at `root` (`/` at
-/// boot), in parallel where dependencies allow.
-///
-/// Errors only if the index is for another kernel; failures of single modules
-/// are in the report (and logged as warnings).
-pub fn load_all(index: &ModuleIndex, root: &Path) -> Result<LoadReport> {
-    let mut auto = Autoloader::new(index.clone(), root)?;
-    auto.load_everything();
-    let report = auto.report().clone();
-    // Each failure was logged as it happened: the counts are enough here.
-    log::info!("kernel modules: {}", report.counts());
-    Ok(report)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,7 +437,7 @@ mod tests {
             auto.unmatched_with(|d| d == Path::new("/fake/pcspkr")),
             ["acpi:PNP0303:", "pci:v00008086d00001237sv00001AF4sd00001100bc06sc00i00"]
         );
-        assert_eq!(auto.modaliases_seen(), 7);
+        assert_eq!(auto.seen.len(), 7);
         let loaded = auto.loaded();
         assert_eq!(
             loaded,
@@ -609,13 +590,13 @@ mod tests {
     }
 
     #[test]
-    fn load_all_refuses_another_kernel() {
+    fn autoloader_refuses_another_kernel() {
         let index = ModuleIndex {
             kernel: "0.0.0-not-this-kernel".into(),
             modules: vec![always("a", &[], &[])],
             aliases: vec![],
         };
-        let e = load_all(&index, Path::new("/nonexistent")).unwrap_err().to_string();
+        let e = Autoloader::new(index, Path::new("/nonexistent")).err().unwrap().to_string();
         assert!(e.contains("carries modules for 0.0.0-not-this-kernel but the running kernel is"), "{e}");
     }
 }

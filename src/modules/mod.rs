@@ -68,7 +68,7 @@ mod schedule;
 mod sysfs;
 
 pub use alias::{glob_match, normalize_alias, AliasTable};
-pub use autoload::{load_all, Autoloader, DIAGNOSTIC_LINE_BYTES, NOT_DISK_BUSES};
+pub use autoload::{Autoloader, DIAGNOSTIC_LINE_BYTES, NOT_DISK_BUSES};
 #[cfg(feature = "decompress-modules")]
 pub use decompress::{decompress, DECOMPRESSED_MAX_BYTES};
 pub use decompress::{decompression_summary, module_compression, DECOMPRESS_MARKER};
@@ -78,5 +78,5 @@ pub use index::{
 };
 pub use loader::{ForkExecutor, KernelLoader, MODULE_INIT_COMPRESSED_FILE};
 pub use report::{errno_hint, Attempt, Cause, Failure, LoadReport, Skipped};
-pub use schedule::{default_workers, load_with, Executor, Loader, Sequential, MAX_WORKERS};
+pub use schedule::{default_workers, Executor, Loader, Sequential, MAX_WORKERS};
 pub use sysfs::{collect_modaliases, MODALIAS_MAX_BYTES, SYSFS_MAX_DEPTH, SYSFS_MAX_ENTRIES};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use super::{Attempt, Autoloader, Cause, Failure, IndexEntry, LoadReport, ModuleIndex, Skipped};
+use super::{Attempt, Cause, Failure, IndexEntry, LoadReport, ModuleIndex, Skipped};
 
 /// The most modules loading at the same time.
 pub const MAX_WORKERS: usize = 4;
@@ -303,15 +303,6 @@ pub(super) fn run_queued<X: Executor + ?Sized>(
     }
 }
 
-/// The pure part of [`load_all`]: load every module of `index` with `loader`,
-/// one at a time, respecting what each waits for; the report lists modules
-/// in index order.
-pub fn load_with<L: Loader>(index: &ModuleIndex, loader: L) -> LoadReport {
-    let mut auto = Autoloader::with_executor(index.clone(), Sequential::new(loader), 1);
-    auto.load_everything();
-    auto.report().clone()
-}
-
 /// Add the outcomes of `positions` to `report` (in index order) and log each.
 pub(super) fn record(report: &mut LoadReport, schedule: &Schedule, index: &ModuleIndex, mut positions: Vec<usize>) {
     positions.sort_unstable();
@@ -359,7 +350,7 @@ mod tests {
         index.modules.push(always("raid1", &["btrfs"], &[]));
         index.modules.push(always("vfat", &[], &[]));
         let order = Mutex::new(Vec::new());
-        let report = load_with(&index, |e: &IndexEntry| {
+        let mut auto = Autoloader::with_loader(index, |e: &IndexEntry| {
             order.lock().unwrap().push(e.name.clone());
             match e.name.as_str() {
                 "crc32c_intel" => Attempt::Failed(Errno::NODEV),
@@ -368,6 +359,8 @@ mod tests {
                 _ => Attempt::Loaded,
             }
         });
+        auto.load_everything();
+        let report = auto.report();
         // btrfs needs xor (failed): skipped, and so is raid1 which needs btrfs.
         // The failed soft dependency crc32c_intel stops nothing.
         assert_eq!(*order.lock().unwrap(), ["crc32c_generic", "crc32c_intel", "libcrc32c", "xor", "vfat"]);
