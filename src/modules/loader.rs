@@ -15,6 +15,7 @@ use rustix::io::Errno;
 #[cfg(feature = "decompress-modules")]
 use super::{decompress, DECOMPRESSED_MAX_BYTES};
 use super::{module_compression, Attempt, Executor, IndexEntry, Loader};
+use crate::fork::Forked;
 
 /// `finit_module` flag: the file is compressed, the kernel decompresses it.
 pub const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
@@ -136,8 +137,9 @@ impl Loader for KernelLoader {
 /// Loads modules in parallel in forked child processes: each child runs one
 /// `finit_module` and exits with 0 or the errno. (A process per module costs a
 /// few KiB of init; std threads would cost 66 KiB of static glibc.) If fork
-/// fails, the module is loaded in the calling process. Only its own children
-/// are reaped (by pid, told apart with pidfds).
+/// fails or is refused ([`crate::fork::fork_single_threaded`]: the process runs
+/// other threads), the module is loaded in the calling process. Only its own
+/// children are reaped (by pid, told apart with pidfds).
 pub struct ForkExecutor {
     loader: KernelLoader,
     running: BTreeMap<i32, Child>,
@@ -211,27 +213,23 @@ impl Executor for ForkExecutor {
             Prepared::Done(attempt) => return self.ready.push_back((i, attempt, t.elapsed())),
             Prepared::Finit(path, flags) => (path, flags),
         };
-        // SAFETY: fork(2) has no memory-safety preconditions for the parent. The
-        // child only calls `KernelLoader::finit` (raw open and finit_module
-        // system calls through rustix, no allocation, no locks) and `_exit`, so
-        // it is sound even if other threads held locks at the time of the fork.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let code = match KernelLoader::finit(&path, flags) {
-                Ok(()) => 0,
-                Err(e) => e.raw_os_error().clamp(1, 255),
-            };
-            // SAFETY: _exit ends the child at once, without running the parent's
-            // atexit handlers or flushing its buffers (which belong to the parent).
-            unsafe { libc::_exit(code) }
-        }
-        let Some(child) = rustix::process::Pid::from_raw(pid) else {
-            log::debug!("fork failed ({}); loading module {} in PID 1", std::io::Error::last_os_error(), entry.name);
-            let attempt = KernelLoader::attempt_of(KernelLoader::finit(&path, flags));
-            return self.ready.push_back((i, attempt, t.elapsed()));
+        let child = match crate::fork::fork_single_threaded("a module loader") {
+            Ok(Forked::Child) => {
+                let code = match KernelLoader::finit(&path, flags) {
+                    Ok(()) => 0,
+                    Err(e) => e.raw_os_error().clamp(1, 255),
+                };
+                crate::fork::exit_child(code)
+            }
+            Ok(Forked::Parent(child)) => child,
+            Err(e) => {
+                log::debug!("{e}; loading module {} in PID 1", entry.name);
+                let attempt = KernelLoader::attempt_of(KernelLoader::finit(&path, flags));
+                return self.ready.push_back((i, attempt, t.elapsed()));
+            }
         };
         let pidfd = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty()).ok();
-        self.running.insert(pid, Child { position: i, started: t, pidfd });
+        self.running.insert(child.as_raw_pid(), Child { position: i, started: t, pidfd });
     }
 
     fn wait(&mut self) -> Option<(usize, Attempt, Duration)> {
@@ -249,8 +247,39 @@ mod tests {
     use crate::modules::fixtures::*;
     use crate::modules::*;
 
+    /// Run `body` in a forked child of this test process: the child has one
+    /// thread, as PID 1 has, so `fork_single_threaded` forks there. True if
+    /// `body` returned; a panic's message goes to stderr.
+    fn in_single_threaded_child(body: impl FnOnce()) -> bool {
+        use std::io::Write;
+        // SAFETY: test only. The child runs `body` (allocation, which glibc's
+        // fork keeps usable in the child, and system calls) and ends with
+        // _exit, never returning into the test harness.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                Ok(()) => 0,
+                Err(payload) => {
+                    let msg = payload
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
+                    let _ = writeln!(std::io::stderr(), "in the forked child: {}", msg.unwrap_or_default());
+                    1
+                }
+            };
+            crate::fork::exit_child(code);
+        }
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        let (_, status) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()).unwrap().unwrap();
+        status.exit_status() == Some(0)
+    }
+
     /// The fork executor carries each child's finit_module errno back: load
-    /// files that are not modules, several at once, and compare with a direct call.
+    /// files that are not modules, several at once, and compare with a direct
+    /// call. In a single-threaded process (as PID 1) each load runs in a
+    /// forked child; in this multi-threaded test process fork is refused and
+    /// each load runs in the process itself, with the same outcome.
     #[test]
     fn fork_executor_reports_what_the_kernel_said() {
         let dir = std::env::temp_dir().join(format!("dockroot-fork-{}", std::process::id()));
@@ -268,15 +297,22 @@ mod tests {
             })
             .collect();
         let index = ModuleIndex { kernel: "6.1.0".into(), modules, aliases: vec![] };
-        let mut auto = Autoloader::with_executor(index, ForkExecutor::new(KernelLoader::new(&dir)), 4);
-        assert_eq!(auto.load_everything(), 6);
-        let report = auto.report();
-        assert_eq!(report.failed.len(), 6, "{report}");
-        for f in &report.failed[..5] {
-            assert_eq!(Attempt::Failed(f.errno().unwrap()), direct, "{f}");
-        }
-        assert_eq!(report.failed[5].errno(), Some(Errno::NOENT));
-        assert!(auto.exec.running.is_empty(), "every child reaped");
+        let load = || {
+            let mut auto = Autoloader::with_executor(index.clone(), ForkExecutor::new(KernelLoader::new(&dir)), 4);
+            assert_eq!(auto.load_everything(), 6);
+            let report = auto.report();
+            assert_eq!(report.failed.len(), 6, "{report}");
+            for f in &report.failed[..5] {
+                assert_eq!(Attempt::Failed(f.errno().unwrap()), direct, "{f}");
+            }
+            assert_eq!(report.failed[5].errno(), Some(Errno::NOENT));
+            assert!(auto.exec.running.is_empty(), "every child reaped");
+        };
+        assert!(in_single_threaded_child(|| {
+            assert_eq!(crate::fork::thread_count(), 1);
+            load();
+        }));
+        load();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
