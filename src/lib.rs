@@ -10,6 +10,7 @@ pub mod choose;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod fork;
 pub mod logging;
 pub mod modules;
 pub mod mounts;

@@ -23,7 +23,7 @@ const APPEND: &str = "root=LABEL=dockroot-test rootflags=subvol=rwlayer rw topla
                       toplayer_path=toplayer dockroot.reboot_delay=1";
 /// What the standard boots need: the virtio disk and btrfs.
 const BOOT_MODULES: &[&str] = &["btrfs", "virtio_blk", "virtio_pci"];
-/// dockroot's line naming who decompressed the compressed modules it loaded (src/modules.rs).
+/// dockroot's line naming who decompressed the compressed modules it loaded (src/modules/decompress.rs).
 const DECOMPRESSED_LINE: &str = "dockroot: compressed kernel modules loaded: ";
 
 /// A scratch directory for one test and kernel, emptied first.

@@ -1,0 +1,94 @@
+//! Test fixtures shared by the unit tests of the module's files: index entries,
+//! two sample indexes and a fake `/sys/devices`.
+
+use std::path::PathBuf;
+
+use super::{Alias, IndexEntry, Load, ModuleIndex};
+
+pub(super) fn entry(name: &str, load: Load, deps: &[&str], pre: &[&str], post: &[&str]) -> IndexEntry {
+    let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    IndexEntry {
+        name: name.into(),
+        path: format!("lib/modules/6.1.0-56-amd64/kernel/{name}.ko"),
+        load,
+        deps: list(deps),
+        pre: list(pre),
+        post: list(post),
+    }
+}
+
+pub(super) fn always(name: &str, deps: &[&str], pre: &[&str]) -> IndexEntry {
+    entry(name, Load::Always, deps, pre, &[])
+}
+
+pub(super) fn alias(pattern: &str, module: &str) -> Alias {
+    Alias { pattern: pattern.into(), module: module.into() }
+}
+
+pub(super) fn sample() -> ModuleIndex {
+    ModuleIndex {
+        kernel: "6.1.0-56-amd64".into(),
+        modules: vec![
+            always("crc32c_generic", &[], &[]),
+            always("crc32c_intel", &[], &[]),
+            always("libcrc32c", &[], &[]),
+            always("xor", &[], &[]),
+            always("btrfs", &["libcrc32c", "xor"], &["crc32c_generic", "crc32c_intel"]),
+        ],
+        aliases: vec![],
+    }
+}
+
+/// A generic-style index: filesystems always, drivers by modalias.
+pub(super) fn machine() -> ModuleIndex {
+    ModuleIndex {
+        kernel: "6.1.0-56-amd64".into(),
+        modules: vec![
+            always("crc32c_generic", &[], &[]),
+            always("libcrc32c", &[], &[]),
+            always("btrfs", &["libcrc32c"], &["crc32c_generic"]),
+            entry("scsi_mod", Load::Modalias, &[], &[], &[]),
+            entry("scsi_common", Load::Modalias, &[], &[], &[]),
+            entry("sd_mod", Load::Modalias, &["scsi_common", "scsi_mod"], &[], &[]),
+            entry("virtio_ring", Load::Modalias, &[], &[], &[]),
+            entry("virtio", Load::Modalias, &["virtio_ring"], &[], &[]),
+            entry("virtio_pci", Load::Modalias, &["virtio", "virtio_ring"], &[], &[]),
+            entry("virtio_blk", Load::Modalias, &["virtio", "virtio_ring"], &[], &["blk_helper"]),
+            entry("blk_helper", Load::Modalias, &[], &[], &[]),
+            entry("nvme_core", Load::Modalias, &[], &[], &[]),
+            entry("nvme", Load::Modalias, &["nvme_core"], &[], &[]),
+        ],
+        aliases: vec![
+            alias("pci:v00001AF4d*sv*sd*bc*sc*i*", "virtio_pci"),
+            alias("virtio:d00000002v*", "virtio_blk"),
+            alias("pci:v*d*sv*sd*bc01sc08i02*", "nvme"),
+            alias("scsi:t-0x00*", "sd_mod"),
+            alias("scsi:t-0x0e*", "sd_mod"),
+        ],
+    }
+}
+
+/// A fake /sys/devices.
+pub(super) fn fake_sysfs(tag: &str) -> PathBuf {
+    let root = std::env::temp_dir().join(format!("dockroot-sysfs-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let write = |rel: &str, text: &str| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write("pci0000:00/0000:00:02.0/modalias", "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00\n");
+    write("pci0000:00/0000:00:02.0/virtio1/modalias", "virtio:d00000002v00001AF4\n");
+    write("pci0000:00/0000:00:03.0/modalias", "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00\n");
+    write("pci0000:00/0000:00:00.0/modalias", "pci:v00008086d00001237sv00001AF4sd00001100bc06sc00i00\n");
+    write("pci0000:00/0000:00:00.0/vendor", "0x8086\n");
+    write("platform/pcspkr/modalias", "platform:pcspkr\n");
+    write("platform/empty/modalias", "\n");
+    write("system/cpu/modalias", "cpu:type:x86,ven0002fam001Amod0002:feature:,0000\n");
+    write("a/b/c/d/e/deep/modalias", "scsi:t-0x00\n");
+    // A symlink loop and a link to a device: never followed.
+    std::os::unix::fs::symlink(&root, root.join("pci0000:00/loop")).unwrap();
+    std::os::unix::fs::symlink(root.join("a"), root.join("platform/pcspkr/subsystem")).unwrap();
+    std::os::unix::fs::symlink(root.join("platform/pcspkr"), root.join("platform/pcspkr/driver")).unwrap();
+    root
+}

@@ -1,0 +1,327 @@
+//! The kernel side: [`KernelLoader`] loads one module (`finit_module`, or
+//! `init_module` on a module this init decompressed), [`ForkExecutor`] runs
+//! several loads at once, each in a forked child process
+//! ([`crate::fork::fork_single_threaded`]). Thin: system calls; the decision
+//! of what to call for a module ([`KernelLoader`]'s `prepare`) and the mapping
+//! of results to attempts are the pure parts.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+
+#[cfg(feature = "decompress-modules")]
+use super::{decompress, DECOMPRESSED_MAX_BYTES};
+use super::{module_compression, Attempt, Executor, IndexEntry, Loader};
+use crate::fork::Forked;
+
+/// `finit_module` flag: the file is compressed, the kernel decompresses it.
+pub const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
+
+/// Is the module already loaded and initialised? (`/sys/module/NAME/initstate` says `live`.)
+fn is_live(name: &str) -> bool {
+    let path = format!("/sys/module/{name}/initstate");
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    let mut state = String::new();
+    if file.take(64).read_to_string(&mut state).is_err() {
+        return false;
+    }
+    state.trim() == "live"
+}
+
+/// Loads modules into the running kernel from the initramfs rooted at `root`.
+#[derive(Debug, Clone)]
+pub struct KernelLoader {
+    root: PathBuf,
+    /// What `/sys/module/compression` says the kernel decompresses itself, if anything.
+    pub(super) kernel_compression: Option<String>,
+}
+
+/// What to do for one module, decided before any process is forked.
+enum Prepared {
+    /// Nothing to run: the outcome is known.
+    Done(Attempt),
+    /// `finit_module` on this file with these flags.
+    Finit(std::ffi::CString, i32),
+}
+
+impl KernelLoader {
+    /// A loader for files under `root`; reads `/sys/module/compression` once.
+    pub fn new(root: &Path) -> KernelLoader {
+        let kernel_compression = std::fs::File::open("/sys/module/compression").ok().and_then(|f| {
+            let mut s = String::new();
+            f.take(64).read_to_string(&mut s).ok()?;
+            Some(s.trim().to_owned()).filter(|s| !s.is_empty())
+        });
+        KernelLoader { root: root.to_owned(), kernel_compression }
+    }
+
+    fn prepare(&self, entry: &IndexEntry) -> Prepared {
+        if is_live(&entry.name) {
+            return Prepared::Done(Attempt::AlreadyPresent);
+        }
+        let path = self.root.join(&entry.path);
+        let flags = match module_compression(&entry.path) {
+            None => 0,
+            Some(kind) if self.kernel_compression.as_deref() == Some(kind) => MODULE_INIT_COMPRESSED_FILE,
+            Some(kind) => return Prepared::Done(self.load_compressed_here(&path, kind)),
+        };
+        match std::ffi::CString::new(path.into_os_string().into_encoded_bytes()) {
+            Ok(c) => Prepared::Finit(c, flags),
+            Err(_) => Prepared::Done(Attempt::Unsupported("the path contains a NUL byte".into())),
+        }
+    }
+
+    /// open + finit_module, nothing else: no allocation, so it is safe in a
+    /// forked child. `Ok` or the errno.
+    fn finit(path: &std::ffi::CStr, flags: i32) -> std::result::Result<(), Errno> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        rustix::system::finit_module(&fd, c"", flags)
+    }
+
+    fn attempt_of(result: std::result::Result<(), Errno>) -> Attempt {
+        match result {
+            Ok(()) => Attempt::Loaded,
+            Err(Errno::EXIST) => Attempt::AlreadyPresent,
+            Err(e) => Attempt::Failed(e),
+        }
+    }
+
+    fn cannot(&self, kind: &str) -> String {
+        let kernel = match &self.kernel_compression {
+            Some(k) => format!("the kernel decompresses only {k} modules"),
+            None => "the kernel does not decompress modules (no /sys/module/compression)".to_owned(),
+        };
+        format!("{kind}-compressed, {kernel}")
+    }
+
+    #[cfg(not(feature = "decompress-modules"))]
+    fn load_compressed_here(&self, _path: &Path, kind: &str) -> Attempt {
+        Attempt::Unsupported(format!(
+            "{} and this init was built without the decompress-modules feature: rebuild the initramfs \
+             without --keep-compressed (the builder then stores modules decompressed), or with an init \
+             built with --features decompress-modules",
+            self.cannot(kind)
+        ))
+    }
+
+    #[cfg(feature = "decompress-modules")]
+    fn load_compressed_here(&self, path: &Path, kind: &str) -> Attempt {
+        let mut data = Vec::new();
+        let read = std::fs::File::open(path)
+            .and_then(|f| f.take(DECOMPRESSED_MAX_BYTES.saturating_add(1)).read_to_end(&mut data));
+        if let Err(e) = read {
+            return Attempt::Failed(e.raw_os_error().map(Errno::from_raw_os_error).unwrap_or(Errno::IO));
+        }
+        let plain = match decompress(kind, &data) {
+            Ok(p) => p,
+            Err(e) => return Attempt::Unsupported(format!("{}; decompressing it here failed: {e}", self.cannot(kind))),
+        };
+        drop(data);
+        Self::attempt_of(rustix::system::init_module(&plain, c""))
+    }
+}
+
+impl Loader for KernelLoader {
+    fn load(&self, entry: &IndexEntry) -> Attempt {
+        match self.prepare(entry) {
+            Prepared::Done(attempt) => attempt,
+            Prepared::Finit(path, flags) => Self::attempt_of(Self::finit(&path, flags)),
+        }
+    }
+}
+
+/// Loads modules in parallel in forked child processes: each child runs one
+/// `finit_module` and exits with 0 or the errno. (A process per module costs a
+/// few KiB of init; std threads would cost 66 KiB of static glibc.) If fork
+/// fails or is refused ([`crate::fork::fork_single_threaded`]: the process runs
+/// other threads), the module is loaded in the calling process. Only its own
+/// children are reaped (by pid, told apart with pidfds).
+pub struct ForkExecutor {
+    loader: KernelLoader,
+    running: BTreeMap<i32, Child>,
+    ready: VecDeque<(usize, Attempt, Duration)>,
+}
+
+struct Child {
+    position: usize,
+    started: Instant,
+    /// Readable once the child exits (None if pidfd_open failed: then it is waited for in turn).
+    pidfd: Option<std::os::fd::OwnedFd>,
+}
+
+impl ForkExecutor {
+    pub fn new(loader: KernelLoader) -> Self {
+        ForkExecutor { loader, running: BTreeMap::new(), ready: VecDeque::new() }
+    }
+
+    /// The pid of a child that has exited, waiting until one has.
+    fn next_exited(&self) -> Option<i32> {
+        use rustix::event::{PollFd, PollFlags};
+        if self.running.is_empty() {
+            return None;
+        }
+        let Some(fds) = self.running.values().map(|c| c.pidfd.as_ref()).collect::<Option<Vec<_>>>() else {
+            // Some child has no pidfd: wait for the oldest child without one.
+            return self.running.iter().find(|(_, c)| c.pidfd.is_none()).map(|(pid, _)| *pid);
+        };
+        let mut polls: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::IN)).collect();
+        loop {
+            match rustix::event::poll(&mut polls, None) {
+                Ok(_) => break,
+                Err(Errno::INTR) => continue,
+                // Cannot poll: wait for the oldest child.
+                Err(_) => return self.running.keys().next().copied(),
+            }
+        }
+        let ready = polls.iter().position(|p| !p.revents().is_empty());
+        ready.and_then(|k| self.running.keys().nth(k).copied()).or_else(|| self.running.keys().next().copied())
+    }
+
+    /// Wait for child `pid` and turn its exit status into an attempt.
+    fn reap(&mut self, pid: i32) -> Option<(usize, Attempt, Duration)> {
+        let child = self.running.remove(&pid)?;
+        let status = loop {
+            let Some(p) = rustix::process::Pid::from_raw(pid) else { break Err(Errno::CHILD) };
+            match rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty()) {
+                Ok(Some((_, status))) => break Ok(status),
+                Ok(None) => break Err(Errno::CHILD),
+                Err(Errno::INTR) => continue,
+                Err(e) => break Err(e),
+            }
+        };
+        let attempt = match status {
+            Ok(status) => match (status.exit_status(), status.terminating_signal()) {
+                (Some(0), _) => Attempt::Loaded,
+                (Some(code), _) => KernelLoader::attempt_of(Err(Errno::from_raw_os_error(code))),
+                (None, Some(sig)) => Attempt::Unsupported(format!("the loader process died of signal {sig}")),
+                (None, None) => Attempt::Unsupported(format!("the loader process ended oddly ({status:?})")),
+            },
+            Err(e) => Attempt::Unsupported(format!("lost its loader process ({})", crate::error::errno_text(e))),
+        };
+        Some((child.position, attempt, child.started.elapsed()))
+    }
+}
+
+impl Executor for ForkExecutor {
+    fn start(&mut self, i: usize, entry: &IndexEntry) {
+        let t = Instant::now();
+        let (path, flags) = match self.loader.prepare(entry) {
+            Prepared::Done(attempt) => return self.ready.push_back((i, attempt, t.elapsed())),
+            Prepared::Finit(path, flags) => (path, flags),
+        };
+        let child = match crate::fork::fork_single_threaded("a module loader") {
+            Ok(Forked::Child) => {
+                let code = match KernelLoader::finit(&path, flags) {
+                    Ok(()) => 0,
+                    Err(e) => e.raw_os_error().clamp(1, 255),
+                };
+                crate::fork::exit_child(code)
+            }
+            Ok(Forked::Parent(child)) => child,
+            Err(e) => {
+                log::debug!("{e}; loading module {} in PID 1", entry.name);
+                let attempt = KernelLoader::attempt_of(KernelLoader::finit(&path, flags));
+                return self.ready.push_back((i, attempt, t.elapsed()));
+            }
+        };
+        let pidfd = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty()).ok();
+        self.running.insert(child.as_raw_pid(), Child { position: i, started: t, pidfd });
+    }
+
+    fn wait(&mut self) -> Option<(usize, Attempt, Duration)> {
+        if let Some(done) = self.ready.pop_front() {
+            return Some(done);
+        }
+        let pid = self.next_exited()?;
+        self.reap(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modules::fixtures::*;
+    use crate::modules::*;
+
+    /// Run `body` in a forked child of this test process: the child has one
+    /// thread, as PID 1 has, so `fork_single_threaded` forks there. True if
+    /// `body` returned; a panic's message goes to stderr.
+    fn in_single_threaded_child(body: impl FnOnce()) -> bool {
+        use std::io::Write;
+        // SAFETY: test only. The child runs `body` (allocation, which glibc's
+        // fork keeps usable in the child, and system calls) and ends with
+        // _exit, never returning into the test harness.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                Ok(()) => 0,
+                Err(payload) => {
+                    let msg = payload
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
+                    let _ = writeln!(std::io::stderr(), "in the forked child: {}", msg.unwrap_or_default());
+                    1
+                }
+            };
+            crate::fork::exit_child(code);
+        }
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        let (_, status) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()).unwrap().unwrap();
+        status.exit_status() == Some(0)
+    }
+
+    /// The fork executor carries each child's finit_module errno back: load
+    /// files that are not modules, several at once, and compare with a direct
+    /// call. In a single-threaded process (as PID 1) each load runs in a
+    /// forked child; in this multi-threaded test process fork is refused and
+    /// each load runs in the process itself, with the same outcome.
+    #[test]
+    fn fork_executor_reports_what_the_kernel_said() {
+        let dir = std::env::temp_dir().join(format!("dockroot-fork-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("junk.ko"), b"not an ELF module").unwrap();
+        let direct = KernelLoader::attempt_of(KernelLoader::finit(
+            &std::ffi::CString::new(dir.join("junk.ko").into_os_string().into_encoded_bytes()).unwrap(),
+            0,
+        ));
+        assert!(matches!(direct, Attempt::Failed(_)), "{direct:?}");
+        let modules: Vec<IndexEntry> = (0..6)
+            .map(|i| IndexEntry {
+                path: if i == 5 { "missing.ko".into() } else { "junk.ko".into() },
+                ..always(&format!("dockroot_test_junk{i}"), &[], &[])
+            })
+            .collect();
+        let index = ModuleIndex { kernel: "6.1.0".into(), modules, aliases: vec![] };
+        let load = || {
+            let mut auto = Autoloader::with_executor(index.clone(), ForkExecutor::new(KernelLoader::new(&dir)), 4);
+            assert_eq!(auto.load_everything(), 6);
+            let report = auto.report();
+            assert_eq!(report.failed.len(), 6, "{report}");
+            for f in &report.failed[..5] {
+                assert_eq!(Attempt::Failed(f.errno().unwrap()), direct, "{f}");
+            }
+            assert_eq!(report.failed[5].errno(), Some(Errno::NOENT));
+            assert!(auto.exec.running.is_empty(), "every child reaped");
+        };
+        assert!(in_single_threaded_child(|| {
+            assert_eq!(crate::fork::thread_count(), 1);
+            load();
+        }));
+        load();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn finit_results_map_to_attempts() {
+        assert_eq!(KernelLoader::attempt_of(Ok(())), Attempt::Loaded);
+        assert_eq!(KernelLoader::attempt_of(Err(Errno::EXIST)), Attempt::AlreadyPresent);
+        for e in [Errno::NOEXEC, Errno::NOENT, Errno::OPNOTSUPP, Errno::KEYREJECTED, Errno::PERM, Errno::INVAL] {
+            assert_eq!(KernelLoader::attempt_of(Err(e)), Attempt::Failed(e), "{e:?}");
+        }
+    }
+}

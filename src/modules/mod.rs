@@ -1,0 +1,82 @@
+//! Kernel modules in the initramfs: the index the builder writes, the alias
+//! matching that picks drivers for the hardware present, and the parallel
+//! loader PID 1 runs at boot.
+//!
+//! # The index
+//!
+//! The builder (`dockroot-mkinitramfs`) resolves dependencies on the host and
+//! writes [`INDEX_PATH`], a small text file:
+//!
+//! ```text
+//! dockroot-modules 2
+//! kernel 6.1.0-56-amd64
+//! module libcrc32c lib/modules/6.1.0-56-amd64/kernel/lib/libcrc32c.ko always deps= pre= post=
+//! module btrfs lib/modules/6.1.0-56-amd64/kernel/fs/btrfs/btrfs.ko always deps=libcrc32c,xor pre=crc32c_generic post=
+//! module virtio_blk lib/modules/6.1.0-56-amd64/kernel/drivers/block/virtio_blk.ko modalias deps=virtio_ring pre= post=
+//! alias virtio:d00000002v* virtio_blk
+//! ```
+//!
+//! The first line names the format and its version, the second the kernel
+//! release the modules were built for. Each `module` line gives the module's
+//! name (with `_`, as the kernel names it), its path inside the initramfs
+//! (relative, no `..`; a `.ko.xz`/`.ko.zst`/`.ko.gz` file is loaded as such),
+//! when to load it (`always`, or `modalias`: only when a device asks for it),
+//! the modules it needs (`deps=`: hard dependencies, from modules.dep), the ones
+//! to load before it if they can be (`pre=`: pre-softdeps) and the ones to load
+//! after it (`post=`: post-softdeps). Every name in `deps=`/`pre=` is listed on
+//! an earlier line and every name in `post=` on a later one, so line order is a
+//! load order. An `alias` line gives a device alias pattern of a listed module,
+//! as in the kernel's modules.alias (glob patterns: `*`, `?`, `[...]`).
+//!
+//! # At boot
+//!
+//! An [`Autoloader`] checks the release against the running kernel, loads the
+//! `always` modules ([`Autoloader::load_unconditional`]), walks
+//! `/sys/devices/**/modalias` ([`Autoloader::coldplug`]) and loads the modules
+//! whose patterns match, matching as modprobe does; the boot driver passes it
+//! the MODALIAS of every later uevent ([`Autoloader::on_modalias`]) so a device
+//! that appears later gets its driver too. Each request loads the modules with
+//! their dependencies and softdeps, each module at most once, several at once
+//! where the dependencies allow, each in a forked child process.
+//!
+//! A module that is already loaded is fine; one that fails is reported and the
+//! boot goes on (the missing driver shows up later as a missing device, with
+//! this report on the console); the modules that need a failed one are skipped.
+//! A failed *soft* dependency (say `crc32c_intel` on a CPU without SSE 4.2) does
+//! not stop the modules waiting for it.
+//!
+//! # The files
+//!
+//! - `index.rs`: the index format, the builder's contract (pure).
+//! - `alias.rs`: alias matching as modprobe does it (pure).
+//! - `report.rs`: the outcome of each attempt and the report (pure).
+//! - `schedule.rs`: which module may start, given what has finished (pure).
+//! - `loader.rs`: `finit_module` and the forked children (system calls).
+//! - `decompress.rs`: compressed modules (pure; decompression with a feature).
+//! - `sysfs.rs`: the walk of `/sys/devices` for modalias files.
+//! - `autoload.rs`: the autoloader the boot drives.
+
+mod alias;
+mod autoload;
+mod decompress;
+#[cfg(test)]
+mod fixtures;
+mod index;
+mod loader;
+mod report;
+mod schedule;
+mod sysfs;
+
+pub use alias::{glob_match, normalize_alias, AliasTable};
+pub use autoload::{Autoloader, DIAGNOSTIC_LINE_BYTES, NOT_DISK_BUSES};
+#[cfg(feature = "decompress-modules")]
+pub use decompress::{decompress, DECOMPRESSED_MAX_BYTES};
+pub use decompress::{decompression_summary, module_compression, DECOMPRESS_MARKER};
+pub use index::{
+    check_kernel_release, check_pattern, normalize_name, parse_index, read_index, write_index, Alias, IndexEntry, Load,
+    ModuleIndex, INDEX_HEADER, INDEX_MAX_BYTES, INDEX_PATH,
+};
+pub use loader::{ForkExecutor, KernelLoader, MODULE_INIT_COMPRESSED_FILE};
+pub use report::{errno_hint, Attempt, Cause, Failure, LoadReport, Skipped};
+pub use schedule::{default_workers, Executor, Loader, Sequential, MAX_WORKERS};
+pub use sysfs::{collect_modaliases, MODALIAS_MAX_BYTES, SYSFS_MAX_DEPTH, SYSFS_MAX_ENTRIES};

@@ -1,0 +1,589 @@
+//! Scheduling: which module may start, given what has finished. [`Graph`] is
+//! the dependency graph of an index, [`Schedule`] the state of every module
+//! across load rounds, [`run_queued`] runs what is queued with an [`Executor`]
+//! at most `workers` at once, and [`record`] adds the outcomes to a report.
+//! All pure: the system calls are the executor's ([`super::ForkExecutor`] at
+//! boot; [`Sequential`] with a fake [`Loader`] in tests).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+
+use super::{Attempt, Cause, Failure, IndexEntry, LoadReport, ModuleIndex, Skipped};
+
+/// The most modules loading at the same time.
+pub const MAX_WORKERS: usize = 4;
+
+/// Where one module of the index stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Status {
+    /// Not asked for (yet).
+    Idle,
+    /// Asked for, waiting for what it waits for.
+    Waiting,
+    /// Being loaded.
+    Running,
+    /// Loaded, present, failed or skipped.
+    Done(Done),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Done {
+    Loaded(Duration),
+    AlreadyPresent,
+    Failed(Cause),
+    Skipped(String),
+}
+
+impl Done {
+    pub(super) fn ok(&self) -> bool {
+        matches!(self, Done::Loaded(_) | Done::AlreadyPresent)
+    }
+}
+
+/// The dependency graph of an index, by position.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Graph {
+    pub(super) pos: BTreeMap<String, usize>,
+    /// Hard dependencies.
+    hard: Vec<Vec<usize>>,
+    /// Everything a module waits for: hard deps, pre-softdeps, and the modules naming it as post-softdep.
+    waits: Vec<Vec<usize>>,
+    /// What asking for a module brings along: deps, pre- and post-softdeps.
+    wants: Vec<Vec<usize>>,
+}
+
+impl Graph {
+    pub(super) fn new(index: &ModuleIndex) -> Graph {
+        let pos: BTreeMap<String, usize> = index.modules.iter().enumerate().map(|(i, m)| (m.name.clone(), i)).collect();
+        let find = |names: &[String]| -> Vec<usize> { names.iter().filter_map(|n| pos.get(n).copied()).collect() };
+        let hard: Vec<Vec<usize>> = index.modules.iter().map(|m| find(&m.deps)).collect();
+        let mut waits: Vec<Vec<usize>> =
+            index.modules.iter().map(|m| find(&m.deps).into_iter().chain(find(&m.pre)).collect()).collect();
+        let mut wants = waits.clone();
+        for (i, m) in index.modules.iter().enumerate() {
+            for p in find(&m.post) {
+                if let Some(w) = waits.get_mut(p) {
+                    w.push(i);
+                }
+                if let Some(w) = wants.get_mut(i) {
+                    w.push(p);
+                }
+            }
+        }
+        Graph { pos, hard, waits, wants }
+    }
+
+    /// `roots` and everything they bring along.
+    pub(super) fn closure(&self, roots: impl IntoIterator<Item = usize>) -> BTreeSet<usize> {
+        let mut out = BTreeSet::new();
+        let mut stack: Vec<usize> = roots.into_iter().collect();
+        while let Some(i) = stack.pop() {
+            if out.insert(i) {
+                stack.extend(self.wants.get(i).into_iter().flatten().copied());
+            }
+        }
+        out
+    }
+}
+
+/// What a worker should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Start(usize),
+    /// Nothing can start until a running module finishes.
+    Wait,
+    /// Nothing waits or runs.
+    Finished,
+}
+
+/// The state of all modules across load rounds (pure: no system calls).
+#[derive(Debug, Clone)]
+pub(super) struct Schedule {
+    status: Vec<Status>,
+}
+
+impl Schedule {
+    pub(super) fn new(len: usize) -> Schedule {
+        Schedule { status: vec![Status::Idle; len] }
+    }
+
+    /// Ask for these modules (and what they bring along: pass a closure).
+    /// Returns how many were newly queued.
+    pub(super) fn queue(&mut self, set: &BTreeSet<usize>) -> usize {
+        let mut n = 0usize;
+        for &i in set {
+            if let Some(s @ Status::Idle) = self.status.get_mut(i) {
+                *s = Status::Waiting;
+                n = n.saturating_add(1);
+            }
+        }
+        n
+    }
+
+    pub(super) fn done(&self, i: usize) -> Option<&Done> {
+        match self.status.get(i) {
+            Some(Status::Done(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The next module that may start; modules whose hard dependency did not
+    /// load are marked skipped on the way (`names` for the message).
+    fn next(&mut self, graph: &Graph, names: &[&str]) -> Next {
+        let mut running = false;
+        let mut waiting = None;
+        for i in 0..self.status.len() {
+            match self.status.get(i) {
+                Some(Status::Running) => running = true,
+                Some(Status::Waiting) => {
+                    // Waits on modules nobody asked for (post-softdep relations) do not count.
+                    let ready = graph
+                        .waits
+                        .get(i)
+                        .into_iter()
+                        .flatten()
+                        .all(|&w| matches!(self.status.get(w), Some(Status::Done(_) | Status::Idle) | None));
+                    if !ready {
+                        waiting.get_or_insert(i);
+                        continue;
+                    }
+                    let missing =
+                        graph.hard.get(i).into_iter().flatten().find(|&&d| !self.done(d).is_some_and(Done::ok));
+                    if let Some(&dep) = missing {
+                        let dep_name = names.get(dep).copied().unwrap_or("?").to_owned();
+                        let name = names.get(i).copied().unwrap_or("?");
+                        log::warn!("skipping module {name}: it needs {dep_name}, which did not load");
+                        if let Some(s) = self.status.get_mut(i) {
+                            *s = Status::Done(Done::Skipped(dep_name));
+                        }
+                        continue;
+                    }
+                    if let Some(s) = self.status.get_mut(i) {
+                        *s = Status::Running;
+                    }
+                    return Next::Start(i);
+                }
+                _ => {}
+            }
+        }
+        if running {
+            return Next::Wait;
+        }
+        if let Some(stuck) = waiting {
+            // Cannot happen with an index that parsed (waits point to earlier
+            // lines), but never hang: give up on what is left.
+            let name = names.get(stuck).copied().unwrap_or("?");
+            log::warn!("module {name} waits for modules that never load; skipping it");
+            if let Some(s) = self.status.get_mut(stuck) {
+                *s = Status::Done(Done::Skipped("(a dependency cycle)".to_owned()));
+            }
+            return self.next(graph, names);
+        }
+        Next::Finished
+    }
+
+    /// Mark every running module failed for `why`; returns their positions.
+    fn abandon(&mut self, why: &str) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (i, s) in self.status.iter_mut().enumerate() {
+            if *s == Status::Running {
+                *s = Status::Done(Done::Failed(Cause::Unsupported(why.to_owned())));
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    fn finish(&mut self, i: usize, attempt: Attempt, took: Duration) {
+        let done = match attempt {
+            Attempt::Loaded => Done::Loaded(took),
+            Attempt::AlreadyPresent => Done::AlreadyPresent,
+            Attempt::Failed(e) => Done::Failed(Cause::Errno(e)),
+            Attempt::Unsupported(why) => Done::Failed(Cause::Unsupported(why)),
+        };
+        if let Some(s) = self.status.get_mut(i) {
+            *s = Status::Done(done);
+        }
+    }
+}
+
+/// Something that loads one module, synchronously: [`KernelLoader`](super::KernelLoader), or a fake in tests.
+pub trait Loader {
+    fn load(&self, entry: &IndexEntry) -> Attempt;
+}
+
+impl<F: Fn(&IndexEntry) -> Attempt> Loader for F {
+    fn load(&self, entry: &IndexEntry) -> Attempt {
+        self(entry)
+    }
+}
+
+/// Runs load attempts, possibly several at once: [`ForkExecutor`](super::ForkExecutor) at boot,
+/// [`Sequential`] for a plain [`Loader`], a simulation in tests.
+pub trait Executor {
+    /// Start loading `entry`, the module at index position `i`.
+    fn start(&mut self, i: usize, entry: &IndexEntry);
+    /// Block until a started attempt finishes: its position, outcome and how
+    /// long it took. `None` if nothing runs (or it can no longer be waited for).
+    fn wait(&mut self) -> Option<(usize, Attempt, Duration)>;
+}
+
+/// Runs each attempt at once, in the calling thread, with a [`Loader`].
+pub struct Sequential<L> {
+    loader: L,
+    done: VecDeque<(usize, Attempt, Duration)>,
+}
+
+impl<L: Loader> Sequential<L> {
+    pub fn new(loader: L) -> Self {
+        Sequential { loader, done: VecDeque::new() }
+    }
+}
+
+impl<L: Loader> Executor for Sequential<L> {
+    fn start(&mut self, i: usize, entry: &IndexEntry) {
+        let t = Instant::now();
+        let attempt = self.loader.load(entry);
+        self.done.push_back((i, attempt, t.elapsed()));
+    }
+
+    fn wait(&mut self) -> Option<(usize, Attempt, Duration)> {
+        self.done.pop_front()
+    }
+}
+
+/// The default number of modules loading at once: min(4, 2 × CPUs this process may use).
+pub fn default_workers() -> usize {
+    let cpus = rustix::thread::sched_getaffinity(None).map(|set| set.count() as usize).unwrap_or(1);
+    cpus.saturating_mul(2).clamp(1, MAX_WORKERS)
+}
+
+/// Run every queued module of `schedule` with `exec`, at most `workers` at
+/// once. A module starts once all it waits for has finished. Returns the
+/// positions that ran, in the order they finished.
+pub(super) fn run_queued<X: Executor + ?Sized>(
+    schedule: &mut Schedule,
+    graph: &Graph,
+    index: &ModuleIndex,
+    exec: &mut X,
+    workers: usize,
+) -> Vec<usize> {
+    let names: Vec<&str> = index.modules.iter().map(|m| m.name.as_str()).collect();
+    let mut running = 0usize;
+    let mut order = Vec::new();
+    loop {
+        while running < workers.max(1) {
+            match schedule.next(graph, &names) {
+                Next::Start(i) => match index.modules.get(i) {
+                    Some(entry) => {
+                        exec.start(i, entry);
+                        running = running.saturating_add(1);
+                    }
+                    None => schedule.finish(i, Attempt::Unsupported("not in the index".into()), Duration::ZERO),
+                },
+                Next::Wait => break,
+                // Nothing runs and nothing waits.
+                Next::Finished => return order,
+            }
+        }
+        match exec.wait() {
+            Some((i, attempt, took)) => {
+                schedule.finish(i, attempt, took);
+                running = running.saturating_sub(1);
+                order.push(i);
+            }
+            None => {
+                // The executor lost what it ran: never wait for it forever.
+                order.extend(schedule.abandon("its loader was lost (no exit status)"));
+                running = 0;
+            }
+        }
+    }
+}
+
+/// Add the outcomes of `positions` to `report` (in index order) and log each.
+pub(super) fn record(report: &mut LoadReport, schedule: &Schedule, index: &ModuleIndex, mut positions: Vec<usize>) {
+    positions.sort_unstable();
+    for i in positions {
+        let (Some(entry), Some(done)) = (index.modules.get(i), schedule.done(i)) else { continue };
+        match done {
+            Done::Loaded(took) => {
+                log::debug!("loaded module {} in {} us", entry.name, took.as_micros());
+                report.loaded.push((entry.name.clone(), *took));
+            }
+            Done::AlreadyPresent => {
+                log::debug!("module {} was already loaded", entry.name);
+                report.already_present.push(entry.name.clone());
+            }
+            Done::Failed(cause) => {
+                let failure = Failure { name: entry.name.clone(), path: entry.path.clone(), cause: cause.clone() };
+                if failure.errno() == Some(Errno::NODEV) {
+                    // Accelerated variants (crc32c_intel on a CPU without SSE4.2) and
+                    // drivers of absent hardware: expected, not worth a warning.
+                    log::info!("module {failure}");
+                } else {
+                    log::warn!("cannot load module {failure}");
+                }
+                report.failed.push(failure);
+            }
+            Done::Skipped(because_of) => {
+                report.skipped.push(Skipped { name: entry.name.clone(), because_of: because_of.clone() })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modules::fixtures::*;
+    use crate::modules::*;
+    use std::sync::Mutex;
+
+    // --- scheduling ---
+
+    #[test]
+    fn loads_in_order_and_skips_dependents_of_failures() {
+        let mut index = sample();
+        index.modules.push(always("raid1", &["btrfs"], &[]));
+        index.modules.push(always("vfat", &[], &[]));
+        let order = Mutex::new(Vec::new());
+        let mut auto = Autoloader::with_loader(index, |e: &IndexEntry| {
+            order.lock().unwrap().push(e.name.clone());
+            match e.name.as_str() {
+                "crc32c_intel" => Attempt::Failed(Errno::NODEV),
+                "xor" => Attempt::Failed(Errno::NOEXEC),
+                "libcrc32c" => Attempt::AlreadyPresent,
+                _ => Attempt::Loaded,
+            }
+        });
+        auto.load_everything();
+        let report = auto.report();
+        // btrfs needs xor (failed): skipped, and so is raid1 which needs btrfs.
+        // The failed soft dependency crc32c_intel stops nothing.
+        assert_eq!(*order.lock().unwrap(), ["crc32c_generic", "crc32c_intel", "libcrc32c", "xor", "vfat"]);
+        let loaded: Vec<&str> = report.loaded.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(loaded, ["crc32c_generic", "vfat"]);
+        assert_eq!(report.already_present, ["libcrc32c"]);
+        assert_eq!(report.failed.len(), 2);
+        assert_eq!(report.failed[1].name, "xor");
+        assert_eq!(report.failed[1].errno(), Some(Errno::NOEXEC));
+        assert_eq!(
+            report.skipped,
+            [
+                Skipped { name: "btrfs".into(), because_of: "xor".into() },
+                Skipped { name: "raid1".into(), because_of: "btrfs".into() },
+            ]
+        );
+        assert!(!report.all_loaded());
+        let text = report.to_string();
+        assert!(text.starts_with("kernel modules: 2 loaded, 1 already present, 2 failed, 2 skipped ("), "{text}");
+        assert!(
+            text.contains("\n  failed: xor (/lib/modules/6.1.0-56-amd64/kernel/xor.ko): ")
+                && text.contains("(os error 8): built for another kernel?"),
+            "{text}"
+        );
+        assert!(text.contains("\n  skipped: raid1 (needs btrfs, which did not load)"), "{text}");
+    }
+
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// A pseudo-random index: module i depends on some earlier ones, pre-softdeps
+    /// and post-softdeps included.
+    fn random_index(seed: u64, n: usize) -> ModuleIndex {
+        let mut rng = XorShift(seed | 1);
+        let mut modules: Vec<IndexEntry> = Vec::new();
+        for i in 0..n {
+            let mut e = always(&format!("m{i}"), &[], &[]);
+            for j in 0..i {
+                match rng.next() % 12 {
+                    0 => e.deps.push(format!("m{j}")),
+                    1 => e.pre.push(format!("m{j}")),
+                    _ => {}
+                }
+            }
+            modules.push(e);
+        }
+        // A few post-softdeps: module i names a later module.
+        for i in 0..n.saturating_sub(1) {
+            if rng.next().is_multiple_of(5) {
+                let later = format!("m{}", i + 1 + (rng.next() as usize % (n - i - 1)));
+                let m = modules.get_mut(i).unwrap();
+                if !m.post.contains(&later) {
+                    m.post.push(later);
+                }
+            }
+        }
+        let index = ModuleIndex { kernel: "6.1.0".into(), modules, aliases: vec![] };
+        parse_index(&write_index(&index).unwrap()).unwrap()
+    }
+
+    /// What a module must wait for: deps, pre-softdeps and modules naming it as post-softdep.
+    fn waits_of(index: &ModuleIndex, name: &str) -> BTreeSet<String> {
+        let e = index.modules.iter().find(|m| m.name == name).unwrap();
+        let mut w: BTreeSet<String> = e.deps.iter().chain(&e.pre).cloned().collect();
+        w.extend(index.modules.iter().filter(|m| m.post.iter().any(|p| p == name)).map(|m| m.name.clone()));
+        w
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Event {
+        Start(String),
+        Finish(String),
+    }
+
+    /// An executor that finishes a random running attempt on each wait, and
+    /// records what started and finished when.
+    struct Simulated {
+        rng: XorShift,
+        running: Vec<(usize, String)>,
+        events: Vec<Event>,
+        max_running: usize,
+        fail: BTreeSet<String>,
+    }
+
+    impl Simulated {
+        fn new(seed: u64, fail: &[&str]) -> Self {
+            Simulated {
+                rng: XorShift(seed | 1),
+                running: Vec::new(),
+                events: Vec::new(),
+                max_running: 0,
+                fail: fail.iter().map(|s| s.to_string()).collect(),
+            }
+        }
+    }
+
+    impl Executor for Simulated {
+        fn start(&mut self, i: usize, entry: &IndexEntry) {
+            self.events.push(Event::Start(entry.name.clone()));
+            self.running.push((i, entry.name.clone()));
+            self.max_running = self.max_running.max(self.running.len());
+        }
+
+        fn wait(&mut self) -> Option<(usize, Attempt, Duration)> {
+            if self.running.is_empty() {
+                return None;
+            }
+            let k = self.rng.next() as usize % self.running.len();
+            let (i, name) = self.running.swap_remove(k);
+            self.events.push(Event::Finish(name.clone()));
+            let attempt = if self.fail.contains(&name) { Attempt::Failed(Errno::INVAL) } else { Attempt::Loaded };
+            Some((i, attempt, Duration::from_micros(10)))
+        }
+    }
+
+    #[test]
+    fn parallel_loading_never_starts_a_module_before_what_it_waits_for() {
+        for seed in 1..=200u64 {
+            let index = random_index(seed.wrapping_mul(0x2545_f491_4f6c_dd1d), 40);
+            let fail = format!("m{}", seed % 7);
+            let mut auto = Autoloader::with_executor(index.clone(), Simulated::new(seed, &[&fail]), 4);
+            assert_eq!(auto.load_everything(), 40);
+            let (sim, report) = (&auto.exec, auto.report());
+            let skipped: BTreeSet<&str> = report.skipped.iter().map(|s| s.name.as_str()).collect();
+            let mut finished = BTreeSet::new();
+            let mut started = BTreeSet::new();
+            for ev in &sim.events {
+                match ev {
+                    Event::Start(n) => {
+                        assert!(started.insert(n.clone()), "seed {seed}: {n} started twice");
+                        for w in waits_of(&index, n) {
+                            // A skipped module never starts: waiting for it is over at once.
+                            assert!(
+                                finished.contains(&w) || skipped.contains(w.as_str()),
+                                "seed {seed}: {n} started before {w} finished"
+                            );
+                        }
+                    }
+                    Event::Finish(n) => {
+                        finished.insert(n.clone());
+                    }
+                }
+            }
+            assert!(sim.max_running <= 4, "seed {seed}");
+            // Every module is accounted for once; exactly the dependents of the failure are skipped.
+            let total = report.loaded.len() + report.failed.len() + report.skipped.len();
+            assert_eq!(total, index.modules.len(), "seed {seed}");
+            for m in &index.modules {
+                let bad_dep = m.deps.iter().any(|d| *d == fail || skipped.contains(d.as_str()));
+                assert_eq!(bad_dep, skipped.contains(m.name.as_str()), "seed {seed}: {}", m.name);
+                assert_eq!(started.contains(&m.name), !skipped.contains(m.name.as_str()), "seed {seed}: {}", m.name);
+            }
+            // The report is in index order whatever the completion order.
+            let loaded: Vec<&String> = report.loaded.iter().map(|(n, _)| n).collect();
+            let mut sorted = loaded.clone();
+            sorted.sort_by_key(|n| index.modules.iter().position(|m| &m.name == *n));
+            assert_eq!(loaded, sorted);
+        }
+    }
+
+    #[test]
+    fn independent_modules_run_concurrently_up_to_the_pool_size() {
+        let modules = (0..8).map(|i| always(&format!("m{i}"), &[], &[])).collect();
+        let index = ModuleIndex { kernel: "6.1.0".into(), modules, aliases: vec![] };
+        let mut auto = Autoloader::with_executor(index, Simulated::new(7, &[]), 3);
+        auto.load_everything();
+        assert_eq!(auto.report().loaded.len(), 8);
+        assert_eq!(auto.exec.max_running, 3);
+        // A chain never runs two at once.
+        let chain = (0..5).map(|i| {
+            if i == 0 {
+                always("c0", &[], &[])
+            } else {
+                always(&format!("c{i}"), &[&format!("c{}", i - 1)], &[])
+            }
+        });
+        let index = ModuleIndex { kernel: "6.1.0".into(), modules: chain.collect(), aliases: vec![] };
+        let mut auto = Autoloader::with_executor(index, Simulated::new(7, &[]), 4);
+        auto.load_everything();
+        assert_eq!(auto.exec.max_running, 1);
+        assert!((1..=MAX_WORKERS).contains(&default_workers()));
+    }
+
+    #[test]
+    fn schedule_is_pure_and_cascades_skips() {
+        let index = machine();
+        let graph = Graph::new(&index);
+        let names: Vec<&str> = index.modules.iter().map(|m| m.name.as_str()).collect();
+        let pos = |n: &str| graph.pos[n];
+        let mut s = Schedule::new(index.modules.len());
+        // Asking for sd_mod brings scsi_mod and scsi_common, nothing else.
+        let set = graph.closure([pos("sd_mod")]);
+        assert_eq!(set, [pos("scsi_mod"), pos("scsi_common"), pos("sd_mod")].into_iter().collect());
+        assert_eq!(s.queue(&set), 3);
+        assert_eq!(s.queue(&set), 0, "queued once");
+        assert_eq!(s.next(&graph, &names), Next::Start(pos("scsi_mod")));
+        assert_eq!(s.next(&graph, &names), Next::Start(pos("scsi_common")));
+        assert_eq!(s.next(&graph, &names), Next::Wait, "sd_mod waits for both");
+        s.finish(pos("scsi_mod"), Attempt::Failed(Errno::INVAL), Duration::ZERO);
+        assert_eq!(s.next(&graph, &names), Next::Wait);
+        s.finish(pos("scsi_common"), Attempt::Loaded, Duration::ZERO);
+        assert_eq!(s.next(&graph, &names), Next::Finished);
+        assert_eq!(s.done(pos("sd_mod")), Some(&Done::Skipped("scsi_mod".into())));
+        // virtio_blk brings its post-softdep, which waits for it.
+        let set = graph.closure([pos("virtio_blk")]);
+        assert!(set.contains(&pos("blk_helper")) && set.contains(&pos("virtio_ring")));
+        s.queue(&set);
+        assert_eq!(s.next(&graph, &names), Next::Start(pos("virtio_ring")));
+        assert_eq!(s.next(&graph, &names), Next::Wait);
+        s.finish(pos("virtio_ring"), Attempt::Loaded, Duration::ZERO);
+        assert_eq!(s.next(&graph, &names), Next::Start(pos("virtio")));
+        s.finish(pos("virtio"), Attempt::Loaded, Duration::ZERO);
+        assert_eq!(s.next(&graph, &names), Next::Start(pos("virtio_blk")));
+        assert_eq!(s.next(&graph, &names), Next::Wait, "blk_helper waits for virtio_blk");
+        s.finish(pos("virtio_blk"), Attempt::Loaded, Duration::ZERO);
+        assert_eq!(s.next(&graph, &names), Next::Start(pos("blk_helper")));
+    }
+}
