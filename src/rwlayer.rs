@@ -651,33 +651,30 @@ impl RwStore {
             return false;
         }
         let shown = self.shown(&trash);
-        // SAFETY: fork(2) has no memory-safety preconditions. PID 1 runs no
-        // other threads (modules load in forked processes), so no lock is held
-        // in the child, which deletes files and calls _exit.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let t = std::time::Instant::now();
-            let code = match remove_contents(dir.as_fd(), 0) {
-                Ok(n) => {
-                    log::info!("emptied {shown} ({n} entries) in {} ms, in the background", t.elapsed().as_millis());
-                    0
-                }
-                Err(e) => {
-                    log::warn!("could not empty {shown} (the next boot tries again): {e}");
-                    1
-                }
-            };
-            // SAFETY: _exit ends the child without running the parent's exit
-            // handlers or flushing buffers that belong to the parent.
-            unsafe { libc::_exit(code) }
-        }
-        if pid < 0 {
-            log::warn!(
-                "could not start deleting {shown} ({}): the next boot tries again",
-                std::io::Error::last_os_error()
-            );
-            return false;
-        }
+        let pid = match crate::fork::fork_single_threaded(&format!("emptying {shown}")) {
+            Ok(crate::fork::Forked::Parent(pid)) => pid.as_raw_nonzero(),
+            Ok(crate::fork::Forked::Child) => {
+                let t = std::time::Instant::now();
+                let code = match remove_contents(dir.as_fd(), 0) {
+                    Ok(n) => {
+                        log::info!(
+                            "emptied {shown} ({n} entries) in {} ms, in the background",
+                            t.elapsed().as_millis()
+                        );
+                        0
+                    }
+                    Err(e) => {
+                        log::warn!("could not empty {shown} (the next boot tries again): {e}");
+                        1
+                    }
+                };
+                crate::fork::exit_child(code)
+            }
+            Err(e) => {
+                log::warn!("could not start deleting {shown} ({e}): the next boot tries again");
+                return false;
+            }
+        };
         log::info!("deleting the old overlay roots in {shown} in the background (process {pid})");
         true
     }
