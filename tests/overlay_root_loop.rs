@@ -128,15 +128,35 @@ fn overlay_roots_build_mount_install_retire_and_prune() {
     assert_eq!(trashed.len(), 1, "{trashed:?}");
     assert_eq!(fs::read_to_string(trashed[0].join("upper/etc/machine")).unwrap(), "round 0\n");
 
-    // Emptied by a child process, not by the caller.
-    assert!(store.start_emptying_trash());
+    // This test process runs threads (the test harness's): it must not fork.
+    assert!(!store.start_emptying_trash(), "forked with threads running");
+    assert_eq!(fs::read_dir(&trash).unwrap().count(), 1);
+    // Emptied by a child process of a single-threaded caller (as PID 1 is), not by the caller.
+    assert!(in_single_threaded_child(|| store.start_emptying_trash()));
     let t = Instant::now();
     while fs::read_dir(&trash).unwrap().next().is_some() {
         assert!(t.elapsed() < Duration::from_secs(20), "the trash was not emptied");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!store.start_emptying_trash(), "nothing left to delete: no child");
-    let _ = rustix::process::wait(rustix::process::WaitOptions::NOHANG);
+    assert!(!in_single_threaded_child(|| store.start_emptying_trash()), "nothing left to delete: no child");
+}
+
+/// `f`'s answer, computed in a forked child of this test process: the child
+/// runs one thread, as PID 1 does. The child's own children (the trash
+/// deleter) are left to the init process of the machine.
+fn in_single_threaded_child(f: impl FnOnce() -> bool) -> bool {
+    // SAFETY: test only. The child calls `f` (allocation, which glibc's fork
+    // keeps usable in the child, and system calls) and ends with _exit, never
+    // returning into the test harness.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = i32::from(!f());
+        // SAFETY: ends the child without running the test harness's exit handlers.
+        unsafe { libc::_exit(code) }
+    }
+    let pid = rustix::process::Pid::from_raw(pid).expect("fork failed");
+    let (_, status) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()).unwrap().unwrap();
+    status.exit_status() == Some(0)
 }
 
 #[test]
