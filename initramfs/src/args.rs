@@ -1,8 +1,10 @@
-//! Command line of `dockroot-mkinitramfs`, parsed by hand.
+//! Command line of `dockroot-mkinitramfs`, split into options and values by
+//! `lexopt`; the rules (required, once only, non-empty, --hostonly only) are here.
 
 use std::path::PathBuf;
 
 use dockroot::error::{Error, Result};
+use lexopt::Arg::{Long, Short, Value};
 
 use crate::build::{Options, DEFAULT_DRIVERS, DEFAULT_FILESYSTEMS};
 use crate::compress::Compression;
@@ -113,17 +115,33 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
     let mut hostonly = false;
     let mut keep_compressed = false;
 
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (opt, inline) = match arg.split_once('=') {
-            Some((o, v)) if o.starts_with("--") => (o, Some(v.to_owned())),
-            _ => (arg.as_str(), None),
+    let mut parser = lexopt::Parser::from_args(args);
+    loop {
+        // The argument as given, for messages. This command has no short
+        // options but -h and -V, and no operands: a lone `-`, a lone `--`
+        // (which lexopt takes as the end of options) or a cluster like `-hV`
+        // is an unknown option, as it always was.
+        let raw = parser.try_raw_args().and_then(|raw| raw.peek().map(|a| a.to_string_lossy().into_owned()));
+        if let Some(r) = raw.as_deref() {
+            if r == "-" || r == "--" || (r.starts_with('-') && !r.starts_with("--") && r.len() > 2) {
+                return Err(usage(format!("unknown option {r}")));
+            }
+        }
+        let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? else { break };
+        let opt = match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Long(name) => format!("--{name}"),
+            Short(c) => return Err(usage(format!("unknown option -{c}"))),
+            Value(v) => {
+                let v = v.to_string_lossy();
+                return Err(usage(format!("unexpected argument {v:?}: every value follows its option")));
+            }
         };
+        let opt = opt.as_str();
         match opt {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
             "--hostonly" | "--keep-compressed" => {
-                if inline.is_some() {
+                if parser.optional_value().is_some() {
                     return Err(usage(format!("option {opt} takes no value")));
                 }
                 let flag = if opt == "--hostonly" { &mut hostonly } else { &mut keep_compressed };
@@ -133,32 +151,13 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
                 *flag = true;
                 continue;
             }
-            _ => {}
+            "--kernel-modules" | "--kernel-release" | "--module" | "--config" | "--output" | "--init"
+            | "--compression" | "--sysfs" | "--mounts" | "--firmware-dir" | "--kernel-config" => {}
+            _ => return Err(usage(format!("unknown option {}", raw.as_deref().unwrap_or(opt)))),
         }
-        let known = [
-            "--kernel-modules",
-            "--kernel-release",
-            "--module",
-            "--config",
-            "--output",
-            "--init",
-            "--compression",
-            "--sysfs",
-            "--mounts",
-            "--firmware-dir",
-            "--kernel-config",
-        ];
-        if !known.contains(&opt) {
-            return Err(if opt.starts_with('-') {
-                usage(format!("unknown option {arg}"))
-            } else {
-                usage(format!("unexpected argument {arg:?}: every value follows its option"))
-            });
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it.next().cloned().ok_or_else(|| usage(format!("option {opt} needs a value")))?,
-        };
+        // The next argument even if it starts with `-`, or the part after `=`.
+        let value = parser.value().map_err(|_| usage(format!("option {opt} needs a value")))?;
+        let value = value.into_string().map_err(|v| usage(format!("option {opt}: {v:?} is not valid UTF-8")))?;
         if value.is_empty() {
             return Err(usage(format!("option {opt} needs a non-empty value")));
         }

@@ -1,155 +1,88 @@
-//! A small, bounded ELF64 reader: the `.modinfo` section of kernel modules,
-//! and the checks that the init is a static x86-64 executable.
+//! ELF64 reading for the builder, through the `object` crate (read-only):
+//! the `.modinfo` section of kernel modules, and the checks that the init is a
+//! static x86-64 executable. Plus [`minimal_elf64`], a hand-built module-shaped
+//! ELF for tests and fuzzing.
 //!
-//! Every offset read from the file is checked against its length; malformed
-//! input gives an error, never a panic.
+//! `object` bounds every offset it reads against the file; malformed input
+//! gives an error, never a panic. The messages are this crate's own, so the
+//! builder says the same things it always said.
+
+use object::elf::{
+    FileHeader64, SectionHeader64, ELFCLASS64, ELFDATA2LSB, ET_DYN, ET_EXEC, ET_REL, PT_INTERP, PT_LOAD,
+};
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, SectionTable};
+use object::{LittleEndian, ReadRef};
 
 /// The ELF magic.
-pub const MAGIC: &[u8; 4] = b"\x7fELF";
+pub const MAGIC: &[u8; 4] = &object::elf::ELFMAG;
 /// `e_machine` of x86-64.
-pub const EM_X86_64: u16 = 62;
-const ET_REL: u16 = 1;
-const ET_EXEC: u16 = 2;
-const ET_DYN: u16 = 3;
-const PT_LOAD: u32 = 1;
-const PT_INTERP: u32 = 3;
-const SHT_NOBITS: u32 = 8;
-const SHN_XINDEX: u16 = 0xffff;
-const EHDR_LEN: usize = 64;
-const SHDR_LEN: usize = 64;
-const PHDR_LEN: usize = 56;
+pub const EM_X86_64: u16 = object::elf::EM_X86_64.0;
+const EHDR_LEN: usize = size_of::<FileHeader64<LittleEndian>>();
+const SHDR_LEN: usize = size_of::<SectionHeader64<LittleEndian>>();
+const PHDR_LEN: usize = size_of::<object::elf::ProgramHeader64<LittleEndian>>();
 
-fn u16_at(data: &[u8], off: usize) -> Option<u16> {
-    let b = data.get(off..off.checked_add(2)?)?;
-    Some(u16::from_le_bytes(b.try_into().ok()?))
-}
+type Header = FileHeader64<LittleEndian>;
 
-fn u32_at(data: &[u8], off: usize) -> Option<u32> {
-    let b = data.get(off..off.checked_add(4)?)?;
-    Some(u32::from_le_bytes(b.try_into().ok()?))
-}
-
-fn u64_at(data: &[u8], off: usize) -> Option<u64> {
-    let b = data.get(off..off.checked_add(8)?)?;
-    Some(u64::from_le_bytes(b.try_into().ok()?))
-}
-
-fn usize_at(data: &[u8], off: usize) -> Option<usize> {
-    usize::try_from(u64_at(data, off)?).ok()
-}
-
-/// The parts of an ELF64 little-endian header this reader uses.
-#[derive(Debug, Clone, Copy)]
-struct Header {
-    e_type: u16,
-    machine: u16,
-    phoff: usize,
-    phentsize: usize,
-    phnum: usize,
-    shoff: usize,
-    shentsize: usize,
-    shnum: usize,
-    shstrndx: usize,
-}
-
-fn header(data: &[u8]) -> Result<Header, String> {
+/// The file header of an ELF64 little-endian file.
+///
+/// Read as plain bytes rather than through `FileHeader::parse`, which also
+/// insists on `EI_VERSION` = 1: this reader never did (nor does the kernel's
+/// module loader or ELF loader), and a module it took before must still pass.
+fn header(data: &[u8]) -> Result<&Header, String> {
     if data.get(..4) != Some(MAGIC.as_slice()) {
         return Err("not an ELF file".into());
     }
-    if data.get(4) != Some(&2) {
+    if data.get(4) != Some(&ELFCLASS64.0) {
         return Err("not a 64-bit ELF file".into());
     }
-    if data.get(5) != Some(&1) {
+    if data.get(5) != Some(&ELFDATA2LSB.0) {
         return Err("not a little-endian ELF file".into());
     }
-    if data.len() < EHDR_LEN {
-        return Err("ELF header is truncated".into());
+    data.read_at::<Header>(0).map_err(|()| "ELF header is truncated".to_string())
+}
+
+/// The section table (headers and their names), or `None` if the file has no sections.
+fn sections<'a>(data: &'a [u8], h: &Header) -> Result<Option<SectionTable<'a, Header, &'a [u8]>>, String> {
+    let e = LittleEndian;
+    if h.e_shoff(e) == 0 {
+        return Ok(None);
     }
-    let bad = || "ELF header is truncated".to_string();
-    let mut h = Header {
-        e_type: u16_at(data, 16).ok_or_else(bad)?,
-        machine: u16_at(data, 18).ok_or_else(bad)?,
-        phoff: usize_at(data, 32).ok_or_else(bad)?,
-        phentsize: u16_at(data, 54).ok_or_else(bad)?.into(),
-        phnum: u16_at(data, 56).ok_or_else(bad)?.into(),
-        shoff: usize_at(data, 40).ok_or_else(bad)?,
-        shentsize: u16_at(data, 58).ok_or_else(bad)?.into(),
-        shnum: u16_at(data, 60).ok_or_else(bad)?.into(),
-        shstrndx: u16_at(data, 62).ok_or_else(bad)?.into(),
-    };
-    // Extended numbering: the real counts live in section header 0.
-    if h.shoff != 0 && (h.shnum == 0 || h.shstrndx == usize::from(SHN_XINDEX)) {
-        let first = h.shoff;
-        if h.shnum == 0 {
-            h.shnum =
-                usize_at(data, first.checked_add(32).ok_or_else(bad)?).ok_or("section header 0 is outside the file")?;
-        }
-        if h.shstrndx == usize::from(SHN_XINDEX) {
-            h.shstrndx = u32_at(data, first.checked_add(40).ok_or_else(bad)?)
-                .ok_or("section header 0 is outside the file")? as usize;
-        }
+    // The entry size first, for a clear message (with e_shnum = 0, the
+    // extended count, `object` checks it when it reads section header 0).
+    let entsize = usize::from(h.e_shentsize(e));
+    if h.e_shnum(e) != 0 && entsize != SHDR_LEN {
+        return Err(format!("section header size {entsize} is not {SHDR_LEN}, the ELF64 size"));
     }
-    Ok(h)
-}
-
-/// Offset of the `index`th entry of a table.
-fn entry_offset(table: usize, entsize: usize, index: usize) -> Option<usize> {
-    table.checked_add(entsize.checked_mul(index)?)
-}
-
-struct Section<'a> {
-    name: &'a [u8],
-    data: &'a [u8],
-}
-
-fn section<'a>(data: &'a [u8], h: &Header, index: usize, names: Option<&'a [u8]>) -> Result<Section<'a>, String> {
-    let off = entry_offset(h.shoff, h.shentsize, index).ok_or("section table offset overflows")?;
-    let field = |rel: usize| off.checked_add(rel);
-    let out = || format!("section header {index} is outside the file");
-    let name_off = u32_at(data, field(0).ok_or_else(out)?).ok_or_else(out)? as usize;
-    let kind = u32_at(data, field(4).ok_or_else(out)?).ok_or_else(out)?;
-    let start = usize_at(data, field(24).ok_or_else(out)?).ok_or_else(out)?;
-    let size = usize_at(data, field(32).ok_or_else(out)?).ok_or_else(out)?;
-    let bytes = if kind == SHT_NOBITS {
-        &[][..]
-    } else {
-        let end = start.checked_add(size).ok_or_else(out)?;
-        data.get(start..end).ok_or_else(|| format!("section {index}'s data is outside the file"))?
-    };
-    let name = match names {
-        Some(table) => {
-            let rest =
-                table.get(name_off..).ok_or_else(|| format!("section {index}'s name is outside the string table"))?;
-            let len = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-            rest.get(..len).unwrap_or_default()
-        }
-        None => &[][..],
-    };
-    Ok(Section { name, data: bytes })
+    let shnum = h.shnum(e, data).map_err(|err| format!("section header 0 (the extended section count): {err}"))?;
+    if shnum == 0 {
+        return Ok(None);
+    }
+    // A table larger than the file cannot be real; `object` checks it against the file.
+    let headers = h.section_headers(e, data).map_err(|_| "section header table is outside the file".to_string())?;
+    let names_index =
+        h.section_strings_index(e, data).ok().map(|i| i.0).filter(|&i| i < headers.len()).ok_or_else(|| {
+            format!("section name table index {} is out of range ({shnum} sections)", h.e_shstrndx(e).0)
+        })?;
+    if let Some(names) = headers.get(names_index) {
+        names.data(e, data).map_err(|_| format!("section {names_index}'s data is outside the file"))?;
+    }
+    let strings = h.section_strings(e, data, headers).map_err(|err| format!("section name table: {err}"))?;
+    Ok(Some(SectionTable::new(headers, strings)))
 }
 
 /// The contents of the section called `wanted`, if there is one.
 pub fn find_section<'a>(data: &'a [u8], wanted: &str) -> Result<Option<&'a [u8]>, String> {
     let h = header(data)?;
-    if h.shoff == 0 || h.shnum == 0 {
-        return Ok(None);
-    }
-    if h.shentsize < SHDR_LEN {
-        return Err(format!("section header size {} is too small", h.shentsize));
-    }
-    if h.shstrndx >= h.shnum {
-        return Err(format!("section name table index {} is out of range ({} sections)", h.shstrndx, h.shnum));
-    }
-    // A table larger than the file cannot be real; this also bounds the loop.
-    let table_len = h.shentsize.checked_mul(h.shnum).ok_or("section table size overflows")?;
-    if h.shoff.checked_add(table_len).is_none_or(|end| end > data.len()) {
-        return Err("section header table is outside the file".into());
-    }
-    let names = section(data, &h, h.shstrndx, None)?.data;
-    for i in 0..h.shnum {
-        let s = section(data, &h, i, Some(names))?;
-        if s.name == wanted.as_bytes() {
-            return Ok(Some(s.data));
+    let Some(table) = sections(data, h)? else { return Ok(None) };
+    let e = LittleEndian;
+    // In order: a broken section before the wanted one is an error.
+    for (index, section) in table.enumerate() {
+        let i = index.0;
+        let bytes = section.data(e, data).map_err(|_| format!("section {i}'s data is outside the file"))?;
+        let name =
+            table.section_name(e, section).map_err(|_| format!("section {i}'s name is outside the string table"))?;
+        if name == wanted.as_bytes() {
+            return Ok(Some(bytes));
         }
     }
     Ok(None)
@@ -210,25 +143,27 @@ pub fn modinfo(data: &[u8]) -> Result<Modinfo, String> {
 /// and no program interpreter (PT_INTERP).
 pub fn check_static_x86_64(data: &[u8]) -> Result<(), String> {
     let h = header(data)?;
-    if h.machine != EM_X86_64 {
-        return Err(format!("built for ELF machine {} instead of x86-64 ({EM_X86_64})", h.machine));
+    let e = LittleEndian;
+    let machine = h.e_machine(e).0;
+    if machine != EM_X86_64 {
+        return Err(format!("built for ELF machine {machine} instead of x86-64 ({EM_X86_64})"));
     }
-    match h.e_type {
+    match h.e_type(e) {
         ET_EXEC | ET_DYN => {}
         ET_REL => return Err("an object file, not an executable".into()),
-        t => return Err(format!("ELF type {t} is not an executable")),
+        t => return Err(format!("ELF type {} is not an executable", t.0)),
     }
-    if h.phnum == 0 || h.phentsize < PHDR_LEN {
+    let entsize = usize::from(h.e_phentsize(e));
+    if h.e_phnum(e) == 0 || entsize < PHDR_LEN {
         return Err("has no program headers".into());
     }
+    if entsize != PHDR_LEN {
+        return Err(format!("program header size {entsize} is not {PHDR_LEN}, the ELF64 size"));
+    }
+    let headers = h.program_headers(e, data).map_err(|_| "program header table is outside the file".to_string())?;
     let mut loads = 0usize;
-    for i in 0..h.phnum {
-        let off = entry_offset(h.phoff, h.phentsize, i).ok_or("program header offset overflows")?;
-        let p_type = u32_at(data, off).ok_or_else(|| format!("program header {i} is outside the file"))?;
-        if off.checked_add(PHDR_LEN).is_none_or(|end| end > data.len()) {
-            return Err(format!("program header {i} is outside the file"));
-        }
-        match p_type {
+    for p in headers {
+        match p.p_type(e) {
             PT_INTERP => return Err(
                 "dynamically linked (it has a program interpreter, PT_INTERP), but the initramfs holds no libraries"
                     .into(),
@@ -284,7 +219,7 @@ pub fn minimal_elf64(sections: &[(&str, &[u8])]) -> Vec<u8> {
     out[4] = 2; // ELFCLASS64
     out[5] = 1; // little-endian
     out[6] = 1; // EV_CURRENT
-    out[16..18].copy_from_slice(&ET_REL.to_le_bytes());
+    out[16..18].copy_from_slice(&ET_REL.0.to_le_bytes());
     out[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
     out[20..24].copy_from_slice(&1u32.to_le_bytes());
     out[40..48].copy_from_slice(&shoff.to_le_bytes());
@@ -371,6 +306,26 @@ vermagic=6.1.0-56-amd64 SMP preempt mod_unload modversions \0name=btrfs\0";
         let mut c = elf.clone();
         c[60..62].copy_from_slice(&0u16.to_le_bytes()); // extended numbering with a zero sh_size
         assert!(modinfo(&c).unwrap_err().contains("no .modinfo"));
+    }
+
+    #[test]
+    fn malformed_tables_say_what_is_wrong() {
+        let elf = minimal_elf64(&[(".modinfo", INFO)]);
+        let mut c = elf.clone();
+        c[58..60].copy_from_slice(&32u16.to_le_bytes()); // e_shentsize
+        assert!(modinfo(&c).unwrap_err().contains("section header size 32"));
+        let mut c = elf.clone();
+        c[62..64].copy_from_slice(&9u16.to_le_bytes()); // e_shstrndx
+        assert_eq!(modinfo(&c).unwrap_err(), "section name table index 9 is out of range (3 sections)");
+        let shoff = usize::try_from(u64::from_le_bytes(elf[40..48].try_into().unwrap())).unwrap();
+        let mut c = elf.clone();
+        c[shoff + SHDR_LEN + 24..shoff + SHDR_LEN + 32].copy_from_slice(&u64::MAX.to_le_bytes()); // .modinfo's sh_offset
+        assert_eq!(modinfo(&c).unwrap_err(), "section 1's data is outside the file");
+        let mut c = elf.clone();
+        c[shoff + SHDR_LEN..shoff + SHDR_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes()); // .modinfo's sh_name
+        assert_eq!(modinfo(&c).unwrap_err(), "section 1's name is outside the string table");
+        assert_eq!(modinfo(&elf[..shoff + 10]).unwrap_err(), "section header table is outside the file");
+        assert_eq!(modinfo(&elf[..40]).unwrap_err(), "ELF header is truncated");
     }
 
     #[test]

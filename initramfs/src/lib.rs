@@ -1,7 +1,7 @@
 //! dockroot-mkinitramfs: builds the initramfs that runs dockroot as `/init`.
 //!
 //! - [`cpio`]: the newc archive writer (and a reader for tests);
-//! - [`elf`]: `.modinfo` of kernel modules, and the static-init check;
+//! - [`elf`]: `.modinfo` of kernel modules, and the static-init check (through `object`);
 //! - [`compress`]: zstd/gzip output, `.ko.xz`/`.ko.zst`/`.ko.gz` input;
 //! - [`kmod`]: which modules, in which order (modules.dep, softdeps, aliases, built-ins);
 //! - [`build`]: the image itself; [`args`]: the command line.
