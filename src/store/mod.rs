@@ -41,7 +41,7 @@ mod select;
 mod verify;
 
 pub use containerd::{parse_descriptor_list, pick_platform, Descriptor};
-pub use docker::{check_cache_id, lookup, parse_repositories, resolve_docker_btrfs, Repositories, ResolvedImage};
+pub use docker::{check_cache_id, lookup, parse_repositories, Repositories};
 pub use podman::{big_data_file_name, parse_images_json, parse_layers_json, PodmanImage, PodmanLayer};
 pub(crate) use read::{is_dir, list_names, read_capped, JSON_CAP, JSON_CAP_TEXT};
 pub(crate) use select::short_list;
