@@ -58,24 +58,6 @@ impl Repositories {
     }
 }
 
-/// An image resolved to its top layer's subvolume.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedImage {
-    /// The normalised reference (as Display), or the image ID when it was
-    /// found by ID.
-    pub reference: String,
-    /// `sha256:<64 hex>`.
-    pub image_id: String,
-    /// From the image config, base layer first.
-    pub diff_ids: Vec<String>,
-    /// Chain IDs, base layer first; the last is the top layer's.
-    pub chain_ids: Vec<String>,
-    /// The top layer's cache ID (its subvolume's name).
-    pub cache_id: String,
-    /// Relative to the Docker data root: `btrfs/subvolumes/<cache-id>`.
-    pub subvolume: PathBuf,
-}
-
 /// Parse `repositories.json`:
 /// `{"Repositories":{"<repo>":{"<repo>:<tag>": "sha256:<id>", ...}}}`.
 /// A missing or null `Repositories` is an empty store. Values are checked
@@ -197,29 +179,6 @@ pub fn check_cache_id(cache_id: &str, file: &Path) -> Result<()> {
             file.display()
         )))
     }
-}
-
-/// Resolve `spec` in the Docker btrfs store under `docker_root` to the
-/// subvolume of the image's top layer. Checks the config's hash against its
-/// ID and the layerdb chain (diff and parent files) against the config. The
-/// caller checks that the subvolume directory is really a btrfs subvolume.
-///
-/// This is the interface the boot used before [`super::resolve_image`]; it
-/// always verifies.
-pub fn resolve_docker_btrfs(docker_root: &Path, spec: &ImageSpec) -> Result<ResolvedImage> {
-    let mut checks = Checks::new(true);
-    let context =
-        |e: Error| e.context(format!("resolving image {spec} in the Docker store at {}", docker_root.display()));
-    let w = walk(docker_root, Driver::Btrfs, spec, &mut checks).and_then(|r| r.map_err(Error::msg)).map_err(context)?;
-    let (cache_id, subvolume) = btrfs_root(docker_root, &w).map_err(context)?;
-    Ok(ResolvedImage {
-        reference: w.facts.reference,
-        image_id: w.facts.image_id,
-        diff_ids: w.facts.diff_ids,
-        chain_ids: w.facts.chain_ids,
-        cache_id,
-        subvolume,
-    })
 }
 
 /// Docker's store with one graph driver (btrfs or overlay2) as an [`ImageStore`].
@@ -840,8 +799,34 @@ mod tests {
         (t, deb, os, untagged)
     }
 
-    fn resolve_str(root: &Path, s: &str) -> Result<ResolvedImage> {
-        resolve_docker_btrfs(root, &parse(s).unwrap())
+    /// What the tests below check of an image resolved in the btrfs store:
+    /// the top layer's cache ID and subvolume (relative to the data root).
+    #[derive(Debug)]
+    struct BtrfsImage {
+        reference: String,
+        image_id: String,
+        diff_ids: Vec<String>,
+        chain_ids: Vec<String>,
+        cache_id: String,
+        subvolume: PathBuf,
+    }
+
+    /// Resolve `s` in the Docker btrfs store at `root` through
+    /// [`DockerStore`] with verification on; errors (and "not in this
+    /// store") say which image and which store.
+    fn resolve_str(root: &Path, s: &str) -> Result<BtrfsImage> {
+        let spec = parse(s).unwrap();
+        let context = |e: Error| e.context(format!("resolving image {spec} in the Docker store at {}", root.display()));
+        let dir = PathBuf::from(root.file_name().unwrap());
+        let store = DockerStore::new(root.parent().unwrap(), dir.clone(), Driver::Btrfs, true);
+        let r = match store.resolve(&spec).map_err(context)? {
+            Lookup::Found(r) => *r,
+            Lookup::NotFound(why) => return Err(context(Error::msg(why))),
+        };
+        let Root::Subvolume(sub) = &r.root else { panic!("not a subvolume: {:?}", r.root) };
+        let subvolume = sub.strip_prefix(&dir).unwrap().to_path_buf();
+        let (reference, image_id, diff_ids, chain_ids) = (r.reference, r.image_id, r.diff_ids, r.chain_ids);
+        Ok(BtrfsImage { reference, image_id, diff_ids, chain_ids, cache_id: r.layer, subvolume })
     }
 
     #[test]
