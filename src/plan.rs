@@ -55,7 +55,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// `dockroot plan`'s exit status (README, "Checking a setup before rebooting").
-    pub fn exit_code(self) -> i32 {
+    pub fn exit_code(self) -> u8 {
         match self {
             Outcome::AsAsked => 0,
             Outcome::Fallback => 3,
