@@ -1,7 +1,9 @@
 //! `dockroot`: the commands for a running system and a host. The boot itself
 //! is `dockroot-init`; both read disks and decide through the same library.
 
+mod partition;
 mod plan;
+mod switch;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -11,6 +13,7 @@ const USAGE: &str = "usage: dockroot COMMAND [OPTIONS]
 commands:
   plan       a dry run: what the init would do with a disk and a kernel command line,
              changing nothing; its exit status says how the boot would go
+  switch     choose the image later boots boot (from now on, or --once), or --reset
 
   dockroot COMMAND --help   what a command does, its options and exit status
   dockroot --version
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
             0
         }
         Some("plan") => plan::run(rest),
+        Some("switch") => switch::run(rest),
         Some(other) => usage_error(&format!("unknown command {other:?}")),
         None if first.is_some() => usage_error("the command is not valid UTF-8"),
         None => usage_error("no command given"),

@@ -4,16 +4,18 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use dockroot::config::{self, BootConfig, Embedded};
-use dockroot::{plan, Context, Error, Result};
+use crate::partition::{self, Where};
+use dockroot::config::{self, BootConfig, Embedded, Params};
+use dockroot::{plan, Context, Result};
 
-const USAGE: &str = "usage: dockroot plan (--top DIR | --device DEV) [OPTIONS]
+const USAGE: &str = "usage: dockroot plan [--top DIR | --device DEV] [OPTIONS]
 
 A dry run: what the init would do with this disk and kernel command line, changing nothing.
-Put it before a reboot: its exit status says how the boot would go.
+Put it before a reboot: its exit status says how the boot would go. A device is mounted
+read-only (btrfs at its top level, no journal replayed) for the run, then unmounted.
 
   --top DIR        the root partition's top level (subvolid=5), already mounted
-  --device DEV     the root partition: mounted read-only (subvolid=5) for the run, then unmounted
+  --device DEV     the root partition (default: the device root= names on the command line)
   --cmdline STRING the kernel command line (default: this machine's /proc/cmdline)
   --config FILE    the initramfs's embedded config (default: none; dockroot.image= must say)
   --toplayer-dir D the top layer directory, when it is on another device mounted here
@@ -29,8 +31,7 @@ exit status:
 /// `dockroot plan`'s arguments.
 #[derive(Default)]
 struct Args {
-    top: Option<PathBuf>,
-    device: Option<PathBuf>,
+    at: Where,
     cmdline: Option<String>,
     config: Option<PathBuf>,
     toplayer_dir: Option<PathBuf>,
@@ -49,20 +50,15 @@ fn parse(args: Vec<OsString>) -> std::result::Result<Parsed, String> {
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         let path = |p: &mut lexopt::Parser| p.value().map(PathBuf::from).map_err(|e| e.to_string());
         match arg {
+            Long(name) if partition::OPTIONS.contains(&name) => {
+                let name = name.to_owned();
+                partition::take_option(&name, &mut p, &mut a.at, &mut a.cmdline)?
+            }
             Short('h') | Long("help") => return Ok(Parsed::Help),
-            Long("top") => a.top = Some(path(&mut p)?),
-            Long("device") => a.device = Some(path(&mut p)?),
             Long("toplayer-dir") => a.toplayer_dir = Some(path(&mut p)?),
             Long("config") => a.config = Some(path(&mut p)?),
-            Long("cmdline") => {
-                let v = p.value().map_err(|e| e.to_string())?;
-                a.cmdline = Some(v.into_string().map_err(|v| format!("--cmdline {v:?} is not valid UTF-8"))?)
-            }
             other => return Err(other.unexpected().to_string()),
         }
-    }
-    if a.top.is_some() == a.device.is_some() {
-        return Err("give exactly one of --top and --device".into());
     }
     Ok(Parsed::Run(a))
 }
@@ -93,11 +89,8 @@ pub fn run(args: Vec<OsString>) -> u8 {
     let describe = |top: &Path| -> Result<plan::Plan> {
         plan::describe(&plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir: a.toplayer_dir.as_deref() })
     };
-    let planned = match (&a.top, &a.device) {
-        (Some(t), _) => describe(t),
-        (_, Some(dev)) => with_device_mounted(dev, describe),
-        (None, None) => Err(Error::msg("give exactly one of --top and --device")),
-    };
+    let root = Params::from_cmdline(&cmdline).map(|p| p.root.unwrap_or_default()).unwrap_or_default();
+    let planned = partition::with_top(&a.at, &root, false, describe);
     match planned {
         Ok(p) => {
             print!("{p}");
@@ -112,51 +105,12 @@ pub fn run(args: Vec<OsString>) -> u8 {
 
 /// The command line (`--cmdline` or this machine's) and the embedded config (`--config`).
 fn read_inputs(a: &Args) -> Result<(String, Option<Embedded>)> {
-    let cmdline = match &a.cmdline {
-        Some(c) => c.clone(),
-        None => std::fs::read_to_string("/proc/cmdline").context(|| "reading /proc/cmdline")?,
-    };
+    let cmdline = partition::cmdline(&a.cmdline)?;
     let config = match &a.config {
         Some(f) => Some(config::read_embedded(f)?.context(|| format!("--config {}: no such file", f.display()))?),
         None => None,
     };
     Ok((cmdline, config))
-}
-
-/// Run `f` on `dev` mounted read-only at a temporary directory, which is
-/// removed afterwards whatever happens.
-fn with_device_mounted<T>(dev: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    let (fstype, options) = device_mount(dev)?;
-    let dir = std::env::temp_dir().join(format!("dockroot-plan-{}", std::process::id()));
-    std::fs::create_dir(&dir).context(|| format!("creating {}", dir.display()))?;
-    let mounted = rustix::mount::mount(dev, &dir, fstype.as_str(), rustix::mount::MountFlags::RDONLY, options)
-        .context(|| format!("mounting {} ({fstype}) read-only", dev.display()));
-    let r = mounted.and_then(|()| {
-        let r = f(&dir);
-        if let Err(e) = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::empty()) {
-            eprintln!("dockroot plan: could not unmount {} from {}: {e}", dev.display(), dir.display());
-        }
-        r
-    });
-    let _ = std::fs::remove_dir(&dir);
-    r
-}
-
-/// How `--device` is mounted: its filesystem as probed, read-only and without
-/// replaying a journal, so that the dry run writes nothing; btrfs at its top level.
-fn device_mount(dev: &Path) -> Result<(String, &'static std::ffi::CStr)> {
-    let file = std::fs::File::open(dev).context(|| format!("opening {}", dev.display()))?;
-    let fs = dockroot::probe::probe_filesystem(&file)?
-        .ok_or_else(|| Error::msg(format!("{}: no filesystem recognised", dev.display())))?;
-    let name = fs.fstype.name().to_string();
-    let options = match name.as_str() {
-        "btrfs" => c"subvolid=5",
-        "ext4" | "ext3" | "ext2" => c"noload",
-        "xfs" => c"norecovery",
-        _ => c"",
-    };
-    let name = if fs.fstype.is_ext() { "ext4".to_string() } else { name };
-    Ok((name, options))
 }
 
 #[cfg(test)]
@@ -173,11 +127,10 @@ mod tests {
         else {
             panic!("not parsed")
         };
-        assert_eq!(a.device, Some(PathBuf::from("/dev/sda2")));
+        assert_eq!(a.at, Where::Device(PathBuf::from("/dev/sda2")));
         assert_eq!(a.cmdline.as_deref(), Some("ro"));
         assert_eq!(a.config, Some(PathBuf::from("c.json")));
         assert_eq!(a.toplayer_dir, Some(PathBuf::from("/m")));
-        assert!(a.top.is_none());
         assert!(matches!(parse(args("--top /t --help")), Ok(Parsed::Help)));
         assert!(matches!(parse(args("-h")), Ok(Parsed::Help)));
     }
@@ -185,8 +138,8 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_run() {
         let err = |s: &str| parse(args(s)).err().unwrap_or_default();
-        assert_eq!(err(""), "give exactly one of --top and --device");
-        assert_eq!(err("--top /a --device /b"), "give exactly one of --top and --device");
+        assert!(matches!(parse(args("")), Ok(Parsed::Run(Args { at: Where::FromCmdline, .. }))));
+        assert_eq!(err("--top /a --device /b"), "give at most one of --top and --device");
         assert!(err("--top").contains("--top"), "{}", err("--top"));
         assert!(err("--top /a --frob").contains("--frob"), "{}", err("--top /a --frob"));
         assert!(err("--top /a stray").contains("stray"), "{}", err("--top /a stray"));
