@@ -100,7 +100,7 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     for w in &params.warnings {
         log::warn!("{w}");
     }
-    let cfg = BootConfig::new(params, &cmdline, || config::read_embedded(Path::new(config::CONFIG_PATH)))?;
+    let mut cfg = BootConfig::new(params, &cmdline, || config::read_embedded(Path::new(config::CONFIG_PATH)))?;
     let (params, root) = (&cfg.params, &cfg.root);
 
     // 3. Modules: listen for uevents before loading drivers, so no device
@@ -138,7 +138,7 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
         log::info!("booting image {} as chosen with {} ({})", image, next.source.name(), next.shown);
     }
     record.image_source = next.source.name();
-    let cfg = BootConfig { image, ..cfg.clone() };
+    cfg.image = image;
 
     // 6-8. The image, the rw layer, the top layer: the root the policy chooses.
     let candidates = switch_root::init_candidates(params.init.as_deref());
