@@ -14,6 +14,7 @@ use crate::config::{self, BootConfig, Params};
 use crate::devices::{self, DeviceSpec, WaitHooks, WaitPolicy};
 use crate::error::{Context, Error, Result};
 use crate::mounts::{self, NEW_ROOT, STAGING_TOP};
+use crate::nextboot::{self, ImageSource};
 use crate::record::{Record, Timings};
 use crate::rwlayer::{At, Existing, RwStore};
 use crate::{logging, modules, switch_root};
@@ -99,7 +100,7 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     for w in &params.warnings {
         log::warn!("{w}");
     }
-    let cfg = BootConfig::new(params, &cmdline, || config::read_embedded(Path::new(config::CONFIG_PATH)))?;
+    let mut cfg = BootConfig::new(params, &cmdline, || config::read_embedded(Path::new(config::CONFIG_PATH)))?;
     let (params, root) = (&cfg.params, &cfg.root);
 
     // 3. Modules: listen for uevents before loading drivers, so no device
@@ -127,6 +128,17 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
         Err(e) => record.warn(format!("could not clean up after an interrupted boot: {e}")),
     }
     inject_fault(params);
+    // What `dockroot switch` chose for this boot, under the kernel command line's say.
+    let mut image = cfg.image.clone();
+    let next = nextboot::apply(top.as_fd(), &root.rw_subvol, &mut image, params.image.is_some(), true);
+    for w in next.warnings {
+        record.warn(w);
+    }
+    if matches!(next.source, ImageSource::Once | ImageSource::Switch) {
+        log::info!("booting image {} as chosen with {} ({})", image, next.source.name(), next.shown);
+    }
+    record.image_source = next.source.name();
+    cfg.image = image;
 
     // 6-8. The image, the rw layer, the top layer: the root the policy chooses.
     let candidates = switch_root::init_candidates(params.init.as_deref());

@@ -14,6 +14,7 @@ pub mod fork;
 pub mod logging;
 pub mod modules;
 pub mod mounts;
+pub mod nextboot;
 pub mod overlay;
 pub mod plan;
 pub mod policy;

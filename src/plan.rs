@@ -12,6 +12,7 @@
 use crate::choose::facts::{self, Lookout};
 use crate::config::{BootConfig, Embedded};
 use crate::error::{Context, Error, Result};
+use crate::nextboot;
 use crate::policy::{self, Decision};
 use crate::rwlayer::{self, At, RwStore};
 use crate::store::{self, Resolved, Root};
@@ -55,7 +56,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// `dockroot plan`'s exit status (README, "Checking a setup before rebooting").
-    pub fn exit_code(self) -> i32 {
+    pub fn exit_code(self) -> u8 {
         match self {
             Outcome::AsAsked => 0,
             Outcome::Fallback => 3,
@@ -102,7 +103,10 @@ impl fmt::Display for Plan {
 /// init would refuse is an error; a store problem is a [`Plan::refusal`]
 /// (the boot falls back to the previous root).
 pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
-    let cfg = BootConfig::parse(input.cmdline, || Ok(input.config.clone()))?;
+    let mut cfg = BootConfig::parse(input.cmdline, || Ok(input.config.clone()))?;
+    let top = std::fs::File::open(input.top).context(|| format!("opening {}", input.top.display()))?;
+    let on_cmdline = cfg.params.image.is_some();
+    let next = nextboot::apply(top.as_fd(), &cfg.root.rw_subvol, &mut cfg.image, on_cmdline, false);
     let (params, root, opts) = (&cfg.params, &cfg.root, &cfg.store);
     let mut lines: Vec<String> = Vec::new();
     let mut say = |s: String| lines.push(s);
@@ -131,6 +135,13 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
         "verification: {}",
         if opts.verify { "on" } else { "off (dockroot.verify=off): mismatches are only warnings" }
     ));
+    say(format!("image {} (from {})", cfg.image, next.source.name()));
+    for w in &next.warnings {
+        say(format!("warning: {w}"));
+    }
+    if next.source == nextboot::ImageSource::Once {
+        say(format!("  a one-shot choice: the boot removes it from {} before it uses it", next.shown));
+    }
     let resolved = store::resolve_image(input.top, opts, &cfg.image);
     match &resolved {
         Ok(r) => {
@@ -172,7 +183,6 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
     let walked = toplayer_dir.as_ref().map(|dir| (dir, walk(dir)));
 
     // The rw layer, the kept roots, and the rule.
-    let top = std::fs::File::open(input.top).context(|| format!("opening {}", input.top.display()))?;
     let rw = RwStore::open(top.as_fd(), &root.rw_subvol)?;
     let mut facts = facts::gather(&rw, params.mode);
     facts.fresh_failed = match (&resolved, &walked) {

@@ -63,6 +63,8 @@ pub struct Record {
     pub rw_kind: &'static str,
     /// Whether old overlay roots are being deleted in the background.
     pub trash_deleter: bool,
+    /// Where the image came from ([`crate::nextboot::ImageSource::name`]).
+    pub image_source: &'static str,
 }
 
 impl Record {
@@ -110,6 +112,7 @@ impl Record {
             "requested": params.mode.name(),
             "booted": booted_name,
             "image": image,
+            "image_source": self.image_source,
             "fallback": fallback,
             "rw_layer": self.rw_layer,
             "rw_layer_kind": self.rw_kind,

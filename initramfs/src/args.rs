@@ -68,7 +68,7 @@ Options:
   --config FILE          the JSON config with \"docker_image\" (required)
   --output FILE          where to write the image (required)
   --init PATH            the init binary, a static x86-64 executable
-                         (default: dockroot next to this program)
+                         (default: dockroot-init next to this program)
   --compression KIND     zstd (default, level {level}), gzip or none
   --firmware-dir DIR     where firmware files are (default: lib/firmware beside DIR's
                          lib/modules, so /lib/firmware for /lib/modules/RELEASE). The

@@ -75,7 +75,7 @@ pub struct Options {
     pub modules: Vec<String>,
     pub config: PathBuf,
     pub output: PathBuf,
-    /// The init binary; default: `dockroot` next to this program.
+    /// The init binary; default: `dockroot-init` next to this program.
     pub init: Option<PathBuf>,
     pub compression: Compression,
     /// mtime of every entry (0, or SOURCE_DATE_EPOCH).
@@ -242,7 +242,7 @@ pub fn release_of(dir: &Path) -> Result<String> {
 /// The default `--init`: `dockroot` in the directory of this executable.
 pub fn default_init() -> Result<PathBuf> {
     let exe = std::env::current_exe().context(|| "finding this program's own path (for the default --init)")?;
-    Ok(exe.with_file_name("dockroot"))
+    Ok(exe.with_file_name("dockroot-init"))
 }
 
 /// Read the init and check it can run alone as `/init`.

@@ -373,9 +373,9 @@ fn refuses_a_dynamic_or_missing_init() {
         "{e}"
     );
 
-    // The default init is `dockroot` next to the builder: in a test build it is missing or not static.
+    // The default init is `dockroot-init` next to the builder: in a test build it is missing or not static.
     let o = attempt(&["--module", "xor"]);
-    let next_to_us = Path::new(env!("CARGO_BIN_EXE_dockroot-mkinitramfs")).with_file_name("dockroot");
+    let next_to_us = Path::new(env!("CARGO_BIN_EXE_dockroot-mkinitramfs")).with_file_name("dockroot-init");
     if o.status.success() {
         assert_eq!(find(&entries(&b.dir.join("init.img")), "init").data, std::fs::read(&next_to_us).unwrap());
     } else {

@@ -3,7 +3,8 @@
 //! reads back the one-line report of `testinit` (the booted image's `/sbin/init`).
 //!
 //! Everything it boots comes from `scripts/test`, which sets:
-//! - `DOCKROOT_INIT`: the static dockroot init binary
+//! - `DOCKROOT_INIT`: the static dockroot init binary (`dockroot-init`)
+//! - `DOCKROOT_CLI`: the `dockroot` commands binary
 //! - `DOCKROOT_MKINITRAMFS`: the builder binary
 //! - `DOCKROOT_KERNEL_DIR`: a directory from `scripts/fetch-kernel` (vmlinuz + lib/modules/<release>)
 //! - `DOCKROOT_DISK`: the fixture disk from `qemu-tests/fixtures/make-docker-disk`
@@ -73,6 +74,11 @@ impl Artifacts {
             kernel_dir: required_env("DOCKROOT_KERNEL_DIR", "a kernel directory from scripts/fetch-kernel"),
             disk: required_env("DOCKROOT_DISK", "the disk from qemu-tests/fixtures/make-docker-disk"),
         }
+    }
+
+    /// The `dockroot` commands binary (`DOCKROOT_CLI`), for `dockroot plan` and the like.
+    pub fn cli() -> PathBuf {
+        required_env("DOCKROOT_CLI", "the dockroot commands binary")
     }
 
     /// The static testinit binary (`DOCKROOT_TESTINIT`), for tests of the harness itself.

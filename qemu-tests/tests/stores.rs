@@ -147,7 +147,7 @@ fn plan(m: &Machine, config: &str, extra: &str) -> Planned {
     let config_path = dir.path().join("config.json");
     std::fs::write(&config_path, config).expect("writing the plan's config");
     let dev = sh(&format!("losetup --find --show --read-only '{}'", m.disk.path().display())).trim().to_string();
-    let out = std::process::Command::new(&m.artifacts.init)
+    let out = std::process::Command::new(Artifacts::cli())
         .arg("plan")
         .arg("--device")
         .arg(&dev)

@@ -1,0 +1,154 @@
+//! Reaching the root partition's top level from a host or the running system:
+//! `--top DIR` (already mounted), `--device DEV`, or by default the device the
+//! kernel command line's `root=` names (through udev's `/dev/disk/by-*` links),
+//! mounted at a temporary directory for the command and unmounted after it.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use dockroot::{Context, Error, Result};
+
+/// Where the top level is.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Where {
+    /// `--top DIR`: mounted already.
+    Top(PathBuf),
+    /// `--device DEV`.
+    Device(PathBuf),
+    /// Neither: the device `root=` names.
+    #[default]
+    FromCmdline,
+}
+
+/// The long options every command that looks at the partition takes
+/// (`--top`, `--device`, `--cmdline`): [`take_option`] reads them.
+pub const OPTIONS: [&str; 3] = ["top", "device", "cmdline"];
+
+/// Read the option `--name` (one of [`OPTIONS`]) and its value from `p`.
+pub fn take_option(
+    name: &str,
+    p: &mut lexopt::Parser,
+    at: &mut Where,
+    cmdline: &mut Option<String>,
+) -> std::result::Result<(), String> {
+    let value = |p: &mut lexopt::Parser| p.value().map_err(|e| e.to_string());
+    let set = |at: &mut Where, w: Where| match at {
+        Where::FromCmdline => {
+            *at = w;
+            Ok(())
+        }
+        _ => Err("give at most one of --top and --device".to_string()),
+    };
+    match name {
+        "top" => set(at, Where::Top(value(p)?.into())),
+        "device" => set(at, Where::Device(value(p)?.into())),
+        "cmdline" => {
+            let v: OsString = value(p)?;
+            *cmdline = Some(v.into_string().map_err(|v| format!("--cmdline {v:?} is not valid UTF-8"))?);
+            Ok(())
+        }
+        other => Err(format!("--{other} is not a partition option (a bug)")),
+    }
+}
+
+/// The help lines for [`take_option`]'s options.
+pub const OPTIONS_HELP: &str = "  --top DIR        the root partition's top level (subvolid=5), already mounted
+  --device DEV     the root partition (default: the device root= names on the command line)
+  --cmdline STRING the kernel command line (default: this machine's /proc/cmdline)";
+
+/// The command line: `--cmdline` or this machine's.
+pub fn cmdline(given: &Option<String>) -> Result<String> {
+    match given {
+        Some(c) => Ok(c.clone()),
+        None => std::fs::read_to_string("/proc/cmdline").context(|| "reading /proc/cmdline"),
+    }
+}
+
+/// The device a `root=` value names, as udev links it: `/dev/...` as given,
+/// `LABEL=`, `UUID=`, `PARTUUID=`, `PARTLABEL=` under `/dev/disk/by-*/`.
+pub fn device_of(root: &str) -> Result<PathBuf> {
+    let by = |dir: &str, v: &str| PathBuf::from(format!("/dev/disk/{dir}/{v}"));
+    let dev = match root.split_once('=') {
+        None if root.starts_with("/dev/") => PathBuf::from(root),
+        Some(("LABEL", v)) => by("by-label", v),
+        Some(("UUID", v)) => by("by-uuid", &v.to_ascii_lowercase()),
+        Some(("PARTUUID", v)) => by("by-partuuid", &v.to_ascii_lowercase()),
+        Some(("PARTLABEL", v)) => by("by-partlabel", v),
+        _ => return Err(Error::msg(format!("root={root}: cannot find this device here; give --device or --top"))),
+    };
+    if v_has_slash(root) {
+        return Err(Error::msg(format!("root={root}: not a device name; give --device or --top")));
+    }
+    if !dev.exists() {
+        return Err(Error::msg(format!("root={root}: {} does not exist here; give --device or --top", dev.display())));
+    }
+    Ok(dev)
+}
+
+/// A label or UUID with a `/` cannot be a `/dev/disk/by-*` name.
+fn v_has_slash(root: &str) -> bool {
+    root.split_once('=').is_some_and(|(_, v)| v.contains('/'))
+}
+
+/// Run `f` on the top level: `at`, with `root` the command line's `root=`.
+/// A device is mounted (read-only unless `writable`) at a temporary directory
+/// that is removed afterwards whatever happens.
+pub fn with_top<T>(at: &Where, root: &str, writable: bool, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    match at {
+        Where::Top(dir) => f(dir),
+        Where::Device(dev) => with_device_mounted(dev, writable, f),
+        Where::FromCmdline => with_device_mounted(&device_of(root)?, writable, f),
+    }
+}
+
+fn with_device_mounted<T>(dev: &Path, writable: bool, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let (fstype, options) = device_mount(dev, writable)?;
+    let dir = std::env::temp_dir().join(format!("dockroot-{}", std::process::id()));
+    std::fs::create_dir(&dir).context(|| format!("creating {}", dir.display()))?;
+    let flags = if writable { rustix::mount::MountFlags::empty() } else { rustix::mount::MountFlags::RDONLY };
+    let how = if writable { "" } else { " read-only" };
+    let mounted = rustix::mount::mount(dev, &dir, fstype.as_str(), flags, options)
+        .context(|| format!("mounting {} ({fstype}){how}", dev.display()));
+    let r = mounted.and_then(|()| {
+        let r = f(&dir);
+        if let Err(e) = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::empty()) {
+            eprintln!("dockroot: could not unmount {} from {}: {e}", dev.display(), dir.display());
+        }
+        r
+    });
+    let _ = std::fs::remove_dir(&dir);
+    r
+}
+
+/// How a device is mounted: its filesystem as probed, btrfs at its top level;
+/// read-only ones without replaying a journal, so that a look writes nothing.
+fn device_mount(dev: &Path, writable: bool) -> Result<(String, &'static std::ffi::CStr)> {
+    let file = std::fs::File::open(dev).context(|| format!("opening {}", dev.display()))?;
+    let fs = dockroot::probe::probe_filesystem(&file)?
+        .ok_or_else(|| Error::msg(format!("{}: no filesystem recognised", dev.display())))?;
+    let name = fs.fstype.name().to_string();
+    let options = match (name.as_str(), writable) {
+        ("btrfs", _) => c"subvolid=5",
+        ("ext4" | "ext3" | "ext2", false) => c"noload",
+        ("xfs", false) => c"norecovery",
+        _ => c"",
+    };
+    let name = if fs.fstype.is_ext() { "ext4".to_string() } else { name };
+    Ok((name, options))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_devices_as_udev_links_them() {
+        let e = |s: &str| device_of(s).unwrap_err().to_string();
+        assert!(e("LABEL=no-such-label-here").contains("/dev/disk/by-label/no-such-label-here does not exist"));
+        assert!(e("UUID=ABCD-EF").contains("/dev/disk/by-uuid/abcd-ef does not exist"));
+        assert!(e("PARTUUID=X-1").contains("/dev/disk/by-partuuid/x-1 "));
+        assert!(e("LABEL=a/../../b").contains("not a device name"), "{}", e("LABEL=a/../../b"));
+        assert!(e("ZFS=pool").contains("cannot find this device here"));
+        assert_eq!(device_of("/dev/null").unwrap(), PathBuf::from("/dev/null"));
+    }
+}

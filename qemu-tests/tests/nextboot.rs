@@ -1,0 +1,99 @@
+//! `dockroot switch` across boots: the choice it writes beside the rw layer is
+//! what the init boots, in the documented precedence (kernel command line >
+//! one-shot > from now on > embedded config); a one-shot choice boots once; a
+//! corrupt file is a warning, never a failed boot; `--reset` gives the say back
+//! to the embedded config. `dockroot plan` reads the same file the same way.
+
+use std::path::Path;
+use std::process::Command;
+
+use qemu_tests::{field, sh, Artifacts, Machine, OS_CONFIG};
+use serde_json::Value;
+
+const VARIANT: &str = "localhost:5000/team/os:v1";
+const OS: &str = "dockroot-test/os:latest";
+
+/// Runs the `dockroot` command with `args`; its status and output.
+fn dockroot(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(Artifacts::cli()).args(args).output().expect("running dockroot");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// `dockroot switch ARGS --top TOP --cmdline <the machine's>`, which must succeed.
+fn switch(m: &Machine, top: &Path, args: &[&str]) -> String {
+    let top = top.to_string_lossy();
+    let mut all = vec!["switch"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--top", &top, "--cmdline", &m.append]);
+    let (code, out, err) = dockroot(&all);
+    assert_eq!(code, 0, "dockroot {all:?}: {out}{err}");
+    out
+}
+
+/// Which fixture image the booted system is: the variant has /variant.txt, the
+/// os image /layer2.txt.
+fn booted_image(r: &Value) -> &'static str {
+    match (field(r, &["paths", "/variant.txt", "exists"]), field(r, &["paths", "/layer2.txt", "exists"])) {
+        (Value::Bool(true), Value::Bool(false)) => "variant",
+        (Value::Bool(false), Value::Bool(true)) => "os",
+        _ => panic!("neither fixture image booted: {r}"),
+    }
+}
+
+#[test]
+fn switch_once_reset_and_the_precedence_hold_across_boots() {
+    let m = Machine::new(OS_CONFIG);
+    let next_file = |top: &Path| top.join("rwlayer.dockroot-next");
+
+    // From now on: the variant image, written through --device (mounted by the command).
+    let dev = sh(&format!("losetup --find --show '{}'", m.disk.path().display())).trim().to_string();
+    let (code, out, err) = dockroot(&["switch", VARIANT, "--device", &dev, "--cmdline", &m.append]);
+    sh(&format!("losetup -d {dev}"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("the next boots boot {VARIANT} (sha256:")), "{out}");
+    let r = m.report("switch_1", "");
+    assert_eq!(booted_image(&r), "variant", "{}", r["boot_record"]);
+    assert_eq!(r["boot_record"]["image_source"], "dockroot switch", "{}", r["boot_record"]);
+
+    // Once: the os image for one boot, then the variant again.
+    let said = m.modify(|top| switch(&m, top, &["--once", OS]));
+    assert!(said.contains(&format!("then {VARIANT} (dockroot switch) again")), "{said}");
+    let r = m.report("switch_once", "");
+    assert_eq!(booted_image(&r), "os", "{}", r["boot_record"]);
+    assert_eq!(r["boot_record"]["image_source"], "dockroot switch --once");
+    let r = m.report("switch_after_once", "");
+    assert_eq!(booted_image(&r), "variant", "the one-shot choice booted twice: {}", r["boot_record"]);
+
+    // The kernel command line wins, and leaves the choice in place.
+    let r = m.report("switch_cmdline", &format!("dockroot.image={OS}"));
+    assert_eq!(booted_image(&r), "os");
+    assert_eq!(r["boot_record"]["image_source"], "dockroot.image= on the kernel command line");
+    m.inspect(|top| assert!(std::fs::read_to_string(next_file(top)).unwrap().contains(VARIANT)));
+
+    // A corrupt file: a warning, and the embedded config's image.
+    m.modify(|top| std::fs::write(next_file(top), b"{\"dockroot_next_boot\": 1, \"switch\": {\"image\": ").unwrap());
+    let r = m.report("switch_corrupt", "");
+    assert_eq!(booted_image(&r), "os", "{}", r["boot_record"]);
+    assert_eq!(r["boot_record"]["image_source"], "the embedded config");
+    let warnings = r["boot_record"]["warnings"].to_string();
+    assert!(warnings.contains("ignoring /rwlayer.dockroot-next: not JSON"), "{warnings}");
+
+    // Reset: the file goes, and the plan (the same rule, read-only) says the embedded config decides.
+    m.modify(|top| {
+        switch(&m, top, &[VARIANT]);
+        let said = switch(&m, top, &["--reset"]);
+        assert!(said.contains("removed the choices in /rwlayer.dockroot-next"), "{said}");
+        assert!(!next_file(top).exists());
+        switch(&m, top, &["--once", VARIANT]);
+        let config = top.join("plan-config.json");
+        std::fs::write(&config, OS_CONFIG).unwrap();
+        let (t, c) = (top.to_string_lossy(), config.to_string_lossy());
+        let (code, out, err) = dockroot(&["plan", "--top", &t, "--cmdline", &m.append, "--config", &c]);
+        std::fs::remove_file(&config).unwrap();
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains(&format!("image {VARIANT} (from dockroot switch --once)")), "{out}");
+        assert!(out.contains("the boot removes it from /rwlayer.dockroot-next before it uses it"), "{out}");
+        assert!(next_file(top).exists(), "the plan changed the file");
+    });
+}
