@@ -21,4 +21,4 @@ pub use find::{assess, duplicates, find, Assessment, BtrfsMembers};
 pub use scan::{scan, BlockDevice};
 pub use spec::DeviceSpec;
 pub use table::describe;
-pub use wait::{wait_for, NoHooks, WaitHooks, WaitPolicy, WaitStats, Waiter, DEGRADED_WAIT};
+pub use wait::{NoHooks, WaitHooks, WaitPolicy, WaitStats, Waiter, DEGRADED_WAIT};

@@ -352,12 +352,6 @@ impl Default for Waiter {
     }
 }
 
-/// Wait for one device with no hooks and without `degraded`: a [`Waiter`]
-/// used once (see [`Waiter::wait_for`]).
-pub fn wait_for(spec: &DeviceSpec, policy: &WaitPolicy) -> Result<BlockDevice> {
-    Waiter::new().wait_for(spec, policy, false, &mut NoHooks)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
