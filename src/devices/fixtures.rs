@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::{find, BlockDevice, DeviceSpec};
-pub(super) use crate::probe::tests::{run, Scratch};
+pub(super) use crate::probe::fixtures::{run, Scratch};
 use crate::probe::{BtrfsMember, FsInfo, FsType, Partition};
 
 pub(super) fn parse(s: &str) -> DeviceSpec {
