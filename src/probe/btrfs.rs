@@ -4,7 +4,8 @@
 //! Pure: parses bytes read through [`ReadAt`].
 
 use super::checksum::{crc32c, xxh64};
-use super::{arr, bytes, label_from, le16, le64, read_exact_at, uuid_from, BtrfsMember, FsInfo, FsType, ReadAt};
+use super::{label_from, read_exact_at, uuid_from, BtrfsMember, FsInfo, FsType, ReadAt};
+use crate::bytes::Bytes;
 use crate::error::Result;
 
 const BTRFS_SB_OFFSET: u64 = 64 * 1024;
@@ -22,16 +23,17 @@ pub(super) fn probe_btrfs<R: ReadAt + ?Sized>(dev: &R) -> Result<Option<FsInfo>>
 /// The checksum is verified for crc32c, xxhash64 and sha256; a blake2b
 /// superblock is accepted unverified (no blake2b implementation in the init).
 fn parse_btrfs(sb: &[u8]) -> Option<FsInfo> {
-    if bytes(sb, 0x40, 8)? != b"_BHRfS_M" {
+    let at = Bytes::new(sb);
+    if at.slice(0x40, 8)? != b"_BHRfS_M" {
         return None;
     }
     // The primary copy records its own position.
-    if le64(sb, 0x30)? != BTRFS_SB_OFFSET {
+    if at.le64(0x30)? != BTRFS_SB_OFFSET {
         return None;
     }
     let covered = sb.get(0x20..BTRFS_SB_SIZE)?;
-    let csum = bytes(sb, 0, 32)?;
-    let ok = match le16(sb, 0xc4)? {
+    let csum = at.slice(0, 32)?;
+    let ok = match at.le16(0xc4)? {
         0 => csum.get(..4)? == crc32c(covered).to_le_bytes(),
         1 => csum.get(..8)? == xxh64(covered).to_le_bytes(),
         2 => {
@@ -47,12 +49,12 @@ fn parse_btrfs(sb: &[u8]) -> Option<FsInfo> {
     let dev_item = 0xc9;
     Some(FsInfo {
         fstype: FsType::Btrfs,
-        label: label_from(bytes(sb, 0x12b, 256)?),
-        uuid: uuid_from(arr(sb, 0x20)?),
+        label: label_from(at.slice(0x12b, 256)?),
+        uuid: uuid_from(at.array(0x20)?),
         btrfs: Some(BtrfsMember {
-            num_devices: le64(sb, 0x88)?,
-            devid: le64(sb, dev_item)?,
-            dev_uuid: uuid_from(arr(sb, dev_item + 66)?).unwrap_or_default(),
+            num_devices: at.le64(0x88)?,
+            devid: at.le64(dev_item)?,
+            dev_uuid: uuid_from(at.array(dev_item + 66)?).unwrap_or_default(),
         }),
     })
 }

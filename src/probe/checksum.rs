@@ -3,6 +3,8 @@
 //!
 //! Pure: table-driven, tables built at compile time.
 
+use crate::bytes::Bytes;
+
 const fn crc_table(poly: u32) -> [u32; 256] {
     let mut table = [0u32; 256];
     let mut i = 0;
@@ -53,12 +55,9 @@ pub(super) fn xxh64(data: &[u8]) -> u64 {
     fn merge(acc: u64, v: u64) -> u64 {
         (acc ^ round(0, v)).wrapping_mul(P1).wrapping_add(P4)
     }
+    // Only ever given whole 8-byte words (chunks_exact).
     fn u64_at(c: &[u8]) -> u64 {
-        let mut b = [0u8; 8];
-        for (d, s) in b.iter_mut().zip(c) {
-            *d = *s;
-        }
-        u64::from_le_bytes(b)
+        Bytes::new(c).le64(0).unwrap_or(0)
     }
 
     let mut rest = data;
@@ -93,9 +92,7 @@ pub(super) fn xxh64(data: &[u8]) -> u64 {
     let mut tail = words.remainder();
     if tail.len() >= 4 {
         let (four, t) = tail.split_at(4);
-        let mut b = [0u8; 4];
-        b.copy_from_slice(four);
-        h ^= u64::from(u32::from_le_bytes(b)).wrapping_mul(P1);
+        h ^= u64::from(Bytes::new(four).le32(0).unwrap_or(0)).wrapping_mul(P1);
         h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
         tail = t;
     }

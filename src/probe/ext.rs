@@ -4,7 +4,8 @@
 //! Pure: parses bytes read through [`ReadAt`].
 
 use super::checksum::crc32c;
-use super::{arr, bytes, label_from, le16, le32, read_exact_at, uuid_from, FsInfo, FsType, ReadAt};
+use super::{label_from, read_exact_at, uuid_from, FsInfo, FsType, ReadAt};
+use crate::bytes::Bytes;
 use crate::error::Result;
 
 const EXT_SB_OFFSET: u64 = 1024;
@@ -25,22 +26,23 @@ fn parse_ext(sb: &[u8]) -> Option<FsInfo> {
     const EXT2_RO_SUPP: u32 = 0x1 | 0x2 | 0x4; // sparse_super, large_file, btree_dir
     const EXT2_INCOMPAT_SUPP: u32 = 0x2 | 0x10; // filetype, meta_bg
     const EXT3_INCOMPAT_SUPP: u32 = EXT2_INCOMPAT_SUPP | 0x4; // + recover
+    let at = Bytes::new(sb);
 
-    if le16(sb, 0x38)? != 0xEF53 {
+    if at.le16(0x38)? != 0xEF53 {
         return None;
     }
-    if le32(sb, 0x18)? > 6 {
+    if at.le32(0x18)? > 6 {
         return None; // block size above 64 KiB: garbage
     }
-    let compat = le32(sb, 0x5c)?;
-    let incompat = le32(sb, 0x60)?;
-    let ro_compat = le32(sb, 0x64)?;
+    let compat = at.le32(0x5c)?;
+    let incompat = at.le32(0x60)?;
+    let ro_compat = at.le32(0x64)?;
     if incompat & INCOMPAT_JOURNAL_DEV != 0 {
         return None;
     }
     if ro_compat & RO_COMPAT_METADATA_CSUM != 0 {
         // ext4 stores the raw crc32c (seed ~0, no final inversion).
-        let stored = le32(sb, 0x3fc)?;
+        let stored = at.le32(0x3fc)?;
         if stored != !crc32c(sb.get(..0x3fc)?) {
             return None;
         }
@@ -56,7 +58,7 @@ fn parse_ext(sb: &[u8]) -> Option<FsInfo> {
     } else {
         FsType::Ext4
     };
-    Some(FsInfo { fstype, label: label_from(bytes(sb, 0x78, 16)?), uuid: uuid_from(arr(sb, 0x68)?), btrfs: None })
+    Some(FsInfo { fstype, label: label_from(at.slice(0x78, 16)?), uuid: uuid_from(at.array(0x68)?), btrfs: None })
 }
 
 #[cfg(test)]

@@ -113,37 +113,7 @@ pub fn read_exact_at<R: ReadAt + ?Sized>(dev: &R, offset: u64, len: usize) -> Re
 }
 
 // ---------------------------------------------------------------------------
-// Little helpers over untrusted buffers: all return None when out of bounds.
-
-fn bytes(buf: &[u8], off: usize, len: usize) -> Option<&[u8]> {
-    buf.get(off..off.checked_add(len)?)
-}
-
-fn arr<const N: usize>(buf: &[u8], off: usize) -> Option<[u8; N]> {
-    bytes(buf, off, N)?.try_into().ok()
-}
-
-fn u8_at(buf: &[u8], off: usize) -> Option<u8> {
-    buf.get(off).copied()
-}
-fn le16(buf: &[u8], off: usize) -> Option<u16> {
-    arr(buf, off).map(u16::from_le_bytes)
-}
-fn le32(buf: &[u8], off: usize) -> Option<u32> {
-    arr(buf, off).map(u32::from_le_bytes)
-}
-fn le64(buf: &[u8], off: usize) -> Option<u64> {
-    arr(buf, off).map(u64::from_le_bytes)
-}
-fn be16(buf: &[u8], off: usize) -> Option<u16> {
-    arr(buf, off).map(u16::from_be_bytes)
-}
-fn be32(buf: &[u8], off: usize) -> Option<u32> {
-    arr(buf, off).map(u32::from_be_bytes)
-}
-fn be64(buf: &[u8], off: usize) -> Option<u64> {
-    arr(buf, off).map(u64::from_be_bytes)
-}
+// Labels, UUIDs and GUIDs (integers and byte ranges: crate::bytes::Bytes).
 
 /// A label the way blkid sets it: up to the first NUL, trailing whitespace
 /// removed, empty means no label. Bytes that are not UTF-8 become U+FFFD.

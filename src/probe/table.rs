@@ -5,7 +5,8 @@
 //! Pure: parses bytes read through [`ReadAt`].
 
 use super::checksum::crc32;
-use super::{arr, bytes, guid_to_string, le32, le64, read_exact_at, u8_at, ReadAt};
+use super::{guid_to_string, read_exact_at, ReadAt};
+use crate::bytes::Bytes;
 use crate::error::{Context, Error, Result};
 
 /// Which kind of partition table, with its disk identifier.
@@ -52,7 +53,7 @@ pub fn read_partition_table<R: ReadAt + ?Sized>(disk: &R, sector_size: u64) -> R
     let Some(mbr) = read_exact_at(disk, 0, 512)? else {
         return Ok(None);
     };
-    if bytes(&mbr, 0x1fe, 2) != Some(&[0x55, 0xAA]) {
+    if Bytes::new(&mbr).slice(0x1fe, 2) != Some(&[0x55, 0xAA]) {
         return Ok(None);
     }
     let entries: Vec<MbrEntry> = (0..4).filter_map(|i| MbrEntry::parse(&mbr, 0x1be + 16 * i)).collect();
@@ -62,7 +63,7 @@ pub fn read_partition_table<R: ReadAt + ?Sized>(disk: &R, sector_size: u64) -> R
     if entries.iter().any(|e| e.boot != 0 && e.boot != 0x80) {
         return Ok(None);
     }
-    let disk_signature = le32(&mbr, 0x1b8).unwrap_or(0);
+    let disk_signature = Bytes::new(&mbr).le32(0x1b8).unwrap_or(0);
     read_mbr(disk, sector_size, disk_signature, &entries).map(Some)
 }
 
@@ -75,11 +76,12 @@ struct MbrEntry {
 
 impl MbrEntry {
     fn parse(sector: &[u8], off: usize) -> Option<MbrEntry> {
+        let at = Bytes::new(sector);
         Some(MbrEntry {
-            boot: u8_at(sector, off)?,
-            kind: u8_at(sector, off + 4)?,
-            start: u64::from(le32(sector, off + 8)?),
-            sectors: u64::from(le32(sector, off + 12)?),
+            boot: at.u8(off)?,
+            kind: at.u8(off + 4)?,
+            start: u64::from(at.le32(off + 8)?),
+            sectors: u64::from(at.le32(off + 12)?),
         })
     }
 
@@ -120,7 +122,7 @@ fn read_mbr<R: ReadAt + ?Sized>(disk: &R, ss: u64, sig: u32, primary: &[MbrEntry
             else {
                 break;
             };
-            if bytes(&ebr, 0x1fe, 2) != Some(&[0x55, 0xAA]) {
+            if Bytes::new(&ebr).slice(0x1fe, 2) != Some(&[0x55, 0xAA]) {
                 break;
             }
             let entries: Vec<MbrEntry> = (0..4).filter_map(|i| MbrEntry::parse(&ebr, 0x1be + 16 * i)).collect();
@@ -217,11 +219,12 @@ fn read_gpt_at<R: ReadAt + ?Sized>(disk: &R, ss: u64, lba: u64) -> Result<Result
     }
     let mut parts = Vec::new();
     for (number, ent) in (1u32..).zip(array.chunks_exact(128)) {
-        let type_guid: [u8; 16] = arr(ent, 0).unwrap_or([0; 16]);
+        let at = Bytes::new(ent);
+        let type_guid: [u8; 16] = at.array(0).unwrap_or([0; 16]);
         if type_guid == [0; 16] {
             continue;
         }
-        let (Some(first), Some(last), Some(unique)) = (le64(ent, 32), le64(ent, 40), arr::<16>(ent, 16)) else {
+        let (Some(first), Some(last), Some(unique)) = (at.le64(32), at.le64(40), at.array::<16>(16)) else {
             continue;
         };
         let Some(sectors) = last.checked_sub(first).and_then(|n| n.checked_add(1)) else {
@@ -231,7 +234,7 @@ fn read_gpt_at<R: ReadAt + ?Sized>(disk: &R, ss: u64, lba: u64) -> Result<Result
             .get(56..128)
             .unwrap_or(&[])
             .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)]))
+            .map(|c| Bytes::new(c).le16(0).unwrap_or(0))
             .take_while(|&c| c != 0)
             .collect();
         let name = String::from_utf16_lossy(&name);
@@ -255,15 +258,16 @@ struct GptHeader {
 }
 
 fn parse_gpt_header(hdr: &[u8], lba: u64) -> Result<GptHeader, String> {
+    let at = Bytes::new(hdr);
     let short = || "header truncated".to_string();
-    if bytes(hdr, 0, 8) != Some(b"EFI PART") {
+    if at.slice(0, 8) != Some(b"EFI PART") {
         return Err("no \"EFI PART\" signature".into());
     }
-    let size = le32(hdr, 12).ok_or_else(short)?;
+    let size = at.le32(12).ok_or_else(short)?;
     let Some(covered) = usize::try_from(size).ok().filter(|&s| s >= 92).and_then(|s| hdr.get(..s)) else {
         return Err(format!("bad header size {size}"));
     };
-    let stored = le32(hdr, 16).ok_or_else(short)?;
+    let stored = at.le32(16).ok_or_else(short)?;
     let mut copy = covered.to_vec();
     if let Some(field) = copy.get_mut(16..20) {
         field.fill(0);
@@ -272,12 +276,12 @@ fn parse_gpt_header(hdr: &[u8], lba: u64) -> Result<GptHeader, String> {
     if crc != stored {
         return Err(format!("header CRC mismatch (stored {stored:08x}, computed {crc:08x})"));
     }
-    let my_lba = le64(hdr, 24).ok_or_else(short)?;
+    let my_lba = at.le64(24).ok_or_else(short)?;
     if my_lba != lba {
         return Err(format!("header at LBA {lba} says it is at LBA {my_lba}"));
     }
-    let entries = u64::from(le32(hdr, 80).ok_or_else(short)?);
-    let entry_size = u64::from(le32(hdr, 84).ok_or_else(short)?);
+    let entries = u64::from(at.le32(80).ok_or_else(short)?);
+    let entry_size = u64::from(at.le32(84).ok_or_else(short)?);
     if entry_size != 128 {
         return Err(format!("unsupported partition entry size {entry_size}"));
     }
@@ -285,11 +289,11 @@ fn parse_gpt_header(hdr: &[u8], lba: u64) -> Result<GptHeader, String> {
         return Err(format!("unreasonable number of partition entries {entries}"));
     }
     Ok(GptHeader {
-        disk_guid: guid_to_string(arr(hdr, 56).ok_or_else(short)?),
-        entries_lba: le64(hdr, 72).ok_or_else(short)?,
+        disk_guid: guid_to_string(at.array(56).ok_or_else(short)?),
+        entries_lba: at.le64(72).ok_or_else(short)?,
         entries,
         entry_size,
-        entries_crc: le32(hdr, 88).ok_or_else(short)?,
+        entries_crc: at.le32(88).ok_or_else(short)?,
     })
 }
 

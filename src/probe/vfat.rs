@@ -5,7 +5,8 @@
 //! Pure: parses bytes read through [`ReadAt`] (a bounded walk of the root
 //! directory's cluster chain for FAT32).
 
-use super::{arr, bytes, label_from, le16, le32, read_exact_at, u8_at, FsInfo, FsType, ReadAt};
+use super::{label_from, read_exact_at, FsInfo, FsType, ReadAt};
+use crate::bytes::Bytes;
 use crate::error::Result;
 
 /// The FAT boot sector fields the probe needs, after the sanity checks.
@@ -28,14 +29,15 @@ const FAT_NO_NAME: &[u8; 11] = b"NO NAME    ";
 /// Check a FAT boot sector the way libblkid does: 0x55AA, a jump instruction or
 /// a FAT type string, and a self-consistent BIOS parameter block.
 fn parse_fat_bpb(bs: &[u8]) -> Option<FatBpb> {
+    let at = Bytes::new(bs);
     const FAT12_MAX: u64 = 0xFF4;
     const FAT16_MAX: u64 = 0xFFF4;
     const FAT32_MAX: u64 = 0x0FFF_FFF6;
-    if bytes(bs, 0x1fe, 2)? != [0x55, 0xAA] {
+    if at.slice(0x1fe, 2)? != [0x55, 0xAA] {
         return None;
     }
-    let magic16 = bytes(bs, 0x36, 8)?;
-    let magic32 = bytes(bs, 0x52, 8)?;
+    let magic16 = at.slice(0x36, 8)?;
+    let magic32 = at.slice(0x52, 8)?;
     let strong = magic32.starts_with(b"MSWIN")
         || magic32 == b"FAT32   "
         || magic16.starts_with(b"MSDOS")
@@ -43,7 +45,7 @@ fn parse_fat_bpb(bs: &[u8]) -> Option<FatBpb> {
         || magic16 == b"FAT12   "
         || magic16 == b"FAT     ";
     if !strong {
-        if !matches!(u8_at(bs, 0)?, 0xEB | 0xE9) {
+        if !matches!(at.u8(0)?, 0xEB | 0xE9) {
             return None;
         }
         // OS/2 puts a FAT-like header in front of JFS and HPFS.
@@ -51,16 +53,16 @@ fn parse_fat_bpb(bs: &[u8]) -> Option<FatBpb> {
             return None;
         }
     }
-    let sector_size = u64::from(le16(bs, 0x0b)?);
-    let cluster_sectors = u64::from(u8_at(bs, 0x0d)?);
-    let reserved = u64::from(le16(bs, 0x0e)?);
-    let fats = u64::from(u8_at(bs, 0x10)?);
-    let root_entries = u64::from(le16(bs, 0x11)?);
-    let sectors16 = u64::from(le16(bs, 0x13)?);
-    let media = u8_at(bs, 0x15)?;
-    let fat16_len = u64::from(le16(bs, 0x16)?);
-    let sectors32 = u64::from(le32(bs, 0x20)?);
-    let fat32_len = u64::from(le32(bs, 0x24)?);
+    let sector_size = u64::from(at.le16(0x0b)?);
+    let cluster_sectors = u64::from(at.u8(0x0d)?);
+    let reserved = u64::from(at.le16(0x0e)?);
+    let fats = u64::from(at.u8(0x10)?);
+    let root_entries = u64::from(at.le16(0x11)?);
+    let sectors16 = u64::from(at.le16(0x13)?);
+    let media = at.u8(0x15)?;
+    let fat16_len = u64::from(at.le16(0x16)?);
+    let sectors32 = u64::from(at.le32(0x20)?);
+    let fat32_len = u64::from(at.le32(0x24)?);
     if fats == 0 || reserved == 0 || !(media >= 0xf8 || media == 0xf0) {
         return None;
     }
@@ -99,10 +101,10 @@ fn parse_fat_bpb(bs: &[u8]) -> Option<FatBpb> {
         fat_sectors_total,
         root_entries,
         fat32,
-        root_cluster: le32(bs, 0x2c)?,
-        fsinfo_sector: u64::from(le16(bs, 0x30)?),
-        boot_label: arr(bs, label_off)?,
-        serial: arr(bs, serial_off)?,
+        root_cluster: at.le32(0x2c)?,
+        fsinfo_sector: u64::from(at.le16(0x30)?),
+        boot_label: at.array(label_off)?,
+        serial: at.array(serial_off)?,
     })
 }
 
@@ -123,18 +125,19 @@ fn fat_dir_label<R: ReadAt + ?Sized>(dev: &R, offset: u64, entries: u64) -> Resu
             return Ok(None);
         };
         for ent in buf.chunks_exact(32) {
-            let first = u8_at(ent, 0).unwrap_or(0);
+            let at = Bytes::new(ent);
+            let first = at.u8(0).unwrap_or(0);
             if first == 0 {
                 return Ok(None); // end of directory
             }
-            let attr = u8_at(ent, 11).unwrap_or(0);
-            let cluster_hi = le16(ent, 20).unwrap_or(1);
-            let cluster_lo = le16(ent, 26).unwrap_or(1);
+            let attr = at.u8(11).unwrap_or(0);
+            let cluster_hi = at.le16(20).unwrap_or(1);
+            let cluster_lo = at.le16(26).unwrap_or(1);
             if first == 0xE5 || cluster_hi != 0 || cluster_lo != 0 || attr & 0x3f == 0x0f {
                 continue; // deleted, a file or directory, or a long-name piece
             }
             if attr & (0x08 | 0x10) == 0x08 {
-                return Ok(arr(ent, 0));
+                return Ok(at.array(0));
             }
         }
         done += n;
@@ -177,14 +180,14 @@ pub(super) fn probe_vfat<R: ReadAt + ?Sized>(dev: &R) -> Result<Option<FsInfo>> 
             let Some(e) = read_exact_at(dev, fat_off, 4)? else {
                 break;
             };
-            next = u64::from(le32(&e, 0).unwrap_or(0) & 0x0fff_ffff);
+            next = u64::from(Bytes::new(&e).le32(0).unwrap_or(0) & 0x0fff_ffff);
         }
         if bpb.fsinfo_sector != 0 {
             let Some(fsinfo) = read_exact_at(dev, bpb.fsinfo_sector.saturating_mul(ss), 512)? else {
                 return Ok(None);
             };
-            let sig1 = bytes(&fsinfo, 0, 4).unwrap_or(&[]);
-            let sig2 = bytes(&fsinfo, 484, 4).unwrap_or(&[]);
+            let sig1 = Bytes::new(&fsinfo).slice(0, 4).unwrap_or(&[]);
+            let sig2 = Bytes::new(&fsinfo).slice(484, 4).unwrap_or(&[]);
             if !matches!(sig1, b"RRaA" | b"RRdA" | [0, 0, 0, 0]) || !matches!(sig2, b"rrAa" | [0, 0, 0, 0]) {
                 return Ok(None);
             }

@@ -3,7 +3,8 @@
 //! Pure: parses bytes read through [`ReadAt`].
 
 use super::checksum::{crc_update, CRC32C_TABLE};
-use super::{arr, be16, be32, be64, bytes, label_from, le32, read_exact_at, u8_at, uuid_from, FsInfo, FsType, ReadAt};
+use super::{label_from, read_exact_at, uuid_from, FsInfo, FsType, ReadAt};
+use crate::bytes::Bytes;
 use crate::error::Result;
 
 pub(super) fn probe_xfs<R: ReadAt + ?Sized>(dev: &R) -> Result<Option<FsInfo>> {
@@ -13,7 +14,7 @@ pub(super) fn probe_xfs<R: ReadAt + ?Sized>(dev: &R) -> Result<Option<FsInfo>> {
     let Some(sectsize) = xfs_sane(&head) else {
         return Ok(None);
     };
-    let is_v5 = be16(&head, 100).is_some_and(|v| v & 0xf == 5);
+    let is_v5 = Bytes::new(&head).be16(100).is_some_and(|v| v & 0xf == 5);
     if is_v5 {
         // v5 superblocks carry a crc32c over the whole sector.
         let Some(sector) = read_exact_at(dev, 0, sectsize)? else {
@@ -28,21 +29,22 @@ pub(super) fn probe_xfs<R: ReadAt + ?Sized>(dev: &R) -> Result<Option<FsInfo>> {
 
 /// The sanity checks libblkid applies to an xfs superblock; returns the sector size.
 fn xfs_sane(sb: &[u8]) -> Option<usize> {
-    if bytes(sb, 0, 4)? != b"XFSB" {
+    let at = Bytes::new(sb);
+    if at.slice(0, 4)? != b"XFSB" {
         return None;
     }
-    let blocksize = u64::from(be32(sb, 4)?);
-    let dblocks = be64(sb, 8)?;
-    let rextsize = u64::from(be32(sb, 80)?);
-    let agblocks = u64::from(be32(sb, 84)?);
-    let agcount = u64::from(be32(sb, 88)?);
-    let sectsize = u64::from(be16(sb, 102)?);
-    let inodesize = u64::from(be16(sb, 104)?);
-    let blocklog = u32::from(u8_at(sb, 120)?);
-    let sectlog = u32::from(u8_at(sb, 121)?);
-    let inodelog = u32::from(u8_at(sb, 122)?);
-    let inopblog = u32::from(u8_at(sb, 123)?);
-    let imax_pct = u8_at(sb, 127)?;
+    let blocksize = u64::from(at.be32(4)?);
+    let dblocks = at.be64(8)?;
+    let rextsize = u64::from(at.be32(80)?);
+    let agblocks = u64::from(at.be32(84)?);
+    let agcount = u64::from(at.be32(88)?);
+    let sectsize = u64::from(at.be16(102)?);
+    let inodesize = u64::from(at.be16(104)?);
+    let blocklog = u32::from(at.u8(120)?);
+    let sectlog = u32::from(at.u8(121)?);
+    let inodelog = u32::from(at.u8(122)?);
+    let inopblog = u32::from(at.u8(123)?);
+    let imax_pct = at.u8(127)?;
     let pow = |log: u32| 1u64.checked_shl(log);
     let rext_bytes = rextsize.checked_mul(blocksize)?;
     let sane = agcount > 0
@@ -68,7 +70,7 @@ fn xfs_sane(sb: &[u8]) -> Option<usize> {
 /// with the crc field taken as zero).
 fn xfs_crc_ok(sector: &[u8]) -> bool {
     const CRC_OFF: usize = 224;
-    let Some(stored) = le32(sector, CRC_OFF) else {
+    let Some(stored) = Bytes::new(sector).le32(CRC_OFF) else {
         return false;
     };
     let (Some(before), Some(after)) = (sector.get(..CRC_OFF), sector.get(CRC_OFF + 4..)) else {
@@ -81,10 +83,11 @@ fn xfs_crc_ok(sector: &[u8]) -> bool {
 }
 
 fn parse_xfs(sb: &[u8]) -> Option<FsInfo> {
+    let at = Bytes::new(sb);
     Some(FsInfo {
         fstype: FsType::Xfs,
-        label: label_from(bytes(sb, 108, 12)?),
-        uuid: uuid_from(arr(sb, 32)?),
+        label: label_from(at.slice(108, 12)?),
+        uuid: uuid_from(at.array(32)?),
         btrfs: None,
     })
 }
