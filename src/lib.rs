@@ -6,6 +6,7 @@
 
 pub mod boot;
 pub mod btrfs;
+pub mod bytes;
 pub mod choose;
 pub mod config;
 pub mod devices;

@@ -22,6 +22,7 @@
 //! and the number of pages read are capped, and every error names the file
 //! and the page.
 
+use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -96,21 +97,6 @@ struct Meta {
     txid: u64,
 }
 
-fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    let s = b.get(off..off.checked_add(2)?)?;
-    Some(u16::from_le_bytes([s.first().copied()?, s.get(1).copied()?]))
-}
-
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    let s: [u8; 4] = b.get(off..off.checked_add(4)?)?.try_into().ok()?;
-    Some(u32::from_le_bytes(s))
-}
-
-fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    let s: [u8; 8] = b.get(off..off.checked_add(8)?)?.try_into().ok()?;
-    Some(u64::from_le_bytes(s))
-}
-
 /// FNV-1a, 64 bit.
 fn fnv1a64(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -123,33 +109,33 @@ fn fnv1a64(data: &[u8]) -> u64 {
 
 /// Parse the meta page in `page` (header included); why not, if invalid.
 fn parse_meta(page: &[u8]) -> std::result::Result<Meta, String> {
-    let flags = u16_at(page, 8).ok_or("too short")?;
+    let flags = Bytes::new(page).le16(8).ok_or("too short")?;
     if flags & FLAG_META == 0 {
         return Err(format!("page flags {flags:#x} are not a meta page's"));
     }
     let m = page.get(PAGE_HEADER..PAGE_HEADER + META_LEN).ok_or("too short")?;
-    let magic = u32_at(m, 0).ok_or("too short")?;
+    let magic = Bytes::new(m).le32(0).ok_or("too short")?;
     if magic != MAGIC {
         return Err(format!("magic {magic:#x}, expected {MAGIC:#x}"));
     }
-    let version = u32_at(m, 4).ok_or("too short")?;
+    let version = Bytes::new(m).le32(4).ok_or("too short")?;
     if version != VERSION {
         return Err(format!("version {version}, expected {VERSION}"));
     }
-    let sum = u64_at(m, 56).ok_or("too short")?;
+    let sum = Bytes::new(m).le64(56).ok_or("too short")?;
     let want = fnv1a64(m.get(..56).ok_or("too short")?);
     if sum != want {
         return Err(format!("checksum {sum:#x}, computed {want:#x}"));
     }
-    let page_size = u32_at(m, 8).ok_or("too short")?;
+    let page_size = Bytes::new(m).le32(8).ok_or("too short")?;
     if !(MIN_PAGE..=MAX_PAGE).contains(&page_size) || !page_size.is_power_of_two() {
         return Err(format!("page size {page_size} is not a power of two in {MIN_PAGE}..={MAX_PAGE}"));
     }
     Ok(Meta {
         page_size,
-        root: u64_at(m, 16).ok_or("too short")?,
-        high_water: u64_at(m, 40).ok_or("too short")?,
-        txid: u64_at(m, 48).ok_or("too short")?,
+        root: Bytes::new(m).le64(16).ok_or("too short")?,
+        high_water: Bytes::new(m).le64(40).ok_or("too short")?,
+        txid: Bytes::new(m).le64(48).ok_or("too short")?,
     })
 }
 
@@ -274,7 +260,7 @@ impl Db {
             id.checked_mul(self.page_size).ok_or_else(|| self.corrupt(format!("page {id} lies beyond any file")))?;
         let mut head = [0u8; PAGE_HEADER];
         self.read_exact(&mut head, off, id)?;
-        let overflow = u32_at(&head, 12).unwrap_or(0);
+        let overflow = Bytes::new(&head).le32(12).unwrap_or(0);
         let size = u64::from(overflow)
             .checked_add(1)
             .and_then(|n| n.checked_mul(self.page_size))
@@ -289,7 +275,7 @@ impl Db {
         let n = usize::try_from(size).map_err(|_| self.corrupt(format!("page {id} is too large")))?;
         let mut buf = vec![0u8; n];
         self.read_exact(&mut buf, off, id)?;
-        let stored = u64_at(&buf, 0).unwrap_or(u64::MAX);
+        let stored = Bytes::new(&buf).le64(0).unwrap_or(u64::MAX);
         if stored != id {
             return Err(self.corrupt(format!("page {id} says it is page {stored}")));
         }
@@ -321,18 +307,18 @@ struct LeafElem<'p> {
 
 /// A page's type and element count, checked against its length.
 fn page_kind(page: &[u8]) -> Option<(u16, usize)> {
-    let flags = u16_at(page, 8)?;
-    let count = usize::from(u16_at(page, 10)?);
+    let flags = Bytes::new(page).le16(8)?;
+    let count = usize::from(Bytes::new(page).le16(10)?);
     let need = count.checked_mul(ELEMENT)?.checked_add(PAGE_HEADER)?;
     (need <= page.len()).then_some((flags, count))
 }
 
 fn leaf_elem(page: &[u8], i: usize) -> Option<LeafElem<'_>> {
     let at = PAGE_HEADER.checked_add(i.checked_mul(ELEMENT)?)?;
-    let flags = u32_at(page, at)?;
-    let pos = usize::try_from(u32_at(page, at.checked_add(4)?)?).ok()?;
-    let ksize = usize::try_from(u32_at(page, at.checked_add(8)?)?).ok()?;
-    let vsize = usize::try_from(u32_at(page, at.checked_add(12)?)?).ok()?;
+    let flags = Bytes::new(page).le32(at)?;
+    let pos = usize::try_from(Bytes::new(page).le32(at.checked_add(4)?)?).ok()?;
+    let ksize = usize::try_from(Bytes::new(page).le32(at.checked_add(8)?)?).ok()?;
+    let vsize = usize::try_from(Bytes::new(page).le32(at.checked_add(12)?)?).ok()?;
     let kstart = at.checked_add(pos)?;
     let kend = kstart.checked_add(ksize)?;
     let vend = kend.checked_add(vsize)?;
@@ -341,9 +327,9 @@ fn leaf_elem(page: &[u8], i: usize) -> Option<LeafElem<'_>> {
 
 fn branch_elem(page: &[u8], i: usize) -> Option<(&[u8], u64)> {
     let at = PAGE_HEADER.checked_add(i.checked_mul(ELEMENT)?)?;
-    let pos = usize::try_from(u32_at(page, at)?).ok()?;
-    let ksize = usize::try_from(u32_at(page, at.checked_add(4)?)?).ok()?;
-    let child = u64_at(page, at.checked_add(8)?)?;
+    let pos = usize::try_from(Bytes::new(page).le32(at)?).ok()?;
+    let ksize = usize::try_from(Bytes::new(page).le32(at.checked_add(4)?)?).ok()?;
+    let child = Bytes::new(page).le64(at.checked_add(8)?)?;
     let kstart = at.checked_add(pos)?;
     Some((page.get(kstart..kstart.checked_add(ksize)?)?, child))
 }
@@ -382,7 +368,7 @@ impl<'a> Bucket<'a> {
         } else {
             format!("{}/{}", self.name, String::from_utf8_lossy(key))
         };
-        let root = u64_at(v, 0).ok_or_else(|| {
+        let root = Bytes::new(v).le64(0).ok_or_else(|| {
             self.db.corrupt(format!("bucket {name:?}: its header is {} bytes, expected {BUCKET_HEADER}", v.len()))
         })?;
         let root = if root == 0 {
