@@ -119,7 +119,7 @@ fn gzip_body(data: &[u8]) -> std::result::Result<&[u8], String> {
     let flags = *data.get(3).ok_or_else(bad)?;
     let mut at = 10usize;
     if flags & 4 != 0 {
-        let xlen = usize::from(u16::from_le_bytes([*data.get(10).ok_or_else(bad)?, *data.get(11).ok_or_else(bad)?]));
+        let xlen = usize::from(crate::bytes::Bytes::new(data).le16(10).ok_or_else(bad)?);
         at = at.checked_add(2).and_then(|a| a.checked_add(xlen)).ok_or_else(bad)?;
     }
     for bit in [8u8, 16] {
