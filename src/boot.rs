@@ -15,7 +15,7 @@ use crate::devices::{self, DeviceSpec, WaitHooks, WaitPolicy};
 use crate::error::{Context, Error, Result};
 use crate::mounts::{self, NEW_ROOT, STAGING_TOP};
 use crate::nextboot::{self, ImageSource};
-use crate::record::{Record, Timings};
+use crate::record::{self, Record, Timings};
 use crate::rwlayer::{At, Existing, RwStore};
 use crate::{logging, modules, switch_root};
 
@@ -165,7 +165,11 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     let init = switch_root::find_init(new_root.as_fd(), &candidates)?;
     drop(new_root);
 
-    // 10. The record, and the switch.
+    // 10. The commands for the booted system, the record, and the switch.
+    match record::leave_commands() {
+        Ok(at) => record.commands = at,
+        Err(e) => record.warn(format!("the dockroot commands are not in the booted system: {e}")),
+    }
     record.write(params, &root_dev, &booted, &t);
     log::info!("ready: {}", t.summary());
     logging::detach_kmsg(kmsg_saved);

@@ -37,6 +37,31 @@ impl Timings {
 
 /// Where the boot record is written (the initramfs's /run moves into the new root).
 pub const BOOT_RECORD: &str = "/run/dockroot/boot.json";
+/// Where an initramfs carries the `dockroot` commands (`dockroot-mkinitramfs --commands`).
+pub const COMMANDS_IN_INITRAMFS: &str = "/usr/lib/dockroot/dockroot";
+/// Where the booted system finds them: the exact version that booted it, even
+/// when the image ships none.
+pub const COMMANDS: &str = "/run/dockroot/dockroot";
+
+/// Copy the initramfs's `dockroot` commands to [`COMMANDS`] (under a temporary
+/// name, then renamed, so the booted system never runs half a file). `None`
+/// when this initramfs carries none.
+pub fn leave_commands() -> Result<Option<&'static str>> {
+    use crate::error::Context;
+    use std::os::unix::fs::PermissionsExt;
+    if !std::path::Path::new(COMMANDS_IN_INITRAMFS).is_file() {
+        return Ok(None);
+    }
+    let tmp = "/run/dockroot/.dockroot.tmp";
+    let copy = || -> std::io::Result<()> {
+        std::fs::create_dir_all("/run/dockroot")?;
+        std::fs::copy(COMMANDS_IN_INITRAMFS, tmp)?;
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(tmp, COMMANDS)
+    };
+    copy().context(|| format!("copying {COMMANDS_IN_INITRAMFS} to {COMMANDS}"))?;
+    Ok(Some(COMMANDS))
+}
 
 /// Which root this boot ended up with, and why.
 pub enum Booted {
@@ -63,6 +88,8 @@ pub struct Record {
     pub rw_kind: &'static str,
     /// Whether old overlay roots are being deleted in the background.
     pub trash_deleter: bool,
+    /// Where the `dockroot` commands were left ([`leave_commands`]).
+    pub commands: Option<&'static str>,
     /// Where the image came from ([`crate::nextboot::ImageSource::name`]).
     pub image_source: &'static str,
 }
@@ -113,6 +140,7 @@ impl Record {
             "booted": booted_name,
             "image": image,
             "image_source": self.image_source,
+            "commands": self.commands,
             "fallback": fallback,
             "rw_layer": self.rw_layer,
             "rw_layer_kind": self.rw_kind,

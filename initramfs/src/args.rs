@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use dockroot::error::{Error, Result};
 use lexopt::Arg::{Long, Short, Value};
 
-use crate::build::{Options, DEFAULT_DRIVERS, DEFAULT_FILESYSTEMS};
+use crate::build::{Commands, Options, DEFAULT_DRIVERS, DEFAULT_FILESYSTEMS};
 use crate::compress::Compression;
 
 /// What the command line asks for.
@@ -28,11 +28,14 @@ dockroot-mkinitramfs {version}: build the dockroot initramfs.
 Usage:
   dockroot-mkinitramfs --kernel-modules /lib/modules/RELEASE --config FILE --output FILE
                        [--module NAME ...] [--hostonly [--sysfs DIR] [--mounts FILE]]
-                       [--init PATH] [--compression zstd|gzip|none] [--kernel-release RELEASE]
+                       [--init PATH] [--commands PATH|none] [--compression zstd|gzip|none]
+                       [--kernel-release RELEASE]
                        [--firmware-dir DIR] [--keep-compressed] [--kernel-config FILE]
 
 Writes a newc cpio, compressed, holding:
-  /init                     the static dockroot binary (--init)
+  /init                     the static dockroot init (--init)
+  /usr/lib/dockroot/dockroot  the static dockroot commands (--commands), which the init
+                            leaves at /run/dockroot/dockroot for the booted system
   /etc/docker-btrfs.json    the config (--config): {{\"docker_image\": \"...\", \"docker_tag\": \"...\"}}
   /dev/console              so the kernel gives /init its stdio
   /dev /proc /sys /run /etc empty mount points
@@ -69,6 +72,10 @@ Options:
   --output FILE          where to write the image (required)
   --init PATH            the init binary, a static x86-64 executable
                          (default: dockroot-init next to this program)
+  --commands PATH|none   the dockroot commands binary (status, switch, ...), a static
+                         x86-64 executable the init copies to /run/dockroot/dockroot
+                         (default: dockroot next to this program, when it is there;
+                         none: leave them out)
   --compression KIND     zstd (default, level {level}), gzip or none
   --firmware-dir DIR     where firmware files are (default: lib/firmware beside DIR's
                          lib/modules, so /lib/firmware for /lib/modules/RELEASE). The
@@ -107,6 +114,7 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
     let mut config = None;
     let mut output = None;
     let mut init = None;
+    let mut commands = None;
     let mut compression = None;
     let mut sysfs = None;
     let mut mounts = None;
@@ -152,7 +160,7 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
                 continue;
             }
             "--kernel-modules" | "--kernel-release" | "--module" | "--config" | "--output" | "--init"
-            | "--compression" | "--sysfs" | "--mounts" | "--firmware-dir" | "--kernel-config" => {}
+            | "--commands" | "--compression" | "--sysfs" | "--mounts" | "--firmware-dir" | "--kernel-config" => {}
             _ => return Err(usage(format!("unknown option {}", raw.as_deref().unwrap_or(opt)))),
         }
         // The next argument even if it starts with `-`, or the part after `=`.
@@ -175,6 +183,7 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
             "--config" => once(&mut config)?,
             "--output" => once(&mut output)?,
             "--init" => once(&mut init)?,
+            "--commands" => once(&mut commands)?,
             "--sysfs" => once(&mut sysfs)?,
             "--mounts" => once(&mut mounts)?,
             "--firmware-dir" => once(&mut firmware_dir)?,
@@ -194,6 +203,11 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
     opts.kernel_release = kernel_release;
     opts.modules = modules;
     opts.init = init.map(PathBuf::from);
+    opts.commands = match commands.as_deref() {
+        None => Commands::Default,
+        Some("none") => Commands::Leave,
+        Some(p) => Commands::Path(PathBuf::from(p)),
+    };
     if let Some(c) = compression {
         opts.compression = Compression::parse(&c)?;
     }

@@ -77,6 +77,8 @@ pub struct Options {
     pub output: PathBuf,
     /// The init binary; default: `dockroot-init` next to this program.
     pub init: Option<PathBuf>,
+    /// The `dockroot` commands binary (`--commands`).
+    pub commands: Commands,
     pub compression: Compression,
     /// mtime of every entry (0, or SOURCE_DATE_EPOCH).
     pub mtime: u32,
@@ -106,6 +108,7 @@ impl Options {
             config,
             output,
             init: None,
+            commands: Commands::Default,
             compression: Compression::Zstd,
             mtime: 0,
             hostonly: false,
@@ -148,6 +151,18 @@ pub struct Firmware {
     pub len: usize,
 }
 
+/// Which `dockroot` commands binary goes into the image (at the init's
+/// `record::COMMANDS_IN_INITRAMFS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commands {
+    /// `dockroot` next to this program, when it is there.
+    Default,
+    /// `--commands PATH`: it must be there.
+    Path(PathBuf),
+    /// `--commands none`.
+    Leave,
+}
+
 /// What went into the image, for the summary.
 #[derive(Debug)]
 pub struct Built {
@@ -157,6 +172,8 @@ pub struct Built {
     pub cpio_len: usize,
     pub init: PathBuf,
     pub init_len: usize,
+    /// The commands binary included and its size; or why none is.
+    pub commands: std::result::Result<(PathBuf, usize), String>,
     /// The image the config names, normalised.
     pub config_image: String,
     /// The module plan (module data dropped).
@@ -243,6 +260,39 @@ pub fn release_of(dir: &Path) -> Result<String> {
 pub fn default_init() -> Result<PathBuf> {
     let exe = std::env::current_exe().context(|| "finding this program's own path (for the default --init)")?;
     Ok(exe.with_file_name("dockroot-init"))
+}
+
+/// The commands binary to include, checked like the init; `Ok(Err(why))` when
+/// none is included (`--commands none`, or the default is not there).
+fn read_commands(c: &Commands) -> Result<std::result::Result<(PathBuf, Vec<u8>), String>> {
+    let path = match c {
+        Commands::Leave => return Ok(Err("left out (--commands none)".into())),
+        Commands::Path(p) => p.clone(),
+        Commands::Default => {
+            let exe = std::env::current_exe().context(|| "finding this program's own path (for --commands)")?;
+            let p = exe.with_file_name("dockroot");
+            // The default is taken when it can be, and said when not: a note, not an error.
+            if !p.exists() {
+                return Ok(Err(format!("none: {} is not there (scripts/build builds it)", p.display())));
+            }
+            return Ok(read_commands(&Commands::Path(p)).unwrap_or_else(|e| Err(format!("none: {e}"))));
+        }
+    };
+    if !path.exists() {
+        return Err(Error::msg(format!(
+            "the commands binary {} does not exist: build it with scripts/build, or give --commands none",
+            path.display()
+        )));
+    }
+    let data = read_capped(&path, INIT_MAX_BYTES)?;
+    elf::check_static_x86_64(&data).map_err(|e| {
+        Error::msg(format!(
+            "{} cannot be the initramfs's dockroot commands: {e}; they must be a static x86-64 executable \
+             (scripts/build)",
+            path.display()
+        ))
+    })?;
+    Ok(Ok((path, data)))
 }
 
 /// Read the init and check it can run alone as `/init`.
@@ -589,6 +639,20 @@ pub fn build_image(opts: &Options) -> Result<Built> {
     // devtmpfs exists: without this node /init starts with no stdio.
     archive.add_char_device("dev/console", 0o600, 5, 1)?;
     archive.add_file("init", 0o755, init)?;
+    let commands = match read_commands(&opts.commands)? {
+        Ok((path, data)) => {
+            let len = data.len();
+            // Where the init looks for them, and its parent directories.
+            let at = dockroot::record::COMMANDS_IN_INITRAMFS.trim_start_matches('/');
+            let dirs: Vec<&str> = at.match_indices('/').filter_map(|(i, _)| at.get(..i)).collect();
+            for d in dirs {
+                archive.add_dir(d, 0o755)?;
+            }
+            archive.add_file(at, 0o755, data)?;
+            Ok((path, len))
+        }
+        Err(why) => Err(why),
+    };
     archive.add_file(CONFIG_PATH, 0o644, config)?;
     archive.add_file(INDEX_PATH, 0o644, index.into_bytes())?;
     let init_len = std::fs::metadata(&init_path).map(|m| m.len() as usize).unwrap_or(0);
@@ -611,6 +675,7 @@ pub fn build_image(opts: &Options) -> Result<Built> {
         cpio_len: cpio.len(),
         init: init_path,
         init_len,
+        commands,
         config_image: spec.to_string(),
         plan,
         mode,
@@ -664,6 +729,14 @@ pub fn summary(opts: &Options, built: &Built) -> String {
         built.init_len,
         if built.init_decompresses { ", decompresses modules itself: built with decompress-modules" } else { "" }
     );
+    match &built.commands {
+        Ok((path, len)) => {
+            let _ = writeln!(s, "  commands: {} ({len} bytes), left at /run/dockroot/dockroot at boot", path.display());
+        }
+        Err(why) => {
+            let _ = writeln!(s, "  commands: {why}");
+        }
+    }
     let _ = writeln!(s, "  config: {} (image {})", opts.config.display(), built.config_image);
     let plan = &built.plan;
     match &built.mode {

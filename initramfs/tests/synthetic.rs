@@ -695,3 +695,34 @@ fn keep_compressed_formats_the_kernel_cannot_load_when_the_init_decompresses_the
     let e = b.fails(&["--module", "btrfs", "--keep-compressed"]);
     assert!(e.contains("does not decompress them") && e.contains("--features decompress-modules"), "{e}");
 }
+
+#[test]
+fn carries_the_commands_for_the_booted_system_or_leaves_them_out() {
+    let (b, _) = setup("commands");
+    let at = dockroot::record::COMMANDS_IN_INITRAMFS.trim_start_matches('/');
+    let (e, summary) = b.ok("with.img", &["--module", "xor", "--commands", &static_init().display().to_string()]);
+    let carried = find(&e, at);
+    assert_eq!(carried.data, std::fs::read(static_init()).unwrap());
+    assert_eq!(carried.mode & 0o777, 0o755);
+    for dir in ["usr", "usr/lib", "usr/lib/dockroot"] {
+        assert!(e.iter().any(|x| x.name == dir), "no {dir} in the image");
+    }
+    assert!(summary.contains("left at /run/dockroot/dockroot at boot"), "{summary}");
+
+    let (e, summary) = b.ok("without.img", &["--module", "xor", "--commands", "none"]);
+    assert!(!e.iter().any(|x| x.name == at), "--commands none carried them");
+    assert!(summary.contains("commands: left out (--commands none)"), "{summary}");
+
+    let e = b.fails(&["--module", "xor", "--commands", "/bin/ls"]);
+    assert!(e.contains("/bin/ls cannot be the initramfs's dockroot commands: dynamically linked"), "{e}");
+    let e = b.fails(&["--module", "xor", "--commands", "/nonexistent/dockroot"]);
+    assert!(e.contains("/nonexistent/dockroot does not exist"), "{e}");
+
+    // The default: `dockroot` next to the builder when it is a static executable; else a note.
+    let (e, summary) = b.ok("default.img", &["--module", "xor"]);
+    let next_to_us = Path::new(env!("CARGO_BIN_EXE_dockroot-mkinitramfs")).with_file_name("dockroot");
+    match e.iter().find(|x| x.name == at) {
+        Some(c) => assert_eq!(c.data, std::fs::read(&next_to_us).unwrap()),
+        None => assert!(summary.contains("  commands: none: "), "{summary}"),
+    }
+}

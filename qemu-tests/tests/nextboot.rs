@@ -2,7 +2,8 @@
 //! what the init boots, in the documented precedence (kernel command line >
 //! one-shot > from now on > embedded config); a one-shot choice boots once; a
 //! corrupt file is a warning, never a failed boot; `--reset` gives the say back
-//! to the embedded config. `dockroot plan` reads the same file the same way.
+//! to the embedded config. `dockroot plan` reads the same file the same way. The
+//! booted system finds the commands at /run/dockroot/dockroot.
 
 use std::path::Path;
 use std::process::Command;
@@ -52,9 +53,14 @@ fn switch_once_reset_and_the_precedence_hold_across_boots() {
     sh(&format!("losetup -d {dev}"));
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("the next boots boot {VARIANT} (sha256:")), "{out}");
-    let r = m.report("switch_1", "");
+    // The booted system runs the commands the init left it, the version that booted it.
+    let r = m.report("switch_1", r#"-- --run "/run/dockroot/dockroot --version""#);
     assert_eq!(booted_image(&r), "variant", "{}", r["boot_record"]);
     assert_eq!(r["boot_record"]["image_source"], "dockroot switch", "{}", r["boot_record"]);
+    assert_eq!(r["boot_record"]["commands"], "/run/dockroot/dockroot", "{}", r["boot_record"]);
+    let ran = &r["runs"][0];
+    assert_eq!(ran["code"], 0, "{ran}");
+    assert_eq!(ran["stdout"], format!("dockroot {}\n", env!("CARGO_PKG_VERSION")), "{ran}");
 
     // Once: the os image for one boot, then the variant again.
     let said = m.modify(|top| switch(&m, top, &["--once", OS]));

@@ -14,6 +14,9 @@
 //!   subvolume at /var/lib/machines (the next boot must replace the rw layer and
 //!   delete nested subvolumes).
 //! - `--stat PATH`: also report PATH (in addition to /etc/testinit-paths).
+//! - `--run "PROGRAM ARGS..."`: run PROGRAM with ARGS (split at spaces) after the rest
+//!   is collected and report its exit status, stdout and stderr under `"runs"` (at most
+//!   60 s; e.g. the `dockroot` commands the init left in /run/dockroot/).
 
 use std::ffi::OsString;
 use std::fs;
@@ -330,6 +333,7 @@ fn collect(rep: &mut Report) -> Value {
     out.insert("env".into(), Value::Object(env));
 
     let mut extra_paths = Vec::new();
+    let mut runs = Vec::new();
     let mut make_nested_requested = false;
     let mut args = argv.iter().skip(1);
     while let Some(a) = args.next() {
@@ -338,6 +342,10 @@ fn collect(rep: &mut Report) -> Value {
             b"--stat" => match args.next() {
                 Some(p) => extra_paths.push(lossy(p)),
                 None => rep.err("--stat needs a path"),
+            },
+            b"--run" => match args.next() {
+                Some(c) => runs.push(lossy(c)),
+                None => rep.err("--run needs a command"),
             },
             _ => {}
         }
@@ -398,7 +406,47 @@ fn collect(rep: &mut Report) -> Value {
         Err(e) => json!({ "read_error": e.to_string() }),
     };
     out.insert("boot_record".into(), record);
+    out.insert("runs".into(), json!(runs.iter().map(|c| run(c)).collect::<Vec<_>>()));
     Value::Object(out)
+}
+
+/// Run `command` (split at spaces), at most 60 s: its argv, exit status, stdout, stderr.
+fn run(command: &str) -> Value {
+    let argv: Vec<&str> = command.split(' ').filter(|a| !a.is_empty()).collect();
+    let Some((program, args)) = argv.split_first() else { return json!({ "error": "empty command" }) };
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return json!({ "argv": argv, "error": format!("cannot run {program}: {e}") }),
+    };
+    let start = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if start.elapsed() < std::time::Duration::from_secs(60) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                break;
+            }
+            Err(e) => return json!({ "argv": argv, "error": format!("waiting for {program}: {e}") }),
+        }
+    }
+    match child.wait_with_output() {
+        Ok(o) => json!({
+            "argv": argv,
+            "code": o.status.code(),
+            "stdout": String::from_utf8_lossy(&o.stdout),
+            "stderr": String::from_utf8_lossy(&o.stderr),
+        }),
+        Err(e) => json!({ "argv": argv, "error": format!("collecting {program}'s output: {e}") }),
+    }
 }
 
 /// The kernel log's records written by dockroot ("dockroot: ..."), read from
