@@ -165,10 +165,14 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     let init = switch_root::find_init(new_root.as_fd(), &candidates)?;
     drop(new_root);
 
-    // 10. The commands for the booted system, the record, and the switch.
-    match record::leave_commands() {
+    // 10. The commands and the embedded config for the booted system, the record, and the switch.
+    match record::leave(record::COMMANDS_IN_INITRAMFS, record::COMMANDS, 0o755) {
         Ok(at) => record.commands = at,
         Err(e) => record.warn(format!("the dockroot commands are not in the booted system: {e}")),
+    }
+    match record::leave(config::CONFIG_PATH, record::CONFIG, 0o644) {
+        Ok(at) => record.config = at,
+        Err(e) => record.warn(format!("the embedded config is not in the booted system: {e}")),
     }
     record.write(params, &root_dev, &booted, &t);
     log::info!("ready: {}", t.summary());

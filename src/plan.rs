@@ -12,8 +12,10 @@
 use crate::choose::facts::{self, Lookout};
 use crate::config::{BootConfig, Embedded};
 use crate::error::{Context, Error, Result};
-use crate::nextboot;
+use crate::nextboot::{self, ImageSource, NextBoot};
 use crate::policy::{self, Decision};
+use crate::policy::{Bootable, RootFacts, Which};
+use crate::reference::ImageSpec;
 use crate::rwlayer::{self, At, RwStore};
 use crate::store::{self, Resolved, Root};
 use crate::switch_root;
@@ -76,6 +78,16 @@ pub struct Plan {
     pub decision: Decision,
     /// Kept roots the boot would delete (`dockroot.keep=`).
     pub pruned: Vec<String>,
+    /// The image the boot would look for, and where that choice comes from.
+    pub image: ImageSpec,
+    pub image_source: ImageSource,
+    /// The next-boot file as read (`dockroot switch`), if there is one and it can be used.
+    pub next: Option<NextBoot>,
+    /// The rw layer as shown (`/rwlayer`) and whether it exists.
+    pub rw_shown: String,
+    pub rw_exists: bool,
+    /// The kept roots, oldest first, each looked into (whether it has an init).
+    pub kept: Vec<RootFacts>,
     /// The report, line by line.
     pub lines: Vec<String>,
 }
@@ -204,6 +216,10 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
     let look = Lookout { top: input.top, check_mount: &check_mount, candidates: &candidates };
     let has_current = facts.current.is_some();
     let decision = policy::decide_with(&mut facts, |w| facts::check(&rw, w, &look));
+    // Every kept root is looked into, for the report (the decision is made).
+    for k in facts.kept.iter_mut().filter(|k| k.bootable == Bootable::Unchecked) {
+        k.bootable = facts::check(&rw, &Which::Kept(k.name.clone()), &look);
+    }
     let _ = std::fs::remove_dir(&check_mount);
     for (name, why) in facts.kept.iter().filter_map(|k| match &k.bootable {
         policy::Bootable::No(why) => Some((&k.shown, why)),
@@ -285,7 +301,19 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
         Ok(r) => (Some(r), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    Ok(Plan { resolved, refusal, decision, pruned, lines })
+    Ok(Plan {
+        resolved,
+        refusal,
+        decision,
+        pruned,
+        image: cfg.image.clone(),
+        image_source: next.source,
+        next: next.next.clone(),
+        rw_shown,
+        rw_exists: has_current,
+        kept: facts.kept,
+        lines,
+    })
 }
 
 /// A directory name of its own (made only when an overlay root is looked

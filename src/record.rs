@@ -43,24 +43,27 @@ pub const COMMANDS_IN_INITRAMFS: &str = "/usr/lib/dockroot/dockroot";
 /// when the image ships none.
 pub const COMMANDS: &str = "/run/dockroot/dockroot";
 
-/// Copy the initramfs's `dockroot` commands to [`COMMANDS`] (under a temporary
-/// name, then renamed, so the booted system never runs half a file). `None`
-/// when this initramfs carries none.
-pub fn leave_commands() -> Result<Option<&'static str>> {
+/// Where the booted system finds the initramfs's embedded config (for `dockroot status`).
+pub const CONFIG: &str = "/run/dockroot/config.json";
+
+/// Leave a copy of the initramfs's file `from` at `to` in `/run/dockroot/`
+/// (under a temporary name, then renamed, so the booted system never sees half
+/// a file), with `mode`. `None` when this initramfs has no such file.
+pub fn leave(from: &str, to: &'static str, mode: u32) -> Result<Option<&'static str>> {
     use crate::error::Context;
     use std::os::unix::fs::PermissionsExt;
-    if !std::path::Path::new(COMMANDS_IN_INITRAMFS).is_file() {
+    if !std::path::Path::new(from).is_file() {
         return Ok(None);
     }
-    let tmp = "/run/dockroot/.dockroot.tmp";
+    let tmp = format!("{to}.tmp");
     let copy = || -> std::io::Result<()> {
         std::fs::create_dir_all("/run/dockroot")?;
-        std::fs::copy(COMMANDS_IN_INITRAMFS, tmp)?;
-        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::rename(tmp, COMMANDS)
+        std::fs::copy(from, &tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, to)
     };
-    copy().context(|| format!("copying {COMMANDS_IN_INITRAMFS} to {COMMANDS}"))?;
-    Ok(Some(COMMANDS))
+    copy().context(|| format!("copying {from} to {to}"))?;
+    Ok(Some(to))
 }
 
 /// Which root this boot ended up with, and why.
@@ -88,8 +91,10 @@ pub struct Record {
     pub rw_kind: &'static str,
     /// Whether old overlay roots are being deleted in the background.
     pub trash_deleter: bool,
-    /// Where the `dockroot` commands were left ([`leave_commands`]).
+    /// Where the `dockroot` commands were left ([`leave`]).
     pub commands: Option<&'static str>,
+    /// Where the embedded config was left ([`CONFIG`]).
+    pub config: Option<&'static str>,
     /// Where the image came from ([`crate::nextboot::ImageSource::name`]).
     pub image_source: &'static str,
 }
@@ -141,6 +146,7 @@ impl Record {
             "image": image,
             "image_source": self.image_source,
             "commands": self.commands,
+            "config": self.config,
             "fallback": fallback,
             "rw_layer": self.rw_layer,
             "rw_layer_kind": self.rw_kind,

@@ -3,6 +3,7 @@
 
 mod partition;
 mod plan;
+mod status;
 mod switch;
 
 use std::ffi::OsString;
@@ -13,6 +14,7 @@ const USAGE: &str = "usage: dockroot COMMAND [OPTIONS]
 commands:
   plan       a dry run: what the init would do with a disk and a kernel command line,
              changing nothing; its exit status says how the boot would go
+  status     what runs and what the next boot will do (--json for scripts)
   switch     choose the image later boots boot (from now on, or --once), or --reset
 
   dockroot COMMAND --help   what a command does, its options and exit status
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
             0
         }
         Some("plan") => plan::run(rest),
+        Some("status") => status::run(rest),
         Some("switch") => switch::run(rest),
         Some(other) => usage_error(&format!("unknown command {other:?}")),
         None if first.is_some() => usage_error("the command is not valid UTF-8"),

@@ -1,11 +1,12 @@
 //! Reaching the root partition's top level from a host or the running system:
 //! `--top DIR` (already mounted), `--device DEV`, or by default the device the
-//! kernel command line's `root=` names (through udev's `/dev/disk/by-*` links),
-//! mounted at a temporary directory for the command and unmounted after it.
+//! kernel command line's `root=` names (found as the init finds it), mounted at
+//! a temporary directory for the command and unmounted after it.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use dockroot::devices::{self, DeviceSpec};
 use dockroot::{Context, Error, Result};
 
 /// Where the top level is.
@@ -64,30 +65,15 @@ pub fn cmdline(given: &Option<String>) -> Result<String> {
     }
 }
 
-/// The device a `root=` value names, as udev links it: `/dev/...` as given,
-/// `LABEL=`, `UUID=`, `PARTUUID=`, `PARTLABEL=` under `/dev/disk/by-*/`.
+/// The device a `root=` value names, found as the init finds it: the block
+/// devices in `/sys/class/block`, probed, matched by [`DeviceSpec`] (no udev needed).
 pub fn device_of(root: &str) -> Result<PathBuf> {
-    let by = |dir: &str, v: &str| PathBuf::from(format!("/dev/disk/{dir}/{v}"));
-    let dev = match root.split_once('=') {
-        None if root.starts_with("/dev/") => PathBuf::from(root),
-        Some(("LABEL", v)) => by("by-label", v),
-        Some(("UUID", v)) => by("by-uuid", &v.to_ascii_lowercase()),
-        Some(("PARTUUID", v)) => by("by-partuuid", &v.to_ascii_lowercase()),
-        Some(("PARTLABEL", v)) => by("by-partlabel", v),
-        _ => return Err(Error::msg(format!("root={root}: cannot find this device here; give --device or --top"))),
-    };
-    if v_has_slash(root) {
-        return Err(Error::msg(format!("root={root}: not a device name; give --device or --top")));
+    let spec = DeviceSpec::parse(root).map_err(|e| e.context(format!("root={root}")))?;
+    let devs = devices::scan(Path::new("/sys/class/block"), Path::new("/dev"));
+    match devices::find(&spec, &devs).map_err(|e| e.context(format!("root={root}")))? {
+        Some(d) => Ok(d.devnode.clone()),
+        None => Err(Error::msg(format!("root={root}: no block device here matches it; give --device or --top"))),
     }
-    if !dev.exists() {
-        return Err(Error::msg(format!("root={root}: {} does not exist here; give --device or --top", dev.display())));
-    }
-    Ok(dev)
-}
-
-/// A label or UUID with a `/` cannot be a `/dev/disk/by-*` name.
-fn v_has_slash(root: &str) -> bool {
-    root.split_once('=').is_some_and(|(_, v)| v.contains('/'))
 }
 
 /// Run `f` on the top level: `at`, with `root` the command line's `root=`.
@@ -103,7 +89,11 @@ pub fn with_top<T>(at: &Where, root: &str, writable: bool, f: impl FnOnce(&Path)
 
 fn with_device_mounted<T>(dev: &Path, writable: bool, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let (fstype, options) = device_mount(dev, writable)?;
-    let dir = std::env::temp_dir().join(format!("dockroot-{}", std::process::id()));
+    // On a machine dockroot booted, beside what the init left (a tmpfs that always
+    // exists); elsewhere in the temporary directory.
+    let run = Path::new("/run/dockroot");
+    let base = if run.is_dir() { run.to_path_buf() } else { std::env::temp_dir() };
+    let dir = base.join(format!("mnt-{}", std::process::id()));
     std::fs::create_dir(&dir).context(|| format!("creating {}", dir.display()))?;
     let flags = if writable { rustix::mount::MountFlags::empty() } else { rustix::mount::MountFlags::RDONLY };
     let how = if writable { "" } else { " read-only" };
@@ -142,13 +132,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_devices_as_udev_links_them() {
+    fn finds_the_device_root_names_as_the_init_does() {
         let e = |s: &str| device_of(s).unwrap_err().to_string();
-        assert!(e("LABEL=no-such-label-here").contains("/dev/disk/by-label/no-such-label-here does not exist"));
-        assert!(e("UUID=ABCD-EF").contains("/dev/disk/by-uuid/abcd-ef does not exist"));
-        assert!(e("PARTUUID=X-1").contains("/dev/disk/by-partuuid/x-1 "));
-        assert!(e("LABEL=a/../../b").contains("not a device name"), "{}", e("LABEL=a/../../b"));
-        assert!(e("ZFS=pool").contains("cannot find this device here"));
-        assert_eq!(device_of("/dev/null").unwrap(), PathBuf::from("/dev/null"));
+        assert!(e("LABEL=no-such-label-here").contains("no block device here matches it"), "{}", e("LABEL=x"));
+        assert!(e("ZFS=pool").starts_with("root=ZFS=pool: "), "{}", e("ZFS=pool"));
     }
 }

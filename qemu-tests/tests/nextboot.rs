@@ -68,8 +68,41 @@ fn switch_once_reset_and_the_precedence_hold_across_boots() {
     let r = m.report("switch_once", "");
     assert_eq!(booted_image(&r), "os", "{}", r["boot_record"]);
     assert_eq!(r["boot_record"]["image_source"], "dockroot switch --once");
-    let r = m.report("switch_after_once", "");
+    // `dockroot status --json`, run by the booted system: what runs and what boots next.
+    let r = m.report("switch_after_once", r#"-- --run "/run/dockroot/dockroot status --json""#);
     assert_eq!(booted_image(&r), "variant", "the one-shot choice booted twice: {}", r["boot_record"]);
+    let ran = &r["runs"][0];
+    assert_eq!(ran["code"], 0, "{ran}");
+    let st: Value = serde_json::from_str(ran["stdout"].as_str().unwrap()).expect("status --json is JSON");
+    assert_eq!(st["dockroot_status"], 1, "{st:#}");
+    let booted = &st["booted"];
+    assert_eq!(booted["booted"], "fresh", "{st:#}");
+    assert_eq!(booted["image"]["reference"], VARIANT, "{st:#}");
+    assert_eq!(booted["image"]["id"], r["boot_record"]["image"]["id"], "{st:#}");
+    assert_eq!(booted["image_source"], "dockroot switch", "{st:#}");
+    assert_eq!(booted["rw_layer"], "/rwlayer", "{st:#}");
+    assert_eq!(booted["fallback"], Value::Null, "{st:#}");
+    // The test image ships no kernel modules: status says the kernel's are missing.
+    let release = st["kernel"]["release"].as_str().unwrap_or_default();
+    assert!(release.contains("-amd64"), "a Debian kernel's release: {st:#}");
+    assert_eq!(st["kernel"]["modules"], false, "{st:#}");
+    assert_eq!(st["rw_layer"], "/rwlayer");
+    assert_eq!(st["rw_layer_exists"], true);
+    let kept = st["kept"].as_array().expect("kept roots");
+    assert!(!kept.is_empty(), "{st:#}");
+    for k in kept {
+        assert_eq!(k["has_init"], true, "{k}");
+        assert!(k["path"].as_str().unwrap().starts_with("/rwlayer.kept/"), "{k}");
+    }
+    let next = &st["next_boot"];
+    assert_eq!(next["image"], VARIANT, "{st:#}");
+    assert_eq!(next["image_source"], "dockroot switch", "{st:#}");
+    assert_eq!(next["image_id"], booted["image"]["id"], "{st:#}");
+    assert_eq!(next["action"], "fresh", "{st:#}");
+    assert_eq!(next["update_pending"], false, "{st:#}");
+    assert_eq!(next["switch"]["image"], VARIANT, "{st:#}");
+    assert_eq!(next["once"], Value::Null, "{st:#}");
+    assert_eq!(next["outcome"], "as-asked", "{st:#}");
 
     // The kernel command line wins, and leaves the choice in place.
     let r = m.report("switch_cmdline", &format!("dockroot.image={OS}"));
