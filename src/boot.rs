@@ -134,7 +134,8 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     for w in next.warnings {
         record.warn(w);
     }
-    if matches!(next.source, ImageSource::Once | ImageSource::Switch) {
+    let rollback_kept = next.rollback_kept;
+    if matches!(next.source, ImageSource::Once | ImageSource::Switch | ImageSource::Rollback) {
         log::info!("booting image {} as chosen with {} ({})", image, next.source.name(), next.shown);
     }
     record.image_source = next.source.name();
@@ -142,7 +143,7 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
 
     // 6-8. The image, the rw layer, the top layer: the root the policy chooses.
     let candidates = switch_root::init_candidates(params.init.as_deref());
-    let ctx = Ctx { cfg: &cfg, root_dev: &root_dev, policy: &policy, candidates: &candidates };
+    let ctx = Ctx { cfg: &cfg, root_dev: &root_dev, policy: &policy, candidates: &candidates, rollback_kept };
     let mut devs = Devices { waiter, hooks };
     let booted = choose::choose_root(&ctx, &mut t, &store, top.as_fd(), &mut devs, &mut record)?;
     record.kept = store.kept().map(|k| k.iter().map(|n| store.kept_shown(n)).collect()).unwrap_or_default();

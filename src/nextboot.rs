@@ -12,6 +12,9 @@
 //!  "once": {"image": "myname/test:1", "set": "20261204T053100Z"}}
 //! ```
 //!
+//! A choice may name a kept root (`"kept": "20261204T050000Z-0123456789ab"`):
+//! `dockroot rollback` writes the previous image's ID and its kept root, which
+//! boots as a copy when the image cannot be made fresh (see `policy`).
 //! `switch` holds from now on; `once` is for the next boot only: the init
 //! removes it from the file before it builds the root, so it is tried at most
 //! once, whatever happens. Precedence ([`select`]): `dockroot.image=` on the
@@ -41,6 +44,9 @@ pub struct Selection {
     pub image: String,
     /// When it was chosen (UTC, `YYYYMMDDTHHMMSSZ` as [`crate::rwlayer::utc_stamp`]), for `status`.
     pub set: String,
+    /// `dockroot rollback`: the kept root (a name in `NAME.kept/`) to copy when
+    /// the image cannot be made fresh.
+    pub kept: Option<String>,
 }
 
 /// The file's contents.
@@ -61,6 +67,8 @@ pub enum ImageSource {
     Once,
     /// `dockroot switch`.
     Switch,
+    /// `dockroot rollback` (a choice that names a kept root).
+    Rollback,
     /// The initramfs's embedded config.
     Embedded,
 }
@@ -72,6 +80,7 @@ impl ImageSource {
             ImageSource::Cmdline => "dockroot.image= on the kernel command line",
             ImageSource::Once => "dockroot switch --once",
             ImageSource::Switch => "dockroot switch",
+            ImageSource::Rollback => "dockroot rollback",
             ImageSource::Embedded => "the embedded config",
         }
     }
@@ -85,7 +94,10 @@ impl NextBoot {
 
     /// The file's bytes.
     pub fn to_json(&self) -> String {
-        let sel = |s: &Selection| serde_json::json!({"image": s.image, "set": s.set});
+        let sel = |s: &Selection| match &s.kept {
+            Some(k) => serde_json::json!({"image": s.image, "set": s.set, "kept": k}),
+            None => serde_json::json!({"image": s.image, "set": s.set}),
+        };
         let mut v = serde_json::json!({"dockroot_next_boot": VERSION});
         if let (Some(s), Some(m)) = (&self.switch, v.as_object_mut()) {
             m.insert("switch".into(), sel(s));
@@ -128,7 +140,17 @@ pub fn parse(bytes: &[u8]) -> Result<NextBoot> {
         if !is_utc_time(&set) {
             return Err(Error::msg(format!("{key:?}: \"set\" is not a UTC time like 20261204T053000Z: {set:?}")));
         }
-        Ok(Some(Selection { image, set }))
+        let kept = match s.get("kept") {
+            None => None,
+            Some(k) => {
+                let k = k.as_str().context(|| format!("{key:?}: \"kept\" is not a string"))?;
+                if !crate::rwlayer::is_kept_name(k) || k.contains('/') || k.len() > 255 {
+                    return Err(Error::msg(format!("{key:?}: \"kept\" is not a kept root's name: {k:?}")));
+                }
+                Some(k.to_string())
+            }
+        };
+        Ok(Some(Selection { image, set, kept }))
     };
     Ok(NextBoot { switch: selection("switch")?, once: selection("once")? })
 }
@@ -145,16 +167,21 @@ fn is_utc_time(s: &str) -> bool {
 }
 
 /// The image that boots and where it comes from: `dockroot.image=` (when
-/// `on_cmdline`, `configured` is it) > `once` > `switch` > the embedded
-/// config (`configured` again). The one rule for the init, `plan` and `status`.
-pub fn select(configured: &ImageSpec, on_cmdline: bool, next: &NextBoot) -> (ImageSpec, ImageSource) {
+/// `on_cmdline`, `configured` is it) > `once` > `switch` (or a rollback) > the
+/// embedded config (`configured` again); and the kept root a rollback names.
+/// The one rule for the init, `plan` and `status`.
+pub fn select(configured: &ImageSpec, on_cmdline: bool, next: &NextBoot) -> (ImageSpec, ImageSource, Option<String>) {
     if on_cmdline {
-        return (configured.clone(), ImageSource::Cmdline);
+        return (configured.clone(), ImageSource::Cmdline, None);
     }
-    let chosen = [(&next.once, ImageSource::Once), (&next.switch, ImageSource::Switch)]
-        .into_iter()
-        .find_map(|(s, src)| s.as_ref().and_then(|s| reference::parse(&s.image).ok()).map(|spec| (spec, src)));
-    chosen.unwrap_or_else(|| (configured.clone(), ImageSource::Embedded))
+    let chosen =
+        [(&next.once, ImageSource::Once), (&next.switch, ImageSource::Switch)].into_iter().find_map(|(s, src)| {
+            let s = s.as_ref()?;
+            let spec = reference::parse(&s.image).ok()?;
+            let src = if s.kept.is_some() && src == ImageSource::Switch { ImageSource::Rollback } else { src };
+            Some((spec, src, s.kept.clone()))
+        });
+    chosen.unwrap_or_else(|| (configured.clone(), ImageSource::Embedded, None))
 }
 
 /// The file's name for the rw layer named `rw_name`.
@@ -244,6 +271,8 @@ pub struct Applied {
     pub next: Option<NextBoot>,
     /// Why the file was ignored, or its one-shot choice was.
     pub warnings: Vec<String>,
+    /// The kept root a rollback names.
+    pub rollback_kept: Option<String>,
 }
 
 /// Stage 5: read the file beside the rw layer `rw` (its path under the top
@@ -253,7 +282,8 @@ pub struct Applied {
 /// most once.
 pub fn apply(top: BorrowedFd<'_>, rw: &[String], image: &mut ImageSpec, on_cmdline: bool, consume: bool) -> Applied {
     let shown = format!("/{}{SUFFIX}", rw.join("/"));
-    let mut applied = Applied { source: ImageSource::Embedded, shown, next: None, warnings: Vec::new() };
+    let mut applied =
+        Applied { source: ImageSource::Embedded, shown, next: None, warnings: Vec::new(), rollback_kept: None };
     if on_cmdline {
         applied.source = ImageSource::Cmdline;
     }
@@ -268,7 +298,7 @@ pub fn apply(top: BorrowedFd<'_>, rw: &[String], image: &mut ImageSpec, on_cmdli
         }
     };
     applied.next = Some(next.clone());
-    let (spec, source) = select(image, on_cmdline, &next);
+    let (spec, source, kept) = select(image, on_cmdline, &next);
     if source == ImageSource::Once && consume {
         next.once = None;
         if let Err(e) = write(dir.as_fd(), name, &next) {
@@ -277,12 +307,12 @@ pub fn apply(top: BorrowedFd<'_>, rw: &[String], image: &mut ImageSpec, on_cmdli
                  and it must boot at most once",
                 applied.shown
             ));
-            let (spec, source) = select(image, on_cmdline, &next);
-            (*image, applied.source) = (spec, source);
+            let (spec, source, kept) = select(image, on_cmdline, &next);
+            (*image, applied.source, applied.rollback_kept) = (spec, source, kept);
             return applied;
         }
     }
-    (*image, applied.source) = (spec, source);
+    (*image, applied.source, applied.rollback_kept) = (spec, source, kept);
     applied
 }
 
@@ -291,7 +321,7 @@ mod tests {
     use super::*;
 
     fn sel(image: &str) -> Selection {
-        Selection { image: image.into(), set: "20261204T053000Z".into() }
+        Selection { image: image.into(), set: "20261204T053000Z".into(), kept: None }
     }
 
     #[test]
@@ -301,6 +331,10 @@ mod tests {
             NextBoot { switch: Some(sel("os:2")), once: None },
             NextBoot { switch: None, once: Some(sel(&format!("sha256:{}", "a".repeat(64)))) },
             NextBoot { switch: Some(sel("example/os:2")), once: Some(sel("os:test")) },
+            NextBoot {
+                switch: Some(Selection { kept: Some("20261204T050000Z-0123456789ab".into()), ..sel("os:1") }),
+                once: None,
+            },
         ] {
             assert_eq!(parse(next.to_json().as_bytes()).unwrap(), next);
         }
@@ -320,6 +354,14 @@ mod tests {
         assert!(bad_ref.starts_with("\"switch\": image \"../etc\""), "{bad_ref}");
         let bad_time = e(r#"{"dockroot_next_boot": 1, "switch": {"image": "os", "set": "yesterday"}}"#);
         assert!(bad_time.contains("not a UTC time"), "{bad_time}");
+        let kept = |k: &str| {
+            e(&format!(
+                r#"{{"dockroot_next_boot": 1, "switch": {{"image": "os", "set": "20261204T053000Z", "kept": {k}}}}}"#
+            ))
+        };
+        assert_eq!(kept("3"), "\"switch\": \"kept\" is not a string");
+        assert!(kept(r#""../../etc""#).contains("is not a kept root's name"), "{}", kept(r#""../x""#));
+        assert!(kept(r#""20261204T050000Z-a/b""#).contains("is not a kept root's name"));
         let big = format!(r#"{{"dockroot_next_boot": 1, "x": "{}"}}"#, "a".repeat(MAX_BYTES));
         assert_eq!(e(&big), format!("more than {MAX_BYTES} bytes"));
     }
@@ -330,13 +372,16 @@ mod tests {
         let both = NextBoot { switch: Some(sel("os:2")), once: Some(sel("os:3")) };
         let only_switch = NextBoot { switch: Some(sel("os:2")), once: None };
         let spec = |s: &str| reference::parse(s).unwrap();
-        assert_eq!(select(&configured, true, &both), (spec("os:1"), ImageSource::Cmdline));
-        assert_eq!(select(&configured, false, &both), (spec("os:3"), ImageSource::Once));
-        assert_eq!(select(&configured, false, &only_switch), (spec("os:2"), ImageSource::Switch));
-        assert_eq!(select(&configured, false, &NextBoot::default()), (spec("os:1"), ImageSource::Embedded));
+        assert_eq!(select(&configured, true, &both), (spec("os:1"), ImageSource::Cmdline, None));
+        assert_eq!(select(&configured, false, &both), (spec("os:3"), ImageSource::Once, None));
+        assert_eq!(select(&configured, false, &only_switch), (spec("os:2"), ImageSource::Switch, None));
+        assert_eq!(select(&configured, false, &NextBoot::default()), (spec("os:1"), ImageSource::Embedded, None));
+        let k = "20261204T050000Z-0123456789ab".to_string();
+        let rollback = NextBoot { switch: Some(Selection { kept: Some(k.clone()), ..sel("os:0") }), once: None };
+        assert_eq!(select(&configured, false, &rollback), (spec("os:0"), ImageSource::Rollback, Some(k)));
         // A selection that does not parse (only a file written by hand past `parse`) is skipped.
         let broken = NextBoot { switch: Some(sel("os:2")), once: Some(sel("Not/Valid")) };
-        assert_eq!(select(&configured, false, &broken), (spec("os:2"), ImageSource::Switch));
+        assert_eq!(select(&configured, false, &broken), (spec("os:2"), ImageSource::Switch, None));
     }
 
     #[test]

@@ -197,6 +197,7 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
     // The rw layer, the kept roots, and the rule.
     let rw = RwStore::open(top.as_fd(), &root.rw_subvol)?;
     let mut facts = facts::gather(&rw, params.mode);
+    facts.rollback_kept = next.rollback_kept.clone();
     facts.fresh_failed = match (&resolved, &walked) {
         (Err(e), _) => Some(e.to_string()),
         (Ok(_), Some((dir, Err(e)))) => Some(format!("applying the top layer {}: {e}", dir.display())),
@@ -260,8 +261,11 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
         Decision::Current { fallback: None } => {
             say(format!("dockroot.boot=persist: {rw_shown} boots as it is; nothing is created or deleted"))
         }
-        Decision::CopyKept { shown, fallback: None, .. } => {
-            say(format!("dockroot.boot=previous: a writable copy of {shown} becomes {rw_shown}"));
+        Decision::CopyKept { shown, fallback: None, note, .. } => {
+            match note {
+                Some(n) => say(format!("{n}: a writable copy of {shown} becomes {rw_shown}")),
+                None => say(format!("dockroot.boot=previous: a writable copy of {shown} becomes {rw_shown}")),
+            }
             retire_and_prune(&mut say, &mut pruned);
         }
         Decision::Current { fallback: Some(_) } => {

@@ -9,7 +9,10 @@
 //! - when the fresh root cannot be made (the image does not resolve, the snapshot, the
 //!   top layer, the init check or the install fails), the boot falls back to the current
 //!   rw layer as it is, else to a copy of the newest kept root with an init; only when
-//!   there is none is the boot a failure.
+//!   there is none is the boot a failure;
+//! - except after `dockroot rollback`: its image's kept root ([`Facts::rollback_kept`])
+//!   is copied instead when that image cannot be made fresh (it left the store, say),
+//!   before any fallback: the current root is what was rolled back from.
 //!
 //! Whether a root has an init is looked up only when the rule needs to know
 //! ([`Decision::Check`]): a normal boot never looks at the kept roots.
@@ -62,6 +65,8 @@ pub struct Facts {
     pub fresh_failed: Option<String>,
     /// Copies of kept roots that failed this boot: (name, why).
     pub copy_failed: Vec<(String, String)>,
+    /// `dockroot rollback`'s kept root: copied when its image cannot be made fresh.
+    pub rollback_kept: Option<String>,
 }
 
 impl Facts {
@@ -75,6 +80,7 @@ impl Facts {
             kept_error: None,
             fresh_failed: None,
             copy_failed: Vec::new(),
+            rollback_kept: None,
         }
     }
 
@@ -102,8 +108,9 @@ pub enum Decision {
     /// Boot the current rw layer as it is; `fallback`: why (the fresh root's failure).
     Current { fallback: Option<String> },
     /// Boot a writable copy of kept root `name` (retiring and pruning as for a
-    /// fresh root); `fallback`: why, when it is not what was asked for.
-    CopyKept { name: String, shown: String, fallback: Option<String> },
+    /// fresh root); `fallback`: why, when it is not what was asked for; `note`:
+    /// why, when it is what `dockroot rollback` asked for.
+    CopyKept { name: String, shown: String, fallback: Option<String>, note: Option<String> },
     /// Nothing can boot.
     Fail(String),
 }
@@ -150,7 +157,7 @@ pub fn decide(f: &Facts) -> Decision {
         },
         BootMode::Previous => match newest_kept(f) {
             Some(Candidate::Check(name)) => Decision::Check(Which::Kept(name)),
-            Some(Candidate::Boots(name, shown)) => Decision::CopyKept { name, shown, fallback: None },
+            Some(Candidate::Boots(name, shown)) => Decision::CopyKept { name, shown, fallback: None, note: None },
             None => fresh_or_fallback(
                 f,
                 Some("dockroot.boot=previous, but no kept root could be booted: booting a fresh one".into()),
@@ -163,6 +170,24 @@ pub fn decide(f: &Facts) -> Decision {
 /// else a copy of the newest kept root that can boot, else nothing.
 fn fresh_or_fallback(f: &Facts, note: Option<String>) -> Decision {
     let Some(reason) = &f.fresh_failed else { return Decision::Fresh { note } };
+    let failed = |name: &str| f.copy_failed.iter().any(|(n, _)| n == name);
+    if let Some(k) = f.rollback_kept.as_ref().and_then(|k| f.kept.iter().find(|r| &r.name == k && !failed(k))) {
+        match &k.bootable {
+            Bootable::Unchecked => return Decision::Check(Which::Kept(k.name.clone())),
+            Bootable::Yes => {
+                return Decision::CopyKept {
+                    name: k.name.clone(),
+                    shown: k.shown.clone(),
+                    fallback: None,
+                    note: Some(format!(
+                    "dockroot rollback: the image cannot be made fresh ({reason}): booting a copy of its kept root {}",
+                    k.shown
+                )),
+                }
+            }
+            Bootable::No(_) => {}
+        }
+    }
     match f.current.as_ref().map(|c| &c.bootable) {
         Some(Bootable::Unchecked) => return Decision::Check(Which::Current),
         Some(Bootable::Yes) => return Decision::Current { fallback: Some(reason.clone()) },
@@ -170,7 +195,9 @@ fn fresh_or_fallback(f: &Facts, note: Option<String>) -> Decision {
     }
     match newest_kept(f) {
         Some(Candidate::Check(name)) => Decision::Check(Which::Kept(name)),
-        Some(Candidate::Boots(name, shown)) => Decision::CopyKept { name, shown, fallback: Some(reason.clone()) },
+        Some(Candidate::Boots(name, shown)) => {
+            Decision::CopyKept { name, shown, fallback: Some(reason.clone()), note: None }
+        }
         None => {
             let tried: Vec<String> =
                 f.kept_error.iter().cloned().chain(f.copy_failed.iter().map(|(_, why)| why.clone())).collect();
@@ -219,7 +246,40 @@ mod tests {
     }
 
     fn copy(name: &str, fallback: Option<&str>) -> Decision {
-        Decision::CopyKept { name: name.into(), shown: format!("/rw.kept/{name}"), fallback: fallback.map(Into::into) }
+        Decision::CopyKept {
+            name: name.into(),
+            shown: format!("/rw.kept/{name}"),
+            fallback: fallback.map(Into::into),
+            note: None,
+        }
+    }
+
+    /// `dockroot rollback`: its kept root is copied when its image cannot be made
+    /// fresh, before the usual fallbacks (the current root is what was rolled back from).
+    #[test]
+    fn a_rollback_copies_its_kept_root_when_its_image_is_gone() {
+        let mut f = facts(BootMode::Fresh, Some(Yes), vec![Yes, Yes]);
+        f.rollback_kept = Some("k0".into());
+        assert_eq!(decide(&f), Decision::Fresh { note: None }, "the image is there: fresh");
+        f.fresh_failed = Some("image sha256:aa not found".into());
+        let d = decide(&f);
+        let Decision::CopyKept { name, fallback: None, note: Some(note), .. } = &d else { panic!("{d:?}") };
+        assert_eq!(name, "k0");
+        assert!(note.starts_with("dockroot rollback: the image cannot be made fresh (image sha256:aa not found)"));
+        assert!(note.ends_with("booting a copy of its kept root /rw.kept/k0"), "{note}");
+        // Not looked into yet: look; cannot boot or its copy failed: the usual fallback.
+        f.kept[0].bootable = Unchecked;
+        assert_eq!(decide(&f), Decision::Check(Which::Kept("k0".into())));
+        f.kept[0].bootable = No("no init".into());
+        assert_eq!(decide(&f), Decision::Current { fallback: f.fresh_failed.clone() });
+        f.kept[0].bootable = Yes;
+        f.copy_failed.push(("k0".into(), "disk full".into()));
+        assert_eq!(decide(&f), Decision::Current { fallback: f.fresh_failed.clone() });
+        // A kept root that is not there (pruned since): the usual fallback.
+        let mut f = facts(BootMode::Fresh, None, vec![Yes]);
+        f.rollback_kept = Some("gone".into());
+        f.fresh_failed = Some("x".into());
+        assert_eq!(decide(&f), copy("k0", Some("x")));
     }
 
     /// The README's failure policy as a table: (mode, current, kept oldest first,

@@ -3,6 +3,7 @@
 
 mod partition;
 mod plan;
+mod rollback;
 mod status;
 mod switch;
 
@@ -14,6 +15,7 @@ const USAGE: &str = "usage: dockroot COMMAND [OPTIONS]
 commands:
   plan       a dry run: what the init would do with a disk and a kernel command line,
              changing nothing; its exit status says how the boot would go
+  rollback   the next boots boot the previous image (a kept root's)
   status     what runs and what the next boot will do (--json for scripts)
   switch     choose the image later boots boot (from now on, or --once), or --reset
 
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
             0
         }
         Some("plan") => plan::run(rest),
+        Some("rollback") => rollback::run(rest),
         Some("status") => status::run(rest),
         Some("switch") => switch::run(rest),
         Some(other) => usage_error(&format!("unknown command {other:?}")),

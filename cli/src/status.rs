@@ -173,7 +173,7 @@ fn kernel() -> Value {
 }
 
 fn selection(s: &Option<Selection>) -> Value {
-    s.as_ref().map_or(Value::Null, |s| json!({ "image": s.image, "set": s.set }))
+    s.as_ref().map_or(Value::Null, |s| json!({ "image": s.image, "set": s.set, "kept": s.kept }))
 }
 
 /// The status as JSON (the schema in the module's doc).
@@ -262,7 +262,7 @@ fn human(v: &Value) -> String {
     } else {
         let image = match &b["image"] {
             Value::Null => "no image (an older root)".to_string(),
-            i => format!("{} ({}) from {}, {}", s(&i["reference"]), short(&i["id"]), s(&i["store"]), s(&i["driver"])),
+            i => format!("{} ({}) from {}", s(&i["reference"]), short(&i["id"]), s(&i["store"])),
         };
         out.push(format!(
             "booted: {image}; {} root {} ({})",
@@ -305,7 +305,11 @@ fn human(v: &Value) -> String {
     }
     for key in ["once", "switch"] {
         if let Value::Object(c) = &n[key] {
-            let how = if key == "once" { "dockroot switch --once" } else { "dockroot switch" };
+            let how = match (key, c.get("kept").and_then(Value::as_str)) {
+                ("once", _) => "dockroot switch --once".to_string(),
+                (_, Some(k)) => format!("dockroot rollback (else a copy of kept root {k})"),
+                _ => "dockroot switch".to_string(),
+            };
             let image = c.get("image").map(s).unwrap_or_default();
             let set = c.get("set").map(s).unwrap_or_default();
             out.push(format!("  chosen with {how}: {image} (at {set})"));
@@ -348,7 +352,7 @@ mod tests {
     fn says_an_update_is_pending_and_what_was_chosen() {
         let v = json!({
             "booted": {"dockroot": "0.1.0", "booted": "fresh", "rw_layer": "/rw", "rw_layer_kind": "subvolume",
-                "image": {"reference": "os:1", "id": "sha256:aaaaaaaaaaaa1111", "store": "Docker", "driver": "btrfs"},
+                "image": {"reference": "os:1", "id": "sha256:aaaaaaaaaaaa1111", "store": "Docker (btrfs) at /d", "driver": "btrfs"},
                 "image_source": "the embedded config", "fallback": null},
             "kernel": {"release": "6.1.0", "modules": false},
             "rw_layer": "/rw",
@@ -359,7 +363,7 @@ mod tests {
                 "switch": {"image": "os:1", "set": "20261204T060000Z"}, "once": null},
         });
         let h = human(&v);
-        assert!(h.contains("booted: os:1 (aaaaaaaaaaaa) from Docker, btrfs; fresh root /rw (subvolume)"), "{h}");
+        assert!(h.contains("booted: os:1 (aaaaaaaaaaaa) from Docker (btrfs) at /d; fresh root /rw (subvolume)"), "{h}");
         assert!(h.contains("kernel: 6.1.0: WARNING: the booted image has no /lib/modules/6.1.0"), "{h}");
         assert!(h.contains("next boot: UPDATE: os:1 (from dockroot switch) now resolves to bbbbbbbbbbbb"), "{h}");
         assert!(h.contains("  chosen with dockroot switch: os:1 (at 20261204T060000Z)"), "{h}");

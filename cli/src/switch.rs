@@ -143,7 +143,7 @@ fn change(top: &Path, cmdline: &str, root: &RootPlan, action: &Action) -> Result
             let opts = config::store_options(&config::split(cmdline).0, &root.docker_path)?;
             let found = store::resolve_image(top, &opts, &spec)
                 .map_err(|e| Error::msg(format!("{image} cannot boot from this partition: {e}")))?;
-            let sel = Selection { image: image.clone(), set: rwlayer::now_stamp() };
+            let sel = Selection { image: image.clone(), set: rwlayer::now_stamp(), kept: None };
             let what = format!("{image} ({} in {})", found.image_id, found.whence());
             if *once {
                 next.once = Some(sel);

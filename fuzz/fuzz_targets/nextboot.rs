@@ -13,10 +13,19 @@ fuzz_target!(|data: &[u8]| {
     assert!(data.len() <= MAX_BYTES);
     assert_eq!(parse(next.to_json().as_bytes()).expect("round trip"), next);
     let configured = reference::parse("os:1").expect("a valid reference");
-    let (spec, source) = select(&configured, false, &next);
+    let (spec, source, kept) = select(&configured, false, &next);
     match (&next.once, &next.switch) {
-        (Some(o), _) => assert_eq!((spec, source), (reference::parse(&o.image).unwrap(), ImageSource::Once)),
-        (None, Some(s)) => assert_eq!((spec, source), (reference::parse(&s.image).unwrap(), ImageSource::Switch)),
-        (None, None) => assert_eq!((spec, source), (configured, ImageSource::Embedded)),
+        (Some(o), _) => {
+            assert_eq!((spec, source, kept), (reference::parse(&o.image).unwrap(), ImageSource::Once, o.kept.clone()))
+        }
+        (None, Some(s)) => {
+            let src = if s.kept.is_some() { ImageSource::Rollback } else { ImageSource::Switch };
+            assert_eq!((spec, source, kept), (reference::parse(&s.image).unwrap(), src, s.kept.clone()))
+        }
+        (None, None) => assert_eq!((spec, source, kept), (configured, ImageSource::Embedded, None)),
+    }
+    // A kept root's name never leaves the kept directory.
+    for s in [&next.once, &next.switch].into_iter().flatten() {
+        assert!(s.kept.as_ref().is_none_or(|k| !k.contains('/') && k != ".." && k != "."));
     }
 });

@@ -1,9 +1,11 @@
-//! `dockroot switch` across boots: the choice it writes beside the rw layer is
+//! `dockroot switch`, `rollback` and `status` across boots: the choice written beside the rw layer is
 //! what the init boots, in the documented precedence (kernel command line >
 //! one-shot > from now on > embedded config); a one-shot choice boots once; a
 //! corrupt file is a warning, never a failed boot; `--reset` gives the say back
-//! to the embedded config. `dockroot plan` reads the same file the same way. The
-//! booted system finds the commands at /run/dockroot/dockroot.
+//! to the embedded config; a rollback boots the previous image, or a copy of its
+//! kept root when the image is gone. `dockroot plan` reads the same file the same
+//! way. The booted system finds the commands at /run/dockroot/dockroot, and its
+//! `status --json` says what runs and what boots next.
 
 use std::path::Path;
 use std::process::Command;
@@ -43,7 +45,7 @@ fn booted_image(r: &Value) -> &'static str {
 }
 
 #[test]
-fn switch_once_reset_and_the_precedence_hold_across_boots() {
+fn switch_once_reset_rollback_and_status_across_boots() {
     let m = Machine::new(OS_CONFIG);
     let next_file = |top: &Path| top.join("rwlayer.dockroot-next");
 
@@ -135,4 +137,47 @@ fn switch_once_reset_and_the_precedence_hold_across_boots() {
         assert!(out.contains("the boot removes it from /rwlayer.dockroot-next before it uses it"), "{out}");
         assert!(next_file(top).exists(), "the plan changed the file");
     });
+
+    // Rollback: the one-shot choice boots the variant; the previous image is then the
+    // os image (the newest kept root of another image), fresh from the store.
+    let r = m.report("before_rollback", "");
+    assert_eq!(booted_image(&r), "variant", "{}", r["boot_record"]);
+    let os_id = m.artifacts.fixture()["images"]["os"]["id"].as_str().unwrap().to_string();
+    let said = m.modify(|top| {
+        let t = top.to_string_lossy();
+        let (code, out, err) = dockroot(&["rollback", "--top", &t, "--cmdline", &m.append]);
+        assert_eq!(code, 0, "{out}{err}");
+        out
+    });
+    assert!(said.contains(&format!("the previous image {os_id} (of /rwlayer.kept/")), "{said}");
+    assert!(said.contains("fresh from Docker (btrfs)"), "{said}");
+    let r = m.report("rollback", "");
+    assert_eq!(booted_image(&r), "os", "{}", r["boot_record"]);
+    assert_eq!(r["boot_record"]["booted"], "fresh");
+    assert_eq!(r["boot_record"]["image"]["id"], os_id.as_str());
+    assert_eq!(r["boot_record"]["image_source"], "dockroot rollback");
+
+    // A rollback whose image left the stores boots a copy of its kept root (the
+    // newest: the variant root the rollback retired), saying why; not a fallback.
+    let kept = m.modify(|top| {
+        let mut kept: Vec<String> = std::fs::read_dir(top.join("rwlayer.kept"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        kept.sort();
+        let newest = kept.pop().expect("kept roots");
+        let gone = format!("sha256:{}", "f".repeat(64));
+        let file = serde_json::json!({"dockroot_next_boot": 1,
+            "switch": {"image": gone, "set": "20261204T000000Z", "kept": newest}});
+        std::fs::write(next_file(top), file.to_string()).unwrap();
+        newest
+    });
+    let r = m.report("rollback_gone", "");
+    assert_eq!(booted_image(&r), "variant", "{}", r["boot_record"]);
+    assert_eq!(r["boot_record"]["booted"], format!("previous: /rwlayer.kept/{kept}"), "{}", r["boot_record"]);
+    assert_eq!(r["boot_record"]["fallback"], Value::Null, "{}", r["boot_record"]);
+    assert_eq!(r["boot_record"]["image_source"], "dockroot rollback");
+    let warnings = r["boot_record"]["warnings"].to_string();
+    assert!(warnings.contains("dockroot rollback: the image cannot be made fresh"), "{warnings}");
+    assert!(warnings.contains(&format!("booting a copy of its kept root /rwlayer.kept/{kept}")), "{warnings}");
 }

@@ -25,6 +25,8 @@ pub struct Ctx<'a> {
     pub policy: &'a WaitPolicy,
     /// The init's candidates (`init=` or the defaults).
     pub candidates: &'a [String],
+    /// `dockroot rollback`'s kept root, copied when its image cannot be made fresh.
+    pub rollback_kept: Option<String>,
 }
 
 /// The device waiter and the module hooks, kept for later waits (the top layer's device).
@@ -44,6 +46,7 @@ pub fn choose_root(
 ) -> Result<Booted> {
     let keep = ctx.cfg.params.keep;
     let mut facts = facts::gather(store, ctx.cfg.params.mode);
+    facts.rollback_kept = ctx.rollback_kept.clone();
     let look =
         facts::Lookout { top: Path::new(STAGING_TOP), check_mount: Path::new(CHECK_MOUNT), candidates: ctx.candidates };
     // Every failed attempt adds a fact (the fresh root once, each kept root once).
@@ -73,11 +76,14 @@ pub fn choose_root(
                 record.warn(format!("FALLBACK: booting the previous root {from}; fix the problem above and reboot"));
                 return Ok(Booted::Fallback { reason, from });
             }
-            Decision::CopyKept { name, shown, fallback } => {
+            Decision::CopyKept { name, shown, fallback, note } => {
                 match t.run("rw layer", || make::copy_kept(store, &name, keep, record)) {
                     Ok(()) => match fallback {
                         None => {
-                            log::info!("dockroot.boot=previous: booting a copy of {shown}");
+                            match note {
+                                Some(n) => record.warn(n),
+                                None => log::info!("dockroot.boot=previous: booting a copy of {shown}"),
+                            }
                             return Ok(Booted::Previous(shown));
                         }
                         Some(reason) => {
@@ -87,9 +93,10 @@ pub fn choose_root(
                         }
                     },
                     Err(e) => {
-                        match fallback {
-                            None => record.warn(format!("dockroot.boot=previous: {e}")),
-                            Some(_) => log::error!("{e}"),
+                        match (fallback, note) {
+                            (None, None) => record.warn(format!("dockroot.boot=previous: {e}")),
+                            (None, Some(_)) => record.warn(format!("dockroot rollback: {e}")),
+                            (Some(_), _) => log::error!("{e}"),
                         }
                         facts.copy_failed.push((name, e.to_string()));
                     }
