@@ -43,6 +43,9 @@ pub struct PlanInput<'a> {
     /// when `None` and `toplayer=` is the root partition itself, it is found
     /// under `top`.
     pub toplayer_dir: Option<&'a Path>,
+    /// The device mounted at `top` for the run, if it was: messages then name
+    /// paths on the partition (`/machine on /dev/sda2`), not under the mount.
+    pub device: Option<&'a Path>,
 }
 
 /// How the boot would go, for the exit status of `dockroot plan`.
@@ -123,7 +126,12 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
     let mut lines: Vec<String> = Vec::new();
     let mut say = |s: String| lines.push(s);
     let fstype = root.fstype.as_deref().unwrap_or("filesystem type detected at boot");
-    say(format!("root partition: {} ({fstype}), top level at {}", root.root, input.top.display()));
+    say(match input.device {
+        Some(dev) => {
+            format!("root partition: {} ({fstype}): {}, mounted read-only for the run", root.root, dev.display())
+        }
+        None => format!("root partition: {} ({fstype}), top level at {}", root.root, input.top.display()),
+    });
     for w in &params.warnings {
         say(format!("warning: {w}"));
     }
@@ -192,7 +200,12 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
         }
         _ => None,
     };
-    let walked = toplayer_dir.as_ref().map(|dir| (dir, walk(dir)));
+    // Paths as the user knows them: on the partition when a device was mounted for the run.
+    let shown = |p: &Path| match (input.device, p.strip_prefix(input.top)) {
+        (Some(dev), Ok(rel)) => format!("/{} on {}", rel.display(), dev.display()),
+        _ => p.display().to_string(),
+    };
+    let walked = toplayer_dir.as_ref().map(|dir| (shown(dir), walk(dir, &shown(dir))));
 
     // The rw layer, the kept roots, and the rule.
     let rw = RwStore::open(top.as_fd(), &root.rw_subvol)?;
@@ -200,7 +213,7 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
     facts.rollback_kept = next.rollback_kept.clone();
     facts.fresh_failed = match (&resolved, &walked) {
         (Err(e), _) => Some(e.to_string()),
-        (Ok(_), Some((dir, Err(e)))) => Some(format!("applying the top layer {}: {e}", dir.display())),
+        (Ok(_), Some((dir, Err(e)))) => Some(format!("applying the top layer {dir}: {e}")),
         _ => None,
     };
     let rw_shown = rw.rw_shown();
@@ -291,7 +304,7 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
             Err(e) => say(format!("top layer: {e}: the boot would fail to apply it (and fall back)")),
             Ok((entries, total)) => {
                 let verb = if writes_top { "would write" } else { "(not applied in this mode)" };
-                say(format!("top layer: {} {verb} {total} entries:", dir.display()));
+                say(format!("top layer: {dir} {verb} {total} entries:"));
                 for e in &entries {
                     say(format!("  /{e}"));
                 }
@@ -330,22 +343,23 @@ fn check_mount_dir() -> PathBuf {
 
 /// The entries below `dir` (relative paths, directories with a trailing
 /// `/`), sorted, at most [`MAX_LISTED_FILES`], and how many there are.
-fn walk(dir: &Path) -> Result<(Vec<String>, usize)> {
-    let meta =
-        std::fs::symlink_metadata(dir).map_err(|e| Error::with(format!("the top layer {}", dir.display()), e))?;
+/// Messages name it `shown`.
+fn walk(dir: &Path, shown: &str) -> Result<(Vec<String>, usize)> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::with(format!("the top layer {shown}"), e))?;
     if !meta.is_dir() {
-        return Err(Error::msg(format!("the top layer {} is not a directory", dir.display())));
+        return Err(Error::msg(format!("the top layer {shown} is not a directory")));
     }
     let mut out = Vec::new();
     let mut stack: Vec<(PathBuf, String, usize)> = vec![(dir.to_path_buf(), String::new(), 0)];
     let mut total: usize = 0;
     while let Some((path, rel, depth)) = stack.pop() {
-        let rd = std::fs::read_dir(&path).map_err(|e| Error::with(format!("listing {}", path.display()), e))?;
+        let listing = || format!("listing {rel} in the top layer {shown}");
+        let rd = std::fs::read_dir(&path).map_err(|e| Error::with(listing(), e))?;
         for entry in rd {
-            let entry = entry.map_err(|e| Error::with(format!("listing {}", path.display()), e))?;
+            let entry = entry.map_err(|e| Error::with(listing(), e))?;
             total = total.saturating_add(1);
             if total > MAX_WALKED {
-                return Err(Error::msg(format!("the top layer {} has more than {MAX_WALKED} entries", dir.display())));
+                return Err(Error::msg(format!("the top layer {shown} has more than {MAX_WALKED} entries")));
             }
             let name = entry.file_name().to_string_lossy().into_owned();
             let r = if rel.is_empty() { name } else { format!("{rel}/{name}") };
@@ -353,10 +367,7 @@ fn walk(dir: &Path) -> Result<(Vec<String>, usize)> {
             out.push(if is_dir { format!("{r}/") } else { r.clone() });
             if is_dir {
                 if depth >= MAX_DEPTH {
-                    return Err(Error::msg(format!(
-                        "the top layer {} is nested deeper than {MAX_DEPTH}",
-                        dir.display()
-                    )));
+                    return Err(Error::msg(format!("the top layer {shown} is nested deeper than {MAX_DEPTH}")));
                 }
                 stack.push((entry.path(), r, depth.saturating_add(1)));
             }
@@ -398,7 +409,7 @@ mod tests {
         "root=LABEL=disk rootflags=subvol=rw toplayer=LABEL=disk toplayer_path=/machine dockroot.image=os:1";
 
     fn input<'a>(top: &'a Path, cmdline: &'a str) -> PlanInput<'a> {
-        PlanInput { top, cmdline, config: None, toplayer_dir: None }
+        PlanInput { top, cmdline, config: None, toplayer_dir: None, device: None }
     }
 
     /// An overlay root at `dir` (over the layer `layers/l1` of the top level

@@ -326,6 +326,7 @@ fn docker_overlay2_on_ext4_and_containerd_overlayfs_snapshotter() {
         cmdline: &cmdline,
         config: None,
         toplayer_dir: None,
+        device: None,
     })
     .unwrap();
     let text = plan.to_string();

@@ -76,14 +76,54 @@ pub fn device_of(root: &str) -> Result<PathBuf> {
     }
 }
 
-/// Run `f` on the top level: `at`, with `root` the command line's `root=`.
-/// A device is mounted (read-only unless `writable`) at a temporary directory
-/// that is removed afterwards whatever happens.
-pub fn with_top<T>(at: &Where, root: &str, writable: bool, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+/// Is `dev` the device `root=` names? Checked by what the spec matches on
+/// (label, UUID, PARTUUID, PARTLABEL), as the init would match it; a `/dev/NAME`
+/// or `MAJ:MIN` spec names a device of the machine that boots, so it is not
+/// checked against a device of this one.
+pub fn check_device(dev: &Path, root: &str) -> Result<()> {
+    let spec = DeviceSpec::parse(root).map_err(|e| e.context(format!("root={root}")))?;
+    if matches!(spec, DeviceSpec::Path(_) | DeviceSpec::MajMin(..)) {
+        return Ok(());
+    }
+    let st = rustix::fs::stat(dev).map_err(|e| Error::with(format!("--device {}", dev.display()), e))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::BlockDevice {
+        return Err(Error::msg(format!("--device {} is not a block device", dev.display())));
+    }
+    let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+    let devs = devices::scan(Path::new("/sys/class/block"), Path::new("/dev"));
+    let Some(found) = devs.iter().find(|d| (d.major, d.minor) == (major, minor)) else {
+        return Err(Error::msg(format!("--device {}: not in /sys/class/block", dev.display())));
+    };
+    match devices::find(&spec, std::slice::from_ref(found))? {
+        Some(_) => Ok(()),
+        None => Err(Error::msg(format!(
+            "--device {} is not the device root={root} names, so the boot would not use it; it is:\n{}",
+            dev.display(),
+            devices::describe(std::slice::from_ref(found)).trim_end()
+        ))),
+    }
+}
+
+/// Run `f` on the top level: `at`, with `root` the command line's `root=`;
+/// `f` also gets the device mounted for it, if one was. A device is mounted
+/// (read-only unless `writable`) at a temporary directory that is removed
+/// afterwards whatever happens; `--device` must be the one `root=` names.
+pub fn with_top<T>(
+    at: &Where,
+    root: &str,
+    writable: bool,
+    f: impl FnOnce(&Path, Option<&Path>) -> Result<T>,
+) -> Result<T> {
     match at {
-        Where::Top(dir) => f(dir),
-        Where::Device(dev) => with_device_mounted(dev, writable, f),
-        Where::FromCmdline => with_device_mounted(&device_of(root)?, writable, f),
+        Where::Top(dir) => f(dir, None),
+        Where::Device(dev) => {
+            check_device(dev, root)?;
+            with_device_mounted(dev, writable, |top| f(top, Some(dev)))
+        }
+        Where::FromCmdline => {
+            let dev = device_of(root)?;
+            with_device_mounted(&dev, writable, |top| f(top, Some(&dev)))
+        }
     }
 }
 

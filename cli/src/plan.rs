@@ -26,7 +26,11 @@ exit status:
   1  the plan could not look (a device that cannot be mounted, a file that cannot be read)
   2  usage error
   3  the boot would fall back to a previous root (FALLBACK)
-  4  the boot would fail: the command line or config is refused, or no root can boot";
+  4  the boot would fail: the command line or config is refused, or no root can boot
+  5  --device is not the device root= names (by label, UUID, PARTUUID or PARTLABEL)";
+
+/// `--device` is not the device `root=` names.
+const EXIT_NOT_THE_DEVICE: u8 = 5;
 
 /// `dockroot plan`'s arguments.
 #[derive(Default)]
@@ -86,10 +90,17 @@ pub fn run(args: Vec<OsString>) -> u8 {
             return 4;
         }
     };
-    let describe = |top: &Path| -> Result<plan::Plan> {
-        plan::describe(&plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir: a.toplayer_dir.as_deref() })
-    };
     let root = Params::from_cmdline(&cmdline).map(|p| p.root.unwrap_or_default()).unwrap_or_default();
+    if let Where::Device(dev) = &a.at {
+        if let Err(e) = partition::check_device(dev, &root) {
+            eprintln!("dockroot plan: {e}");
+            return EXIT_NOT_THE_DEVICE;
+        }
+    }
+    let describe = |top: &Path, device: Option<&Path>| -> Result<plan::Plan> {
+        let toplayer_dir = a.toplayer_dir.as_deref();
+        plan::describe(&plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir, device })
+    };
     let planned = partition::with_top(&a.at, &root, false, describe);
     match planned {
         Ok(p) => {

@@ -70,7 +70,7 @@ pub fn run(args: Vec<OsString>) -> u8 {
     };
     let done = partition::cmdline(&cmdline).and_then(|cmdline| {
         let root = RootPlan::from_params(&Params::from_cmdline(&cmdline)?)?;
-        partition::with_top(&at, &root.root, true, |top| rollback(top, &cmdline, &root))
+        partition::with_top(&at, &root.root, true, |top, _| rollback(top, &cmdline, &root))
     });
     match done {
         Ok(said) => {

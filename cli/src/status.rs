@@ -131,8 +131,8 @@ fn status(a: &Args) -> Result<Value> {
     let config = read_config(a.config.as_deref())?;
     let record_path = a.record.clone().unwrap_or_else(|| PathBuf::from(BOOT_RECORD));
     let record = read_record(&record_path)?;
-    let planned = partition::with_top(&a.at, &root, false, |top| {
-        plan::describe(&plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir: None })
+    let planned = partition::with_top(&a.at, &root, false, |top, device| {
+        plan::describe(&plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir: None, device })
     })?;
     // The running kernel matters only for the machine that runs this.
     let kernel = match (&a.at, &a.cmdline) {

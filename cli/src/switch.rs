@@ -117,7 +117,7 @@ fn switch(a: &Args) -> Result<String> {
     let cmdline = partition::cmdline(&a.cmdline)?;
     let params = Params::from_cmdline(&cmdline)?;
     let root = RootPlan::from_params(&params)?;
-    partition::with_top(&a.at, &root.root, true, |top| change(top, &cmdline, &root, &a.action))
+    partition::with_top(&a.at, &root.root, true, |top, _| change(top, &cmdline, &root, &a.action))
 }
 
 /// Change the file under the mounted top level `top`; what was done, as said to the user.
