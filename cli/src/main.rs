@@ -1,6 +1,7 @@
 //! `dockroot`: the commands for a running system and a host. The boot itself
 //! is `dockroot-init`; both read disks and decide through the same library.
 
+mod args;
 mod partition;
 mod plan;
 mod rollback;

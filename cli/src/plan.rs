@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use crate::args::{self, Own};
 use crate::partition::{self, Where};
 use dockroot::config::{self, BootConfig, Embedded, Params};
 use dockroot::{plan, Context, Result};
@@ -41,44 +42,25 @@ struct Args {
     toplayer_dir: Option<PathBuf>,
 }
 
-/// What the command line asks for.
-enum Parsed {
-    Help,
-    Run(Args),
-}
-
-fn parse(args: Vec<OsString>) -> std::result::Result<Parsed, String> {
-    use lexopt::prelude::*;
+fn parse(argv: Vec<OsString>) -> std::result::Result<Option<Args>, String> {
     let mut a = Args::default();
-    let mut p = lexopt::Parser::from_args(args);
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+    let run = args::parse(argv, &mut a.at, &mut a.cmdline, |arg, p| {
         let path = |p: &mut lexopt::Parser| p.value().map(PathBuf::from).map_err(|e| e.to_string());
         match arg {
-            Long(name) if partition::OPTIONS.contains(&name) => {
-                let name = name.to_owned();
-                partition::take_option(&name, &mut p, &mut a.at, &mut a.cmdline)?
-            }
-            Short('h') | Long("help") => return Ok(Parsed::Help),
-            Long("toplayer-dir") => a.toplayer_dir = Some(path(&mut p)?),
-            Long("config") => a.config = Some(path(&mut p)?),
-            other => return Err(other.unexpected().to_string()),
+            Own::Long(n) if n == "toplayer-dir" => a.toplayer_dir = Some(path(p)?),
+            Own::Long(n) if n == "config" => a.config = Some(path(p)?),
+            other => return Err(other.unexpected()),
         }
-    }
-    Ok(Parsed::Run(a))
+        Ok(())
+    })?;
+    Ok(run.then_some(a))
 }
 
 /// `dockroot plan`: prints the plan, returns the exit status.
-pub fn run(args: Vec<OsString>) -> u8 {
-    let a = match parse(args) {
-        Ok(Parsed::Help) => {
-            println!("{USAGE}");
-            return 0;
-        }
-        Ok(Parsed::Run(a)) => a,
-        Err(e) => {
-            eprintln!("dockroot plan: {e}\n\n{USAGE}");
-            return crate::EXIT_USAGE;
-        }
+pub fn run(argv: Vec<OsString>) -> u8 {
+    let a = match args::arguments("plan", USAGE, parse(argv)) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     // What the init would refuse, before looking at any disk.
     let checked = read_inputs(&a)
@@ -128,28 +110,25 @@ fn read_inputs(a: &Args) -> Result<(String, Option<Embedded>)> {
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<OsString> {
-        s.split_whitespace().map(OsString::from).collect()
+    fn parsed(s: &str) -> std::result::Result<Option<Args>, String> {
+        parse(s.split_whitespace().map(OsString::from).collect())
     }
 
     #[test]
     fn parses_the_options() {
-        let Ok(Parsed::Run(a)) = parse(args("--device /dev/sda2 --cmdline=ro --config c.json --toplayer-dir /m"))
-        else {
-            panic!("not parsed")
-        };
+        let a = parsed("--device /dev/sda2 --cmdline=ro --config c.json --toplayer-dir /m").unwrap().unwrap();
         assert_eq!(a.at, Where::Device(PathBuf::from("/dev/sda2")));
         assert_eq!(a.cmdline.as_deref(), Some("ro"));
         assert_eq!(a.config, Some(PathBuf::from("c.json")));
         assert_eq!(a.toplayer_dir, Some(PathBuf::from("/m")));
-        assert!(matches!(parse(args("--top /t --help")), Ok(Parsed::Help)));
-        assert!(matches!(parse(args("-h")), Ok(Parsed::Help)));
+        assert!(parsed("--top /t --help").unwrap().is_none());
+        assert!(parsed("-h").unwrap().is_none());
     }
 
     #[test]
     fn refuses_what_it_cannot_run() {
-        let err = |s: &str| parse(args(s)).err().unwrap_or_default();
-        assert!(matches!(parse(args("")), Ok(Parsed::Run(Args { at: Where::FromCmdline, .. }))));
+        let err = |s: &str| parsed(s).err().unwrap_or_default();
+        assert_eq!(parsed("").unwrap().unwrap().at, Where::FromCmdline);
         assert_eq!(err("--top /a --device /b"), "give at most one of --top and --device");
         assert!(err("--top").contains("--top"), "{}", err("--top"));
         assert!(err("--top /a --frob").contains("--frob"), "{}", err("--top /a --frob"));

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::Path;
 
+use crate::args;
 use crate::partition::{self, Where};
 use dockroot::config::{self, Params, RootPlan};
 use dockroot::nextboot::{self, NextBoot, Selection};
@@ -33,55 +34,23 @@ fn usage() -> String {
     USAGE.replace("PARTITION_OPTIONS", partition::OPTIONS_HELP)
 }
 
-enum Parsed {
-    Help,
-    Run(Where, Option<String>),
-}
-
-fn parse(args: Vec<OsString>) -> std::result::Result<Parsed, String> {
-    use lexopt::prelude::*;
+fn parse(argv: Vec<OsString>) -> std::result::Result<Option<(Where, Option<String>)>, String> {
     let (mut at, mut cmdline) = (Where::FromCmdline, None);
-    let mut p = lexopt::Parser::from_args(args);
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
-        match arg {
-            Long(name) if partition::OPTIONS.contains(&name) => {
-                let name = name.to_owned();
-                partition::take_option(&name, &mut p, &mut at, &mut cmdline)?
-            }
-            Short('h') | Long("help") => return Ok(Parsed::Help),
-            other => return Err(other.unexpected().to_string()),
-        }
-    }
-    Ok(Parsed::Run(at, cmdline))
+    let run = args::parse(argv, &mut at, &mut cmdline, |arg, _| Err(arg.unexpected()))?;
+    Ok(run.then_some((at, cmdline)))
 }
 
 /// `dockroot rollback`: returns the exit status.
-pub fn run(args: Vec<OsString>) -> u8 {
-    let (at, cmdline) = match parse(args) {
-        Ok(Parsed::Help) => {
-            println!("{}", usage());
-            return 0;
-        }
-        Ok(Parsed::Run(at, cmdline)) => (at, cmdline),
-        Err(e) => {
-            eprintln!("dockroot rollback: {e}\n\n{}", usage());
-            return crate::EXIT_USAGE;
-        }
+pub fn run(argv: Vec<OsString>) -> u8 {
+    let (at, cmdline) = match args::arguments("rollback", &usage(), parse(argv)) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     let done = partition::cmdline(&cmdline).and_then(|cmdline| {
         let root = RootPlan::from_params(&Params::from_cmdline(&cmdline)?)?;
         partition::with_top(&at, &root.root, true, |top, _| rollback(top, &cmdline, &root))
     });
-    match done {
-        Ok(said) => {
-            println!("{said}");
-            0
-        }
-        Err(e) => {
-            eprintln!("dockroot rollback: {e}");
-            1
-        }
-    }
+    args::finish("rollback", done)
 }
 
 /// The previous image: the newest kept root (names sort by creation time,
@@ -152,8 +121,8 @@ mod tests {
     #[test]
     fn takes_only_the_partition_options() {
         let args = |s: &str| s.split_whitespace().map(OsString::from).collect::<Vec<_>>();
-        assert!(matches!(parse(args("--device /dev/vda2")), Ok(Parsed::Run(Where::Device(_), None))));
-        assert!(matches!(parse(args("-h")), Ok(Parsed::Help)));
+        assert!(matches!(parse(args("--device /dev/vda2")), Ok(Some((Where::Device(_), None)))));
+        assert!(matches!(parse(args("-h")), Ok(None)));
         assert!(parse(args("os:1")).is_err());
     }
 }

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::args::{self, Own};
 use crate::partition::{self, Where};
 use dockroot::config::{self, Embedded, Params};
 use dockroot::nextboot::Selection;
@@ -70,59 +71,29 @@ struct Args {
     cmdline: Option<String>,
 }
 
-enum Parsed {
-    Help,
-    Run(Args),
-}
-
-fn parse(args: Vec<OsString>) -> std::result::Result<Parsed, String> {
-    use lexopt::prelude::*;
+fn parse(argv: Vec<OsString>) -> std::result::Result<Option<Args>, String> {
     let mut a = Args::default();
-    let mut p = lexopt::Parser::from_args(args);
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+    let run = args::parse(argv, &mut a.at, &mut a.cmdline, |arg, p| {
         let path = |p: &mut lexopt::Parser| p.value().map(PathBuf::from).map_err(|e| e.to_string());
         match arg {
-            Long(name) if partition::OPTIONS.contains(&name) => {
-                let name = name.to_owned();
-                partition::take_option(&name, &mut p, &mut a.at, &mut a.cmdline)?
-            }
-            Short('h') | Long("help") => return Ok(Parsed::Help),
-            Long("json") => a.json = true,
-            Long("config") => a.config = Some(path(&mut p)?),
-            Long("record") => a.record = Some(path(&mut p)?),
-            other => return Err(other.unexpected().to_string()),
+            Own::Long(n) if n == "json" => a.json = true,
+            Own::Long(n) if n == "config" => a.config = Some(path(p)?),
+            Own::Long(n) if n == "record" => a.record = Some(path(p)?),
+            other => return Err(other.unexpected()),
         }
-    }
-    Ok(Parsed::Run(a))
+        Ok(())
+    })?;
+    Ok(run.then_some(a))
 }
 
 /// `dockroot status`: returns the exit status.
-pub fn run(args: Vec<OsString>) -> u8 {
-    let a = match parse(args) {
-        Ok(Parsed::Help) => {
-            println!("{}", usage());
-            return 0;
-        }
-        Ok(Parsed::Run(a)) => a,
-        Err(e) => {
-            eprintln!("dockroot status: {e}\n\n{}", usage());
-            return crate::EXIT_USAGE;
-        }
+pub fn run(argv: Vec<OsString>) -> u8 {
+    let a = match args::arguments("status", &usage(), parse(argv)) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
-    match status(&a) {
-        Ok(v) => {
-            if a.json {
-                println!("{v:#}");
-            } else {
-                print!("{}", human(&v));
-            }
-            0
-        }
-        Err(e) => {
-            eprintln!("dockroot status: {e}");
-            1
-        }
-    }
+    let shown = status(&a).map(|v| if a.json { format!("{v:#}") } else { human(&v).trim_end().to_string() });
+    args::finish("status", shown)
 }
 
 fn status(a: &Args) -> Result<Value> {
@@ -337,13 +308,11 @@ mod tests {
 
     #[test]
     fn parses_its_options() {
-        let Ok(Parsed::Run(a)) = parse(args("--json --device /dev/vda2 --config c.json --record r.json")) else {
-            panic!("not parsed")
-        };
+        let a = parse(args("--json --device /dev/vda2 --config c.json --record r.json")).unwrap().unwrap();
         assert!(a.json);
         assert_eq!(a.at, Where::Device(PathBuf::from("/dev/vda2")));
         assert_eq!((a.config.unwrap(), a.record.unwrap()), (PathBuf::from("c.json"), PathBuf::from("r.json")));
-        assert!(matches!(parse(args("--help")), Ok(Parsed::Help)));
+        assert!(matches!(parse(args("--help")), Ok(None)));
         assert!(parse(args("--frob")).err().unwrap_or_default().contains("--frob"));
         assert!(parse(args("extra")).err().unwrap_or_default().contains("extra"));
     }

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::Path;
 
+use crate::args::{self, Own};
 use crate::partition::{self, Where};
 use dockroot::config::{self, Params, RootPlan};
 use dockroot::nextboot::{self, NextBoot, Selection};
@@ -50,30 +51,22 @@ struct Args {
     cmdline: Option<String>,
 }
 
-enum Parsed {
-    Help,
-    Run(Args),
-}
-
-fn parse(args: Vec<OsString>) -> std::result::Result<Parsed, String> {
-    use lexopt::prelude::*;
+fn parse(argv: Vec<OsString>) -> std::result::Result<Option<Args>, String> {
     let (mut image, mut once, mut reset) = (None, false, false);
     let (mut at, mut cmdline) = (Where::FromCmdline, None);
-    let mut p = lexopt::Parser::from_args(args);
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+    let run = args::parse(argv, &mut at, &mut cmdline, |arg, _| {
         match arg {
-            Long(name) if partition::OPTIONS.contains(&name) => {
-                let name = name.to_owned();
-                partition::take_option(&name, &mut p, &mut at, &mut cmdline)?
-            }
-            Short('h') | Long("help") => return Ok(Parsed::Help),
-            Long("once") => once = true,
-            Long("reset") => reset = true,
-            Value(v) if image.is_none() => {
+            Own::Long(n) if n == "once" => once = true,
+            Own::Long(n) if n == "reset" => reset = true,
+            Own::Value(v) if image.is_none() => {
                 image = Some(v.into_string().map_err(|v| format!("the image {v:?} is not valid UTF-8"))?)
             }
-            other => return Err(other.unexpected().to_string()),
+            other => return Err(other.unexpected()),
         }
+        Ok(())
+    })?;
+    if !run {
+        return Ok(None);
     }
     let action = match (image, reset) {
         (Some(_), true) => return Err("give an image or --reset, not both".into()),
@@ -85,31 +78,14 @@ fn parse(args: Vec<OsString>) -> std::result::Result<Parsed, String> {
         }
         (None, false) => return Err("give an image, or --reset".into()),
     };
-    Ok(Parsed::Run(Args { action, at, cmdline }))
+    Ok(Some(Args { action, at, cmdline }))
 }
 
 /// `dockroot switch`: returns the exit status.
-pub fn run(args: Vec<OsString>) -> u8 {
-    let a = match parse(args) {
-        Ok(Parsed::Help) => {
-            println!("{}", usage());
-            return 0;
-        }
-        Ok(Parsed::Run(a)) => a,
-        Err(e) => {
-            eprintln!("dockroot switch: {e}\n\n{}", usage());
-            return crate::EXIT_USAGE;
-        }
-    };
-    match switch(&a) {
-        Ok(said) => {
-            println!("{said}");
-            0
-        }
-        Err(e) => {
-            eprintln!("dockroot switch: {e}");
-            1
-        }
+pub fn run(argv: Vec<OsString>) -> u8 {
+    match args::arguments("switch", &usage(), parse(argv)) {
+        Ok(a) => args::finish("switch", switch(&a)),
+        Err(code) => code,
     }
 }
 
@@ -183,8 +159,8 @@ mod tests {
 
     fn action(s: &str) -> std::result::Result<Action, String> {
         match parse(args(s))? {
-            Parsed::Run(a) => Ok(a.action),
-            Parsed::Help => Err("help".into()),
+            Some(a) => Ok(a.action),
+            None => Err("help".into()),
         }
     }
 

@@ -2,6 +2,7 @@
 //! the device must be the one `root=` names (exit 5 otherwise), messages name
 //! paths on the partition rather than under the temporary mount, and no
 //! temporary directory is left behind whatever happens.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
