@@ -25,25 +25,25 @@ pub fn assert_recovery_steps(what: &str, rec: &Value, steps: &[(bool, String)]) 
     }
 }
 
-/// After a power cut and the recovery boot, the kept roots must be the newest `keep`
-/// of: the roots kept before the cut boot (`kept_before`, those the policy was not
-/// midway deleting), the root that was current before it (`previous`), and the cut
-/// boot's own root if the cut came after it retired `previous` (`cut_root`); each
-/// named by its creation stamp and byte-identical. `now` maps the kept roots' names to
-/// their digests. `what` starts every message.
+/// After power cuts and the recovery boot, the kept roots must be the newest `keep`
+/// of: the roots kept before the cut boots (`kept_before`, those the policy was not
+/// midway deleting), the root that was current before them (`previous`), and the cut
+/// boots' own roots that were complete at a final name (`cut_roots`: made before the
+/// cut retired their predecessor); each named by its creation stamp and byte-identical.
+/// `now` maps the kept roots' names to their digests. `what` starts every message.
 pub fn assert_kept_after_recovery(
     what: &str,
     now: &std::collections::BTreeMap<String, &std::collections::BTreeMap<String, String>>,
     kept_before: &[&std::collections::BTreeMap<String, String>],
     previous: &std::collections::BTreeMap<String, String>,
-    cut_root: Option<&std::collections::BTreeMap<String, String>>,
+    cut_roots: &[&std::collections::BTreeMap<String, String>],
     keep: usize,
 ) {
     let mut candidates: Vec<(String, &std::collections::BTreeMap<String, String>, &str)> =
         kept_before.iter().map(|d| (format!("{}-", digest_created(d)), *d, "kept")).collect();
     candidates.push((format!("{}-", digest_created(previous)), previous, "previous rw layer"));
-    if let Some(r) = cut_root {
-        candidates.push((format!("{}-", digest_created(r)), r, "the cut boot's root"));
+    for r in cut_roots {
+        candidates.push((format!("{}-", digest_created(r)), *r, "a cut boot's root"));
     }
     candidates.sort_by(|a, b| a.0.cmp(&b.0));
     let expected = &candidates[candidates.len().saturating_sub(keep)..];

@@ -43,8 +43,8 @@ pub use fixtures::{
     build_initramfs, build_initramfs_with_init, init_variant, target_dir, Artifacts, Layouts, StoreDisk,
 };
 pub use machine::{Machine, OS_CONFIG, STANDARD_APPEND, STANDARD_MODULES};
-// pub use power::engine::{CutDone, CutEngine, Left, Mode, Recovered};
-// pub use power::roots::{DiskState, Root, RootKind};
+pub use power::engine::{CutDone, CutEngine, Left, Mode, Recovered};
+pub use power::roots::{names_in, Digest, DiskState, Root, RootKind};
 pub use power::{all_cut_points, cut_points, CutAt};
 pub use qemu::boot;
 pub use qemu::console::{

@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::qemu::console::RUN_INIT_LINE;
 use crate::{printk_time, BootOutput, KillAfter, LINE_READY, LINE_ROOT_DEVICE};
 
-// pub mod engine;
-// pub mod roots;
+pub mod engine;
+pub mod roots;
 
 /// Where to cut the power during a boot (the crash tests), timed from the serial log
 /// of a normal boot of the same disk (the reference). Every point cuts no later than

@@ -124,7 +124,7 @@ fn copier(mut pipe: Box<dyn Read + Send>, log: Arc<Mutex<fs::File>>, live: Optio
 }
 
 /// What a boot printed and how it ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BootOutput {
     /// Everything on the serial console (QEMU's stdout), then QEMU's stderr.
     pub serial: String,
