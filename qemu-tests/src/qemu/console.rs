@@ -38,6 +38,13 @@ impl Live {
         self.0.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// Appends what the console printed.
+    pub(crate) fn push(&self, chunk: &[u8]) {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(chunk);
+        }
+    }
+
     /// Whether `needle` is in the output from `*scan` on (moving `*scan` past what was
     /// searched, keeping a needle's length for a split line).
     pub(crate) fn find_from(&self, needle: &[u8], scan: &mut usize) -> bool {
@@ -113,8 +120,8 @@ fn copier(mut pipe: Box<dyn Read + Send>, log: Arc<Mutex<fs::File>>, live: Optio
                     if let Ok(mut l) = log.lock() {
                         let _ = l.write_all(chunk);
                     }
-                    if let Some(Ok(mut v)) = live.as_ref().map(|l| l.0.lock()) {
-                        v.extend_from_slice(chunk);
+                    if let Some(l) = live.as_ref() {
+                        l.push(chunk);
                     }
                 }
             }

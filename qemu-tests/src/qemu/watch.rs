@@ -192,3 +192,69 @@ impl Watcher for HotplugWatch {
         Verdict::Wait(TICK)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(text: &str) -> Live {
+        let l = Live::default();
+        l.push(text.as_bytes());
+        l
+    }
+
+    fn kill(needle: &str, delay_ms: u64, deadline: Option<&str>) -> KillAfter {
+        KillAfter { needle: needle.into(), delay: Duration::from_millis(delay_ms), deadline: deadline.map(Into::into) }
+    }
+
+    #[test]
+    fn the_timeout_fires_at_its_limit_only() {
+        let started = Instant::now();
+        let mut t = Timeout { limit: Duration::from_secs(3600), fired: false };
+        assert_eq!(t.check(&Live::default(), started), Verdict::Wait(TICK));
+        assert!(!t.fired);
+        let mut t = Timeout { limit: Duration::ZERO, fired: false };
+        assert_eq!(t.check(&Live::default(), started), Verdict::Kill);
+        assert!(t.fired);
+    }
+
+    #[test]
+    fn a_cut_waits_for_its_needle_then_its_delay() {
+        let started = Instant::now();
+        let console = live("booting\n");
+        let mut w = CutWatch::new(kill("dockroot: image ", 0, Some("dockroot: ready:")));
+        assert_eq!(w.check(&console, started), Verdict::Wait(CUT_TICK));
+        assert!(w.cut.is_none());
+        console.push(b"dockroot: ima");
+        assert_eq!(w.check(&console, started), Verdict::Wait(CUT_TICK), "half a needle");
+        console.push(b"ge x is sha256:0\n");
+        assert_eq!(w.check(&console, started), Verdict::Kill, "the needle split across two reads");
+        assert!(w.cut.as_ref().is_some_and(|c| c.after_needle.is_some()));
+        // Cut once: afterwards it only waits.
+        assert_eq!(w.check(&console, started), Verdict::Wait(TICK));
+
+        let mut w = CutWatch::new(kill("dockroot: image ", 3_600_000, None));
+        assert_eq!(w.check(&console, started), Verdict::Wait(CUT_TICK), "seen, the delay runs");
+        assert!(w.seen.is_some());
+    }
+
+    #[test]
+    fn the_deadline_cuts_before_the_delay_runs_out() {
+        let started = Instant::now();
+        let console = live("dockroot: image x\ndockroot: ready: 10 ms\n");
+        let mut w = CutWatch::new(kill("dockroot: image ", 3_600_000, Some("dockroot: ready:")));
+        assert_eq!(w.check(&console, started), Verdict::Kill);
+        assert!(w.cut.as_ref().is_some_and(|c| c.after_needle.is_none()), "cut by the deadline");
+        // A deadline alone (the needle never shows) cuts too.
+        let console = live("dockroot: ready: 10 ms\n");
+        let mut w = CutWatch::new(kill("never printed", 0, Some("dockroot: ready:")));
+        assert_eq!(w.check(&console, started), Verdict::Kill);
+    }
+
+    #[test]
+    fn hotplugs_without_a_line_or_pending_do_nothing_but_wait() {
+        let mut w = HotplugWatch::new(&[], PathBuf::from("/nonexistent"));
+        assert_eq!(w.check(&Live::default(), Instant::now()), Verdict::Wait(TICK));
+        assert!(w.done.is_empty());
+    }
+}
