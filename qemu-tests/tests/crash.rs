@@ -303,7 +303,7 @@ fn cut_series(series: &str, points: &[(usize, At)]) -> Vec<Cut> {
 const DOUBLE: &[(At, At)] = &[
     (At::Line(RETIRED, 0), At::Line(LINE_ROOT_DEVICE, 0)),
     (At::Line(TOP_LAYER, 0), At::Line(RETIRED, 0)),
-    (At::Line(IMAGE, 0), At::Work(0.5)),
+    (At::Line(RETIRED, 2), At::Line(IMAGE, 0)),
     (At::Work(0.5), At::Line(TOP_LAYER, 0)),
 ];
 

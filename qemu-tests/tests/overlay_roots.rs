@@ -687,7 +687,7 @@ fn overlay_power_cuts_during_the_boot_lose_nothing() {
 const DOUBLE: &[(At, At)] = &[
     (At::Line(RETIRED, 0), At::Line(LINE_ROOT_DEVICE, 0)),
     (At::Line(FRESH, 0), At::Line(RETIRED, 0)),
-    (At::Line(IMAGE, 0), At::Work(0.5)),
+    (At::Line(RETIRED, 3), At::Line(IMAGE, 0)),
     (At::Work(0.5), At::Line(MOUNTED_TMP, 0)),
 ];
 

@@ -340,3 +340,46 @@ fn trash_entry_of(entry: &str, prev: &DiskState) -> bool {
     ["rwlayer.dockroot-tmp", "rwlayer.dockroot-ready"].iter().any(|n| stem.ends_with(&format!("-{n}")))
         || prev.kept.keys().any(|k| stem.ends_with(&format!("-{k}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(created: &str) -> Root {
+        Root { digest: [(crate::DIGEST_CREATED.to_string(), created.to_string())].into(), readonly: None }
+    }
+
+    fn disk(current: Option<&str>, ready: Option<&str>, kept: &[&str]) -> DiskState {
+        DiskState {
+            kind: RootKind::Overlay,
+            outside: Digest::new(),
+            current: current.map(root),
+            tmp: false,
+            skel: false,
+            ready: ready.map(root),
+            kept: kept.iter().map(|k| (format!("{k}-img"), root(k))).collect(),
+            trash: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_trash_may_hold_only_what_the_boot_could_discard() {
+        let prev = disk(Some("3"), None, &["1", "2"]);
+        assert!(trash_entry_of("20260101-77-rwlayer.dockroot-tmp.1", &prev));
+        assert!(trash_entry_of("20260101-77-rwlayer.dockroot-ready.2", &prev));
+        assert!(trash_entry_of("20260101-77-1-img.1", &prev));
+        assert!(!trash_entry_of("20260101-77-9-img.1", &prev), "no such kept root");
+        assert!(!trash_entry_of("20260101-77-rwlayer.1", &prev), "the current root is never discarded");
+        assert!(!trash_entry_of("no-dot", &prev));
+    }
+
+    #[test]
+    fn the_next_boot_starts_from_the_current_or_the_ready_root() {
+        let d = disk(Some("3"), Some("4"), &["1", "2"]);
+        assert_eq!(d.effective_current().map(Root::created).as_deref(), Some("3"));
+        let d = disk(None, Some("4"), &["1", "2"]);
+        assert_eq!(d.effective_current().map(Root::created).as_deref(), Some("4"));
+        assert_eq!(d.newest_kept().map(|(n, _)| n.as_str()), Some("2-img"));
+        assert_eq!(d.leftovers(), vec!["rwlayer.dockroot-ready"]);
+    }
+}
