@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use qemu_tests::{boot, build_initramfs, field, Artifacts, BootSpec, Disk};
+use qemu_tests::{boot, build_initramfs, field, sh, with_mounted, Artifacts, BootSpec, Disk};
 
 const MODULES: &[&str] = &["virtio_blk", "virtio_pci", "btrfs"];
 const OS_CONFIG: &str = r#"{"docker_image":"dockroot-test/os","docker_tag":"latest"}"#;
@@ -105,31 +105,6 @@ fn assert_fatal(out: &qemu_tests::BootOutput, wants: &[&str]) -> String {
         assert!(out.serial.contains(w), "missing {w:?} in the failure output:\n{}", out.tail(60));
     }
     fatal.lines().next().unwrap_or_default().to_string()
-}
-
-/// Run a command on the host, panicking with its output on failure.
-fn sh(cmd: &str) -> String {
-    let out = std::process::Command::new("sh").arg("-c").arg(cmd).output().expect("running sh");
-    assert!(
-        out.status.success(),
-        "{cmd}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Mount a disk image's top level on the host, run `f`, unmount.
-fn with_mounted<T>(disk: &Disk, f: impl FnOnce(&std::path::Path) -> T) -> T {
-    let mnt = tempfile::tempdir().expect("mount point");
-    sh(&format!("mount -o loop '{}' '{}'", disk.path().display(), mnt.path().display()));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
-    sh(&format!("umount '{}'", mnt.path().display()));
-    match r {
-        Ok(v) => v,
-        Err(p) => std::panic::resume_unwind(p),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -262,14 +237,14 @@ fn a_plain_directory_at_the_rw_layer_name_is_refused_and_kept() {
     let a = Artifacts::from_env();
     let initrd = build_initramfs(&a, MODULES, OS_CONFIG);
     let disk = Disk::copy_of(&a.disk);
-    with_mounted(&disk, |m| {
+    with_mounted(disk.path(), |m| {
         std::fs::create_dir(m.join("precious")).unwrap();
         std::fs::write(m.join("precious/thesis.txt"), b"years of work\n").unwrap();
     });
     let append = "root=LABEL=dockroot-test rootflags=subvol=precious rw dockroot.reboot_delay=1";
     let out = boot_disk("plain_dir_rw", &a, initrd, &disk, append);
     assert_fatal(&out, &["\"precious\"", "plain directory", "refusing to delete it"]);
-    with_mounted(&disk, |m| {
+    with_mounted(disk.path(), |m| {
         assert_eq!(std::fs::read_to_string(m.join("precious/thesis.txt")).unwrap(), "years of work\n");
     });
 }

@@ -8,7 +8,9 @@
 //! - an unbootable fresh root (an unknown image, a full disk during the top layer)
 //!   falls back to the current root as it was;
 //! - a power cut at any moment of an overlay boot loses nothing: the next boot
-//!   recovers, and no root but the new one changed.
+//!   recovers, and no root but the new one changed; so does a second cut during that
+//!   recovery boot, and a cut while `dockroot.boot=previous` copies a kept root (the
+//!   harness's power-cut engine, `qemu_tests::CutEngine`, shared with crash.rs).
 //!
 //! Each test checks what the booted system saw (testinit's report and
 //! /run/dockroot/boot.json) and what is on the disk afterwards (a host loop mount).
@@ -21,9 +23,9 @@ use std::io::Write;
 use std::path::Path;
 
 use qemu_tests::{
-    assert_kept_after_recovery, assert_recovery_steps, assert_same_digest, boot, cut_points, digest_created, field,
-    fill_disk, oversized_toplayer_disk, sh, target_dir, tree_digest, Artifacts, BootOutput, BootSpec, CutAt as At,
-    Machine, StoreDisk, DIGEST_CREATED, LINE_READY, LINE_ROOT_DEVICE,
+    assert_same_digest, boot, cut_points, field, fill_disk, names_in, oversized_toplayer_disk, sh, target_dir,
+    tree_digest, Artifacts, BootOutput, BootSpec, CutAt as At, CutDone, CutEngine, DiskState, Left, Machine, Mode,
+    Root, RootKind, StoreDisk, LINE_READY, LINE_ROOT_DEVICE,
 };
 use serde_json::Value;
 
@@ -32,18 +34,7 @@ const CONFIG: &str = r#"{"docker_image":"dockroot-test/stores","docker_tag":"lat
 const APPEND: &str = "root=LABEL=storedisk dockroot.rw=rwlayer rw toplayer=LABEL=storedisk toplayer_path=toplayer";
 /// A file in the image's testinit path list; written into upper directories by the host.
 const MARKER: &str = "var/tmp/from-previous-boot";
-/// Every name dockroot gives the rw layer's roots (the rest of the disk must never change).
-const RW_NAMES: &[&str] = &[
-    "rwlayer",
-    "rwlayer.kept",
-    "rwlayer.dockroot-tmp",
-    "rwlayer.dockroot-ready",
-    "rwlayer.dockroot-skel",
-    "rwlayer.dockroot-trash",
-];
 const TRASH: &str = "rwlayer.dockroot-trash";
-
-type Digest = BTreeMap<String, String>;
 
 fn store() -> StoreDisk {
     StoreDisk::from_env("OVERLAY2_EXT4")
@@ -79,110 +70,14 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     assert_eq!(rc, 0, "setting {name} on {}: {}", path.display(), std::io::Error::last_os_error());
 }
 
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
-        Err(_) => Vec::new(),
-    };
-    v.sort();
-    v
+/// The disk mounted at `top`, its roots overlay roots.
+fn state(top: &Path) -> DiskState {
+    DiskState::read(RootKind::Overlay, top)
 }
 
-/// An overlay root on the disk: everything in it but the overlay's work directory.
-#[derive(Clone, Debug)]
-struct Root {
-    digest: Digest,
-}
-
-impl Root {
-    fn read(path: &Path) -> Option<Root> {
-        path.symlink_metadata().ok()?;
-        Some(Root { digest: tree_digest(path, &["work"]) })
-    }
-
-    fn created(&self) -> String {
-        digest_created(&self.digest)
-    }
-
-    /// Without the creation stamp and the overlay's own uuid: equal for every
-    /// complete fresh root of the image.
-    fn content(&self) -> Digest {
-        self.digest
-            .iter()
-            .filter(|(k, _)| k.as_str() != DIGEST_CREATED && !k.ends_with(" xattr trusted.overlay.uuid"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
-    /// Without the xattrs overlayfs itself sets in an upper directory when the root
-    /// is mounted (`trusted.overlay.origin`, `.impure`, ...: on directories the host
-    /// made in it): what a root that booted since must still have.
-    fn files(&self) -> Digest {
-        self.digest
-            .iter()
-            .filter(|(k, _)| !k.contains(" xattr trusted.overlay."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
-    fn is_overlay_root(&self) -> bool {
-        self.digest.contains_key("dockroot-overlay.json")
-            && self.digest.get("upper").is_some_and(|v| v.starts_with("dir"))
-    }
-}
-
-/// The rw layer's names and the rest of the disk.
-#[derive(Clone, Debug)]
-struct DiskState {
-    outside: Digest,
-    current: Option<Root>,
-    tmp: bool,
-    skel: bool,
-    ready: Option<Root>,
-    kept: BTreeMap<String, Root>,
-    trash: Vec<String>,
-}
-
-impl DiskState {
-    fn read(top: &Path) -> DiskState {
-        let kept = names_in(&top.join("rwlayer.kept"))
-            .into_iter()
-            .map(|n| {
-                let r = Root::read(&top.join("rwlayer.kept").join(&n)).expect("a kept root vanished");
-                (n, r)
-            })
-            .collect();
-        let exists = |n: &str| top.join(n).symlink_metadata().is_ok();
-        let mut outside = tree_digest(top, RW_NAMES);
-        // The top level's link count changes with the number of directories in it
-        // (the trash directory appears): its other attributes are still compared.
-        if let Some(v) = outside.get_mut(".") {
-            *v = v.split(" links ").next().unwrap_or_default().to_string();
-        }
-        DiskState {
-            outside,
-            current: Root::read(&top.join("rwlayer")),
-            tmp: exists("rwlayer.dockroot-tmp"),
-            skel: exists("rwlayer.dockroot-skel"),
-            ready: Root::read(&top.join("rwlayer.dockroot-ready")),
-            kept,
-            trash: names_in(&top.join(TRASH)),
-        }
-    }
-
-    fn leftovers(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.tmp {
-            v.push("rwlayer.dockroot-tmp");
-        }
-        if self.skel {
-            v.push("rwlayer.dockroot-skel");
-        }
-        if self.ready.is_some() {
-            v.push("rwlayer.dockroot-ready");
-        }
-        v
-    }
+/// The overlay root at `path`, if there is one.
+fn root(path: &Path) -> Option<Root> {
+    Root::read(RootKind::Overlay, path)
 }
 
 /// The checks every fresh overlay boot passes: the image's files and the top
@@ -261,7 +156,7 @@ fn overlay_roots_are_kept_pruned_into_the_trash_and_the_trash_is_emptied() {
                 std::fs::write(dir.join(format!("f{f}")), format!("{d}/{f}\n")).unwrap();
             }
         }
-        DiskState::read(top)
+        state(top)
     });
     let root1 = root1.current.expect("no rw layer after the first boot");
     assert!(root1.is_overlay_root(), "{:?}", root1.digest.keys().take(10).collect::<Vec<_>>());
@@ -276,12 +171,12 @@ fn overlay_roots_are_kept_pruned_into_the_trash_and_the_trash_is_emptied() {
     assert_eq!(rec["kept"], serde_json::json!([kept1]), "{rec}");
     assert_eq!(rec["pruned"], serde_json::json!([]), "{rec}");
     let root2 = m.modify(|top| {
-        let st = DiskState::read(top);
+        let st = state(top);
         let k = st.kept.get(kept1.trim_start_matches("/rwlayer.kept/")).expect("the kept root is not on the disk");
         assert_same_digest("root 1, retired", &root1.digest, &k.digest);
         assert!(st.leftovers().is_empty(), "{:?}", st.leftovers());
         put_marker(top, "root 2");
-        Root::read(&top.join("rwlayer")).unwrap()
+        root(&top.join("rwlayer")).unwrap()
     });
 
     let (r3, out3) = report(&m, "ovl_keep_3", "");
@@ -305,7 +200,7 @@ fn overlay_roots_are_kept_pruned_into_the_trash_and_the_trash_is_emptied() {
     let kept1_name = kept1.trim_start_matches("/rwlayer.kept/").to_string();
     let emptied = emptied_entries(&out3);
     let after3 = m.inspect(|top| {
-        let st = DiskState::read(top);
+        let st = state(top);
         assert_eq!(st.kept.keys().collect::<Vec<_>>(), vec![kept2.trim_start_matches("/rwlayer.kept/")]);
         assert_same_digest("root 2, retired", &root2.digest, &st.kept.values().next().unwrap().digest);
         assert!(st.leftovers().is_empty(), "{:?}", st.leftovers());
@@ -338,7 +233,7 @@ fn overlay_roots_are_kept_pruned_into_the_trash_and_the_trash_is_emptied() {
     }
     let end = m.inspect(|top| {
         assert_same_digest("the store", &store_before, &tree_digest(&top.join(s.get("store_path")), &[]));
-        DiskState::read(top)
+        state(top)
     });
     assert_eq!(end.kept.len(), 1);
     assert_same_digest("root 2, kept", &root2.digest, &end.kept.values().next().unwrap().digest);
@@ -370,7 +265,7 @@ fn overlay_persist_keeps_changes_and_previous_boots_a_copy_of_the_kept_root() {
             upper.display()
         ));
         set_xattr(&upper.join("olddir"), "trusted.overlay.opaque", b"y");
-        Root::read(&top.join("rwlayer")).unwrap()
+        root(&top.join("rwlayer")).unwrap()
     });
     let changes = |r: &Value, what: &str| {
         assert_eq!(marker(r).as_deref(), Some("root 1\n"), "{what} lost the marker");
@@ -388,7 +283,7 @@ fn overlay_persist_keeps_changes_and_previous_boots_a_copy_of_the_kept_root() {
     check_overlay_root(&r2, &out2);
     changes(&r2, "persist");
     m.inspect(|top| {
-        let st = DiskState::read(top);
+        let st = state(top);
         let cur = st.current.as_ref().unwrap();
         assert_eq!(cur.created(), root1.created(), "persist made a new root");
         assert!(cur.digest.contains_key(&format!("upper/{MARKER}")));
@@ -402,7 +297,7 @@ fn overlay_persist_keeps_changes_and_previous_boots_a_copy_of_the_kept_root() {
     let kept1 = r3["boot_record"]["retired"].as_str().expect("root 1 retired").to_string();
     let kept1_name = kept1.trim_start_matches("/rwlayer.kept/").to_string();
     let (kept_before, root3) = m.inspect(|top| {
-        let st = DiskState::read(top);
+        let st = state(top);
         (st.kept.get(&kept1_name).cloned().expect("the kept root is on the disk"), st.current.unwrap())
     });
 
@@ -416,7 +311,7 @@ fn overlay_persist_keeps_changes_and_previous_boots_a_copy_of_the_kept_root() {
     let kept3 = rec["retired"].as_str().expect("the fresh root of boot 3 retired").to_string();
     assert!(kept3.starts_with(&format!("/rwlayer.kept/{}-", root3.created())), "{kept3}");
     m.inspect(|top| {
-        let st = DiskState::read(top);
+        let st = state(top);
         let k = st.kept.get(&kept1_name).expect("previous deleted the kept root it copied");
         assert_same_digest("the kept root booted by previous", &kept_before.digest, &k.digest);
         // Booted with persist since: overlayfs marked the directories the host made.
@@ -444,7 +339,7 @@ fn overlay_unknown_image_falls_back_to_the_current_root_as_it_was() {
     check_fresh(&s, &r1, &out1);
     let before = m.modify(|top| {
         put_marker(top, "root 1");
-        DiskState::read(top)
+        state(top)
     });
     let out = m.boot("ovl_fallback_2", "dockroot.image=no/such:image");
     let r = out.expect_testinit();
@@ -461,7 +356,7 @@ fn overlay_unknown_image_falls_back_to_the_current_root_as_it_was() {
         "{}",
         out.tail(30)
     );
-    let after = m.inspect(DiskState::read);
+    let after = m.inspect(state);
     assert_same_digest("the disk outside the rw layer", &before.outside, &after.outside);
     assert_same_digest("the rw layer", &before.current.unwrap().files(), &after.current.as_ref().unwrap().files());
     assert!(after.kept.is_empty() && after.leftovers().is_empty() && after.trash.is_empty(), "{after:?}");
@@ -483,7 +378,7 @@ fn overlay_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
     assert_eq!(marker(&r2).as_deref(), Some("root 1\n"));
     let before = m.modify(|top| {
         fill_disk(top);
-        DiskState::read(top)
+        state(top)
     });
     // A top layer on a second disk with more data than fits.
     let work = tempfile::tempdir().expect("temp dir");
@@ -512,7 +407,7 @@ fn overlay_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
     assert!(rec["booted"].as_str().unwrap_or_default().starts_with("fallback: /rwlayer as it was"), "{rec}");
     assert_eq!(marker(&r).as_deref(), Some("root 1\n"), "the previous root must boot intact");
     let full = m.modify(|top| {
-        let st = DiskState::read(top);
+        let st = state(top);
         sh(&format!("rm -f '{}'", top.join("filler").display()));
         st
     });
@@ -549,7 +444,7 @@ fn overlay_full_disk_during_the_top_layer_falls_back_and_loses_nothing() {
     );
     let kept = rec["retired"].as_str().expect("root 1 retired").to_string();
     let mut trash = m.inspect(|top| {
-        let st = DiskState::read(top);
+        let st = state(top);
         let k = st.kept.get(kept.trim_start_matches("/rwlayer.kept/")).expect("root 1 kept");
         assert_same_digest("root 1, retired", &before.current.as_ref().unwrap().digest, &k.digest);
         assert!(st.leftovers().is_empty(), "{:?}", st.leftovers());
@@ -587,7 +482,7 @@ fn overlay_crafted_leftovers_are_recovered_without_loss() {
              cp -a '{t}/rwlayer' '{t}/rwlayer.dockroot-ready' && \
              echo never > '{t}/rwlayer.dockroot-ready/upper/never-installed'"
         ));
-        DiskState::read(top)
+        state(top)
     });
     assert!(before.skel && before.ready.is_some() && before.kept.len() == 1, "{:?}", before.leftovers());
     let old = before.current.clone().unwrap();
@@ -603,9 +498,9 @@ fn overlay_crafted_leftovers_are_recovered_without_loss() {
     assert_eq!(marker(&r), None);
     let retired = rec["retired"].as_str().expect("root 2 retired").trim_start_matches("/rwlayer.kept/").to_string();
     let (after, root3) = m.modify(|top| {
-        let st = DiskState::read(top);
+        let st = state(top);
         put_marker(top, "root 3");
-        let root3 = Root::read(&top.join("rwlayer")).unwrap();
+        let root3 = root(&top.join("rwlayer")).unwrap();
         // As if the power was cut after the current root was retired, before the
         // ready one was installed, with a half-built tmp too.
         let t = top.display();
@@ -635,7 +530,7 @@ fn overlay_crafted_leftovers_are_recovered_without_loss() {
     assert_eq!(rec["warnings"], serde_json::json!([]), "{rec}");
     check_overlay_root(&r, &out);
     assert_eq!(marker(&r).as_deref(), Some("root 3\n"), "the ready root was not the one installed");
-    let end = m.inspect(DiskState::read);
+    let end = m.inspect(state);
     assert!(end.leftovers().is_empty(), "{:?}", end.leftovers());
     // Booted since (persist): compared without the xattrs overlayfs sets.
     assert_same_digest("the installed root", &root3.files(), &end.current.as_ref().unwrap().files());
@@ -648,23 +543,6 @@ fn overlay_crafted_leftovers_are_recovered_without_loss() {
 
 // ---------------------------------------------------------------------------------
 // Power cuts.
-
-/// What a power cut left behind, relative to the state before the boot it cut.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Left {
-    /// The old root at its name, nothing else.
-    Nothing,
-    /// The old root and an overlay skeleton (NAME.dockroot-skel).
-    Skeleton,
-    /// The old root and a half-built NAME.dockroot-tmp.
-    TmpOnly,
-    /// The old root and a complete NAME.dockroot-ready.
-    ReadyAndCurrent,
-    /// The old root retired, the new one still at NAME.dockroot-ready.
-    ReadyWithoutCurrent,
-    /// The new root installed at NAME.
-    Installed,
-}
 
 const IMAGE: &str = "dockroot: image ";
 const MOUNTED_TMP: &str = "dockroot: mounted /rwlayer.dockroot-tmp";
@@ -700,164 +578,98 @@ const POINTS: &[At] = &[
     At::Line(LINE_ROOT_DEVICE, 0),
 ];
 
-/// The table of what each cut left, printed and saved to target/qemu-logs/overlay-crash-table.txt.
-struct Table(Vec<String>);
+/// The table of what each cut left, printed and saved to target/qemu-logs/<file>.
+struct Table(Vec<String>, &'static str);
 
 impl Table {
     fn add(&mut self, line: String) {
         let _ = writeln!(std::io::stderr(), "overlay crash: {line}");
         self.0.push(line);
-        let path = target_dir().join("qemu-logs").join("overlay-crash-table.txt");
+        let path = target_dir().join("qemu-logs").join(self.1);
         let _ = std::fs::write(&path, self.0.join("\n") + "\n");
     }
 }
 
 const KEEP: usize = 2;
 
-/// Two normal boots (a kept root with a marker, a current one with another), then
-/// for every kill point: cut the power there, check what is on the disk, boot again
-/// and check the recovery; the host marks every new current root with its own marker.
+/// Two normal boots (a kept root with a marker, a current one with another): the
+/// engine that cuts on them, the second boot its reference.
+fn setup<'a>(m: &'a Machine, name: &str) -> CutEngine<'a> {
+    let (_, out) = report(m, &format!("{name}_setup_1"), "");
+    assert!(out.contains(FRESH), "{}", out.tail(20));
+    m.modify(|top| put_marker(top, "setup 1"));
+    let (_, reference) = report(m, &format!("{name}_setup_2"), "");
+    // The pristine fresh root: every complete new root has its content.
+    let fresh = m.inspect(|top| root(&top.join("rwlayer")).expect("no rw layer").content());
+    assert!(!fresh.contains_key(&format!("upper/{MARKER}")), "a fresh root has the marker");
+    let mut e = CutEngine::new(RootKind::Overlay, m, KEEP, fresh, reference);
+    e.modify(|top| put_marker(top, "setup 2"));
+    assert_eq!(e.state.kept.len(), 1, "{:?}", e.state.kept.keys());
+    e
+}
+
+/// The fresh boot after cuts, checked by the engine and as every fresh overlay boot
+/// ([`check_fresh`]: no old marker either); the host then marks its root with `mark`.
+fn recover(s: &StoreDisk, e: &mut CutEngine, name: &str, mark: &str) -> Value {
+    let r = e.recover(name, "");
+    check_fresh(s, &r.report, &r.out);
+    assert_eq!(marker(&r.report), None, "{name}: the recovery boot's root has an old marker");
+    e.modify(|top| put_marker(top, mark));
+    r.report["boot_record"]["recovered"].clone()
+}
+
+/// A table column: the point, and when it cut.
+fn cut_column(c: &CutDone) -> String {
+    format!(
+        "{:<44} killed {:<8}",
+        format!(
+            "{:?} (+{} ms after {:?})",
+            c.at,
+            c.kill.delay.as_millis(),
+            c.kill.needle.chars().take(24).collect::<String>()
+        ),
+        format!(
+            "{:.2}s{}",
+            c.power_cut.at.as_secs_f64(),
+            if c.power_cut.after_needle.is_none() { " (deadline)" } else { "" }
+        ),
+    )
+}
+
+/// What the cuts and pruning put into the trash is deleted within a few more boots.
+fn empty_the_trash(m: &Machine, e: &CutEngine, name: &str) {
+    let mut trash = e.state.trash.clone();
+    let mut boots = 0;
+    while !trash.is_empty() {
+        boots += 1;
+        assert!(boots <= 3, "the trash is not empty after {} persist boots: {trash:?}", boots - 1);
+        let (r, _) = report(m, &format!("{name}_persist_{boots}"), "dockroot.boot=persist");
+        assert_eq!(r["boot_record"]["booted"], "persist");
+        trash = m.inspect(|top| names_in(&top.join(TRASH)));
+    }
+}
+
+/// For every kill point: cut the power there, check what is on the disk, boot again
+/// and check the recovery (the engine); the host marks every new current root with
+/// its own marker.
 #[test]
 fn overlay_power_cuts_during_the_boot_lose_nothing() {
     let s = store();
     let m = machine(&s, &format!("dockroot.keep={KEEP}"));
-    let (_, out) = report(&m, "ovl_crash_setup_1", "");
-    assert!(out.contains(FRESH), "{}", out.tail(20));
-    m.modify(|top| put_marker(top, "setup 1"));
-    let (_, mut reference) = report(&m, "ovl_crash_setup_2", "");
-    // The pristine fresh root: every complete new root has its content.
-    let fresh = m.inspect(|top| Root::read(&top.join("rwlayer")).expect("no rw layer").content());
-    assert!(!fresh.contains_key(&format!("upper/{MARKER}")), "a fresh root has the marker");
-    let mut prev = m.modify(|top| {
-        put_marker(top, "setup 2");
-        DiskState::read(top)
-    });
-    assert_eq!(prev.kept.len(), 1, "{:?}", prev.kept.keys());
-    let mut table = Table(Vec::new());
+    let mut e = setup(&m, "ovl_crash");
+    let mut table = Table(Vec::new(), "overlay-crash-table.txt");
     let mut seen: BTreeMap<Left, usize> = BTreeMap::new();
 
     for (i, at) in cut_points(POINTS).into_iter().enumerate() {
-        let kill = at.kill(&reference);
-        let out = boot(&BootSpec { kill_after: Some(kill.clone()), ..m.spec(&format!("ovl_crash_kill_{i:02}"), "") });
-        // Every point cuts the power while the init is at work (before it hands over).
-        let power_cut = out.expect_cut_during_init().clone();
-        let cut = m.inspect(DiskState::read);
-        let old = prev.current.as_ref().expect("a current root before every cut");
-
-        // --- what the cut left: never a root-less disk, never a half-built root at a final name.
-        assert_same_digest(&format!("cut {i}: the disk outside the rw layer"), &prev.outside, &cut.outside);
-        let current_is_old = cut.current.as_ref().is_some_and(|c| c.created() == old.created());
-        let left = match (&cut.current, current_is_old, cut.tmp, &cut.ready) {
-            (Some(_), true, false, None) if cut.skel => Left::Skeleton,
-            (Some(_), true, false, None) => Left::Nothing,
-            (Some(_), true, true, None) => Left::TmpOnly,
-            (Some(_), true, _, Some(_)) => Left::ReadyAndCurrent,
-            (None, _, _, Some(_)) => Left::ReadyWithoutCurrent,
-            (Some(_), false, false, None) => Left::Installed,
-            _ => panic!(
-                "cut {i} ({at:?}): unexpected state: current {:?} (old: {current_is_old}), tmp {}, ready {}, skel {}",
-                cut.current.as_ref().map(Root::created),
-                cut.tmp,
-                cut.ready.is_some(),
-                cut.skel
-            ),
-        };
-        *seen.entry(left).or_default() += 1;
-        if let Some(c) = &cut.current {
-            if current_is_old {
-                assert_same_digest(&format!("cut {i}: the old rw layer"), &old.digest, &c.digest);
-            } else {
-                assert_same_digest(&format!("cut {i}: the new rw layer (half-built?)"), &fresh, &c.content());
-            }
-        }
-        if let Some(r) = &cut.ready {
-            assert_same_digest(&format!("cut {i}: the ready root (half-built?)"), &fresh, &r.content());
-        }
-        // The old root is at its name or kept, intact.
-        let old_kept = cut.kept.values().filter(|k| k.digest == old.digest).count();
-        assert!(current_is_old || old_kept == 1, "cut {i}: the previous root is lost ({left:?})");
-        // Kept roots are intact; only the oldest ones the policy was due to prune may be gone.
-        let mut before: Vec<String> = prev.kept.keys().cloned().chain([format!("{}-", old.created())]).collect();
-        before.sort();
-        let due = before.len().saturating_sub(KEEP);
-        for (idx, (name, r)) in prev.kept.iter().enumerate() {
-            match cut.kept.get(name) {
-                Some(k) => assert_same_digest(&format!("cut {i}: kept root {name}"), &r.digest, &k.digest),
-                None => assert!(idx < due, "cut {i}: kept root {name} vanished but was not due for pruning"),
-            }
-        }
-        for t in &cut.trash {
-            assert!(
-                prev.trash.contains(t) || trash_entry_of(t, &prev),
-                "cut {i}: the trash holds {t}, which is no root the cut boot could discard"
-            );
-        }
-
-        // --- the next boot: recovers, boots fresh, keeps exactly what the policy says.
-        let (rec_report, rec_out) = report(&m, &format!("ovl_crash_recover_{i:02}"), "");
-        check_fresh(&s, &rec_report, &rec_out);
-        let rec = &rec_report["boot_record"];
-        assert_eq!(rec["warnings"], serde_json::json!([]), "recovery after cut {i}: {rec}");
-        assert_eq!(marker(&rec_report), None, "after cut {i}: the recovery boot's root has an old marker");
-        let steps = [
-            (left == Left::Skeleton, "deleted the overlay skeleton /rwlayer.dockroot-skel".to_string()),
-            (left == Left::TmpOnly, "deleted the half-built /rwlayer.dockroot-tmp".to_string()),
-            (left == Left::ReadyAndCurrent, "deleted the uninstalled /rwlayer.dockroot-ready".to_string()),
-            (left == Left::ReadyWithoutCurrent, "installed /rwlayer.dockroot-ready".to_string()),
-        ];
-        assert_recovery_steps(&format!("after cut {i} ({left:?})"), rec, &steps);
-
-        let now = m.modify(|top| {
-            let st = DiskState::read(top);
-            put_marker(top, &format!("recovery {i}"));
-            (st, Root::read(&top.join("rwlayer")).unwrap())
-        });
-        let (now, marked) = now;
-        assert_same_digest(&format!("after cut {i}: the disk outside the rw layer"), &prev.outside, &now.outside);
-        assert!(now.leftovers().is_empty(), "after cut {i}: leftovers after a successful boot: {:?}", now.leftovers());
-        let cur = now.current.as_ref().expect("no rw layer after the recovery boot");
-        assert_same_digest(&format!("after cut {i}: the recovery boot's root"), &fresh, &cur.content());
-        // Kept: the newest KEEP of the old kept ones, the old current, and the cut boot's root if it got that far.
-        let cut_root = match left {
-            Left::ReadyWithoutCurrent => cut.ready.clone(),
-            Left::Installed => cut.current.clone(),
-            _ => None,
-        };
-        let kept_before: Vec<&Digest> = prev.kept.values().map(|r| &r.digest).collect();
-        let kept_now: BTreeMap<String, &Digest> = now.kept.iter().map(|(n, r)| (n.clone(), &r.digest)).collect();
-        assert_kept_after_recovery(
-            &format!("after cut {i}"),
-            &kept_now,
-            &kept_before,
-            &old.digest,
-            cut_root.as_ref().map(|r| &r.digest),
-            KEEP,
-        );
-        let retired = rec["retired"].as_str().unwrap_or_default();
-        let retired_created = cut_root.as_ref().unwrap_or(old).created();
-        assert!(
-            retired.starts_with(&format!("/rwlayer.kept/{retired_created}-")),
-            "after cut {i}: the recovery boot retired {retired}, expected the root made at {retired_created}"
-        );
-
+        let c = e.cut(&format!("ovl_crash_kill_{i:02}"), at);
+        *seen.entry(c.left).or_default() += 1;
+        let recovered = recover(&s, &mut e, &format!("ovl_crash_recover_{i:02}"), &format!("recovery {i}"));
         table.add(format!(
-            "{i:2} {:<44} killed {:<8} left {:<20} recovered {} trash {:?}",
-            format!(
-                "{at:?} (+{} ms after {:?})",
-                kill.delay.as_millis(),
-                kill.needle.chars().take(24).collect::<String>()
-            ),
-            format!(
-                "{:.2}s{}",
-                power_cut.at.as_secs_f64(),
-                if power_cut.after_needle.is_none() { " (deadline)" } else { "" }
-            ),
-            format!("{left:?}"),
-            rec["recovered"],
-            now.trash,
+            "{i:2} {} left {:<20} recovered {recovered} trash {:?}",
+            cut_column(&c),
+            format!("{:?}", c.left),
+            e.state.trash,
         ));
-        prev = DiskState { current: Some(marked), ..now };
-        reference = rec_out;
     }
     table.add(format!("states reached: {seen:?}"));
     // Before the new root exists, and the new root installed: the sample's image and
@@ -867,22 +679,103 @@ fn overlay_power_cuts_during_the_boot_lose_nothing() {
     for w in [Left::Nothing, Left::Installed] {
         assert!(seen.contains_key(&w), "no cut left {w:?}: {seen:?}");
     }
-    // What the cuts and pruning put into the trash is deleted within a few more boots.
-    let mut trash = prev.trash.clone();
-    let mut boots = 0;
-    while !trash.is_empty() {
-        boots += 1;
-        assert!(boots <= 3, "the trash is not empty after {} persist boots: {trash:?}", boots - 1);
-        let (r, _) = report(&m, &format!("ovl_crash_persist_{boots}"), "dockroot.boot=persist");
-        assert_eq!(r["boot_record"]["booted"], "persist");
-        trash = m.inspect(|top| names_in(&top.join(TRASH)));
-    }
+    empty_the_trash(&m, &e, "ovl_crash");
 }
 
-/// Whether a trash entry is a root the boot after `prev` could discard: a kept root
-/// it pruned, or its own tmp/ready root (names are `<stamp>-<pid>-<name>.<n>`).
-fn trash_entry_of(entry: &str, prev: &DiskState) -> bool {
-    let Some((stem, _)) = entry.rsplit_once('.') else { return false };
-    ["rwlayer.dockroot-tmp", "rwlayer.dockroot-ready"].iter().any(|n| stem.ends_with(&format!("-{n}")))
-        || prev.kept.keys().any(|k| stem.ends_with(&format!("-{k}")))
+/// Pairs of kill points: the first cuts a boot, the second the boot after it (which
+/// starts by recovering what the first left), most telling first.
+const DOUBLE: &[(At, At)] = &[
+    (At::Line(RETIRED, 0), At::Line(LINE_ROOT_DEVICE, 0)),
+    (At::Line(FRESH, 0), At::Line(RETIRED, 0)),
+    (At::Line(RETIRED, 3), At::Line(IMAGE, 0)),
+    (At::Work(0.5), At::Line(MOUNTED_TMP, 0)),
+];
+
+/// A second power cut during the boot after a cut (while it recovers, or builds its
+/// own root on top of what it recovered): each cut is checked against the disk its
+/// boot started from, and the next boot recovers, boots a fresh overlay and keeps the
+/// newest roots of the whole chain, nothing lost.
+#[test]
+fn overlay_a_second_cut_during_the_recovery_boot_loses_nothing() {
+    let s = store();
+    let m = machine(&s, &format!("dockroot.keep={KEEP}"));
+    let mut e = setup(&m, "ovl_double");
+    let mut table = Table(Vec::new(), "overlay-double-cut-table.txt");
+    let firsts: Vec<At> = DOUBLE.iter().map(|d| d.0).collect();
+    for (i, first) in cut_points(&firsts).into_iter().enumerate() {
+        let a = e.cut(&format!("ovl_double_kill_{i:02}_a"), first);
+        let b = e.cut(&format!("ovl_double_kill_{i:02}_b"), DOUBLE[i].1);
+        let recovered = recover(&s, &mut e, &format!("ovl_double_recover_{i:02}"), &format!("recovery {i}"));
+        table.add(format!(
+            "double {i:2} {} left {:<20} then {} left {:<20} recovered {recovered}",
+            cut_column(&a),
+            format!("{:?}", a.left),
+            cut_column(&b),
+            format!("{:?}", b.left)
+        ));
+    }
+    empty_the_trash(&m, &e, "ovl_double");
+}
+
+/// dockroot's line when a previous boot starts copying the kept root.
+const COPY: &str = "dockroot.boot=previous: booting a copy of";
+
+/// Kill points of previous boots, most telling first.
+const PREVIOUS_POINTS: &[At] = &[
+    At::Line(RETIRED, 0),
+    At::Line(COPY, 0),
+    At::Work(0.5),
+    At::Line(MOUNTED_ROOT, 0),
+    At::Line(RETIRED, 3),
+    At::Line(COPY, 20),
+    At::Work(0.8),
+    At::Work(0.25),
+    At::Line(LINE_READY, 0),
+];
+
+/// A previous boot run to the end, checked by the engine (it booted a copy of the
+/// newest kept root, whose files the copy holds) and here: the booted system saw the
+/// copy's marker; the host then marks the new root with `mark`.
+fn recover_previous(e: &mut CutEngine, name: &str, mark: &str) -> Value {
+    let r = e.recover(name, "");
+    let rec = &r.report["boot_record"];
+    assert_eq!(rec["rw_layer_kind"], "overlay", "{rec}");
+    check_overlay_root(&r.report, &r.out);
+    let copied = e.modify(|top| {
+        let copied = std::fs::read_to_string(top.join("rwlayer/upper").join(MARKER)).ok();
+        put_marker(top, mark);
+        copied
+    });
+    assert!(copied.is_some(), "{name}: the copy has no marker");
+    assert_eq!(marker(&r.report), copied, "{name}: the booted system did not see the copy");
+    rec["recovered"].clone()
+}
+
+/// Power cuts while `dockroot.boot=previous` copies a kept overlay root: each cut
+/// leaves the old root or a complete copy, and the next previous boot recovers and
+/// boots a copy of the newest kept root (its marker), keeping the newest roots;
+/// nothing else changes.
+#[test]
+fn overlay_power_cuts_during_a_previous_copy_lose_nothing() {
+    let s = store();
+    let m = machine(&s, &format!("dockroot.keep={KEEP}"));
+    let mut e = setup(&m, "ovl_prev");
+    e.mode = Mode::Previous;
+    // A previous boot to the end: the reference of the first cut.
+    recover_previous(&mut e, "ovl_prev_setup_3", "setup 3");
+    let mut table = Table(Vec::new(), "overlay-previous-cut-table.txt");
+    let mut seen: BTreeMap<Left, usize> = BTreeMap::new();
+    for (i, at) in cut_points(PREVIOUS_POINTS).into_iter().enumerate() {
+        let c = e.cut(&format!("ovl_prev_kill_{i:02}"), at);
+        *seen.entry(c.left).or_default() += 1;
+        let recovered = recover_previous(&mut e, &format!("ovl_prev_recover_{i:02}"), &format!("recovery {i}"));
+        table.add(format!(
+            "previous {i:2} {} left {:<20} recovered {recovered} trash {:?}",
+            cut_column(&c),
+            format!("{:?}", c.left),
+            e.state.trash,
+        ));
+    }
+    table.add(format!("previous: states reached: {seen:?}"));
+    empty_the_trash(&m, &e, "ovl_prev");
 }
