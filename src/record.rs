@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Params;
 use crate::devices::BlockDevice;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{self, Resolved};
 
 /// Stage timings, for the closing log line and the boot record.
@@ -50,19 +50,35 @@ pub const CONFIG: &str = "/run/dockroot/config.json";
 /// (under a temporary name, then renamed, so the booted system never sees half
 /// a file), with `mode`. `None` when this initramfs has no such file.
 pub fn leave(from: &str, to: &'static str, mode: u32) -> Result<Option<&'static str>> {
-    use crate::error::Context;
-    use std::os::unix::fs::PermissionsExt;
-    if !std::path::Path::new(from).is_file() {
-        return Ok(None);
-    }
-    let tmp = format!("{to}.tmp");
-    let copy = || -> std::io::Result<()> {
-        std::fs::create_dir_all("/run/dockroot")?;
-        std::fs::copy(from, &tmp)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        std::fs::rename(&tmp, to)
+    use rustix::fs::{Mode, OFlags};
+    let src = match rustix::fs::open(from, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(Error::with(format!("opening {from}"), e)),
     };
-    copy().context(|| format!("copying {from} to {to}"))?;
+    let tmp = format!("{to}.tmp");
+    let copy = || -> rustix::io::Result<()> {
+        match rustix::fs::mkdir("/run/dockroot", Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e),
+        }
+        let len = rustix::fs::fstat(&src)?.st_size;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC;
+        let dst = rustix::fs::open(tmp.as_str(), flags, Mode::from_raw_mode(mode))?;
+        rustix::fs::fchmod(&dst, Mode::from_raw_mode(mode))?;
+        // The kernel copies; a file grows no larger than it was (a bound on the loop).
+        let mut left = u64::try_from(len).unwrap_or(0);
+        while left > 0 {
+            match rustix::fs::sendfile(&dst, &src, None, usize::try_from(left).unwrap_or(usize::MAX)) {
+                Ok(0) => break,
+                Ok(n) => left = left.saturating_sub(n as u64),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        rustix::fs::rename(tmp.as_str(), to)
+    };
+    copy().map_err(|e| Error::with(format!("copying {from} to {to}"), e))?;
     Ok(Some(to))
 }
 
