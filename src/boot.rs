@@ -17,7 +17,7 @@ use crate::mounts::{self, NEW_ROOT, STAGING_TOP};
 use crate::nextboot::{self, ImageSource};
 use crate::record::{self, Record, Timings};
 use crate::rwlayer::{At, Existing, RwStore};
-use crate::{logging, modules, switch_root};
+use crate::{kernel, logging, modules, switch_root};
 
 /// The reboot delay in effect (the default until the command line is read);
 /// the panic hook reads it.
@@ -164,6 +164,12 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
             .context(|| format!("unmounting {STAGING_TOP}"))
     })?;
     let init = switch_root::find_init(new_root.as_fd(), &candidates)?;
+    // The image's modules for the running kernel (after an update they may be for another).
+    let kernel = kernel::assess(&kernel::running_release(), kernel::image_releases(new_root.as_fd()));
+    if let Some(w) = kernel.warning() {
+        record.warn(w);
+    }
+    record.kernel = kernel.to_json();
     drop(new_root);
 
     // 10. The commands and the embedded config for the booted system, the record, and the switch.

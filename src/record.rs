@@ -109,6 +109,8 @@ pub struct Record {
     pub trash_deleter: bool,
     /// Where the `dockroot` commands were left ([`leave`]).
     pub commands: Option<&'static str>,
+    /// The running kernel and the image's modules ([`crate::kernel::KernelCheck::to_json`]).
+    pub kernel: serde_json::Value,
     /// Where the embedded config was left ([`CONFIG`]).
     pub config: Option<&'static str>,
     /// Where the image came from ([`crate::nextboot::ImageSource::name`]).
@@ -162,6 +164,7 @@ impl Record {
             "image": image,
             "image_source": self.image_source,
             "commands": self.commands,
+            "kernel": self.kernel,
             "config": self.config,
             "fallback": fallback,
             "rw_layer": self.rw_layer,

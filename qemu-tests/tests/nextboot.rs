@@ -60,6 +60,8 @@ fn switch_once_reset_rollback_and_status_across_boots() {
     assert_eq!(booted_image(&r), "variant", "{}", r["boot_record"]);
     assert_eq!(r["boot_record"]["image_source"], "dockroot switch", "{}", r["boot_record"]);
     assert_eq!(r["boot_record"]["commands"], "/run/dockroot/dockroot", "{}", r["boot_record"]);
+    // The test image ships no kernel modules: nothing to compare, no warning.
+    assert_eq!(r["boot_record"]["kernel"]["modules_match"], Value::Null, "{}", r["boot_record"]);
     let ran = &r["runs"][0];
     assert_eq!(ran["code"], 0, "{ran}");
     assert_eq!(ran["stdout"], format!("dockroot {}\n", env!("CARGO_PKG_VERSION")), "{ran}");
@@ -112,9 +114,22 @@ fn switch_once_reset_rollback_and_status_across_boots() {
     assert_eq!(r["boot_record"]["image_source"], "dockroot.image= on the kernel command line");
     m.inspect(|top| assert!(std::fs::read_to_string(next_file(top)).unwrap().contains(VARIANT)));
 
-    // A corrupt file: a warning, and the embedded config's image.
-    m.modify(|top| std::fs::write(next_file(top), b"{\"dockroot_next_boot\": 1, \"switch\": {\"image\": ").unwrap());
-    let r = m.report("switch_corrupt", "");
+    // A corrupt file: a warning, and the embedded config's image. And from now on the
+    // image has modules, but for another kernel (its top layer brings them): a WARNING
+    // naming both releases, on the console, in kmsg and in boot.json.
+    m.modify(|top| {
+        std::fs::write(next_file(top), b"{\"dockroot_next_boot\": 1, \"switch\": {\"image\": ").unwrap();
+        std::fs::create_dir_all(top.join("toplayer/lib/modules/0.0.0-other")).unwrap();
+    });
+    let (r, out) = m.report_and_output("switch_corrupt", "");
+    let kernel = &r["boot_record"]["kernel"];
+    let running = kernel["running"].as_str().expect("the running release").to_string();
+    assert_eq!(kernel["modules_match"], false, "{kernel}");
+    assert_eq!(kernel["image_modules"], serde_json::json!(["0.0.0-other"]), "{kernel}");
+    let warning = format!("WARNING: the running kernel is {running} but the image has modules only for 0.0.0-other");
+    assert!(out.contains(&warning), "not on the console: {}", out.tail(20));
+    assert!(r["kmsg_dockroot"].to_string().contains(&warning), "not in kmsg: {}", r["kmsg_dockroot"]);
+    assert!(r["boot_record"]["warnings"].to_string().contains(&warning), "{}", r["boot_record"]);
     assert_eq!(booted_image(&r), "os", "{}", r["boot_record"]);
     assert_eq!(r["boot_record"]["image_source"], "the embedded config");
     let warnings = r["boot_record"]["warnings"].to_string();
