@@ -166,11 +166,22 @@ fn switch_once_reset_rollback_and_status_across_boots() {
     });
     assert!(said.contains(&format!("the previous image {os_id} (of /rwlayer.kept/")), "{said}");
     assert!(said.contains("fresh from Docker (btrfs)"), "{said}");
-    let r = m.report("rollback", "");
+    let r = m.report("rollback", r#"-- --run "/run/dockroot/dockroot status --json""#);
     assert_eq!(booted_image(&r), "os", "{}", r["boot_record"]);
     assert_eq!(r["boot_record"]["booted"], "fresh");
     assert_eq!(r["boot_record"]["image"]["id"], os_id.as_str());
     assert_eq!(r["boot_record"]["image_source"], "dockroot rollback");
+    // status after a rollback: it boots again, by the image's ID, with its kept root as the way back.
+    let st: Value = serde_json::from_str(r["runs"][0]["stdout"].as_str().unwrap()).expect("status --json");
+    let next = &st["next_boot"];
+    assert_eq!(st["booted"]["image_source"], "dockroot rollback", "{st:#}");
+    assert_eq!(next["image_source"], "dockroot rollback", "{st:#}");
+    assert_eq!(next["image"], os_id.as_str(), "{st:#}");
+    assert_eq!(next["switch"]["image"], os_id.as_str(), "{st:#}");
+    assert!(next["switch"]["kept"].as_str().is_some_and(|k| k.ends_with(&os_id[7..19])), "{st:#}");
+    assert_eq!(next["once"], Value::Null, "{st:#}");
+    assert_eq!((&next["action"], &next["update_pending"]), (&Value::from("fresh"), &Value::from(false)), "{st:#}");
+    assert_eq!(st["kernel"]["modules"], false, "the image's modules are for 0.0.0-other: {st:#}");
 
     // A rollback whose image left the stores boots a copy of its kept root (the
     // newest: the variant root the rollback retired), saying why; not a fallback.
