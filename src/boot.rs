@@ -135,6 +135,7 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
         record.warn(w);
     }
     let rollback_kept = next.rollback_kept;
+    let carry_image = (next.source == ImageSource::Once).then(|| image.to_string());
     if matches!(next.source, ImageSource::Once | ImageSource::Switch | ImageSource::Rollback) {
         log::info!("booting image {} as chosen with {} ({})", image, next.source.name(), next.shown);
     }
@@ -143,7 +144,8 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
 
     // 6-8. The image, the rw layer, the top layer: the root the policy chooses.
     let candidates = switch_root::init_candidates(params.init.as_deref());
-    let ctx = Ctx { cfg: &cfg, root_dev: &root_dev, policy: &policy, candidates: &candidates, rollback_kept };
+    let ctx =
+        Ctx { cfg: &cfg, root_dev: &root_dev, policy: &policy, candidates: &candidates, rollback_kept, carry_image };
     let mut devs = Devices { waiter, hooks };
     let booted = choose::choose_root(&ctx, &mut t, &store, top.as_fd(), &mut devs, &mut record)?;
     record.kept = store.kept().map(|k| k.iter().map(|n| store.kept_shown(n)).collect()).unwrap_or_default();
@@ -166,10 +168,10 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     let init = switch_root::find_init(new_root.as_fd(), &candidates)?;
     // The image's modules for the running kernel (after an update they may be for another).
     let kernel = kernel::assess(&kernel::running_release(), kernel::image_releases(new_root.as_fd()));
-    if let Some(w) = kernel.warning() {
+    if let Some(w) = kernel.warning(kernel::no_kexec_reason()) {
         record.warn(w);
     }
-    record.kernel = kernel.to_json();
+    record.kernel = kernel.to_json(params.kexec_from.as_deref(), kernel::no_kexec_reason());
     drop(new_root);
 
     // 10. The commands and the embedded config for the booted system, the record, and the switch.

@@ -16,7 +16,7 @@ use crate::mounts::{mkdir_p, mount, mount_overlay_root, open_dir_path, NEW_ROOT,
 use crate::record::{Record, Timings};
 use crate::rwlayer::{self, At, Existing, RootInfo, RwStore};
 use crate::store::{self, Resolved};
-use crate::{btrfs, switch_root, toplayer};
+use crate::{btrfs, kernel, switch_root, toplayer};
 
 /// The fresh root, built under the temporary name: resolve the image,
 /// snapshot it, apply the top layer, check the init.
@@ -81,7 +81,15 @@ pub fn build_fresh(
     })?;
     switch_root::find_init(new.as_fd(), ctx.candidates)
         .map_err(|e| e.context(format!("in image {}", resolved.reference)))?;
+    image_kernel(ctx, new.as_fd());
     Ok(resolved)
+}
+
+/// Boot the finished root's own kernel instead of this one when it has no
+/// modules for this one ([`kernel::try_kexec`]; returns when it does not).
+fn image_kernel(ctx: &Ctx, new: BorrowedFd<'_>) {
+    let p = &ctx.cfg.params;
+    kernel::try_kexec(new, &ctx.cfg.cmdline, p.kexec, p.kexec_from.as_deref(), ctx.carry_image.as_deref());
 }
 
 /// An overlay root at the temporary name, mounted on [`NEW_ROOT`] for the
@@ -94,7 +102,9 @@ fn build_in_overlay(ctx: &Ctx, t: &mut Timings, store: &RwStore, devs: &mut Devi
         t.run("top layer", || {
             apply_top_layer(&ctx.cfg.params, &ctx.cfg.root, ctx.root_dev, ctx.policy, devs, new.as_fd())
         })?;
-        switch_root::find_init(new.as_fd(), ctx.candidates).map(drop)
+        switch_root::find_init(new.as_fd(), ctx.candidates)?;
+        image_kernel(ctx, new.as_fd());
+        Ok(())
     });
     let unmounted = rustix::mount::unmount(NEW_ROOT, rustix::mount::UnmountFlags::empty())
         .context(|| format!("unmounting the new overlay root from {NEW_ROOT}"));

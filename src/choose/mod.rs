@@ -27,6 +27,9 @@ pub struct Ctx<'a> {
     pub candidates: &'a [String],
     /// `dockroot rollback`'s kept root, copied when its image cannot be made fresh.
     pub rollback_kept: Option<String>,
+    /// The image to name on the command line of a kernel this boot kexecs into,
+    /// when the choice would otherwise be lost (a one-shot choice).
+    pub carry_image: Option<String>,
 }
 
 /// The device waiter and the module hooks, kept for later waits (the top layer's device).

@@ -28,6 +28,8 @@ pub struct BootConfig {
     pub store: StoreOptions,
     /// The image to boot: `dockroot.image=`, else the embedded config's.
     pub image: ImageSpec,
+    /// The kernel command line as read (passed on to a kernel dockroot kexecs into).
+    pub cmdline: String,
 }
 
 /// The embedded config as read: where it is (as shown in messages) and its bytes.
@@ -68,7 +70,7 @@ impl BootConfig {
         };
         let root = RootPlan::from_params(&params)?;
         let store = store_options(&split(cmdline).0, &root.docker_path).context(|| "in the kernel command line")?;
-        Ok(BootConfig { params, root, store, image })
+        Ok(BootConfig { params, root, store, image, cmdline: cmdline.to_string() })
     }
 }
 

@@ -33,7 +33,7 @@ const MAX_SECONDS: u64 = 86_400;
 
 /// Every kernel parameter dockroot reads (the key, without `=`), in the
 /// README's order. Any other `dockroot.*` key is warned about and ignored.
-pub const PARAMETERS: [&str; 26] = [
+pub const PARAMETERS: [&str; 28] = [
     "root",
     "rootflags",
     "dockroot.rw",
@@ -60,6 +60,8 @@ pub const PARAMETERS: [&str; 26] = [
     "dockroot.containerd_namespace",
     "dockroot.platform",
     "dockroot.debug",
+    "dockroot.kexec",
+    "dockroot.kexec_from",
 ];
 
 /// Test builds only (`--features fault-injection`): `dockroot.fault=`, read by the boot.
@@ -120,6 +122,11 @@ pub struct Params {
     pub reboot_delay: Duration,
     /// `dockroot.debug`: debug messages on the console too.
     pub debug: bool,
+    /// `dockroot.kexec=on|off`: boot the image's own kernel when the running one has no modules in it.
+    pub kexec: bool,
+    /// `dockroot.kexec_from=RELEASE`: set by dockroot on the command line of the kernel it
+    /// kexecs into (the release it came from), so that a power-on kexecs at most once.
+    pub kexec_from: Option<String>,
     /// `dockroot.boot=`: fresh (default), previous or persist.
     pub mode: BootMode,
     /// `dockroot.keep=`: how many previous roots to keep.
@@ -150,6 +157,8 @@ impl Default for Params {
             rootdelay: Duration::ZERO,
             reboot_delay: DEFAULT_REBOOT_DELAY,
             debug: false,
+            kexec: true,
+            kexec_from: None,
             mode: BootMode::Fresh,
             keep: DEFAULT_KEEP,
             fault: None,
@@ -198,6 +207,18 @@ impl Params {
                 "dockroot.timeout" => explicit_timeout = Some(seconds("dockroot.timeout", v.unwrap_or(""))?),
                 "dockroot.reboot_delay" => p.reboot_delay = seconds("dockroot.reboot_delay", v.unwrap_or(""))?,
                 "dockroot.debug" => p.debug = true,
+                "dockroot.kexec" => {
+                    p.kexec = match v {
+                        None | Some("on") => true,
+                        Some("off") => false,
+                        Some(other) => {
+                            return Err(Error::msg(format!(
+                                "kernel parameter dockroot.kexec={other}: expected on or off"
+                            )))
+                        }
+                    }
+                }
+                "dockroot.kexec_from" => p.kexec_from = Some(text("dockroot.kexec_from")?),
                 "dockroot.boot" => {
                     p.mode = match v {
                         Some("fresh") => BootMode::Fresh,
