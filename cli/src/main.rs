@@ -2,6 +2,10 @@
 //! is `dockroot-init`; both read disks and decide through the same library.
 
 mod args;
+// The init's stand-ins for glibc's __assert_fail and dcgettext: the commands are
+// static too and carried in every initramfs, so they shed the same ~80 KB.
+#[path = "../../src/glibc.rs"]
+mod glibc;
 mod partition;
 mod plan;
 mod rollback;

@@ -79,11 +79,12 @@ pub fn device_of(root: &str) -> Result<PathBuf> {
 /// Is `dev` the device `root=` names? Checked by what the spec matches on
 /// (label, UUID, PARTUUID, PARTLABEL), as the init would match it; a `/dev/NAME`
 /// or `MAJ:MIN` spec names a device of the machine that boots, so it is not
-/// checked against a device of this one.
-pub fn check_device(dev: &Path, root: &str) -> Result<()> {
+/// checked against a device of this one. `Ok(Some(why))` when it is not the
+/// device; an error when it cannot be looked at.
+pub fn check_device(dev: &Path, root: &str) -> Result<Option<String>> {
     let spec = DeviceSpec::parse(root).map_err(|e| e.context(format!("root={root}")))?;
     if matches!(spec, DeviceSpec::Path(_) | DeviceSpec::MajMin(..)) {
-        return Ok(());
+        return Ok(None);
     }
     let st = rustix::fs::stat(dev).map_err(|e| Error::with(format!("--device {}", dev.display()), e))?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::BlockDevice {
@@ -95,8 +96,8 @@ pub fn check_device(dev: &Path, root: &str) -> Result<()> {
         return Err(Error::msg(format!("--device {}: not in /sys/class/block", dev.display())));
     };
     match devices::find(&spec, std::slice::from_ref(found))? {
-        Some(_) => Ok(()),
-        None => Err(Error::msg(format!(
+        Some(_) => Ok(None),
+        None => Ok(Some(format!(
             "--device {} is not the device root={root} names, so the boot would not use it; it is:\n{}",
             dev.display(),
             devices::describe(std::slice::from_ref(found)).trim_end()
@@ -117,7 +118,9 @@ pub fn with_top<T>(
     match at {
         Where::Top(dir) => f(dir, None),
         Where::Device(dev) => {
-            check_device(dev, root)?;
+            if let Some(why) = check_device(dev, root)? {
+                return Err(Error::msg(why));
+            }
             with_device_mounted(dev, writable, |top| f(top, Some(dev)))
         }
         Where::FromCmdline => {

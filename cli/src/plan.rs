@@ -74,9 +74,16 @@ pub fn run(argv: Vec<OsString>) -> u8 {
     };
     let root = Params::from_cmdline(&cmdline).map(|p| p.root.unwrap_or_default()).unwrap_or_default();
     if let Where::Device(dev) = &a.at {
-        if let Err(e) = partition::check_device(dev, &root) {
-            eprintln!("dockroot plan: {e}");
-            return EXIT_NOT_THE_DEVICE;
+        match partition::check_device(dev, &root) {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                eprintln!("dockroot plan: {why}");
+                return EXIT_NOT_THE_DEVICE;
+            }
+            Err(e) => {
+                eprintln!("dockroot plan: {e}");
+                return 1;
+            }
         }
     }
     let describe = |top: &Path, device: Option<&Path>| -> Result<plan::Plan> {

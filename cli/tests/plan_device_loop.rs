@@ -97,6 +97,11 @@ fn plan_checks_the_device_names_partition_paths_and_leaves_nothing() {
         plan(&["--device", &right.dev, "--cmdline", "root=LABEL=dockroot-cli dockroot.image=os"]);
     assert_ne!(code, 0, "{out}{err}");
     assert!(left.is_empty(), "left behind: {left:?}");
+    // A device that is not there: it could not look (1), not "another device" (5).
+    let (code, out, err, left) = plan(&["--device", "/nonexistent/dev", "--cmdline", CMDLINE]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("/nonexistent/dev"), "{err}");
+    assert!(left.is_empty(), "left behind: {left:?}");
     // Neither does a device that cannot be mounted.
     let (code, out, err, left) =
         plan(&["--device", "/dev/null", "--cmdline", "root=/dev/null rootflags=subvol=rw dockroot.image=os"]);
