@@ -12,6 +12,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod fork;
+pub mod heap;
 pub mod kernel;
 pub mod logging;
 pub mod modules;

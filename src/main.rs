@@ -5,6 +5,7 @@
 #![no_main]
 
 mod glibc;
+mod malloc;
 
 const USAGE: &str = "usage: dockroot-init [--version | --help]
 
