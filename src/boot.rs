@@ -15,7 +15,7 @@ use crate::devices::{self, DeviceSpec, WaitHooks, WaitPolicy};
 use crate::error::{Context, Error, Result};
 use crate::mounts::{self, NEW_ROOT, STAGING_TOP};
 use crate::nextboot::{self, ImageSource};
-use crate::record::{self, Record, Timings};
+use crate::record::{self, Booted, Record, Timings};
 use crate::rwlayer::{At, Existing, RwStore};
 use crate::{kernel, logging, modules, switch_root};
 
@@ -134,12 +134,15 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     for w in next.warnings {
         record.warn(w);
     }
-    let rollback_kept = next.rollback_kept;
+    let mut rollback_kept = next.rollback_kept;
     let carry_image = (next.source == ImageSource::Once).then(|| image.to_string());
     if matches!(next.source, ImageSource::Once | ImageSource::Switch | ImageSource::Rollback) {
         log::info!("booting image {} as chosen with {} ({})", image, next.source.name(), next.shown);
     }
     record.image_source = next.source.name();
+    // Boot counting: an image that used its tries unblessed is refused, and
+    // the boot goes back to the newest blessed one.
+    let count = choose::counting::prepare(&cfg, &store, &mut image, &mut rollback_kept, &mut record);
     cfg.image = image;
 
     // 6-8. The image, the rw layer, the top layer: the root the policy chooses.
@@ -148,6 +151,13 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
         Ctx { cfg: &cfg, root_dev: &root_dev, policy: &policy, candidates: &candidates, rollback_kept, carry_image };
     let mut devs = Devices { waiter, hooks };
     let booted = choose::choose_root(&ctx, &mut t, &store, top.as_fd(), &mut devs, &mut record)?;
+    // A fresh root of the image on trial uses its try now, before switch_root:
+    // a hang, a crash or a power cut from here on counts.
+    if let (Some(c), Booted::Fresh(r)) = (&count, &booted) {
+        if r.image_id == c.image {
+            choose::counting::use_try(&store, c, &mut record);
+        }
+    }
     record.kept = store.kept().map(|k| k.iter().map(|n| store.kept_shown(n)).collect()).unwrap_or_default();
     record.rw_layer = store.rw_shown();
 

@@ -28,6 +28,7 @@ pub mod rwlayer;
 pub mod store;
 pub mod switch_root;
 pub mod toplayer;
+pub mod trial;
 pub mod uevent;
 
 pub use error::{Context, Error, Result};

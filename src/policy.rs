@@ -17,7 +17,10 @@
 //! Whether a root has an init is looked up only when the rule needs to know
 //! ([`Decision::Check`]): a normal boot never looks at the kept roots.
 
+use std::collections::BTreeMap;
+
 use crate::config::BootMode;
+use crate::trial;
 
 /// Whether a root can boot (it exists and has an init).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +232,78 @@ pub fn decide_with(f: &mut Facts, mut check: impl FnMut(&Which) -> Bootable) -> 
     Decision::Fail("the boot policy did not reach a decision (a bug in dockroot)".into())
 }
 
+/// Boot counting's part of the rule (`src/trial.rs`): what this boot does about
+/// the trial of the image it is asked to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrialPlan {
+    /// `dockroot.tries=0`: nothing is counted or refused.
+    Off,
+    /// The image is blessed: nothing to count.
+    Blessed,
+    /// The image is on trial: this boot uses a try, moving its state to `to`
+    /// (from `from`: new tries after `dockroot.trial=retry`).
+    Count { from: trial::State, to: trial::State },
+    /// The image is refused (`reason`): boot `back` instead, the newest root
+    /// whose image was blessed, or the refused image anyway when there is none.
+    Refused { reason: String, back: Option<Back> },
+}
+
+/// Where a refused image's boot goes back to: the blessed image, fresh from
+/// the store, else a copy of its kept root (`kept`; None: the current root is
+/// that image's, and the usual fallback to it as it is applies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Back {
+    /// `sha256:<hex>`.
+    pub image: String,
+    pub kept: Option<String>,
+}
+
+/// The trial rule (pure): `target` the image ID the boot asks for, `states`
+/// the trials directory's states, `tries` and `retry` the kernel parameters,
+/// `current` the current root's image ID, `kept` the kept roots' names
+/// (oldest first; each ends in 12 hex digits of its image ID).
+pub fn trial_plan(
+    target: &str,
+    states: &BTreeMap<String, (trial::State, Vec<String>)>,
+    tries: u8,
+    retry: bool,
+    current: Option<&str>,
+    kept: &[String],
+) -> TrialPlan {
+    use trial::{State, Step};
+    let Some(hex) = trial::id_hex(target) else { return TrialPlan::Off };
+    if tries == 0 {
+        return TrialPlan::Off;
+    }
+    let mut state = states.get(hex).map_or(State::New, |e| e.0);
+    if retry && state.refused() {
+        state = State::New;
+    }
+    match trial::on_boot(state, tries) {
+        Step::Nothing => TrialPlan::Blessed,
+        Step::Use(to) => TrialPlan::Count { from: state, to },
+        Step::Refused => {
+            let good = |h: &str| h != hex && states.get(h).is_some_and(|e| e.0 == State::Good);
+            let back = match current.and_then(trial::id_hex).filter(|h| good(h)) {
+                Some(h) => Some(Back { image: format!("sha256:{h}"), kept: None }),
+                None => kept.iter().rev().find_map(|name| {
+                    let short = kept_image_short(name)?;
+                    let full = states.keys().find(|h| h.starts_with(short) && good(h))?;
+                    Some(Back { image: format!("sha256:{full}"), kept: Some(name.clone()) })
+                }),
+            };
+            TrialPlan::Refused { reason: format!("image sha256:{hex} is {}", state.describe()), back }
+        }
+    }
+}
+
+/// The 12 hex digits of the image ID in a kept root's name (`<created>-<hex>[.N]`).
+fn kept_image_short(name: &str) -> Option<&str> {
+    let rest = name.split_once('-')?.1;
+    let short = rest.split('.').next()?;
+    (short.len() == 12 && short.bytes().all(|b| b.is_ascii_hexdigit())).then_some(short)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,5 +466,59 @@ mod tests {
             decide(&f),
             Decision::Fail("r; and no previous root could be booted: the kept roots cannot be listed: EIO".into())
         );
+    }
+
+    fn states(entries: &[(&str, trial::State)]) -> BTreeMap<String, (trial::State, Vec<String>)> {
+        entries.iter().map(|(h, s)| (h.to_string(), (*s, vec![trial::name(h, *s).unwrap()]))).collect()
+    }
+
+    #[test]
+    fn a_refused_image_goes_back_to_the_newest_blessed_root() {
+        use trial::State;
+        let x = "a".repeat(64);
+        let y = "b".repeat(64);
+        let z = "c".repeat(64);
+        let idx = format!("sha256:{x}");
+        let kept = vec![
+            format!("20261201T000000Z-{}", &z[..12]),
+            format!("20261202T000000Z-{}", &y[..12]),
+            format!("20261203T000000Z-{}", &x[..12]),
+        ];
+        // New, then on trial, then refused.
+        let none = states(&[]);
+        assert_eq!(
+            trial_plan(&idx, &none, 3, false, None, &kept),
+            TrialPlan::Count { from: State::New, to: State::Trial { left: 2, done: 1 } }
+        );
+        assert_eq!(trial_plan(&idx, &none, 0, false, None, &kept), TrialPlan::Off);
+        let used = states(&[(&x, State::Trial { left: 0, done: 3 }), (&y, State::Good), (&z, State::Good)]);
+        let TrialPlan::Refused { reason, back } = trial_plan(&idx, &used, 3, false, Some(&idx), &kept) else {
+            panic!()
+        };
+        assert_eq!(reason, format!("image sha256:{x} is refused: failed 3 boots without being blessed"));
+        assert_eq!(
+            back,
+            Some(Back { image: format!("sha256:{y}"), kept: Some(kept[1].clone()) }),
+            "the newest blessed"
+        );
+        // The current root's image, when blessed, is newer than any kept root.
+        let ids = format!("sha256:{z}");
+        let TrialPlan::Refused { back, .. } = trial_plan(&idx, &used, 3, false, Some(&ids), &kept) else { panic!() };
+        assert_eq!(back, Some(Back { image: ids.clone(), kept: None }));
+        // No blessed root: the refused image boots anyway (said by the caller).
+        let alone = states(&[(&x, State::Bad)]);
+        assert_eq!(
+            trial_plan(&idx, &alone, 3, false, None, &kept),
+            TrialPlan::Refused { reason: format!("image sha256:{x} is refused: dockroot bless bad"), back: None }
+        );
+        // dockroot.trial=retry gives new tries; a blessed image is not counted.
+        assert_eq!(
+            trial_plan(&idx, &used, 2, true, None, &kept),
+            TrialPlan::Count { from: State::New, to: State::Trial { left: 1, done: 1 } }
+        );
+        assert_eq!(trial_plan(&format!("sha256:{y}"), &used, 3, false, None, &kept), TrialPlan::Blessed);
+        assert_eq!(trial_plan("not-an-id", &used, 3, false, None, &kept), TrialPlan::Off);
+        assert_eq!(kept_image_short("20261203T000000Z-0123456789ab.2"), Some("0123456789ab"));
+        assert_eq!(kept_image_short("20261203T000000Z-unknown"), None);
     }
 }

@@ -115,6 +115,10 @@ pub struct Record {
     pub config: Option<&'static str>,
     /// Where the image came from ([`crate::nextboot::ImageSource::name`]).
     pub image_source: &'static str,
+    /// Boot counting (`choose::counting`): the image asked for and its trial.
+    pub trial: serde_json::Value,
+    /// A fallback that is a fresh root (a refused image's boot going back to a blessed one).
+    pub fallback: Option<serde_json::Value>,
 }
 
 impl Record {
@@ -154,6 +158,10 @@ impl Record {
                 serde_json::json!({"reason": reason, "booted": from}),
             ),
         };
+        let fallback = match (fallback, &self.fallback) {
+            (serde_json::Value::Null, Some(f)) => f.clone(),
+            (f, _) => f,
+        };
         let stages: serde_json::Map<String, serde_json::Value> =
             t.stages.iter().map(|(n, d)| (n.to_string(), serde_json::json!(d.as_secs_f64() * 1000.0))).collect();
         let fs = root_dev.fs.as_ref();
@@ -167,6 +175,7 @@ impl Record {
             "kernel": self.kernel,
             "config": self.config,
             "fallback": fallback,
+            "trial": self.trial,
             "rw_layer": self.rw_layer,
             "rw_layer_kind": self.rw_kind,
             "deleting_in_background": self.trash_deleter,

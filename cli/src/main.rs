@@ -2,6 +2,7 @@
 //! is `dockroot-init`; both read disks and decide through the same library.
 
 mod args;
+mod bless;
 // The init's stand-ins for glibc's __assert_fail and dcgettext: the commands are
 // static too and carried in every initramfs, so they shed the same ~80 KB.
 #[path = "../../src/glibc.rs"]
@@ -18,6 +19,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: dockroot COMMAND [OPTIONS]
 
 commands:
+  bless      this boot's image booted well (boot counting), or bad; --reset
   plan       a dry run: what the init would do with a disk and a kernel command line,
              changing nothing; its exit status says how the boot would go
   rollback   the next boots boot the previous image (a kept root's)
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
             println!("dockroot {}\n{USAGE}", env!("CARGO_PKG_VERSION"));
             0
         }
+        Some("bless") => bless::run(rest),
         Some("plan") => plan::run(rest),
         Some("rollback") => rollback::run(rest),
         Some("status") => status::run(rest),

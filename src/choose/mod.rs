@@ -3,6 +3,7 @@
 //! decision out ([`make`]) and, when that fails, adds the failure to the facts
 //! and asks again, until a root is in place or nothing can boot.
 
+pub mod counting;
 pub mod facts;
 mod make;
 

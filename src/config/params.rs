@@ -33,7 +33,7 @@ const MAX_SECONDS: u64 = 86_400;
 
 /// Every kernel parameter dockroot reads (the key, without `=`), in the
 /// README's order. Any other `dockroot.*` key is warned about and ignored.
-pub const PARAMETERS: [&str; 28] = [
+pub const PARAMETERS: [&str; 30] = [
     "root",
     "rootflags",
     "dockroot.rw",
@@ -53,6 +53,8 @@ pub const PARAMETERS: [&str; 28] = [
     "dockroot.reboot_delay",
     "dockroot.boot",
     "dockroot.keep",
+    "dockroot.tries",
+    "dockroot.trial",
     "dockroot.store",
     "dockroot.verify",
     "dockroot.podman_path",
@@ -131,6 +133,10 @@ pub struct Params {
     pub mode: BootMode,
     /// `dockroot.keep=`: how many previous roots to keep.
     pub keep: usize,
+    /// `dockroot.tries=N`: boots an image may take without being blessed (0: no counting).
+    pub tries: u8,
+    /// `dockroot.trial=retry`: give a refused image new tries (this boot's target only).
+    pub retry: bool,
     /// `dockroot.fault=`: a fault to inject (test builds only; ignored with a
     /// warning otherwise).
     pub fault: Option<String>,
@@ -161,6 +167,8 @@ impl Default for Params {
             kexec_from: None,
             mode: BootMode::Fresh,
             keep: DEFAULT_KEEP,
+            tries: crate::trial::DEFAULT_TRIES,
+            retry: false,
             fault: None,
             warnings: Vec::new(),
         }
@@ -239,6 +247,26 @@ impl Params {
                             "kernel parameter dockroot.keep={raw:?}: expected a number from 0 to {MAX_KEEP}"
                         ))
                     })?;
+                }
+                "dockroot.tries" => {
+                    let raw = v.unwrap_or("");
+                    let max = crate::trial::MAX_TRIES;
+                    p.tries = raw.parse().ok().filter(|n| *n <= max).ok_or_else(|| {
+                        Error::msg(format!(
+                            "kernel parameter dockroot.tries={raw:?}: expected a number from 0 to {max}"
+                        ))
+                    })?;
+                }
+                "dockroot.trial" => {
+                    p.retry = match v {
+                        Some("retry") => true,
+                        other => {
+                            return Err(Error::msg(format!(
+                                "kernel parameter dockroot.trial={}: expected retry",
+                                other.unwrap_or("")
+                            )))
+                        }
+                    }
                 }
                 // The image stores' own parameters ([`store_options`] reads them).
                 k if k.starts_with("dockroot.") && PARAMETERS.contains(&k) => {}
@@ -524,6 +552,12 @@ mod tests {
         let e = Params::parse(&split("dockroot.boot=yesterday").0).unwrap_err().to_string();
         assert!(e.contains("dockroot.boot=yesterday") && e.contains("fresh, previous or persist"), "{e}");
         assert!(Params::parse(&split("dockroot.keep=101").0).is_err());
+        let p = Params::parse(&split("dockroot.tries=5 dockroot.trial=retry").0).unwrap();
+        assert_eq!((p.tries, p.retry), (5, true));
+        assert_eq!(Params::parse(&split("").0).unwrap().tries, crate::trial::DEFAULT_TRIES);
+        assert_eq!(Params::parse(&split("dockroot.tries=0").0).unwrap().tries, 0);
+        assert!(Params::parse(&split("dockroot.tries=100").0).is_err());
+        assert!(Params::parse(&split("dockroot.trial=again").0).is_err());
         assert!(Params::parse(&split("dockroot.keep=-1").0).is_err());
     }
 

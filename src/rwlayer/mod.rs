@@ -291,6 +291,17 @@ impl RwStore {
         self.shown(&self.name)
     }
 
+    /// The boot counters beside the rw layer ([`crate::trial`]); with `create`,
+    /// made when missing, else None when missing.
+    pub fn trials(&self, create: bool) -> Result<Option<crate::trial::Trials>> {
+        crate::trial::Trials::open(self.parent.as_fd(), &self.parent_shown, &self.name, create)
+    }
+
+    /// The current root's image ID, as recorded when it was made.
+    pub fn current_image(&self) -> Option<String> {
+        read_info(self.open_root(&At::Current).ok()?.as_fd()).map(|i| i.image)
+    }
+
     fn tmp(&self) -> String {
         format!("{}{TMP_SUFFIX}", self.name)
     }
