@@ -103,7 +103,8 @@ fn status(a: &Args) -> Result<Value> {
     let record_path = a.record.clone().unwrap_or_else(|| PathBuf::from(BOOT_RECORD));
     let record = read_record(&record_path)?;
     let planned = partition::with_top(&a.at, &root, false, |top, device| {
-        plan::describe(&plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir: None, device })
+        let input = plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir: None, device, toplayer_device: None };
+        plan::describe(&input)
     })?;
     // The running kernel matters only for the machine that runs this.
     let kernel = match (&a.at, &a.cmdline) {
@@ -259,9 +260,11 @@ fn human(v: &Value) -> String {
     let n = &v["next_boot"];
     let image = format!("{} (from {})", s(&n["image"]), s(&n["image_source"]));
     out.push(match (s(&n["action"]).as_str(), &n["update_pending"]) {
-        ("fresh", Value::Bool(true)) => {
-            format!("next boot: UPDATE: {image} now resolves to {}; a fresh root of it", short(&n["image_id"]))
-        }
+        ("fresh", Value::Bool(true)) => format!(
+            "next boot: update pending: {image} now resolves to {}, not the booted {}; a fresh root of it",
+            short(&n["image_id"]),
+            short(&b["image"]["id"])
+        ),
         ("fresh", Value::Bool(false)) => format!("next boot: the same image again, fresh: {image}"),
         ("fresh", _) => format!("next boot: a fresh root of {image} ({})", short(&n["image_id"])),
         ("current", _) => format!("next boot: {} as it is", s(&v["rw_layer"])),
@@ -334,7 +337,9 @@ mod tests {
         let h = human(&v);
         assert!(h.contains("booted: os:1 (aaaaaaaaaaaa) from Docker (btrfs) at /d; fresh root /rw (subvolume)"), "{h}");
         assert!(h.contains("kernel: 6.1.0: WARNING: the booted image has no /lib/modules/6.1.0"), "{h}");
-        assert!(h.contains("next boot: UPDATE: os:1 (from dockroot switch) now resolves to bbbbbbbbbbbb"), "{h}");
+        let pending = "next boot: update pending: os:1 (from dockroot switch) now resolves to bbbbbbbbbbbb, \
+                       not the booted aaaaaaaaaaaa; a fresh root of it";
+        assert!(h.contains(pending), "{h}");
         assert!(h.contains("  chosen with dockroot switch: os:1 (at 20261204T060000Z)"), "{h}");
         assert!(h.contains("/rw.kept/20261204T053000Z-aaaaaaaaaaaa (image aaaaaaaaaaaa, created 20261204T053000Z): cannot boot: no init"), "{h}");
         let none = human(&json!({"booted": null, "next_boot": {"action": "fail", "fail": "no root"}}));
