@@ -103,7 +103,8 @@ fn status(a: &Args) -> Result<Value> {
     let record_path = a.record.clone().unwrap_or_else(|| PathBuf::from(BOOT_RECORD));
     let record = read_record(&record_path)?;
     let planned = partition::with_top(&a.at, &root, false, |top, device| {
-        let input = plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir: None, device, toplayer_device: None };
+        let input =
+            plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir: None, device, toplayer_device: None };
         plan::describe(&input)
     })?;
     // The running kernel matters only for the machine that runs this.
