@@ -16,7 +16,7 @@
 //!   "next_boot": { "image", "image_source", "image_id": null | str, "image_error": null | str,
 //!                  "action": "fresh" | "current" | "copy" | "fail", "copy_of": null | str,
 //!                  "fallback": null | str, "fail": null | str, "update_pending": null | bool,
-//!                  "switch": null | { "image", "set" }, "once": null | { "image", "set" },
+//!                  "switch": null | { "image", "set", "kept" }, "once": null | { "image", "set", "kept" },
 //!                  "outcome": "as-asked" | "fallback" | "fail" } }
 //! ```
 

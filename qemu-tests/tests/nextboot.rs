@@ -287,15 +287,14 @@ fn switch_once_reset_rollback_and_status_across_boots() {
 /// The booted system's loop of `dockroot switch` commands (in the top layer, so in
 /// every fresh root): each round goes through every kind of file the command writes
 /// (from now on, another from now on, a one-shot beside it, removed), with a line on
-/// the console before each round for the power cut to time from.
+/// the console before each round for the power cut to time from, and one for a failure.
 const SWITCH_LOOP: &str = "i=0
 while [ $i -lt 30 ]; do
   i=$((i+1))
   echo \"dockroot-test: switch round $i.\" > /dev/kmsg
-  /run/dockroot/dockroot switch dockroot-test/os:latest
-  /run/dockroot/dockroot switch localhost:5000/team/os:v1
-  /run/dockroot/dockroot switch --once dockroot-test/os:latest
-  /run/dockroot/dockroot switch --reset
+  for a in dockroot-test/os:latest localhost:5000/team/os:v1 '--once dockroot-test/os:latest' --reset; do
+    /run/dockroot/dockroot switch $a > /dev/null 2>/tmp/err || echo \"dockroot-test: FAILED: switch $a: $(/bin/busybox cat /tmp/err)\" > /dev/kmsg
+  done
 done
 ";
 
@@ -367,6 +366,7 @@ fn a_power_cut_during_switch_leaves_the_old_or_the_new_choice() {
         let (logged, _) = expected_boot(&choices);
         assert!(out.contains(&format!("dockroot: image {logged} is sha256:")), "{name}: {}", out.tail(40));
         assert!(!out.contains("dockroot-next:"), "{name}: a warning about the file: {}", out.tail(40));
+        assert!(!out.contains("dockroot-test: FAILED"), "{name}: {}", out.tail(40));
         // Mounted read-write on the host, which replays the filesystem's log as the next boot would.
         choices = m.modify(choices_on_disk);
         seen.push(choices.clone());
