@@ -92,10 +92,14 @@ pub fn run(argv: Vec<OsString>) -> u8 {
     if let Err(code) = check_devices(&a, &root, params.toplayer.as_deref()) {
         return code;
     }
-    // The top layer's directory under a top level (of the root partition or of --toplayer-device).
-    let toplayer_under = |top: &Path| -> Result<PathBuf> {
-        let parts = RootPlan::from_params(&params).ok().and_then(|r| r.toplayer_on_root(&params).ok().flatten());
-        Ok(top.join(parts.unwrap_or_default().join("/")))
+    // The top layer's directory under a top level: toplayerflags=subvol= then toplayer_path=,
+    // which the root partition needs (None without it) and another device does not.
+    let toplayer_under = |top: &Path, on_root: bool| -> Option<PathBuf> {
+        let mut r = RootPlan::from_params(&params).ok()?;
+        if !on_root {
+            r.toplayer_path.get_or_insert_with(Vec::new);
+        }
+        Some(top.join(r.toplayer_on_root(&params).ok()??.join("/")))
     };
     let describe = |top: &Path, device: Option<&Path>| -> Result<plan::Plan> {
         let run = |toplayer_dir: Option<&Path>, toplayer_device: Option<(&Path, &Path)>| {
@@ -105,11 +109,11 @@ pub fn run(argv: Vec<OsString>) -> u8 {
         };
         match (&a.toplayer_device, &a.toplayer_dir, toplayer_on(device, params.toplayer.as_deref(), &root)) {
             (Some(tdev), _, _) => partition::with_toplayer_device(tdev, |ttop| {
-                run(Some(&toplayer_under(ttop)?), Some((ttop, tdev.as_path())))
+                run(toplayer_under(ttop, false).as_deref(), Some((ttop, tdev.as_path())))
             }),
             (None, Some(dir), _) => run(Some(dir), None),
             // toplayer= names the device mounted for the run (not by the same words as root=).
-            (None, None, true) => run(Some(&toplayer_under(top)?), None),
+            (None, None, true) => run(toplayer_under(top, true).as_deref(), None),
             (None, None, false) => run(None, None),
         }
     };

@@ -234,15 +234,14 @@ fn human(v: &Value) -> String {
         );
     } else {
         let image = match &b["image"] {
-            Value::Null => "no image (an older root)".to_string(),
+            Value::Null => "no image recorded (a root of an earlier boot)".to_string(),
             i => format!("{} ({}) from {}", s(&i["reference"]), short(&i["id"]), s(&i["store"])),
         };
-        out.push(format!(
-            "booted: {image}; {} root {} ({})",
-            s(&b["booted"]),
-            s(&b["rw_layer"]),
-            s(&b["rw_layer_kind"])
-        ));
+        let (booted, rw, kind) = (s(&b["booted"]), s(&b["rw_layer"]), s(&b["rw_layer_kind"]));
+        out.push(match booted.as_str() {
+            "fresh" | "persist" => format!("booted: {image}; {booted} root {rw} ({kind})"),
+            _ => format!("booted: {image}; root {rw} ({kind}): {booted}"),
+        });
         if !b["image_source"].is_null() {
             out.push(format!("  image chosen by {}", s(&b["image_source"])));
         }
@@ -275,7 +274,8 @@ fn human(v: &Value) -> String {
     if let Some(f) = n["fallback"].as_str() {
         out.push(format!("  FALLBACK: {f}"));
     }
-    if let Some(e) = n["image_error"].as_str() {
+    // The reason for a fallback is most often why the image cannot boot: said once.
+    if let Some(e) = n["image_error"].as_str().filter(|e| n["fallback"].as_str() != Some(e)) {
         out.push(format!("  the image cannot boot: {e}"));
     }
     for key in ["once", "switch"] {
@@ -343,6 +343,22 @@ mod tests {
         assert!(h.contains(pending), "{h}");
         assert!(h.contains("  chosen with dockroot switch: os:1 (at 20261204T060000Z)"), "{h}");
         assert!(h.contains("/rw.kept/20261204T053000Z-aaaaaaaaaaaa (image aaaaaaaaaaaa, created 20261204T053000Z): cannot boot: no init"), "{h}");
+        let fallback = human(&json!({
+            "booted": {"dockroot": "0.1.0", "booted": "fallback: /rw as it was", "rw_layer": "/rw",
+                "rw_layer_kind": "subvolume", "image": null, "image_source": "the embedded config",
+                "fallback": {"reason": "no image os:2", "booted": "/rw as it was"}},
+            "rw_layer": "/rw",
+            "next_boot": {"image": "os:2", "image_source": "the embedded config", "image_id": null,
+                "action": "current", "fallback": "no image os:2", "image_error": "no image os:2"},
+        }));
+        let said =
+            "booted: no image recorded (a root of an earlier boot); root /rw (subvolume): fallback: /rw as it was\n\
+                    \x20 image chosen by the embedded config\n  FALLBACK at this boot: no image os:2\n";
+        assert!(fallback.starts_with(said), "{fallback}");
+        assert!(
+            fallback.contains("next boot: /rw as it is\n  FALLBACK: no image os:2\nkept roots: none"),
+            "{fallback}"
+        );
         let none = human(&json!({"booted": null, "next_boot": {"action": "fail", "fail": "no root"}}));
         assert!(none.starts_with("booted: no boot record here"), "{none}");
         assert!(none.contains("next boot: FAILS: no root"), "{none}");

@@ -190,6 +190,7 @@ fn switch_once_reset_rollback_and_status_across_boots() {
     assert_eq!(kernel["image_modules"], serde_json::json!(["0.0.0-other"]), "{kernel}");
     let warning = format!("WARNING: the running kernel is {running} but the image has modules only for 0.0.0-other");
     assert!(out.contains(&warning), "not on the console: {}", out.tail(20));
+    assert!(!out.contains("WARNING: WARNING:"), "said twice on the console: {}", out.tail(20));
     assert!(r["kmsg_dockroot"].to_string().contains(&warning), "not in kmsg: {}", r["kmsg_dockroot"]);
     assert!(r["boot_record"]["warnings"].to_string().contains(&warning), "{}", r["boot_record"]);
     assert_eq!(booted_image(&r), "os", "{}", r["boot_record"]);

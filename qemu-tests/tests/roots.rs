@@ -125,7 +125,10 @@ fn an_unbootable_image_falls_back_to_the_last_root_that_booted() {
     assert_eq!((&next["switch"], &next["once"]), (&Value::Null, &Value::Null), "{st:#}");
     assert_eq!(next["outcome"], "fallback", "{st:#}");
     let human = r["runs"][1]["stdout"].as_str().unwrap_or_default();
+    let said = "booted: no image recorded (a root of an earlier boot); root /rwlayer (subvolume): fallback: /rwlayer as it was";
+    assert!(human.starts_with(said), "{human}");
     assert!(human.contains("  FALLBACK at this boot: "), "{human}");
+    assert!(!human.contains("the image cannot boot"), "the reason is said once: {human}");
     assert!(human.contains("next boot: /rwlayer as it is\n  FALLBACK: "), "{human}");
     assert!(out.contains("dockroot: ERROR: cannot prepare a fresh root:"), "{}", out.tail(30));
     assert!(
