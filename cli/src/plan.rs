@@ -149,7 +149,7 @@ fn check_devices(a: &Args, root: &str, toplayer: Option<&str>) -> std::result::R
         (Some(dev), _) => Some((dev.clone(), "--toplayer-device".to_string())),
         (None, Some(dir)) => match partition::device_of_dir(dir) {
             Ok(Some(dev)) => {
-                let option = format!("--toplayer-dir {} is on", dir.display());
+                let option = format!("--toplayer-dir {}: its device", dir.display());
                 Some((dev, option))
             }
             Ok(None) => {

@@ -164,7 +164,11 @@ fn plan_checks_the_toplayer_device_and_reads_only_the_right_one() {
     std::fs::remove_dir(&mnt).unwrap();
     assert_eq!(code, 6, "{out}{err}");
     assert!(
-        err.contains(&format!("--toplayer-dir {} is on {} is not the device toplayer=", dir.display(), other.dev)),
+        err.contains(&format!(
+            "--toplayer-dir {}: its device {} is not the device toplayer=",
+            dir.display(),
+            other.dev
+        )),
         "{err}"
     );
     assert_eq!(code2, 2, "{out2}{err2}");
