@@ -288,12 +288,12 @@ fn switch_once_reset_rollback_and_status_across_boots() {
 /// The booted system's loop of `dockroot switch` commands (in the top layer, so in
 /// every fresh root): each round goes through every kind of file the command writes
 /// (from now on, another from now on, a one-shot beside it, removed), with a line on
-/// the console before each round for the power cut to time from, and one for a failure.
+/// the console before each command for the power cut to time from, and one for a failure.
 const SWITCH_LOOP: &str = "i=0
 while [ $i -lt 30 ]; do
   i=$((i+1))
-  echo \"dockroot-test: switch round $i.\" > /dev/kmsg
   for a in dockroot-test/os:latest localhost:5000/team/os:v1 '--once dockroot-test/os:latest' --reset; do
+    echo \"dockroot-test: round $i: switch $a\" > /dev/kmsg
     /run/dockroot/dockroot switch $a > /dev/null 2>/tmp/err || echo \"dockroot-test: FAILED: switch $a: $(/bin/busybox cat /tmp/err)\" > /dev/kmsg
   done
 done
@@ -347,18 +347,24 @@ fn expected_boot(choices: &Option<(Option<String>, Option<String>)>) -> (&'stati
 fn a_power_cut_during_switch_leaves_the_old_or_the_new_choice() {
     let m = Machine::new(OS_CONFIG);
     m.modify(|top| std::fs::write(top.join("toplayer/switch-loop.sh"), SWITCH_LOOP).unwrap());
-    // (round, ms after its line): early in a round, and later, in its second to fourth command.
-    let all = [(1, 0), (2, 150), (3, 400), (4, 800), (5, 1300), (6, 2000)];
+    // (the command's line, ms after it): during each kind of write, early and later in it.
+    let all = [
+        ("round 1: switch dockroot-test/os:latest", 0),
+        ("round 2: switch --once", 20),
+        ("round 2: switch localhost:5000/team/os:v1", 60),
+        ("round 3: switch --reset", 10),
+        ("round 4: switch --once", 60),
+        ("round 5: switch dockroot-test/os:latest", 120),
+        ("round 6: switch --once", 0),
+        ("round 7: switch --reset", 100),
+    ];
     let n = std::env::var("DOCKROOT_CRASH_POINTS").ok().and_then(|v| v.parse().ok()).unwrap_or(all.len());
     let mut choices = None;
     let mut seen = Vec::new();
-    for (i, &(round, ms)) in all.iter().take(n.max(1)).enumerate() {
+    for (i, &(line, ms)) in all.iter().take(n.max(1)).enumerate() {
         let name = format!("switch_cut_{i}");
-        let kill = KillAfter {
-            needle: format!("dockroot-test: switch round {round}."),
-            delay: Duration::from_millis(ms),
-            deadline: None,
-        };
+        let kill =
+            KillAfter { needle: format!("dockroot-test: {line}"), delay: Duration::from_millis(ms), deadline: None };
         let spec = BootSpec { kill_after: Some(kill), ..m.spec(&name, r#"-- --run "/bin/sh /switch-loop.sh""#) };
         let out = boot(&spec);
         assert!(out.cut.is_some(), "{name}: the power was never cut; last serial lines:\n{}", out.tail(30));
