@@ -46,6 +46,9 @@ pub struct PlanInput<'a> {
     /// The device mounted at `top` for the run, if it was: messages then name
     /// paths on the partition (`/machine on /dev/sda2`), not under the mount.
     pub device: Option<&'a Path>,
+    /// The top layer's device mounted for the run (its top level, then the device), if
+    /// it was: its paths are then named on that device too.
+    pub toplayer_device: Option<(&'a Path, &'a Path)>,
 }
 
 /// How the boot would go, for the exit status of `dockroot plan`.
@@ -201,8 +204,13 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
         _ => None,
     };
     // Paths as the user knows them: on the partition when a device was mounted for the run.
-    let shown = |p: &Path| match (input.device, p.strip_prefix(input.top)) {
-        (Some(dev), Ok(rel)) => format!("/{} on {}", rel.display(), dev.display()),
+    let on_toplayer_device = |p: &Path| {
+        let (mnt, dev) = input.toplayer_device?;
+        Some(format!("/{} on {}", p.strip_prefix(mnt).ok()?.display(), dev.display()))
+    };
+    let shown = |p: &Path| match (on_toplayer_device(p), input.device, p.strip_prefix(input.top)) {
+        (Some(s), _, _) => s,
+        (None, Some(dev), Ok(rel)) => format!("/{} on {}", rel.display(), dev.display()),
         _ => p.display().to_string(),
     };
     let walked = toplayer_dir.as_ref().map(|dir| (shown(dir), walk(dir, &shown(dir))));
@@ -297,7 +305,7 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
     match (&params.toplayer, walked) {
         (None, _) => say("top layer: none (no toplayer=)".into()),
         (Some(t), None) => say(format!(
-            "top layer: toplayer={t}{}: mount it and give its directory to list the files",
+            "top layer: toplayer={t}{}: give --toplayer-device (or mount it and give --toplayer-dir) to list the files",
             root.toplayer_path.as_ref().map(|p| format!(" toplayer_path=/{}", p.join("/"))).unwrap_or_default()
         )),
         (Some(_), Some((dir, walked))) => match walked {
@@ -409,7 +417,7 @@ mod tests {
         "root=LABEL=disk rootflags=subvol=rw toplayer=LABEL=disk toplayer_path=/machine dockroot.image=os:1";
 
     fn input<'a>(top: &'a Path, cmdline: &'a str) -> PlanInput<'a> {
-        PlanInput { top, cmdline, config: None, toplayer_dir: None, device: None }
+        PlanInput { top, cmdline, config: None, toplayer_dir: None, device: None, toplayer_device: None }
     }
 
     /// An overlay root at `dir` (over the layer `layers/l1` of the top level

@@ -123,7 +123,8 @@ pub struct Record {
 
 impl Record {
     pub fn warn(&mut self, w: String) {
-        log::warn!("{w}");
+        // The log says "WARNING: " itself (the kernel's warning starts with it already).
+        log::warn!("{}", w.strip_prefix("WARNING: ").unwrap_or(&w));
         self.warnings.push(w);
     }
 

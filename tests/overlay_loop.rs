@@ -327,6 +327,7 @@ fn docker_overlay2_on_ext4_and_containerd_overlayfs_snapshotter() {
         config: None,
         toplayer_dir: None,
         device: None,
+        toplayer_device: None,
     })
     .unwrap();
     let text = plan.to_string();

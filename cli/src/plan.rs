@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::args::{self, Own};
 use crate::partition::{self, Where};
-use dockroot::config::{self, BootConfig, Embedded, Params};
+use crate::EXIT_USAGE;
+use dockroot::config::{self, BootConfig, Embedded, Params, RootPlan};
+use dockroot::devices::DeviceSpec;
 use dockroot::{plan, Context, Result};
 
 const USAGE: &str = "usage: dockroot plan [--top DIR | --device DEV] [OPTIONS]
@@ -19,7 +21,11 @@ read-only (btrfs at its top level, no journal replayed) for the run, then unmoun
   --device DEV     the root partition (default: the device root= names on the command line)
   --cmdline STRING the kernel command line (default: this machine's /proc/cmdline)
   --config FILE    the initramfs's embedded config (default: none; dockroot.image= must say)
+  --toplayer-device DEV
+                   the device toplayer= names, when it is not the root partition (mounted
+                   read-only for the run; toplayerflags=subvol= and toplayer_path= are read on it)
   --toplayer-dir D the top layer directory, when it is on another device mounted here
+                   (the device it is mounted from must be the one toplayer= names)
   --help           this text
 
 exit status:
@@ -28,10 +34,14 @@ exit status:
   2  usage error
   3  the boot would fall back to a previous root (FALLBACK)
   4  the boot would fail: the command line or config is refused, or no root can boot
-  5  --device is not the device root= names (by label, UUID, PARTUUID or PARTLABEL)";
+  5  --device is not the device root= names (by label, UUID, PARTUUID or PARTLABEL)
+  6  --toplayer-device, or the device --toplayer-dir is mounted from, is not the device
+     toplayer= names";
 
 /// `--device` is not the device `root=` names.
 const EXIT_NOT_THE_DEVICE: u8 = 5;
+/// `--toplayer-device` (or the device `--toplayer-dir` is on) is not the device `toplayer=` names.
+const EXIT_NOT_THE_TOPLAYER_DEVICE: u8 = 6;
 
 /// `dockroot plan`'s arguments.
 #[derive(Default)]
@@ -40,6 +50,7 @@ struct Args {
     cmdline: Option<String>,
     config: Option<PathBuf>,
     toplayer_dir: Option<PathBuf>,
+    toplayer_device: Option<PathBuf>,
 }
 
 fn parse(argv: Vec<OsString>) -> std::result::Result<Option<Args>, String> {
@@ -48,11 +59,15 @@ fn parse(argv: Vec<OsString>) -> std::result::Result<Option<Args>, String> {
         let path = |p: &mut lexopt::Parser| p.value().map(PathBuf::from).map_err(|e| e.to_string());
         match arg {
             Own::Long(n) if n == "toplayer-dir" => a.toplayer_dir = Some(path(p)?),
+            Own::Long(n) if n == "toplayer-device" => a.toplayer_device = Some(path(p)?),
             Own::Long(n) if n == "config" => a.config = Some(path(p)?),
             other => return Err(other.unexpected()),
         }
         Ok(())
     })?;
+    if a.toplayer_dir.is_some() && a.toplayer_device.is_some() {
+        return Err("give at most one of --toplayer-dir and --toplayer-device".into());
+    }
     Ok(run.then_some(a))
 }
 
@@ -72,23 +87,35 @@ pub fn run(argv: Vec<OsString>) -> u8 {
             return 4;
         }
     };
-    let root = Params::from_cmdline(&cmdline).map(|p| p.root.unwrap_or_default()).unwrap_or_default();
-    if let Where::Device(dev) = &a.at {
-        match partition::check_device(dev, &root) {
-            Ok(None) => {}
-            Ok(Some(why)) => {
-                eprintln!("dockroot plan: {why}");
-                return EXIT_NOT_THE_DEVICE;
-            }
-            Err(e) => {
-                eprintln!("dockroot plan: {e}");
-                return 1;
-            }
-        }
+    let params = Params::from_cmdline(&cmdline).unwrap_or_default();
+    let root = params.root.clone().unwrap_or_default();
+    if let Err(code) = check_devices(&a, &root, params.toplayer.as_deref()) {
+        return code;
     }
+    // The top layer's directory under a top level: toplayerflags=subvol= then toplayer_path=,
+    // which the root partition needs (None without it) and another device does not.
+    let toplayer_under = |top: &Path, on_root: bool| -> Option<PathBuf> {
+        let mut r = RootPlan::from_params(&params).ok()?;
+        if !on_root {
+            r.toplayer_path.get_or_insert_with(Vec::new);
+        }
+        Some(top.join(r.toplayer_on_root(&params).ok()??.join("/")))
+    };
     let describe = |top: &Path, device: Option<&Path>| -> Result<plan::Plan> {
-        let toplayer_dir = a.toplayer_dir.as_deref();
-        plan::describe(&plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir, device })
+        let run = |toplayer_dir: Option<&Path>, toplayer_device: Option<(&Path, &Path)>| {
+            let config = config.clone();
+            let input = plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir, device, toplayer_device };
+            plan::describe(&input)
+        };
+        match (&a.toplayer_device, &a.toplayer_dir, toplayer_on(device, params.toplayer.as_deref(), &root)) {
+            (Some(tdev), _, _) => partition::with_toplayer_device(tdev, |ttop| {
+                run(toplayer_under(ttop, false).as_deref(), Some((ttop, tdev.as_path())))
+            }),
+            (None, Some(dir), _) => run(Some(dir), None),
+            // toplayer= names the device mounted for the run (not by the same words as root=).
+            (None, None, true) => run(toplayer_under(top, true).as_deref(), None),
+            (None, None, false) => run(None, None),
+        }
     };
     let planned = partition::with_top(&a.at, &root, false, describe);
     match planned {
@@ -100,6 +127,65 @@ pub fn run(argv: Vec<OsString>) -> u8 {
             eprintln!("dockroot plan: {e}");
             1
         }
+    }
+}
+
+/// `--device` must be the device `root=` names (else exit 5), `--toplayer-device`
+/// or the device `--toplayer-dir` is mounted from the one `toplayer=` names (else
+/// exit 6); exit 1 when one cannot be looked at.
+fn check_devices(a: &Args, root: &str, toplayer: Option<&str>) -> std::result::Result<(), u8> {
+    let fail = |code: u8, why: &dyn std::fmt::Display| {
+        eprintln!("dockroot plan: {why}");
+        Err(code)
+    };
+    if let Where::Device(dev) = &a.at {
+        match partition::check_device(dev, root) {
+            Ok(None) => {}
+            Ok(Some(why)) => return fail(EXIT_NOT_THE_DEVICE, &why),
+            Err(e) => return fail(1, &e),
+        }
+    }
+    let given = match (&a.toplayer_device, &a.toplayer_dir) {
+        (Some(dev), _) => Some((dev.clone(), "--toplayer-device".to_string())),
+        (None, Some(dir)) => match partition::device_of_dir(dir) {
+            Ok(Some(dev)) => {
+                let option = format!("--toplayer-dir {}: its device", dir.display());
+                Some((dev, option))
+            }
+            Ok(None) => {
+                eprintln!(
+                    "dockroot plan: note: --toplayer-dir {} is not on a block device: not checked against toplayer=",
+                    dir.display()
+                );
+                None
+            }
+            Err(e) => return fail(1, &e),
+        },
+        (None, None) => None,
+    };
+    match (given, toplayer) {
+        (Some((_, option)), None) => {
+            fail(EXIT_USAGE, &format!("{option} given, but the command line has no toplayer="))
+        }
+        (Some((dev, option)), Some(spec)) => match partition::check_named(&dev, &option, "toplayer", spec) {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => fail(EXIT_NOT_THE_TOPLAYER_DEVICE, &why),
+            Err(e) => fail(1, &e),
+        },
+        (None, _) => Ok(()),
+    }
+}
+
+/// Whether `toplayer=` names the root partition's `device` mounted for the run (as
+/// the init decides, by the device, whatever words `root=` uses), other than by
+/// the same words as `root=` (which `plan::describe` sees itself).
+fn toplayer_on(device: Option<&Path>, toplayer: Option<&str>, root: &str) -> bool {
+    match (device, toplayer) {
+        (Some(dev), Some(t)) if t != root => {
+            matches!(DeviceSpec::parse(t), Ok(s) if !matches!(s, DeviceSpec::Path(_) | DeviceSpec::MajMin(..)))
+                && matches!(partition::check_named(dev, "--device", "toplayer", t), Ok(None))
+        }
+        _ => false,
     }
 }
 

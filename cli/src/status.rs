@@ -16,7 +16,7 @@
 //!   "next_boot": { "image", "image_source", "image_id": null | str, "image_error": null | str,
 //!                  "action": "fresh" | "current" | "copy" | "fail", "copy_of": null | str,
 //!                  "fallback": null | str, "fail": null | str, "update_pending": null | bool,
-//!                  "switch": null | { "image", "set" }, "once": null | { "image", "set" },
+//!                  "switch": null | { "image", "set", "kept" }, "once": null | { "image", "set", "kept" },
 //!                  "outcome": "as-asked" | "fallback" | "fail" } }
 //! ```
 
@@ -103,7 +103,9 @@ fn status(a: &Args) -> Result<Value> {
     let record_path = a.record.clone().unwrap_or_else(|| PathBuf::from(BOOT_RECORD));
     let record = read_record(&record_path)?;
     let planned = partition::with_top(&a.at, &root, false, |top, device| {
-        plan::describe(&plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir: None, device })
+        let input =
+            plan::PlanInput { top, cmdline: &cmdline, config, toplayer_dir: None, device, toplayer_device: None };
+        plan::describe(&input)
     })?;
     // The running kernel matters only for the machine that runs this.
     let kernel = match (&a.at, &a.cmdline) {
@@ -232,15 +234,14 @@ fn human(v: &Value) -> String {
         );
     } else {
         let image = match &b["image"] {
-            Value::Null => "no image (an older root)".to_string(),
+            Value::Null => "no image recorded (a root of an earlier boot)".to_string(),
             i => format!("{} ({}) from {}", s(&i["reference"]), short(&i["id"]), s(&i["store"])),
         };
-        out.push(format!(
-            "booted: {image}; {} root {} ({})",
-            s(&b["booted"]),
-            s(&b["rw_layer"]),
-            s(&b["rw_layer_kind"])
-        ));
+        let (booted, rw, kind) = (s(&b["booted"]), s(&b["rw_layer"]), s(&b["rw_layer_kind"]));
+        out.push(match booted.as_str() {
+            "fresh" | "persist" => format!("booted: {image}; {booted} root {rw} ({kind})"),
+            _ => format!("booted: {image}; root {rw} ({kind}): {booted}"),
+        });
         if !b["image_source"].is_null() {
             out.push(format!("  image chosen by {}", s(&b["image_source"])));
         }
@@ -259,9 +260,11 @@ fn human(v: &Value) -> String {
     let n = &v["next_boot"];
     let image = format!("{} (from {})", s(&n["image"]), s(&n["image_source"]));
     out.push(match (s(&n["action"]).as_str(), &n["update_pending"]) {
-        ("fresh", Value::Bool(true)) => {
-            format!("next boot: UPDATE: {image} now resolves to {}; a fresh root of it", short(&n["image_id"]))
-        }
+        ("fresh", Value::Bool(true)) => format!(
+            "next boot: update pending: {image} now resolves to {}, not the booted {}; a fresh root of it",
+            short(&n["image_id"]),
+            short(&b["image"]["id"])
+        ),
         ("fresh", Value::Bool(false)) => format!("next boot: the same image again, fresh: {image}"),
         ("fresh", _) => format!("next boot: a fresh root of {image} ({})", short(&n["image_id"])),
         ("current", _) => format!("next boot: {} as it is", s(&v["rw_layer"])),
@@ -271,7 +274,8 @@ fn human(v: &Value) -> String {
     if let Some(f) = n["fallback"].as_str() {
         out.push(format!("  FALLBACK: {f}"));
     }
-    if let Some(e) = n["image_error"].as_str() {
+    // The reason for a fallback is most often why the image cannot boot: said once.
+    if let Some(e) = n["image_error"].as_str().filter(|e| n["fallback"].as_str() != Some(e)) {
         out.push(format!("  the image cannot boot: {e}"));
     }
     for key in ["once", "switch"] {
@@ -334,9 +338,27 @@ mod tests {
         let h = human(&v);
         assert!(h.contains("booted: os:1 (aaaaaaaaaaaa) from Docker (btrfs) at /d; fresh root /rw (subvolume)"), "{h}");
         assert!(h.contains("kernel: 6.1.0: WARNING: the booted image has no /lib/modules/6.1.0"), "{h}");
-        assert!(h.contains("next boot: UPDATE: os:1 (from dockroot switch) now resolves to bbbbbbbbbbbb"), "{h}");
+        let pending = "next boot: update pending: os:1 (from dockroot switch) now resolves to bbbbbbbbbbbb, \
+                       not the booted aaaaaaaaaaaa; a fresh root of it";
+        assert!(h.contains(pending), "{h}");
         assert!(h.contains("  chosen with dockroot switch: os:1 (at 20261204T060000Z)"), "{h}");
         assert!(h.contains("/rw.kept/20261204T053000Z-aaaaaaaaaaaa (image aaaaaaaaaaaa, created 20261204T053000Z): cannot boot: no init"), "{h}");
+        let fallback = human(&json!({
+            "booted": {"dockroot": "0.1.0", "booted": "fallback: /rw as it was", "rw_layer": "/rw",
+                "rw_layer_kind": "subvolume", "image": null, "image_source": "the embedded config",
+                "fallback": {"reason": "no image os:2", "booted": "/rw as it was"}},
+            "rw_layer": "/rw",
+            "next_boot": {"image": "os:2", "image_source": "the embedded config", "image_id": null,
+                "action": "current", "fallback": "no image os:2", "image_error": "no image os:2"},
+        }));
+        let said =
+            "booted: no image recorded (a root of an earlier boot); root /rw (subvolume): fallback: /rw as it was\n\
+                    \x20 image chosen by the embedded config\n  FALLBACK at this boot: no image os:2\n";
+        assert!(fallback.starts_with(said), "{fallback}");
+        assert!(
+            fallback.contains("next boot: /rw as it is\n  FALLBACK: no image os:2\nkept roots: none"),
+            "{fallback}"
+        );
         let none = human(&json!({"booted": null, "next_boot": {"action": "fail", "fail": "no root"}}));
         assert!(none.starts_with("booted: no boot record here"), "{none}");
         assert!(none.contains("next boot: FAILS: no root"), "{none}");

@@ -47,7 +47,9 @@ impl Drop for Loop {
 /// `dockroot plan ARGS` with TMPDIR set to a fresh directory: status, stdout,
 /// stderr, and what the command left in its temporary directory.
 fn plan(args: &[&str]) -> (i32, String, String, Vec<PathBuf>) {
-    let tmp = std::env::temp_dir().join(format!("dockroot-cli-tmp-{}-{}", std::process::id(), args.len()));
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!("dockroot-cli-tmp-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_dockroot"))
@@ -107,4 +109,79 @@ fn plan_checks_the_device_names_partition_paths_and_leaves_nothing() {
         plan(&["--device", "/dev/null", "--cmdline", "root=/dev/null rootflags=subvol=rw dockroot.image=os"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// `plan --toplayer-device` on loop devices: the top layer's partition is mounted and
+/// listed, named as on that device; another partition than the one toplayer= names is
+/// refused with exit 6 (not read), and so is a `--toplayer-dir` mounted from one.
+#[test]
+fn plan_checks_the_toplayer_device_and_reads_only_the_right_one() {
+    let Some(_) = Path::new("/dev/loop-control").exists().then_some(()) else { panic!("no loop devices") };
+    let root = Loop::btrfs("tl-root", "dockroot-tlroot");
+    let esp = Loop::btrfs("tl-esp", "dockroot-tlesp");
+    let other = Loop::btrfs("tl-other", "dockroot-tlother");
+    let cmdline = "root=LABEL=dockroot-tlroot rootflags=subvol=rw toplayer=LABEL=dockroot-tlesp \
+                   toplayer_path=machine dockroot.image=os:1";
+
+    // Without the top layer's device: it says how to give it, and reads nothing else.
+    let (code, out, err, left) = plan(&["--device", &root.dev, "--cmdline", cmdline]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(
+        out.contains("top layer: toplayer=LABEL=dockroot-tlesp toplayer_path=/machine: give --toplayer-device"),
+        "{out}"
+    );
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // The right one: listed, named on that device.
+    let (code, out, err, left) = plan(&["--device", &root.dev, "--toplayer-device", &esp.dev, "--cmdline", cmdline]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(
+        out.contains(&format!("top layer: /machine on {} (not applied in this mode)", esp.dev))
+            || out.contains(&format!("top layer: /machine on {} would write", esp.dev)),
+        "{out}"
+    );
+    assert!(out.contains("  /etc/hostname"), "{out}");
+    assert!(!out.contains("/toplayer-") && !out.contains("/tmp/"), "{out}");
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // Another partition: exit 6, saying what it is; nothing mounted or left.
+    let (code, out, err, left) = plan(&["--device", &root.dev, "--toplayer-device", &other.dev, "--cmdline", cmdline]);
+    assert_eq!(code, 6, "{out}{err}");
+    let says = format!("--toplayer-device {} is not the device toplayer=LABEL=dockroot-tlesp names", other.dev);
+    assert!(err.contains(&says) && err.contains("dockroot-tlother"), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // A --toplayer-dir on another partition: exit 6 too.
+    let mnt = std::env::temp_dir().join(format!("dockroot-cli-tl-mnt-{}", std::process::id()));
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh(&format!("mount -o ro '{}' '{}'", other.dev, mnt.display()));
+    let dir = mnt.join("machine");
+    let (code, out, err, _) =
+        plan(&["--device", &root.dev, "--toplayer-dir", dir.to_str().unwrap(), "--cmdline", cmdline]);
+    let (code2, out2, err2, _) = plan(&["--device", &root.dev, "--toplayer-dir", "/", "--toplayer-device", &esp.dev]);
+    sh(&format!("umount '{}'", mnt.display()));
+    std::fs::remove_dir(&mnt).unwrap();
+    assert_eq!(code, 6, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "--toplayer-dir {}: its device {} is not the device toplayer=",
+            dir.display(),
+            other.dev
+        )),
+        "{err}"
+    );
+    assert_eq!(code2, 2, "{out2}{err2}");
+    assert!(err2.contains("give at most one of --toplayer-dir and --toplayer-device"), "{err2}");
+
+    // A top layer named by other words than root= that is the root partition (as the
+    // init decides, by the device) is read there.
+    let uuid = sh(&format!("blkid -s UUID -o value {}", esp.dev)).trim().to_string();
+    let by_uuid = format!(
+        "root=LABEL=dockroot-tlesp rootflags=subvol=rw toplayer=UUID={uuid} toplayer_path=machine dockroot.image=os:1"
+    );
+    let (code, out, err, _) = plan(&["--device", &esp.dev, "--cmdline", &by_uuid]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(out.contains(&format!("top layer: /machine on {}", esp.dev)), "{out}");
+    assert!(out.contains("  /etc/hostname"), "{out}");
 }

@@ -94,13 +94,42 @@ fn an_unbootable_image_falls_back_to_the_last_root_that_booted() {
     let m = Machine::new(OS_CONFIG);
     let first = m.report("fallback_1", "-- --make-nested");
     assert_eq!(marker(&first), true);
-    let out = m.boot("fallback_2", "dockroot.image=no/such:image");
+    let runs = r#"-- --run "/run/dockroot/dockroot status --json" --run "/run/dockroot/dockroot status""#;
+    let out = m.boot("fallback_2", &format!("dockroot.image=no/such:image {runs}"));
     let r = out.expect_testinit();
     let rec = &r["boot_record"];
     assert!(rec["booted"].as_str().unwrap().starts_with("fallback: /rwlayer as it was"), "{rec}");
     assert!(rec["fallback"]["reason"].as_str().unwrap().contains("no/such:image"), "{rec}");
     assert!(rec["warnings"].to_string().contains("FALLBACK"), "{rec}");
     assert_eq!(marker(&r), true, "the fallback must boot the last root as it was");
+    // `dockroot status --json` after the fallback: why and what booted, and the next boot
+    // (the same command line) falls back again.
+    let ran = &r["runs"][0];
+    assert_eq!(ran["code"], 0, "{ran}");
+    let st: Value = serde_json::from_str(ran["stdout"].as_str().unwrap()).expect("status --json is JSON");
+    let booted = &st["booted"];
+    assert_eq!(booted["booted"], rec["booted"], "{st:#}");
+    assert_eq!(booted["fallback"]["reason"], rec["fallback"]["reason"], "{st:#}");
+    assert_eq!(booted["fallback"]["booted"], rec["fallback"]["booted"], "{st:#}");
+    assert!(booted["fallback"]["booted"].as_str().is_some_and(|b| b.contains("/rwlayer")), "{st:#}");
+    assert_eq!(booted["image_source"], "dockroot.image= on the kernel command line", "{st:#}");
+    let next = &st["next_boot"];
+    assert_eq!(next["image"], "docker.io/no/such:image", "{st:#}");
+    // Paths are named on the partition, not under the command's temporary mount.
+    assert!(!ran["stdout"].as_str().unwrap().contains("/mnt-"), "{st:#}");
+    assert_eq!(next["image_id"], Value::Null, "{st:#}");
+    assert!(next["image_error"].as_str().is_some_and(|e| e.contains("no/such:image")), "{st:#}");
+    assert_eq!(next["action"], "current", "{st:#}");
+    assert!(next["fallback"].as_str().is_some(), "{st:#}");
+    assert_eq!((&next["fail"], &next["update_pending"]), (&Value::Null, &Value::Null), "{st:#}");
+    assert_eq!((&next["switch"], &next["once"]), (&Value::Null, &Value::Null), "{st:#}");
+    assert_eq!(next["outcome"], "fallback", "{st:#}");
+    let human = r["runs"][1]["stdout"].as_str().unwrap_or_default();
+    let said = "booted: no image recorded (a root of an earlier boot); root /rwlayer (subvolume): fallback: /rwlayer as it was";
+    assert!(human.starts_with(said), "{human}");
+    assert!(human.contains("  FALLBACK at this boot: "), "{human}");
+    assert!(!human.contains("the image cannot boot"), "the reason is said once: {human}");
+    assert!(human.contains("next boot: /rwlayer as it is\n  FALLBACK: "), "{human}");
     assert!(out.contains("dockroot: ERROR: cannot prepare a fresh root:"), "{}", out.tail(30));
     assert!(
         out.contains("dockroot: WARNING: FALLBACK: booting the previous root /rwlayer as it was"),

@@ -315,6 +315,9 @@ impl ImageStore for ContainerdStore {
     fn lookup(&self, spec: &ImageSpec, checks: &mut Checks) -> Result<Lookup> {
         let meta_path = self.at.abs.join(META_DB);
         let db = Db::open(&meta_path)?;
+        // Named in messages as on the partition, not under where it is mounted.
+        let shown = Path::new("/").join(&self.at.path);
+        let meta_shown = shown.join(META_DB);
         let ns = self.namespace.as_bytes();
         let Some(images) = db.bucket_path(&[b"v1", ns, b"images"])? else {
             let have: Vec<String> = match db.bucket_path(&[b"v1"])? {
@@ -323,12 +326,12 @@ impl ImageStore for ContainerdStore {
             };
             return Ok(Lookup::NotFound(format!(
                 "{} has no images in namespace {} (namespaces: {})",
-                meta_path.display(),
+                meta_shown.display(),
                 self.namespace,
                 if have.is_empty() { "none".to_string() } else { have.join(", ") }
             )));
         };
-        let target = match self.find(&db, &images, spec).map_err(|e| e.context(meta_path.display().to_string()))? {
+        let target = match self.find(&db, &images, spec).map_err(|e| e.context(meta_shown.display().to_string()))? {
             Ok(t) => t,
             Err(why) => return Ok(Lookup::NotFound(why)),
         };
@@ -385,7 +388,7 @@ impl ImageStore for ContainerdStore {
                     format!(
                         "layer {} of {n} of {reference} ({chain}) has no snapshot in {}",
                         i.saturating_add(1),
-                        meta_path.display()
+                        meta_shown.display()
                     )
                 })?;
                 continue;
@@ -393,9 +396,9 @@ impl ImageStore for ContainerdStore {
             let parent = snap.get(b"parent")?.map(text);
             let expected = i.checked_sub(1).and_then(|p| chains.get(p)).cloned();
             let by = format!("the image config of {reference}");
-            check_parent(checks, &meta_path, chain, parent.as_deref(), expected.as_deref(), &by)?;
+            check_parent(checks, &meta_shown, chain, parent.as_deref(), expected.as_deref(), &by)?;
             let key = snap.get(b"name")?.map(text).ok_or_else(|| {
-                Error::msg(format!("{}: snapshot {chain} has no name: database corrupted", meta_path.display()))
+                Error::msg(format!("{}: snapshot {chain} has no name: database corrupted", meta_shown.display()))
             })?;
             if let Some(slot) = keys.get_mut(i) {
                 *slot = Some(key);
@@ -405,28 +408,29 @@ impl ImageStore for ContainerdStore {
         // The snapshotter's ids of those keys.
         let dir = snapshotter_dir(self.at.driver);
         let sdb_path = self.at.abs.join(&dir).join("metadata.db");
+        let sdb_shown = shown.join(&dir).join("metadata.db");
         let sdb = Db::open(&sdb_path)?;
         let snapshot = |key: &str| -> Result<(u64, Option<String>)> {
             let entry = sdb.bucket_path(&[b"v1", b"snapshots", key.as_bytes()])?.ok_or_else(|| {
                 Error::msg(format!(
                     "{} has no snapshot {key:?} ({} names it for {reference})",
-                    sdb_path.display(),
-                    meta_path.display()
+                    sdb_shown.display(),
+                    meta_shown.display()
                 ))
             })?;
             let id = entry.get(b"id")?.as_deref().and_then(uvarint).ok_or_else(|| {
-                Error::msg(format!("{}: snapshot {key:?} has no valid id: database corrupted", sdb_path.display()))
+                Error::msg(format!("{}: snapshot {key:?} has no valid id: database corrupted", sdb_shown.display()))
             })?;
             let kind = entry.get(b"kind")?.and_then(|k| k.first().copied());
             if kind != Some(KIND_COMMITTED) {
                 return Err(Error::msg(format!(
                     "{}: snapshot {key:?} of {reference} is not committed (kind {kind:?}): an unpacking was interrupted?",
-                    sdb_path.display()
+                    sdb_shown.display()
                 )));
             }
             Ok((id, entry.get(b"parent")?.map(text)))
         };
-        let named_by = sdb_path.display().to_string();
+        let named_by = sdb_shown.display().to_string();
         let (layer, root) = match self.at.driver {
             Driver::Btrfs => {
                 let key = keys.last().cloned().flatten().unwrap_or_default();
