@@ -100,7 +100,7 @@ impl Entry {
 
 /// A value on one line (an entry is line based).
 fn one_line(s: &str) -> String {
-    s.split(|c: char| c == '\n' || c == '\r').map(str::trim).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
+    s.split(['\n', '\r']).map(str::trim).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// The ESP path of a file of the content directory `dir` of `entry`.

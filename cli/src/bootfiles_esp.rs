@@ -57,12 +57,14 @@ pub struct Esp {
 pub fn find_esp() -> Result<Esp> {
     let bytes = match std::fs::read(LOADER_PARTUUID_VAR) {
         Ok(b) => b,
-        Err(e) => return Err(Error::with(
-            format!(
+        Err(e) => {
+            return Err(Error::with(
+                format!(
                 "reading {LOADER_PARTUUID_VAR} (set by systemd-boot; not booted by it, or no efivarfs): give --esp DIR"
             ),
-            e,
-        )),
+                e,
+            ))
+        }
     };
     let partuuid = entry::decode_loader_partuuid(&bytes).map_err(Error::msg)?;
     let spec = DeviceSpec::parse(&format!("PARTUUID={partuuid}"))?;

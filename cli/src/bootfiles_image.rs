@@ -477,20 +477,13 @@ pub mod tests {
             g
         };
         assert_eq!(check_initramfs(&gz, "6.12.1"), Ok(()));
-        if let Ok(out) = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf '' | zstd -q -c >/dev/null && echo ok"))
-            .output()
-        {
-            if String::from_utf8_lossy(&out.stdout).contains("ok") {
-                let d = temp("zst");
-                std::fs::write(d.join("i"), &plain).unwrap();
-                let z =
-                    std::process::Command::new("zstd").arg("-q").arg("-c").arg(d.join("i")).output().unwrap().stdout;
-                assert_eq!(check_initramfs(&z, "6.12.1"), Ok(()));
-                std::fs::remove_dir_all(&d).unwrap();
-            }
+        // zstd, the builder's default, as the zstd tool makes it (when it is installed).
+        let d = temp("zst");
+        std::fs::write(d.join("i"), &plain).unwrap();
+        if let Ok(z) = std::process::Command::new("zstd").arg("-q").arg("-c").arg(d.join("i")).output() {
+            assert_eq!(check_initramfs(&z.stdout, "6.12.1"), Ok(()));
         }
+        std::fs::remove_dir_all(&d).unwrap();
         let other = cpio(&[("init", b"#!/bin/sh"), ("scripts/init-top/x", b"")]);
         assert!(check_initramfs(&other, "6.12.1").unwrap_err().contains("no module index"));
         assert!(check_initramfs(b"junk", "6.12.1").unwrap_err().contains("not a dockroot initramfs"));
