@@ -262,7 +262,7 @@ fn boot_files(a: &Args) -> std::result::Result<String, Stop> {
         None => esp::find_esp()?,
     };
     let mut stop: Option<Stop> = None;
-    let done = esp::with_esp_mounted(&found, |dir| {
+    let done = esp::with_esp_mounted(&found, !a.dry_run, |dir| {
         let esp_shown = match (&found.mounted_at, &found.device) {
             (Some(m), _) => m.display().to_string(),
             (None, Some(d)) => format!("{} (mounted for the run)", d.display()),

@@ -113,10 +113,11 @@ pub fn mount_points(mounts: &str) -> Vec<PathBuf> {
     v
 }
 
-/// Run `f` on the ESP's mount point: where it is mounted, else mounted (vfat)
-/// under `/run/dockroot/` (or the temporary directory) for the run, unmounted
-/// and the directory removed afterwards whatever happens.
-pub fn with_esp_mounted<T>(esp: &Esp, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+/// Run `f` on the ESP's mount point: where it is mounted, else mounted (vfat;
+/// read-only unless `writable`) under `/run/dockroot/` (or the temporary
+/// directory) for the run, unmounted and the directory removed afterwards
+/// whatever happens.
+pub fn with_esp_mounted<T>(esp: &Esp, writable: bool, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     if let Some(m) = &esp.mounted_at {
         return f(m);
     }
@@ -125,7 +126,10 @@ pub fn with_esp_mounted<T>(esp: &Esp, f: impl FnOnce(&Path) -> Result<T>) -> Res
     let base = if run.is_dir() { run.to_path_buf() } else { std::env::temp_dir() };
     let dir = base.join(format!("esp-{}", std::process::id()));
     std::fs::create_dir(&dir).context(|| format!("creating {}", dir.display()))?;
-    let mounted = rustix::mount::mount(dev.as_path(), &dir, "vfat", rustix::mount::MountFlags::NOSUID, c"")
+    use rustix::mount::MountFlags;
+    let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    let flags = if writable { flags } else { flags | MountFlags::RDONLY };
+    let mounted = rustix::mount::mount(dev.as_path(), &dir, "vfat", flags, c"")
         .context(|| format!("mounting the EFI system partition {} (vfat) on {}", dev.display(), dir.display()));
     let r = mounted.and_then(|()| {
         let r = f(&dir);
