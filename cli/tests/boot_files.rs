@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-use dockroot::store::{big_data_file_name, sha256_hex};
+use dockroot::store::{big_data_file_name, chain_ids, sha256_hex};
 
 fn write(path: &Path, data: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -78,6 +78,47 @@ fn initramfs(release: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// An image of `layers` (each a list of (path, data); data `None`: a whiteout, a 0:0
+/// character device as overlay2 stores it) in Docker's overlay2 layout under
+/// `top/var/lib/docker`, base layer first; returns its ID.
+fn docker_overlay2_image(top: &Path, seed: &str, layers: &[&[(&str, Option<&[u8]>)]]) -> String {
+    let root = top.join("var/lib/docker");
+    let store = root.join("image/overlay2");
+    let diff_ids: Vec<String> =
+        (0..layers.len()).map(|i| format!("sha256:{}", sha256_hex(format!("{seed}-{i}").as_bytes()))).collect();
+    let list = diff_ids.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(",");
+    let config = format!(r#"{{"os":"linux","created":"{seed}","rootfs":{{"type":"layers","diff_ids":[{list}]}}}}"#);
+    let id = sha256_hex(config.as_bytes());
+    write(&store.join("imagedb/content/sha256").join(&id), config.as_bytes());
+    let chains = chain_ids(&diff_ids);
+    for (i, (files, (c, d))) in layers.iter().zip(chains.iter().zip(&diff_ids)).enumerate() {
+        let dir = store.join("layerdb/sha256").join(c.strip_prefix("sha256:").unwrap());
+        write(&dir.join("diff"), d.as_bytes());
+        if i > 0 {
+            write(&dir.join("parent"), chains[i - 1].as_bytes());
+        }
+        let cache_id = sha256_hex(format!("cache {c}").as_bytes());
+        write(&dir.join("cache-id"), cache_id.as_bytes());
+        let diff = root.join("overlay2").join(&cache_id).join("diff");
+        std::fs::create_dir_all(&diff).unwrap();
+        for (path, data) in files.iter() {
+            match data {
+                Some(data) => write(&diff.join(path), data),
+                None => {
+                    std::fs::create_dir_all(diff.join(path).parent().unwrap()).unwrap();
+                    let ok = Command::new("mknod").arg(diff.join(path)).args(["c", "0", "0"]).status().unwrap();
+                    assert!(ok.success(), "mknod (needs root)");
+                }
+            }
+        }
+    }
+    write(
+        &store.join("repositories.json"),
+        format!(r#"{{"Repositories":{{"os":{{"os:1":"sha256:{id}"}}}}}}"#).as_bytes(),
+    );
+    format!("sha256:{id}")
 }
 
 const CMD: &str = "root=LABEL=disk rootflags=subvol=rw dockroot.image=os:1 quiet";
@@ -215,5 +256,44 @@ fn boot_files_follow_the_image_and_write_nothing_when_up_to_date() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("usage: dockroot boot-files"), "{out}");
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+/// Docker's overlay2 store: the files are looked up through the image's layers
+/// (a whiteout in the top layer hides a file of the base layer), and retagging
+/// the image to another one replaces the files.
+#[test]
+fn boot_files_look_through_docker_overlay2_layers() {
+    let base = std::env::temp_dir().join(format!("dockroot-cli-bootfiles-ov-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (top, esp) = (base.join("top"), base.join("esp"));
+    std::fs::create_dir_all(&esp).unwrap();
+    let (i61, i612) = (initramfs("6.1.0"), initramfs("6.12.1"));
+    let lower: &[(&str, Option<&[u8]>)] = &[
+        ("boot/vmlinuz-6.1.0", Some(b"kernel 6.1.0")),
+        ("boot/initrd.img-6.1.0", Some(&i61)),
+        ("usr/lib/modules/6.12.1/vmlinuz", Some(b"kernel 6.12.1")),
+        ("boot/initrd.img-6.12.1", Some(&i612)),
+    ];
+    let upper: &[(&str, Option<&[u8]>)] = &[("boot/initrd.img-6.12.1", None), ("etc/hostname", Some(b"os"))];
+    let id = docker_overlay2_image(&top, "a", &[lower, upper]);
+    let (t, e) = (top.to_str().unwrap(), esp.to_str().unwrap());
+    let (code, out, err) = run(&["--top", t, "--esp", e, "--cmdline", CMD, "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["release"].as_str(), v["image_id"].as_str()), (Some("6.1.0"), Some(id.as_str())), "{v}");
+    assert!(v["root"].as_str().unwrap().contains("Docker (overlay2) at /var/lib/docker"), "{v}");
+    assert!(v["skipped"][0].as_str().unwrap().starts_with("6.12.1: no dockroot initramfs"), "{v}");
+    let old = v["kernel"].as_str().unwrap().to_string();
+    assert_eq!(std::fs::read(esp.join(old.trim_start_matches('/'))).unwrap(), b"kernel 6.1.0");
+
+    // os:1 now names another image (a pull): its kernel replaces the old one.
+    let id2 = docker_overlay2_image(&top, "b", &[lower]);
+    let (code, out, err) = run(&["--top", t, "--esp", e, "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["release"].as_str(), v["image_id"].as_str()), (Some("6.12.1"), Some(id2.as_str())), "{v}");
+    assert_eq!(v["removed"], serde_json::json!([Path::new(&old).parent().unwrap().display().to_string()]));
+    assert_eq!(files(&esp).len(), 3, "{:?}", files(&esp));
     std::fs::remove_dir_all(&base).unwrap();
 }
