@@ -83,7 +83,10 @@ fn initramfs(release: &str) -> Vec<u8> {
 /// An image of `layers` (each a list of (path, data); data `None`: a whiteout, a 0:0
 /// character device as overlay2 stores it) in Docker's overlay2 layout under
 /// `top/var/lib/docker`, base layer first; returns its ID.
-fn docker_overlay2_image(top: &Path, seed: &str, layers: &[&[(&str, Option<&[u8]>)]]) -> String {
+/// A layer's files: a path and its data, `None` for a whiteout.
+type Layer<'a> = &'a [(&'a str, Option<&'a [u8]>)];
+
+fn docker_overlay2_image(top: &Path, seed: &str, layers: &[Layer<'_>]) -> String {
     let root = top.join("var/lib/docker");
     let store = root.join("image/overlay2");
     let diff_ids: Vec<String> =
@@ -269,13 +272,13 @@ fn boot_files_look_through_docker_overlay2_layers() {
     let (top, esp) = (base.join("top"), base.join("esp"));
     std::fs::create_dir_all(&esp).unwrap();
     let (i61, i612) = (initramfs("6.1.0"), initramfs("6.12.1"));
-    let lower: &[(&str, Option<&[u8]>)] = &[
+    let lower: Layer<'_> = &[
         ("boot/vmlinuz-6.1.0", Some(b"kernel 6.1.0")),
         ("boot/initrd.img-6.1.0", Some(&i61)),
         ("usr/lib/modules/6.12.1/vmlinuz", Some(b"kernel 6.12.1")),
         ("boot/initrd.img-6.12.1", Some(&i612)),
     ];
-    let upper: &[(&str, Option<&[u8]>)] = &[("boot/initrd.img-6.12.1", None), ("etc/hostname", Some(b"os"))];
+    let upper: Layer<'_> = &[("boot/initrd.img-6.12.1", None), ("etc/hostname", Some(b"os"))];
     let id = docker_overlay2_image(&top, "a", &[lower, upper]);
     let (t, e) = (top.to_str().unwrap(), esp.to_str().unwrap());
     let (code, out, err) = run(&["--top", t, "--esp", e, "--cmdline", CMD, "--json"]);
