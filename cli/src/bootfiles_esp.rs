@@ -221,10 +221,17 @@ pub fn apply(esp: &Path, name: &str, update: &Update, kernel: &[u8], initrd: &[u
         make_dirs(esp, &files_rel)?;
         let tmp = files.join(format!("{dir}{TMP_SUFFIX}"));
         remove_any(&tmp)?;
-        std::fs::create_dir(&tmp).context(|| format!("creating {}", tmp.display()))?;
-        write_new(&tmp.join(KERNEL_FILE), kernel)?;
-        write_new(&tmp.join(INITRD_FILE), initrd)?;
-        sync_dir(&tmp)?;
+        let written = (|| {
+            std::fs::create_dir(&tmp).context(|| format!("creating {}", tmp.display()))?;
+            write_new(&tmp.join(KERNEL_FILE), kernel)?;
+            write_new(&tmp.join(INITRD_FILE), initrd)?;
+            sync_dir(&tmp)
+        })();
+        if let Err(e) = written {
+            // A full ESP, say: leave the space as it was (the entry in use is untouched).
+            let _ = remove_any(&tmp);
+            return Err(e);
+        }
         // A directory of that name that is not what we want (a damaged copy).
         let dest = files.join(dir);
         remove_any(&dest)?;

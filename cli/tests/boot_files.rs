@@ -4,10 +4,11 @@
 //! leftovers are removed, `--dry-run` writes nothing, and a root without a
 //! kernel and dockroot initramfs exits 3.
 //!
-//! The store is Podman's btrfs layout (a layer "subvolume" is a plain directory
-//! here, as in `dockroot::plan`'s tests): the same path as Docker's btrfs driver
-//! for boot-files, a complete tree. Layered roots are covered by the unit tests
-//! of `bootfiles_image`.
+//! The stores: Podman's btrfs layout (a layer "subvolume" is a plain directory
+//! here, as in `dockroot::plan`'s tests: for boot-files the same as Docker's
+//! btrfs driver, one complete tree) and Docker's overlay2 layout (layers, with a
+//! whiteout), both written by hand. The ESP is a plain directory: this kernel
+//! may have no vfat (the QEMU tests write a real ESP).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
