@@ -358,12 +358,11 @@ fn on_esp(a: &Args, found: &Esp, dir: &Path, esp_shown: &str, booted: bool) -> s
         Print::Grub => entry::grub_stanza(&new, esp_shown, found.fs_uuid.as_deref()),
         Print::Refind => entry::refind_stanza(&new, esp_shown, found.partuuid.as_deref()),
     });
-    let source_root: Vec<String> = vec![src.layers.shown.clone()];
     if a.json {
         let v = json!({
             "dockroot_boot_files": SCHEMA,
             "esp": esp_shown, "esp_partuuid": found.partuuid, "entry": conf_rel,
-            "changed": update.changes(), "dry_run": a.dry_run, "from": src.from, "root": source_root[0],
+            "changed": update.changes(), "dry_run": a.dry_run, "from": src.from, "root": src.layers.shown,
             "image": src.title, "image_id": src.image_id, "release": files.release,
             "kernel": new.linux, "initrd": new.initrd,
             "kernel_source": files.kernel_path, "initrd_source": files.initrd_path, "options": new.options,
