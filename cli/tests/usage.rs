@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-const COMMANDS: [&str; 4] = ["plan", "rollback", "status", "switch"];
+const COMMANDS: [&str; 6] = ["bless", "boot-files", "plan", "rollback", "status", "switch"];
 
 /// `dockroot ARGS`: status, stdout, stderr.
 fn dockroot(args: &[&str]) -> (i32, String, String) {
