@@ -37,6 +37,7 @@ pub fn prepare(
 ) -> Option<Count> {
     let tries = cfg.params.tries;
     if tries == 0 {
+        record.trial = serde_json::json!({ "state": "off" });
         return None;
     }
     // An image that does not resolve is the fresh root's failure, said there.
@@ -113,7 +114,12 @@ pub fn use_try(store: &RwStore, count: &Count, record: &mut Record) {
         t.set(&count.hex, &count.files, count.to)
     });
     match done {
-        Ok(()) => log::info!("image {} is on trial: {}", count.image, count.to.describe()),
+        Ok(()) => {
+            if let State::Trial { left, done } = count.to {
+                let total = u16::from(left) + u16::from(done);
+                log::info!("image {} is on trial: this boot is try {done} of {total}", count.image);
+            }
+        }
         Err(e) => record.warn(format!("boot counting: this boot of image {} is not counted: {e}", count.image)),
     }
     if let Err(e) = leave_bless_unit() {
