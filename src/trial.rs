@@ -108,11 +108,14 @@ pub fn parse_name(file: &str) -> Option<(String, State)> {
         ".bad" => State::Bad,
         _ => {
             let (left, done) = rest.strip_prefix('+')?.split_once('-')?;
-            let num = |s: &str| {
-                (!s.is_empty() && s.len() <= 2 && s.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| s.parse().ok())
-                    .flatten()
+            // Decimal as we write it: no sign, no leading zero, at most 99.
+            let canonical = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 2
+                    && s.bytes().all(|b| b.is_ascii_digit())
+                    && (s == "0" || !s.starts_with('0'))
             };
+            let num = |s: &str| canonical(s).then(|| s.parse().ok()).flatten();
             State::Trial { left: num(left)?, done: num(done)? }
         }
     };
@@ -297,6 +300,8 @@ mod tests {
             &format!("{A}+100-1"),
             &format!("{A}+1-1x"),
             &format!("{A}+ 1-1"),
+            &format!("{A}+00-3"),
+            &format!("{A}+1-03"),
             &format!("{A}.GOOD"),
             &format!("{A}.good.tmp"),
             &"A".repeat(64),

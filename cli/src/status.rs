@@ -9,7 +9,9 @@
 //! { "dockroot_status": 1,
 //!   "booted": null | { "dockroot", "booted", "image": null | { "reference", "id", "store", "driver" },
 //!                      "image_source", "rw_layer", "rw_layer_kind", "fallback": null | { "reason", "booted" },
-//!                      "warnings": [..] },
+//!                      "warnings": [..],
+//!                      "trial": null | { "image", "state": "off" | "blessed" | "on trial" | "refused",
+//!                                        "tries_left": null | n, "refused": [ids], "blessed": [ids] } },
 //!   "kernel": null | { "release", "modules": bool },
 //!   "rw_layer": "/rwlayer", "rw_layer_exists": bool,
 //!   "kept": [ { "name", "path", "created", "image", "has_init": bool, "why_not": null | str } ],
@@ -161,7 +163,7 @@ fn to_json(record: Option<&Value>, kernel: Option<Value>, p: &Plan) -> Value {
         json!({
             "dockroot": r["dockroot"], "booted": r["booted"], "image": image, "image_source": r["image_source"],
             "rw_layer": r["rw_layer"], "rw_layer_kind": r["rw_layer_kind"], "fallback": r["fallback"],
-            "warnings": r["warnings"],
+            "warnings": r["warnings"], "trial": r["trial"],
         })
     });
     let booted_id = record.and_then(|r| r["image"]["id"].as_str());
@@ -247,6 +249,14 @@ fn human(v: &Value) -> String {
         }
         if let Some(reason) = b["fallback"]["reason"].as_str() {
             out.push(format!("  FALLBACK at this boot: {reason}"));
+        }
+        if let Some(state) = b["trial"]["state"].as_str() {
+            let left = b["trial"]["tries_left"].as_u64().map(|n| format!(", {n} tries left")).unwrap_or_default();
+            out.push(format!("  boot counting at this boot: {state}{left}"));
+            let ids = |k: &str| b["trial"][k].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "));
+            if let Some(r) = ids("refused").filter(|r| !r.is_empty()) {
+                out.push(format!("  refused images: {r}"));
+            }
         }
         out.push(format!("  by dockroot {}", s(&b["dockroot"])));
     }

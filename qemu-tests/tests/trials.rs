@@ -75,7 +75,8 @@ fn a_bad_image_is_refused_after_its_tries_and_the_blessed_one_boots() {
     }
     assert!(m.inspect(trial_files).contains(&format!("{}+0-2", hex(&variant))));
     for n in [1, 2] {
-        let (r, out) = m.report_and_output(&format!("trial_refused_{n}"), &variant_args(2, "", ""));
+        let status = r#"--run "/run/dockroot/dockroot status --json""#;
+        let (r, out) = m.report_and_output(&format!("trial_refused_{n}"), &variant_args(2, "", status));
         assert_eq!(booted_image(&r), "os", "boot {n} after the tries: the blessed image");
         let rec = &r["boot_record"];
         let reason = rec["fallback"]["reason"].as_str().unwrap_or_default();
@@ -85,6 +86,12 @@ fn a_bad_image_is_refused_after_its_tries_and_the_blessed_one_boots() {
         assert_eq!(rec["trial"]["state"], "refused", "{rec}");
         assert_eq!(rec["trial"]["refused"], serde_json::json!([variant]), "{rec}");
         assert!(out.contains("FALLBACK: image") && out.contains("failed 2 boots"), "{}", out.tail(30));
+        // `dockroot status` in the booted system says so too.
+        assert_eq!(r["runs"][0]["code"], 0, "{}", r["runs"][0]);
+        let st: Value = serde_json::from_str(r["runs"][0]["stdout"].as_str().unwrap()).expect("status --json");
+        assert_eq!(st["booted"]["trial"]["state"], "refused", "{st:#}");
+        assert_eq!(st["booted"]["trial"]["refused"], serde_json::json!([variant]), "{st:#}");
+        assert_eq!(st["booted"]["fallback"]["reason"], reason, "{st:#}");
     }
 
     // dockroot.trial=retry: new tries, and the variant boots again.
