@@ -142,7 +142,8 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     record.image_source = next.source.name();
     // Boot counting: an image that used its tries unblessed is refused, and
     // the boot goes back to the newest blessed one.
-    let count = choose::counting::prepare(&cfg, &store, &mut image, &mut rollback_kept, &mut record);
+    let count =
+        choose::counting::prepare(Path::new(STAGING_TOP), &cfg, &store, &mut image, &mut rollback_kept, &mut record);
     cfg.image = image;
 
     // 6-8. The image, the rw layer, the top layer: the root the policy chooses.

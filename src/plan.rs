@@ -9,12 +9,14 @@
 //! ([`policy::decide_with`]); the plan says what would be created, kept,
 //! deleted and written.
 
+use crate::choose::counting;
 use crate::choose::facts::{self, Lookout};
 use crate::config::{BootConfig, Embedded};
 use crate::error::{Context, Error, Result};
 use crate::nextboot::{self, ImageSource, NextBoot};
 use crate::policy::{self, Decision};
 use crate::policy::{Bootable, RootFacts, Which};
+use crate::record::Record;
 use crate::reference::ImageSpec;
 use crate::rwlayer::{self, At, RwStore};
 use crate::store::{self, Resolved, Root};
@@ -97,6 +99,10 @@ pub struct Plan {
     /// The top layer directory as found on this host and walked without error,
     /// which a fresh root gets on top of the image (for `dockroot boot-files`).
     pub toplayer_dir: Option<PathBuf>,
+    /// Boot counting: the image asked for is refused and the boot goes back
+    /// to a blessed one (why); boot.json's `"trial"` as the boot would write it.
+    pub trial_fallback: Option<String>,
+    pub trial: serde_json::Value,
     /// The report, line by line.
     pub lines: Vec<String>,
 }
@@ -105,7 +111,7 @@ impl Plan {
     pub fn outcome(&self) -> Outcome {
         match &self.decision {
             Decision::Fail(_) | Decision::Check(_) => Outcome::Fail,
-            d if d.fallback().is_some() => Outcome::Fallback,
+            d if d.fallback().is_some() || self.trial_fallback.is_some() => Outcome::Fallback,
             _ => Outcome::AsAsked,
         }
     }
@@ -127,7 +133,13 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
     let mut cfg = BootConfig::parse(input.cmdline, || Ok(input.config.clone()))?;
     let top = std::fs::File::open(input.top).context(|| format!("opening {}", input.top.display()))?;
     let on_cmdline = cfg.params.image.is_some();
-    let next = nextboot::apply(top.as_fd(), &cfg.root.rw_subvol, &mut cfg.image, on_cmdline, false);
+    let mut next = nextboot::apply(top.as_fd(), &cfg.root.rw_subvol, &mut cfg.image, on_cmdline, false);
+    // Boot counting, as the boot does it: a refused image turns the boot to the blessed one.
+    let rw = RwStore::open(top.as_fd(), &cfg.root.rw_subvol)?;
+    let mut counted = Record::default();
+    let mut image = cfg.image.clone();
+    let count = counting::prepare(input.top, &cfg, &rw, &mut image, &mut next.rollback_kept, &mut counted);
+    cfg.image = image;
     let (params, root, opts) = (&cfg.params, &cfg.root, &cfg.store);
     let mut lines: Vec<String> = Vec::new();
     let mut say = |s: String| lines.push(s);
@@ -162,8 +174,11 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
         if opts.verify { "on" } else { "off (dockroot.verify=off): mismatches are only warnings" }
     ));
     say(format!("image {} (from {})", cfg.image, next.source.name()));
-    for w in &next.warnings {
+    for w in next.warnings.iter().chain(&counted.warnings) {
         say(format!("warning: {w}"));
+    }
+    if let Some(c) = &count {
+        say(format!("  boot counting: image {} is on trial: the boot uses a try ({})", c.image, c.state().describe()));
     }
     if next.source == nextboot::ImageSource::Once {
         say(format!("  a one-shot choice: the boot removes it from {} before it uses it", next.shown));
@@ -219,7 +234,6 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
     let walked = toplayer_dir.as_ref().map(|dir| (shown(dir), walk(dir, &shown(dir))));
 
     // The rw layer, the kept roots, and the rule.
-    let rw = RwStore::open(top.as_fd(), &root.rw_subvol)?;
     let mut facts = facts::gather(&rw, params.mode);
     facts.rollback_kept = next.rollback_kept.clone();
     facts.fresh_failed = match (&resolved, &walked) {
@@ -345,6 +359,8 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
         rw_exists: has_current,
         kept: facts.kept,
         toplayer_dir: toplayer_walked,
+        trial_fallback: counted.fallback.as_ref().and_then(|f| f["reason"].as_str()).map(str::to_string),
+        trial: counted.trial,
         lines,
     })
 }

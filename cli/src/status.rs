@@ -19,6 +19,7 @@
 //!                  "action": "fresh" | "current" | "copy" | "fail", "copy_of": null | str,
 //!                  "fallback": null | str, "fail": null | str, "update_pending": null | bool,
 //!                  "switch": null | { "image", "set", "kept" }, "once": null | { "image", "set", "kept" },
+//!                  "trial": null | { as booted.trial, as the next boot would find it },
 //!                  "outcome": "as-asked" | "fallback" | "fail" } }
 //! ```
 
@@ -214,8 +215,9 @@ fn to_json(record: Option<&Value>, kernel: Option<Value>, p: &Plan) -> Value {
             "image_error": p.refusal,
             "action": action,
             "copy_of": copy_of,
-            "fallback": fallback,
+            "fallback": fallback.or(p.trial_fallback.clone()),
             "fail": fail,
+            "trial": p.trial,
             "update_pending": update_pending,
             "switch": selection(&p.next.as_ref().and_then(|n| n.switch.clone())),
             "once": selection(&p.next.as_ref().and_then(|n| n.once.clone())),

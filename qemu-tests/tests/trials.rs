@@ -75,7 +75,7 @@ fn a_bad_image_is_refused_after_its_tries_and_the_blessed_one_boots() {
     }
     assert!(m.inspect(trial_files).contains(&format!("{}+0-2", hex(&variant))));
     for n in [1, 2] {
-        let status = r#"--run "/run/dockroot/dockroot status --json""#;
+        let status = r#"--run "/run/dockroot/dockroot status --json" --run "/run/dockroot/dockroot plan""#;
         let (r, out) = m.report_and_output(&format!("trial_refused_{n}"), &variant_args(2, "", status));
         assert_eq!(booted_image(&r), "os", "boot {n} after the tries: the blessed image");
         let rec = &r["boot_record"];
@@ -92,6 +92,15 @@ fn a_bad_image_is_refused_after_its_tries_and_the_blessed_one_boots() {
         assert_eq!(st["booted"]["trial"]["state"], "refused", "{st:#}");
         assert_eq!(st["booted"]["trial"]["refused"], serde_json::json!([variant]), "{st:#}");
         assert_eq!(st["booted"]["fallback"]["reason"], reason, "{st:#}");
+        // And that the next boot will do the same: the one rule, read-only.
+        let next = &st["next_boot"];
+        assert_eq!(next["outcome"], "fallback", "{st:#}");
+        assert_eq!(next["image_id"], os.as_str(), "{st:#}");
+        assert_eq!(next["fallback"], reason, "{st:#}");
+        assert_eq!(next["trial"]["state"], "refused", "{st:#}");
+        let plan = &r["runs"][1];
+        assert_eq!(plan["code"], 3, "plan exits 3 (a fallback): {plan}");
+        assert!(plan["stdout"].as_str().unwrap().contains("FALLBACK: image"), "{plan}");
     }
 
     // dockroot.trial=retry: new tries, and the variant boots again.

@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use crate::config::BootConfig;
-use crate::mounts::STAGING_TOP;
 use crate::policy::{self, TrialPlan};
 use crate::record::Record;
 use crate::reference::ImageSpec;
@@ -24,11 +23,20 @@ pub struct Count {
     to: State,
 }
 
-/// Look at the trial of the image this boot asks for (`image`): a refused
-/// image is replaced by the blessed one to go back to (and `rollback_kept` by
-/// its kept root); an image on trial gives the try to use. Problems reading
-/// the counters are warnings: counting never stops a boot.
+impl Count {
+    /// The state this boot's try moves the image to.
+    pub fn state(&self) -> State {
+        self.to
+    }
+}
+
+/// Look at the trial of the image this boot asks for (`image`, resolved in
+/// the stores under `top`): a refused image is replaced by the blessed one to
+/// go back to (and `rollback_kept` by its kept root); an image on trial gives
+/// the try to use. Problems reading the counters are warnings: counting never
+/// stops a boot. `dockroot plan` calls this too, with a record of its own.
 pub fn prepare(
+    top: &Path,
     cfg: &BootConfig,
     store: &RwStore,
     image: &mut ImageSpec,
@@ -41,7 +49,7 @@ pub fn prepare(
         return None;
     }
     // An image that does not resolve is the fresh root's failure, said there.
-    let target = store::resolve_image(Path::new(STAGING_TOP), &cfg.store, image).ok()?.image_id;
+    let target = store::resolve_image(top, &cfg.store, image).ok()?.image_id;
     let states = match store.trials(false) {
         Ok(Some(t)) => t.states().unwrap_or_else(|e| {
             record.warn(format!("boot counting: {e}"));
