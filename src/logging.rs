@@ -81,12 +81,6 @@ pub fn keep(path: &str) {
     }
 }
 
-fn uptime_us() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    let s = u64::try_from(t.tv_sec).unwrap_or(0);
-    s.saturating_mul(1_000_000).saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0) / 1000)
-}
-
 /// /dev/kmsg and the kernel's console log level when it was opened: the
 /// kernel itself echoes a record to the console when its level is below that.
 struct Kmsg {
@@ -242,7 +236,7 @@ impl Log for Logger {
     fn log(&self, record: &Record) {
         let msg = record.args().to_string();
         if let Ok(mut kept) = self.kept.lock() {
-            kept.push(uptime_us(), record.level(), &msg);
+            kept.push(crate::switch_root::clock_us(libc::CLOCK_MONOTONIC), record.level(), &msg);
         }
         let wanted = self.console.lock().map(|l| *l).unwrap_or(LevelFilter::Info);
         let mut kmsg_level = None;

@@ -74,16 +74,7 @@ pub struct Started {
 impl Started {
     /// Read both clocks (first thing at boot).
     pub fn now() -> Self {
-        use rustix::time::{clock_gettime, ClockId};
-        let us = |t: rustix::time::Timespec| {
-            let s = u64::try_from(t.tv_sec).unwrap_or(0);
-            let ns = u64::try_from(t.tv_nsec).unwrap_or(0);
-            s.saturating_mul(1_000_000).saturating_add(ns / 1000)
-        };
-        Started {
-            realtime_us: us(clock_gettime(ClockId::Realtime)),
-            monotonic_us: us(clock_gettime(ClockId::Monotonic)),
-        }
+        Started { realtime_us: clock_us(libc::CLOCK_REALTIME), monotonic_us: clock_us(libc::CLOCK_MONOTONIC) }
     }
 
     /// The line systemd's manager deserialisation reads as its initrd timestamp:
@@ -91,6 +82,18 @@ impl Started {
     pub fn serialized(&self) -> String {
         format!("initrd-timestamp={} {}\n", self.realtime_us, self.monotonic_us)
     }
+}
+
+/// Microseconds on `clock` (0 if it cannot be read). glibc's clock_gettime,
+/// which std's clocks already link, rather than a second vDSO lookup.
+pub fn clock_us(clock: libc::clockid_t) -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec to the valid one we pass.
+    if unsafe { libc::clock_gettime(clock, &mut t) } != 0 {
+        return 0;
+    }
+    let s = u64::try_from(t.tv_sec).unwrap_or(0);
+    s.saturating_mul(1_000_000).saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0) / 1000)
 }
 
 /// Whether the init, as resolved inside the new root (every symlink followed
@@ -141,8 +144,8 @@ pub fn resolve_in_root(new_root: BorrowedFd<'_>, path: &str) -> Option<String> {
     )
     .ok()?;
     let show = |fd: BorrowedFd<'_>| {
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-        link.to_str().map(String::from)
+        let link = rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new()).ok()?;
+        link.into_string().ok()
     };
     path_in_root(&show(new_root)?, &show(fd.as_fd())?)
 }
