@@ -25,10 +25,12 @@ static REBOOT_DELAY_MS: AtomicU64 = AtomicU64::new(config::DEFAULT_REBOOT_DELAY.
 
 /// PID 1's entry point: boot, or explain why not and reboot.
 pub fn run() -> ! {
+    // When the initramfs stage began, for systemd (see `switch_root`).
+    let started = switch_root::Started::now();
     logging::init();
     std::panic::set_hook(Box::new(on_panic));
     let mut reboot_delay = config::DEFAULT_REBOOT_DELAY;
-    let err = match boot(&mut reboot_delay) {
+    let err = match boot(&mut reboot_delay, &started) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -83,7 +85,7 @@ fn panic_report(payload: Option<&str>, location: Option<(&str, u32)>) -> String 
     format!("cannot boot: dockroot {} hit a bug (a panic{at}): {what}; please report it", env!("CARGO_PKG_VERSION"))
 }
 
-fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
+fn boot(reboot_delay: &mut Duration, started: &switch_root::Started) -> Result<Infallible> {
     // 1. API filesystems, console, logging.
     let mut t = Timings::new();
     t.run("early", mounts::mount_api_filesystems)?;
@@ -177,6 +179,9 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
             .context(|| format!("unmounting {STAGING_TOP}"))
     })?;
     let init = switch_root::find_init(new_root.as_fd(), &candidates)?;
+    let resolved = switch_root::resolve_in_root(new_root.as_fd(), &init);
+    let systemd = resolved.as_deref().is_some_and(switch_root::is_systemd);
+    log::debug!("init {init} is {} in the new root", resolved.as_deref().unwrap_or("(cannot tell)"));
     // The image's modules for the running kernel (after an update they may be for another).
     let kernel = kernel::assess(&kernel::running_release(), kernel::image_releases(new_root.as_fd()));
     if let Some(w) = kernel.warning(kernel::no_kexec_reason()) {
@@ -202,7 +207,8 @@ fn boot(reboot_delay: &mut Duration) -> Result<Infallible> {
     let init_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let term = std::env::var("TERM").unwrap_or_else(|_| "linux".to_string());
     let env = [("HOME".to_string(), "/".to_string()), ("TERM".to_string(), term)];
-    switch_root::switch_root(Path::new(NEW_ROOT), &init, &init_args, &env)
+    let systemd = systemd.then_some(started);
+    switch_root::switch_root(Path::new(NEW_ROOT), &init, &init_args, &env, systemd, record::BOOT_LOG)
 }
 
 /// Load the modules every boot needs and the drivers of the devices present

@@ -1,6 +1,11 @@
 //! Stage 1b: logging. Every message goes through the `log` facade to two places:
 //! `/dev/kmsg`, so the booted system's dmesg and journal have the whole story,
 //! and the console (stderr = /dev/console), as short human-readable lines.
+//! Each line is also kept in memory (the first [`KEPT_MAX`] bytes, with the
+//! time since boot) and [`keep`] writes them to a file just before the next
+//! init starts (`/run/dockroot/boot.log`): the whole boot, even when the kernel
+//! log has wrapped or the console was quiet. Pure: the lines, the buffer; thin:
+//! the writes.
 
 use std::fs::File;
 use std::io::Write;
@@ -13,10 +18,67 @@ pub const TAG: &str = "dockroot";
 /// The kernel keeps a /dev/kmsg record to about 1 KiB; longer lines are split.
 const KMSG_CHUNK: usize = 900;
 const DEVKMSG_SYSCTL: &str = "/proc/sys/kernel/printk_devkmsg";
+/// How much of the boot's log is kept for [`keep`].
+pub const KEPT_MAX: usize = 256 << 10;
 
 struct Logger {
     kmsg: Mutex<Option<Kmsg>>,
     console: Mutex<LevelFilter>,
+    kept: Mutex<Kept>,
+}
+
+/// The boot's log lines, at most `max` bytes of them; the rest is counted.
+pub struct Kept {
+    text: String,
+    max: usize,
+    left_out: usize,
+}
+
+impl Kept {
+    pub const fn new(max: usize) -> Self {
+        Kept { text: String::new(), max, left_out: 0 }
+    }
+
+    /// Add one message (`uptime_us` since boot), one line per line of it.
+    pub fn push(&mut self, uptime_us: u64, level: Level, msg: &str) {
+        let line = format!("[{:5}.{:06}] {}", uptime_us / 1_000_000, uptime_us % 1_000_000, console_line(level, msg));
+        if self.left_out == 0 && self.text.len().saturating_add(line.len()) <= self.max {
+            self.text.push_str(&line);
+        } else {
+            self.left_out = self.left_out.saturating_add(1);
+        }
+    }
+
+    /// The file's content: the lines, and what was left out if anything.
+    pub fn contents(&self) -> String {
+        let mut out = self.text.clone();
+        if self.left_out > 0 {
+            out.push_str(&format!(
+                "[dockroot: {} more messages are not in this file: it keeps the first {} KiB of the log]\n",
+                self.left_out,
+                self.max >> 10
+            ));
+        }
+        out
+    }
+}
+
+/// Write the kept log to `path` (a temporary file, then renamed), creating its
+/// directory. Failures are said on the console and the kernel log only.
+pub fn keep(path: &str) {
+    let text = LOGGER.kept.lock().map(|k| k.contents()).unwrap_or_default();
+    let p = std::path::Path::new(path);
+    let tmp = format!("{path}.tmp");
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&tmp, text.as_bytes())?;
+        std::fs::rename(&tmp, p)
+    };
+    if let Err(e) = write() {
+        log::warn!("could not keep the boot's log in {path}: {e}");
+    }
 }
 
 /// /dev/kmsg and the kernel's console log level when it was opened: the
@@ -29,7 +91,8 @@ struct Kmsg {
     echoed: bool,
 }
 
-static LOGGER: Logger = Logger { kmsg: Mutex::new(None), console: Mutex::new(LevelFilter::Info) };
+static LOGGER: Logger =
+    Logger { kmsg: Mutex::new(None), console: Mutex::new(LevelFilter::Info), kept: Mutex::new(Kept::new(KEPT_MAX)) };
 
 /// Install the logger. Until [`attach_kmsg`] is called, messages go to the console only.
 pub fn init() {
@@ -172,6 +235,9 @@ impl Log for Logger {
 
     fn log(&self, record: &Record) {
         let msg = record.args().to_string();
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.push(crate::switch_root::clock_us(libc::CLOCK_MONOTONIC), record.level(), &msg);
+        }
         let wanted = self.console.lock().map(|l| *l).unwrap_or(LevelFilter::Info);
         let mut kmsg_level = None;
         if let Ok(mut guard) = self.kmsg.lock() {
@@ -201,6 +267,28 @@ mod tests {
         assert_eq!(console_line(Level::Info, "found /dev/vda"), "dockroot: found /dev/vda\n");
         assert_eq!(console_line(Level::Error, "x"), "dockroot: ERROR: x\n");
         assert_eq!(console_line(Level::Warn, "y"), "dockroot: WARNING: y\n");
+    }
+
+    #[test]
+    fn the_kept_log_is_bounded_and_says_so() {
+        let mut k = Kept::new(90);
+        k.push(1_234_567, Level::Info, "found /dev/vda");
+        k.push(12_000_001, Level::Warn, "careful");
+        assert_eq!(
+            k.contents(),
+            "[    1.234567] dockroot: found /dev/vda\n[   12.000001] dockroot: WARNING: careful\n"
+        );
+        k.push(13_000_000, Level::Info, "this line no longer fits in 90 bytes");
+        k.push(14_000_000, Level::Info, "x"); // would fit, but the log stays a prefix
+        let c = k.contents();
+        assert!(
+            c.starts_with("[    1.234567] dockroot: found /dev/vda\n[   12.000001] dockroot: WARNING: careful\n"),
+            "{c}"
+        );
+        assert!(
+            c.ends_with("[dockroot: 2 more messages are not in this file: it keeps the first 0 KiB of the log]\n"),
+            "{c}"
+        );
     }
 
     #[test]

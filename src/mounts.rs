@@ -25,13 +25,15 @@ pub fn mkdir_p(path: &str) -> Result<()> {
     std::fs::create_dir_all(path).context(|| format!("creating {path}"))
 }
 
+/// The API filesystems; /run as systemd wants it handed over from an initramfs
+/// (its INITRD_INTERFACE: tmpfs, mode=0755,nodev,nosuid,strictatime).
 pub fn mount_api_filesystems() -> Result<()> {
     let nosuid = MountFlags::NOSUID;
     let table: [(&str, &str, &str, MountFlags, &str); 4] = [
         ("devtmpfs", "/dev", "devtmpfs", nosuid, "mode=0755"),
         ("proc", "/proc", "proc", nosuid | MountFlags::NODEV | MountFlags::NOEXEC, ""),
         ("sysfs", "/sys", "sysfs", nosuid | MountFlags::NODEV | MountFlags::NOEXEC, ""),
-        ("tmpfs", "/run", "tmpfs", nosuid | MountFlags::NODEV, "mode=0755"),
+        ("tmpfs", "/run", "tmpfs", nosuid | MountFlags::NODEV | MountFlags::STRICTATIME, "mode=0755"),
     ];
     for (src, target, fstype, flags, data) in table {
         mkdir_p(target)?;

@@ -37,6 +37,8 @@ impl Timings {
 
 /// Where the boot record is written (the initramfs's /run moves into the new root).
 pub const BOOT_RECORD: &str = "/run/dockroot/boot.json";
+/// Where the boot's whole log is kept ([`crate::logging::keep`]), beside the record.
+pub const BOOT_LOG: &str = "/run/dockroot/boot.log";
 /// Where an initramfs carries the `dockroot` commands (`dockroot-mkinitramfs --commands`).
 pub const COMMANDS_IN_INITRAMFS: &str = "/usr/lib/dockroot/dockroot";
 /// Where the booted system finds them: the exact version that booted it, even

@@ -6,9 +6,19 @@
 //! mount propagation private; move /dev /proc /sys /run into the new root;
 //! move the new root onto / and chroot into it; free the initramfs's memory
 //! without crossing into other filesystems; exec the init as PID 1.
+//!
+//! When the init is systemd ([`is_systemd`]) it is told it comes from an
+//! initramfs the way systemd's own initrd tells it: `--switched-root --system
+//! --deserialize FD`, FD a memfd (inherited, not close-on-exec) holding one line
+//! of systemd's state serialisation, `initrd-timestamp=REALTIME MONOTONIC` (in
+//! microseconds, when dockroot started). systemd then reports the initramfs
+//! stage (`systemd-analyze`: "(initrd)", `InitRDTimestampMonotonic`). Pure: the
+//! argv ([`init_argv`]), the text ([`Started::serialized`]), the systemd rule;
+//! thin: the clocks, the memfd, the exec.
 
 use std::convert::Infallible;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 
@@ -52,6 +62,106 @@ pub fn move_action(is_mounted: bool, target_is_dir: bool) -> MoveAction {
         (true, true) => MoveAction::Move,
         (true, false) => MoveAction::Detach,
     }
+}
+
+/// When dockroot started, on the two clocks systemd records (microseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    pub realtime_us: u64,
+    pub monotonic_us: u64,
+}
+
+impl Started {
+    /// Read both clocks (first thing at boot).
+    pub fn now() -> Self {
+        Started { realtime_us: clock_us(libc::CLOCK_REALTIME), monotonic_us: clock_us(libc::CLOCK_MONOTONIC) }
+    }
+
+    /// The line systemd's manager deserialisation reads as its initrd timestamp:
+    /// `<name>-timestamp=` then the realtime and monotonic values in decimal.
+    pub fn serialized(&self) -> String {
+        format!("initrd-timestamp={} {}\n", self.realtime_us, self.monotonic_us)
+    }
+}
+
+/// Microseconds on `clock` (0 if it cannot be read). glibc's clock_gettime,
+/// which std's clocks already link, rather than a second vDSO lookup.
+pub fn clock_us(clock: libc::clockid_t) -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec to the valid one we pass.
+    if unsafe { libc::clock_gettime(clock, &mut t) } != 0 {
+        return 0;
+    }
+    let s = u64::try_from(t.tv_sec).unwrap_or(0);
+    s.saturating_mul(1_000_000).saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0) / 1000)
+}
+
+/// Whether the init, as resolved inside the new root (every symlink followed
+/// there), is systemd: its binary is `lib/systemd/systemd` below `/` or `/usr`
+/// (or any prefix, as on NixOS: `/nix/store/...-systemd/lib/systemd/systemd`).
+/// How it was chosen (`init=` or the defaults) does not matter.
+pub fn is_systemd(resolved: &str) -> bool {
+    resolved.starts_with('/') && resolved.ends_with("/lib/systemd/systemd")
+}
+
+/// The init's arguments after argv[0]: for systemd, the hand-over flags with
+/// the serialisation's fd, then what the kernel passed us (systemd as PID 1
+/// reads its own words from /proc/cmdline, as in a boot without initramfs);
+/// any other init gets the kernel's arguments as they are.
+pub fn init_argv(kernel_args: &[OsString], deserialize_fd: Option<i32>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    if let Some(fd) = deserialize_fd {
+        out.extend(["--switched-root", "--system", "--deserialize"].map(OsString::from));
+        out.push(fd.to_string().into());
+    }
+    out.extend(kernel_args.iter().cloned());
+    out
+}
+
+/// The path `full` (as /proc/self/fd shows it) relative to `root` (likewise),
+/// as an absolute path inside the root; `None` when it is not below it.
+pub fn path_in_root(root: &str, full: &str) -> Option<String> {
+    if root == "/" {
+        return full.starts_with('/').then(|| full.to_string());
+    }
+    let rest = full.strip_prefix(root.trim_end_matches('/'))?;
+    match rest {
+        "" => Some("/".to_string()),
+        r if r.starts_with('/') => Some(r.to_string()),
+        _ => None,
+    }
+}
+
+/// Where `path` leads inside `new_root`, every symlink resolved there (for
+/// [`is_systemd`]); `None` when that cannot be told.
+pub fn resolve_in_root(new_root: BorrowedFd<'_>, path: &str) -> Option<String> {
+    let fd = rustix::fs::openat2(
+        new_root,
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .ok()?;
+    let show = |fd: BorrowedFd<'_>| {
+        let link = rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new()).ok()?;
+        link.into_string().ok()
+    };
+    path_in_root(&show(new_root)?, &show(fd.as_fd())?)
+}
+
+/// A memfd with systemd's serialisation of `started`, at offset 0 and
+/// inherited by the next program (no MFD_CLOEXEC).
+fn serialization_fd(started: &Started) -> Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create("dockroot-state", rustix::fs::MemfdFlags::empty())
+        .context(|| "memfd_create for systemd's --deserialize")?;
+    let text = started.serialized();
+    let n = rustix::io::write(&fd, text.as_bytes()).context(|| "writing the initrd timestamp to the memfd")?;
+    if n != text.len() {
+        return Err(Error::msg(format!("wrote {n} of {} bytes to the memfd", text.len())));
+    }
+    rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0)).context(|| "rewinding the memfd")?;
+    Ok(fd)
 }
 
 /// Find the first candidate that is an executable regular file inside
@@ -112,13 +222,17 @@ fn preflight(new_root: &Path) -> Result<()> {
 }
 
 /// Switch to `new_root` (a mount point) and exec `init` there with `args` and
-/// exactly the environment `env`. Returns only on failure; failures before the
-/// root has moved leave the initramfs intact.
+/// exactly the environment `env`; with `systemd`, as systemd after an
+/// initramfs ([`init_argv`]), telling it when dockroot started. Just before the
+/// exec, dockroot's log is kept at `keep_log` (the moved /run). Returns only on
+/// failure; failures before the root has moved leave the initramfs intact.
 pub fn switch_root(
     new_root: &Path,
     init: &str,
-    args: &[std::ffi::OsString],
+    args: &[OsString],
     env: &[(String, String)],
+    systemd: Option<&Started>,
+    keep_log: &str,
 ) -> Result<Infallible> {
     preflight(new_root)?;
     rustix::fs::sync();
@@ -159,8 +273,19 @@ pub fn switch_root(
     }
     reopen_console();
 
-    log::info!("starting {init}");
-    let err = std::process::Command::new(init).args(args).env_clear().envs(env.iter().cloned()).exec();
+    // Kept open (inherited) until the exec; closed if the exec fails.
+    let state = systemd.and_then(|started| match serialization_fd(started) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            log::warn!("{init} is systemd but will not know when the initramfs started: {e}");
+            None
+        }
+    });
+    let argv = init_argv(args, state.as_ref().map(|fd| fd.as_raw_fd()));
+    log::info!("starting {init}{}", if state.is_some() { " (systemd: --switched-root --deserialize)" } else { "" });
+    crate::logging::keep(keep_log);
+    let err = std::process::Command::new(init).args(&argv).env_clear().envs(env.iter().cloned()).exec();
+    drop(state);
     Err(Error::with(format!("exec {init} in the new root"), err))
 }
 
@@ -232,6 +357,57 @@ mod tests {
     }
 
     #[test]
+    fn systemd_is_told_it_comes_from_an_initramfs() {
+        let s = Started { realtime_us: 1_733_300_000_123_456, monotonic_us: 1_234_567 };
+        assert_eq!(s.serialized(), "initrd-timestamp=1733300000123456 1234567\n");
+        let kernel: Vec<OsString> = ["single", "--", "two words"].map(OsString::from).to_vec();
+        let argv = init_argv(&kernel, Some(3));
+        assert_eq!(
+            argv,
+            ["--switched-root", "--system", "--deserialize", "3", "single", "--", "two words"].map(OsString::from)
+        );
+        // Any other init: the kernel's arguments, nothing more.
+        assert_eq!(init_argv(&kernel, None), kernel);
+        assert!(init_argv(&[], None).is_empty());
+    }
+
+    #[test]
+    fn which_inits_are_systemd() {
+        for p in ["/usr/lib/systemd/systemd", "/lib/systemd/systemd", "/nix/store/abc-systemd-256/lib/systemd/systemd"]
+        {
+            assert!(is_systemd(p), "{p}");
+        }
+        for p in [
+            "/sbin/init",
+            "/usr/lib/systemd/systemd-udevd",
+            "/usr/lib/systemd/systemd.real",
+            "lib/systemd/systemd",
+            "/systemd",
+        ] {
+            assert!(!is_systemd(p), "{p}");
+        }
+        assert_eq!(
+            path_in_root("/sysroot", "/sysroot/usr/lib/systemd/systemd").as_deref(),
+            Some("/usr/lib/systemd/systemd")
+        );
+        assert_eq!(path_in_root("/sysroot", "/sysroot").as_deref(), Some("/"));
+        assert_eq!(path_in_root("/sysroot", "/sysrootx/init"), None);
+        assert_eq!(path_in_root("/", "/sbin/init").as_deref(), Some("/sbin/init"));
+    }
+
+    #[test]
+    fn started_is_now() {
+        let s = Started::now();
+        let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+        assert!(s.realtime_us <= real && real - s.realtime_us < 10_000_000, "{s:?} vs {real}");
+        assert!(s.monotonic_us > 0 && s.monotonic_us <= Started::now().monotonic_us);
+        let fd = serialization_fd(&s).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text).unwrap();
+        assert_eq!(text, s.serialized());
+    }
+
+    #[test]
     fn move_actions() {
         assert_eq!(move_action(false, true), MoveAction::Skip);
         assert_eq!(move_action(false, false), MoveAction::Skip);
@@ -263,6 +439,12 @@ mod tests {
         let fd = rustix::fs::open(&root, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).unwrap();
 
         assert_eq!(find_init(fd.as_fd(), &init_candidates(None)).unwrap(), "/sbin/init");
+        // Both links lead to the root's systemd.
+        for link in ["/sbin/init", "/sbin/up", "/lib/systemd/systemd"] {
+            assert_eq!(resolve_in_root(fd.as_fd(), link).as_deref(), Some("/lib/systemd/systemd"), "{link}");
+        }
+        assert_eq!(resolve_in_root(fd.as_fd(), "/sbin/noexec").as_deref(), Some("/sbin/noexec"));
+        assert_eq!(resolve_in_root(fd.as_fd(), "/nope"), None);
         assert_eq!(find_init(fd.as_fd(), &["/sbin/up".to_string()]).unwrap(), "/sbin/up");
         let e = find_init(fd.as_fd(), &["/sbin/noexec".into(), "/nope".into(), "rel".into()]).unwrap_err();
         let s = e.to_string();

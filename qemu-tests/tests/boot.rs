@@ -141,6 +141,61 @@ fn the_booted_system_sees_a_clean_handover_and_dockroots_log() {
         assert!(kmsg.iter().any(|l| l.starts_with(want)), "kmsg lacks {want:?}: {kmsg:#?}");
     }
     assert!(!out.contains("/.dockroot/toplayer"), "the root partition was mounted again for the top layer");
+    // Not systemd: the kernel's plain argv, no hand-over flags.
+    assert_eq!(strings(&r["argv"]), vec!["/sbin/init"], "{r}");
+    assert!(r.get("deserialize").is_none(), "{r}");
+    // /run as systemd wants it from an initramfs: mode=0755,nodev,nosuid,strictatime.
+    let run = &r["special_mounts"]["/run"];
+    let opts = strings(&run["mount_options"]);
+    for want in ["nosuid", "nodev"] {
+        assert!(opts.iter().any(|o| o == want), "/run lacks {want}: {run}");
+    }
+    assert!(!opts.iter().any(|o| o == "relatime" || o == "noatime"), "/run is not strictatime: {run}");
+    assert!(strings(&run["super_options"]).iter().any(|o| o == "mode=755"), "{run}");
+    // The boot's whole log beside boot.json, up to the init's start.
+    let log = r["boot_log"].as_str().unwrap_or_else(|| panic!("no /run/dockroot/boot.log: {}", r["boot_log"]));
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.first().is_some_and(|l| l.contains("] dockroot: dockroot ") && l.ends_with(" starting")), "{log}");
+    for want in
+        ["] dockroot: found LABEL=dockroot-test: /dev/vda", "] dockroot: ready: ", "] dockroot: starting /sbin/init"]
+    {
+        assert!(lines.iter().any(|l| l.contains(want)), "boot.log lacks {want:?}:\n{log}");
+    }
+    assert!(lines.iter().all(|l| l.starts_with('[')), "{log}");
+    assert!(!log.contains("more messages are not in this file"), "{log}");
+}
+
+#[test]
+fn systemd_is_handed_the_initramfs_timestamp() {
+    // The image's /sbin/init is a symlink to /usr/lib/systemd/systemd (testinit there).
+    let append = format!("{STANDARD_APPEND} dockroot.image=dockroot-test/systemd-ish -- single");
+    let out = boot_fixture("systemd_handover", &append);
+    let r = out.expect_testinit();
+    assert_eq!(r["pid"], 1, "{r}");
+    let argv = strings(&r["argv"]);
+    let fd = field(&r, &["deserialize", "fd"]).as_i64().unwrap_or_else(|| panic!("no --deserialize fd: {r}"));
+    assert_eq!(argv, ["/sbin/init", "--switched-root", "--system", "--deserialize", &fd.to_string(), "single"], "{r}");
+    let d = &r["deserialize"];
+    assert_eq!(d["open"], true, "{d}");
+    assert_eq!(d["cloexec"], false, "{d}");
+    assert!(d["target"].as_str().is_some_and(|t| t.starts_with("/memfd:")), "{d}");
+    let content = d["content"].as_str().unwrap_or_default();
+    let values = content.strip_prefix("initrd-timestamp=").and_then(|v| v.strip_suffix('\n'));
+    let nums: Vec<u64> = values.unwrap_or_default().split(' ').filter_map(|n| n.parse().ok()).collect();
+    let [realtime, monotonic] = nums[..] else { panic!("not one line `initrd-timestamp=A B`: {content:?}") };
+    let now_rt = d["now_realtime_us"].as_u64().expect("realtime now");
+    let now_mono = d["now_monotonic_us"].as_u64().expect("monotonic now");
+    assert!(monotonic > 0 && monotonic < now_mono, "{monotonic} vs now {now_mono}");
+    // dockroot started after the kernel and before this init, and its realtime matches.
+    let since = now_mono - monotonic;
+    assert!(
+        realtime <= now_rt && now_rt - realtime < since + 2_000_000,
+        "{realtime} vs now {now_rt}, {since} us since"
+    );
+    let host_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    assert!(host_now.abs_diff(realtime) < 3_600_000_000, "realtime {realtime} far from the host's {host_now}");
+    assert!(out.contains("dockroot: starting /sbin/init (systemd: --switched-root --deserialize)"), "{}", out.tail(30));
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
 }
 
 #[test]

@@ -9,6 +9,11 @@
 //! The btrfs checks here are implemented independently of `dockroot::btrfs` on
 //! purpose: the test oracle should not share code with what it checks.
 //!
+//! When started as systemd after an initramfs (`--switched-root --system --deserialize
+//! FD`), it reports FD under `"deserialize"`: whether it is open, its content (read from
+//! offset 0 as found), and both clocks now, so a test can check the initrd timestamp.
+//! dockroot's kept log, /run/dockroot/boot.log, is reported whole under `"boot_log"`.
+//!
 //! Arguments (from the kernel command line after `--`):
 //! - `--make-nested`: first write /var/tmp/from-previous-boot and create a nested btrfs
 //!   subvolume at /var/lib/machines (the next boot must replace the rw layer and
@@ -353,6 +358,10 @@ fn collect(rep: &mut Report) -> Value {
                 Some(c) => runs.push(lossy(c)),
                 None => rep.err("--run needs a command"),
             },
+            b"--deserialize" => {
+                let fd = args.next().map(|a| lossy(a));
+                out.insert("deserialize".into(), deserialize(fd.as_deref()));
+            }
             _ => {}
         }
     }
@@ -415,8 +424,57 @@ fn collect(rep: &mut Report) -> Value {
         out.insert("bless".into(), run("/run/dockroot/dockroot bless"));
     }
     out.insert("boot_record".into(), record);
+    let log = match read_capped("/run/dockroot/boot.log") {
+        Ok(text) => json!(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
+        Err(e) => json!({ "read_error": e.to_string() }),
+    };
+    out.insert("boot_log".into(), log);
     out.insert("runs".into(), json!(runs.iter().map(|c| run(c)).collect::<Vec<_>>()));
     Value::Object(out)
+}
+
+/// Microseconds on `clock` now.
+fn clock_us(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the one we pass.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(u64::try_from(ts.tv_sec).ok()? * 1_000_000 + u64::try_from(ts.tv_nsec).ok()? / 1000)
+}
+
+/// What `--deserialize FD` refers to: the fd, whether it is open, where it points,
+/// its content from its current offset (at most 4 KiB), and the clocks now.
+fn deserialize(fd: Option<&str>) -> Value {
+    let mut v = Map::new();
+    v.insert("now_realtime_us".into(), json!(clock_us(libc::CLOCK_REALTIME)));
+    v.insert("now_monotonic_us".into(), json!(clock_us(libc::CLOCK_MONOTONIC)));
+    let Some(n) = fd.and_then(|f| f.parse::<i32>().ok()) else {
+        v.insert("error".into(), json!(format!("not an fd number: {fd:?}")));
+        return Value::Object(v);
+    };
+    v.insert("fd".into(), json!(n));
+    v.insert("target".into(), json!(fs::read_link(format!("/proc/self/fd/{n}")).ok().map(|p| lossy(p.as_os_str()))));
+    // SAFETY: F_GETFD only asks about the fd number.
+    let flags = unsafe { libc::fcntl(n, libc::F_GETFD) };
+    v.insert("open".into(), json!(flags >= 0));
+    v.insert("cloexec".into(), json!(flags >= 0 && flags & libc::FD_CLOEXEC != 0));
+    if flags >= 0 {
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: reads at most buf.len() bytes into buf from an open fd.
+        let got = unsafe { libc::read(n, buf.as_mut_ptr().cast(), buf.len()) };
+        match usize::try_from(got) {
+            Ok(len) => {
+                buf.truncate(len);
+                v.insert("content".into(), json!(String::from_utf8_lossy(&buf)));
+            }
+            Err(_) => {
+                v.insert("error".into(), json!(format!("read: {}", std::io::Error::last_os_error())));
+            }
+        }
+    }
+    Value::Object(v)
 }
 
 /// Run `command` (split at spaces), at most 60 s: its argv, exit status, stdout, stderr.
