@@ -91,6 +91,9 @@ pub struct Plan {
     pub rw_exists: bool,
     /// The kept roots, oldest first, each looked into (whether it has an init).
     pub kept: Vec<RootFacts>,
+    /// The top layer directory as found on this host and walked without error,
+    /// which a fresh root gets on top of the image (for `dockroot boot-files`).
+    pub toplayer_dir: Option<PathBuf>,
     /// The report, line by line.
     pub lines: Vec<String>,
 }
@@ -292,6 +295,10 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
         Decision::Check(_) => say("the boot would fail: the policy did not decide (a bug in dockroot)".into()),
     }
 
+    let toplayer_walked = match (&toplayer_dir, &walked) {
+        (Some(d), Some((_, Ok(_)))) => Some(d.clone()),
+        _ => None,
+    };
     // The top layer goes only into a fresh root.
     let writes_top = matches!(decision, Decision::Fresh { .. });
     match (&params.toplayer, walked) {
@@ -329,6 +336,7 @@ pub fn describe(input: &PlanInput<'_>) -> Result<Plan> {
         rw_shown,
         rw_exists: has_current,
         kept: facts.kept,
+        toplayer_dir: toplayer_walked,
         lines,
     })
 }

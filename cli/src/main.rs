@@ -2,6 +2,10 @@
 //! is `dockroot-init`; both read disks and decide through the same library.
 
 mod args;
+mod bootfiles;
+mod bootfiles_entry;
+mod bootfiles_esp;
+mod bootfiles_image;
 // The init's stand-ins for glibc's __assert_fail and dcgettext: the commands are
 // static too and carried in every initramfs, so they shed the same ~80 KB.
 #[path = "../../src/glibc.rs"]
@@ -18,6 +22,8 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: dockroot COMMAND [OPTIONS]
 
 commands:
+  boot-files copy the next boot's kernel and dockroot initramfs to the EFI system partition
+             and write its systemd-boot entry (or print a GRUB or rEFInd one)
   plan       a dry run: what the init would do with a disk and a kernel command line,
              changing nothing; its exit status says how the boot would go
   rollback   the next boots boot the previous image (a kept root's)
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
             println!("dockroot {}\n{USAGE}", env!("CARGO_PKG_VERSION"));
             0
         }
+        Some("boot-files") => bootfiles::run(rest),
         Some("plan") => plan::run(rest),
         Some("rollback") => rollback::run(rest),
         Some("status") => status::run(rest),
