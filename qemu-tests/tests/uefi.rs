@@ -20,10 +20,13 @@ use qemu_tests::{BootOutput, KillAfter, UefiMachine, UefiReport};
 use serde_json::Value;
 use std::time::Duration;
 
-/// The test script line that prints boot-files' exit status.
-const BOOT_FILES: &str = "echo DOCKROOT-UEFI boot-files begin\n\
+/// The test script's lines that run boot-files and print its exit status, with the
+/// guest's uptime before and after (how long it took).
+const BOOT_FILES: &str = "echo \"DOCKROOT-UEFI boot-files begin $(cut -d' ' -f1 /proc/uptime)\"\n\
     /run/dockroot/dockroot boot-files --json\n\
-    echo \"DOCKROOT-UEFI boot-files exit $?\"\n";
+    rc=$?\n\
+    echo \"DOCKROOT-UEFI boot-files end $(cut -d' ' -f1 /proc/uptime)\"\n\
+    echo \"DOCKROOT-UEFI boot-files exit $rc\"\n";
 
 fn kernel(r: &UefiReport) -> &Value {
     &r.boot_json.as_ref().unwrap()["kernel"]
