@@ -30,6 +30,8 @@ pub const RUN_SCRIPT: &str = "toplayer/etc/dockroot-test/run";
 pub struct UefiReport {
     /// `uname -r`.
     pub uname: Option<String>,
+    /// What is mounted at /boot/efi (`findmnt`: source and type, or nothing).
+    pub esp_mount: Option<String>,
     /// `/run/dockroot/boot.json`.
     pub boot_json: Option<Value>,
     /// `/run/dockroot/dockroot status --json` (None if it did not print JSON).
@@ -58,6 +60,7 @@ pub fn parse_uefi_report(serial: &str) -> UefiReport {
         let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
         match key {
             "uname" => r.uname = Some(value.trim().to_string()),
+            "esp" => r.esp_mount = Some(value.trim().to_string()),
             "boot.json" => r.boot_json = serde_json::from_str(value).ok(),
             "status" => r.status = serde_json::from_str(value).ok(),
             "run" if value == "begin" => in_run = true,
@@ -214,11 +217,12 @@ mod tests {
 
     #[test]
     fn parses_the_test_services_report() {
-        let serial = "[  OK  ] junk\r\nDOCKROOT-UEFI uname 6.12.1\r\nDOCKROOT-UEFI boot.json {\"kernel\":{\"running\":\"6.12.1\"}}\r\n\
+        let serial = "[  OK  ] junk\r\nDOCKROOT-UEFI uname 6.12.1\r\nDOCKROOT-UEFI esp /dev/vda1 vfat\r\nDOCKROOT-UEFI boot.json {\"kernel\":{\"running\":\"6.12.1\"}}\r\n\
             DOCKROOT-UEFI status not json\r\nDOCKROOT-UEFI run begin\r\nhello\r\nDOCKROOT-UEFI marker x\r\n\
             DOCKROOT-UEFI run exit 3\r\nafter\r\nDOCKROOT-UEFI poweroff\r\n";
         let r = parse_uefi_report(serial);
         assert_eq!(r.uname.as_deref(), Some("6.12.1"));
+        assert_eq!(r.esp_mount.as_deref(), Some("/dev/vda1 vfat"));
         assert_eq!(r.boot_json.as_ref().map(|b| b["kernel"]["running"].clone()), Some("6.12.1".into()));
         assert!(r.status.is_none());
         assert_eq!(r.run_exit, Some(3));
