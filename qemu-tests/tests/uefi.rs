@@ -147,8 +147,9 @@ const CUT_FRACTIONS: [f64; 3] = [0.15, 0.5, 0.85];
 
 /// How long boot-files ran in the guest (from its uptime before and after), if it ended.
 fn boot_files_seconds(r: &UefiReport) -> Option<f64> {
-    let at =
-        |what: &str| r.run_output.iter().find_map(|l| l.split(what).nth(1).and_then(|v| v.trim().parse::<f64>().ok()));
+    // The number only: a kernel message may follow on the same console line.
+    let number = |v: &str| v.split(|c: char| !(c.is_ascii_digit() || c == '.')).next()?.parse::<f64>().ok();
+    let at = |what: &str| r.run_output.iter().find_map(|l| l.split(what).nth(1).and_then(number));
     Some(at("DOCKROOT-UEFI boot-files end ")? - at("DOCKROOT-UEFI boot-files begin ")?)
 }
 
