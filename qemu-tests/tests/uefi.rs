@@ -174,9 +174,9 @@ fn uptime_at(r: &UefiReport, line: &str) -> Option<f64> {
 }
 
 /// Power cuts while boot-files writes the ESP. Every boot switches the machine to the
-/// other image (v1: Debian 12's 6.1, v2: Debian 13's 6.12: `dockroot switch`) and
-/// runs boot-files, so each run has a kernel and an initramfs to write and old files to
-/// remove. The first run goes to the end and is timed; the next three are cut (QEMU
+/// image whose kernel the ESP does not have (v1: Debian 12's 6.1, v2: Debian 13's
+/// 6.12: `dockroot switch`) and runs boot-files, so each run has a kernel and an
+/// initramfs to write and old files to remove. The first run goes to the end and is timed; the next three are cut (QEMU
 /// killed) at the points of [`CUTS`]. Each boot after a cut must come up (on whichever
 /// kernel the ESP then names, kexecing into the image's if it is not that one), and
 /// the last run, after the last cut, completes: the ESP then names the switched-to
@@ -192,11 +192,12 @@ fn uefi_power_cut_during_boot_files() {
     // From the reference run: seconds from each line to the end.
     let mut spans: Vec<(String, f64)> = Vec::new();
     let mut hits = 0;
-    // The cut of each boot (None: none), in boot order; the boots switch to v2, v1, v2, ... in turn.
+    // The cut of each boot (None: none), in boot order.
     let cuts: Vec<Option<(&str, f64)>> =
         std::iter::once(None).chain(CUTS.iter().map(|c| Some(*c))).chain([None]).collect();
     for (i, cut) in cuts.iter().enumerate() {
-        let (reference, release) = if i % 2 == 0 { &v2 } else { &v1 };
+        // The image whose kernel the ESP does not have: boot-files has files to write.
+        let (reference, release) = if esp_entry(&m).0.contains(&v2.1) { &v1 } else { &v2 };
         m.set_run_script(&format!("/run/dockroot/dockroot switch {reference} || exit 9\n{BOOT_FILES}"));
         let name = format!("uefi_cut_{i}");
         let mut spec = m.spec(&name);
