@@ -197,7 +197,8 @@ fn uefi_power_cut_during_boot_files() {
         std::iter::once(None).chain(CUTS.iter().map(|c| Some(*c))).chain([None]).collect();
     for (i, cut) in cuts.iter().enumerate() {
         // The image whose kernel the ESP does not have: boot-files has files to write.
-        let (reference, release) = if esp_entry(&m).0.contains(&v2.1) { &v1 } else { &v2 };
+        let names_v2 = m.esp_read("/loader/entries/dockroot.conf").is_some_and(|e| e.contains(&v2.1));
+        let (reference, release) = if names_v2 { &v1 } else { &v2 };
         m.set_run_script(&format!("/run/dockroot/dockroot switch {reference} || exit 9\n{BOOT_FILES}"));
         let name = format!("uefi_cut_{i}");
         let mut spec = m.spec(&name);
@@ -238,6 +239,16 @@ fn uefi_power_cut_during_boot_files() {
             m.esp_read("/loader/entries/dockroot.conf").and_then(|e| e.lines().find(|l| l.starts_with("linux")).map(str::to_string)),
         );
         if cut.is_some() {
+            // What the cut left, for the record: /loader/entries and the ESP itself.
+            eprintln!("uefi: {name}: /loader/entries after the cut: {:?}", m.esp_list("/loader/entries"));
+            let esp = out.log_path.with_extension("esp.img");
+            qemu_tests::sh(&format!(
+                "dd if='{}' of='{}' bs=1M skip={} count={} conv=sparse status=none",
+                m.disk.path().display(),
+                esp.display(),
+                m.info["esp_offset"].as_u64().unwrap() >> 20,
+                m.info["esp_size"].as_u64().unwrap() >> 20
+            ));
             hits += usize::from(during);
             continue;
         }
