@@ -178,6 +178,20 @@ fn sync_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// Write out everything the filesystem of `esp` holds in memory (syncfs).
+///
+/// vfat needs it: a renamed file or directory gets its new directory entry with
+/// its start cluster filled in only by the inode's own writeback, which an fsync
+/// of the parent directory does not do; a power cut after such a rename (and
+/// after the old files' removal reached the disk) left an entry naming free
+/// clusters and a machine that did not boot (the UEFI power-cut test). syncfs
+/// writes the inodes, the directories and the FAT, so each step below is on the
+/// disk before the next one starts.
+fn sync_fs(esp: &Path) -> Result<()> {
+    let f = std::fs::File::open(esp).context(|| format!("opening {}", esp.display()))?;
+    rustix::fs::syncfs(f.as_fd()).map_err(|e| Error::with(format!("syncing the filesystem of {}", esp.display()), e))
+}
+
 /// Create `dir` and the directories above it, each new one synced into its parent.
 fn make_dirs(esp: &Path, rel: &str) -> Result<()> {
     let mut at = esp.to_path_buf();
@@ -235,18 +249,24 @@ pub fn apply(esp: &Path, name: &str, update: &Update, kernel: &[u8], initrd: &[u
         // A directory of that name that is not what we want (a damaged copy).
         let dest = files.join(dir);
         remove_any(&dest)?;
+        // The new files are on the disk before their directory gets its name.
+        sync_fs(esp)?;
         std::fs::rename(&tmp, &dest).context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
         sync_dir(&files)?;
+        sync_fs(esp)?;
     }
     let tmp_entry = entries.join(format!("{name}.conf{TMP_SUFFIX}"));
     if let Some(text) = &update.write_entry {
         make_dirs(esp, ENTRIES_DIR)?;
         remove_any(&tmp_entry)?;
         write_new(&tmp_entry, text.as_bytes())?;
+        sync_fs(esp)?;
         let conf = entries.join(format!("{name}.conf"));
         std::fs::rename(&tmp_entry, &conf)
             .context(|| format!("renaming {} to {}", tmp_entry.display(), conf.display()))?;
         sync_dir(&entries)?;
+        // The entry, with its clusters, is on the disk before the old files go.
+        sync_fs(esp)?;
     } else if update.remove_temp_entry {
         remove_any(&tmp_entry)?;
         sync_dir(&entries)?;
@@ -256,6 +276,7 @@ pub fn apply(esp: &Path, name: &str, update: &Update, kernel: &[u8], initrd: &[u
     }
     if !update.remove_dirs.is_empty() {
         sync_dir(&files)?;
+        sync_fs(esp)?;
     }
     Ok(())
 }

@@ -74,11 +74,22 @@ pub fn with_mounted<T>(disk: &Path, f: impl FnOnce(&Path) -> T) -> T {
 /// Mounts `disk` (on a writable loop device) with `options` on a temporary directory,
 /// runs `f` on it, and unmounts (lazily if it is still busy).
 pub(crate) fn with_disk_mounted<T>(disk: &Path, fstype: &str, options: &str, f: impl FnOnce(&Path) -> T) -> T {
+    mount_loop(disk, "", fstype, options, f)
+}
+
+/// Mounts the btrfs filesystem of the partition at byte `offset` (`size` bytes) of the
+/// disk image `disk` with `options`, runs `f` on its top level, and unmounts. A loop
+/// device at the offset: this host's kernel makes no partition nodes for loop devices.
+pub fn with_partition_mounted<T>(disk: &Path, offset: u64, size: u64, options: &str, f: impl FnOnce(&Path) -> T) -> T {
+    mount_loop(disk, &format!("--offset {offset} --sizelimit {size}"), "btrfs", options, f)
+}
+
+fn mount_loop<T>(disk: &Path, losetup_args: &str, fstype: &str, options: &str, f: impl FnOnce(&Path) -> T) -> T {
     let mnt = tempfile::Builder::new()
         .prefix("dockroot-inspect-")
         .tempdir()
         .unwrap_or_else(|e| panic!("creating a mount point: {e}"));
-    let dev = sh(&format!("losetup --find --show '{}'", disk.display())).trim().to_string();
+    let dev = sh(&format!("losetup --find --show {losetup_args} '{}'", disk.display())).trim().to_string();
     let out = Command::new("mount")
         .args(["-t", fstype, "-o", options])
         .arg(&dev)

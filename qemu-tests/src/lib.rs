@@ -17,6 +17,9 @@
 //!   `DOCKROOT_STORE_OVERLAY2_EXT4`, `DOCKROOT_STORE_OVERLAY2_XFS` (for the store tests):
 //!   the disks from `qemu-tests/fixtures/make-store-disks` (see [`StoreDisk`])
 //!
+//! - `DOCKROOT_UEFI_DISK` (for the UEFI tests): the GPT disk from
+//!   `qemu-tests/fixtures/make-uefi-disk`, `uefi.json` next to it (see [`UefiMachine`])
+//!
 //! Tests fail, never skip, when an artifact is missing.
 //!
 //! The harness by job:
@@ -25,6 +28,7 @@
 //! - [`qemu`]: one boot in QEMU ([`boot`]): the process, its serial console, and the
 //!   watchers that time it out, cut its power or plug disks in at console lines;
 //! - [`machine`]: a machine booted many times ([`Machine`]);
+//! - [`uefi`]: a whole machine booted through OVMF and systemd-boot ([`UefiMachine`]);
 //! - [`power`]: power cuts: where to cut, the roots on the disk, and the engine that
 //!   cuts, boots again and checks the recovery;
 //! - [`digest`], [`assertions`]: what the booted system and the disk must show.
@@ -36,10 +40,14 @@ pub mod fixtures;
 pub mod machine;
 pub mod power;
 pub mod qemu;
+pub mod uefi;
 
 pub use assertions::{assert_fatal_boot, assert_kept_after_recovery, assert_recovery_steps, assert_same_digest, field};
 pub use digest::{digest_created, digest_diff, tree_digest, DIGEST_CREATED};
-pub use disk::{disk_fstype, fill_disk, oversized_toplayer_disk, sh, with_disk_mounted_ro, with_mounted, Disk};
+pub use disk::{
+    disk_fstype, fill_disk, oversized_toplayer_disk, sh, with_disk_mounted_ro, with_mounted, with_partition_mounted,
+    Disk,
+};
 pub use fixtures::{
     build_initramfs, build_initramfs_with_init, init_variant, target_dir, Artifacts, Layouts, StoreDisk,
 };
@@ -52,3 +60,4 @@ pub use qemu::console::{
     parse_testinit, printk_time, BootOutput, LINE_HANDOVER, LINE_READY, LINE_ROOT_DEVICE, TESTINIT_MARKER,
 };
 pub use qemu::spec::{BootSpec, DiskInterface, DiskSpec, Hotplug, HotplugDone, KillAfter, PowerCut};
+pub use uefi::{parse_uefi_report, UefiMachine, UefiReport, OVMF, REPORT_MARKER};

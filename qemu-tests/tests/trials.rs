@@ -128,6 +128,13 @@ fn a_bad_image_is_refused_after_its_tries_and_the_blessed_one_boots() {
     assert_eq!(booted_image(&r), "os");
     let reason = r["boot_record"]["fallback"]["reason"].as_str().unwrap_or_default().to_string();
     assert!(reason.ends_with("is refused: dockroot bless bad"), "{reason}");
+    // Another image asked for gets a trial of its own.
+    let r = m.report("trial_other", "dockroot.tries=3 dockroot.image=dockroot-test/base:latest -- --no-bless");
+    let rec = &r["boot_record"];
+    assert_eq!(rec["image"]["id"], fixture_id(&m, "base").as_str(), "{rec}");
+    assert_eq!(rec["trial"]["state"], "on trial", "{rec}");
+    assert_eq!(rec["trial"]["tries_left"], 2, "{rec}");
+    assert_eq!(rec["fallback"], Value::Null, "{rec}");
 }
 
 #[test]

@@ -89,7 +89,8 @@ pub fn boot(spec: &BootSpec) -> BootOutput {
 }
 
 /// The QEMU command for `spec` (pure): serial console on stdout, no reboot, the
-/// kernel, initrd, command line and disks; a QMP socket at `qmp_path` if it hotplugs.
+/// kernel, initrd, command line (or the UEFI firmware) and disks; a QMP socket at
+/// `qmp_path` if it hotplugs.
 fn qemu_command(spec: &BootSpec, qmp_path: &Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"]);
@@ -99,16 +100,22 @@ fn qemu_command(spec: &BootSpec, qmp_path: &Path) -> Command {
     } else {
         cmd.args(["-accel", "tcg"]);
     }
-    cmd.arg("-kernel").arg(&spec.kernel).arg("-initrd").arg(&spec.initrd);
-    // no_timer_check: under TCG on a busy host, the kernel's IO-APIC timer check can
-    // miss its ticks and panic ("IO-APIC + timer doesn't work!") before any init runs.
-    let mut append =
-        std::ffi::OsString::from(format!("console=ttyS0 panic=-1 printk.time=1 no_timer_check {}", spec.append));
-    if !spec.append_raw.is_empty() {
-        append.push(" ");
-        append.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&spec.append_raw));
+    if let Some(firmware) = &spec.firmware {
+        // UEFI: the firmware boots the first disk's ESP; the loader there picks the
+        // kernel, initramfs and command line.
+        cmd.arg("-bios").arg(firmware);
+    } else {
+        cmd.arg("-kernel").arg(&spec.kernel).arg("-initrd").arg(&spec.initrd);
+        // no_timer_check: under TCG on a busy host, the kernel's IO-APIC timer check can
+        // miss its ticks and panic ("IO-APIC + timer doesn't work!") before any init runs.
+        let mut append =
+            std::ffi::OsString::from(format!("console=ttyS0 panic=-1 printk.time=1 no_timer_check {}", spec.append));
+        if !spec.append_raw.is_empty() {
+            append.push(" ");
+            append.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&spec.append_raw));
+        }
+        cmd.arg("-append").arg(append);
     }
-    cmd.arg("-append").arg(append);
     for (i, d) in spec.disks.iter().enumerate() {
         cmd.args(qemu_drive_args(i, d));
     }

@@ -1,5 +1,6 @@
 //! What to boot ([`BootSpec`]): kernel, initrd, command line, disks and how they are
-//! attached, disks to hotplug and a power cut to make while it runs. Plain data.
+//! attached, disks to hotplug and a power cut to make while it runs; or, for a UEFI
+//! boot, the firmware that boots the first disk. Plain data.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -98,6 +99,11 @@ pub struct BootSpec {
     /// Cut the power: SIGKILL QEMU this long after the serial output first contains
     /// the needle (see [`KillAfter`]).
     pub kill_after: Option<KillAfter>,
+    /// UEFI: boot the first disk through this firmware image (`-bios`, e.g. Debian's
+    /// OVMF.fd, whose variables then live only as long as the VM), with no `-kernel`,
+    /// `-initrd` or `-append`: the boot loader on the disk's ESP picks them.
+    /// `kernel`, `initrd`, `append` and `append_raw` are then unused.
+    pub firmware: Option<PathBuf>,
 }
 
 /// A power cut at a chosen moment: QEMU is SIGKILLed `delay` after `needle` first
@@ -139,6 +145,17 @@ impl BootSpec {
             name: None,
             hotplug: Vec::new(),
             kill_after: None,
+            firmware: None,
+        }
+    }
+
+    /// A UEFI boot of `disks` (the first holds the ESP) through `firmware`, logged
+    /// as `name`; the defaults of [`BootSpec::new`] otherwise.
+    pub fn uefi(firmware: &Path, disks: &[&Path], name: &str) -> BootSpec {
+        BootSpec {
+            firmware: Some(firmware.to_path_buf()),
+            name: Some(name.into()),
+            ..BootSpec::new(PathBuf::new(), PathBuf::new(), disks, "")
         }
     }
 }
