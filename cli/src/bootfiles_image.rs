@@ -302,7 +302,7 @@ pub fn check_initramfs(data: &[u8], release: &str) -> std::result::Result<(), St
         let mut r = std::io::BufReader::new(dec.take(MAX_CPIO_BYTES));
         scan_cpio(&mut r)?
     } else if rest.starts_with(&[0x1f, 0x8b]) {
-        let body = gzip_body(rest)?;
+        let body = dockroot::modules::gzip_body(rest)?;
         let cpio = miniz_oxide::inflate::decompress_to_vec_with_limit(body, MAX_FILE_BYTES as usize)
             .map_err(|e| format!("gzip: {e:?}"))?;
         scan_cpio(&mut cpio.as_slice())?
@@ -370,32 +370,6 @@ fn scan_cpio(r: &mut impl Read) -> std::result::Result<Option<Vec<u8>>, String> 
         }
     }
     Err(format!("cpio: more than {MAX_CPIO_ENTRIES} entries"))
-}
-
-/// The deflate stream of a gzip member (RFC 1952 header skipped).
-fn gzip_body(data: &[u8]) -> std::result::Result<&[u8], String> {
-    let bad = || "gzip: truncated or invalid header".to_string();
-    if data.get(..3) != Some(&[0x1f, 0x8b, 8]) {
-        return Err("gzip: not a gzip file".into());
-    }
-    let flags = *data.get(3).ok_or_else(bad)?;
-    let mut at = 10usize;
-    if flags & 4 != 0 {
-        let x = data.get(10..12).ok_or_else(bad)?;
-        let xlen = usize::from(u16::from_le_bytes([x.first().copied().unwrap_or(0), x.get(1).copied().unwrap_or(0)]));
-        at = at.saturating_add(2).saturating_add(xlen);
-    }
-    for bit in [8u8, 16] {
-        if flags & bit != 0 {
-            let rest = data.get(at..).ok_or_else(bad)?;
-            let nul = rest.iter().position(|&b| b == 0).ok_or_else(bad)?;
-            at = at.saturating_add(nul).saturating_add(1);
-        }
-    }
-    if flags & 2 != 0 {
-        at = at.saturating_add(2);
-    }
-    data.get(at..).ok_or_else(bad)
 }
 
 #[cfg(test)]

@@ -109,9 +109,9 @@ impl std::io::Write for LimitedWriter<'_> {
     }
 }
 
-/// The deflate stream of a gzip member (RFC 1952 header skipped).
-#[cfg(feature = "decompress-modules")]
-fn gzip_body(data: &[u8]) -> std::result::Result<&[u8], String> {
+/// The deflate stream of a gzip member (RFC 1952 header skipped). Also
+/// `dockroot boot-files`' initramfs check.
+pub fn gzip_body(data: &[u8]) -> std::result::Result<&[u8], String> {
     let bad = || "gzip: truncated or invalid header".to_string();
     if data.get(..3) != Some(&[0x1f, 0x8b, 8]) {
         return Err("gzip: not a gzip file".into());

@@ -71,7 +71,7 @@ pub use alias::{glob_match, normalize_alias, AliasTable};
 pub use autoload::{Autoloader, DIAGNOSTIC_LINE_BYTES, NOT_DISK_BUSES};
 #[cfg(feature = "decompress-modules")]
 pub use decompress::{decompress, DECOMPRESSED_MAX_BYTES};
-pub use decompress::{decompression_summary, module_compression, DECOMPRESS_MARKER};
+pub use decompress::{decompression_summary, gzip_body, module_compression, DECOMPRESS_MARKER};
 pub use index::{
     check_kernel_release, check_pattern, normalize_name, parse_index, read_index, write_index, Alias, IndexEntry, Load,
     ModuleIndex, INDEX_HEADER, INDEX_MAX_BYTES, INDEX_PATH,
