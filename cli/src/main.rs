@@ -11,6 +11,10 @@ mod bootfiles_image;
 // static too and carried in every initramfs, so they shed the same ~80 KB.
 #[path = "../../src/glibc.rs"]
 mod glibc;
+// The init's allocator too (src/heap.rs): glibc's malloc.o is 36 KB of a binary
+// every initramfs carries.
+#[path = "../../src/malloc.rs"]
+mod malloc;
 mod partition;
 mod plan;
 mod rollback;
