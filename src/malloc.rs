@@ -1,6 +1,6 @@
 //! glibc's allocation functions (`malloc`, `free`, `calloc`, `realloc`,
 //! `posix_memalign`, `aligned_alloc`, `memalign`), defined by `dockroot-init`
-//! itself so that the static linker leaves glibc's `malloc.o` out (about 30 KB):
+//! (and the `dockroot` commands) itself so that the static linker leaves glibc's `malloc.o` out (about 30 KB):
 //! [`dockroot::heap`] does the work. Rust's allocations and glibc's own
 //! (`opendir`, `realpath`) both come here. Should glibc ever need another symbol
 //! of `malloc.o`, the link fails with a duplicate `malloc`: loud, at build time.
