@@ -13,6 +13,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{require_root, run, TempDir};
@@ -77,6 +78,16 @@ fn overlay_of(fs_: &LoopExt4, store: &RwStore, spec: &OverlaySpec, at: &At) -> O
     }
 }
 
+/// The tests of this file run one at a time: one forks the test process (a
+/// copy of every thread's state, taken while another thread may be half-way
+/// through spawning `umount`), and a run on CI once saw that spawn fail with
+/// ECHILD. Serialised, no fork ever overlaps a spawn.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn open(store_top: &Path) -> RwStore {
     let top = fs::File::open(store_top).unwrap();
     RwStore::open(top.as_fd(), &["roots".to_string(), "rw".to_string()]).unwrap()
@@ -84,6 +95,7 @@ fn open(store_top: &Path) -> RwStore {
 
 #[test]
 fn overlay_roots_build_mount_install_retire_and_prune() {
+    let _serial = serial();
     let fs_ = LoopExt4::new();
     let spec = layers(&fs_.mnt);
     fs::create_dir(fs_.mnt.join("roots")).unwrap();
@@ -161,6 +173,7 @@ fn in_single_threaded_child(f: impl FnOnce() -> bool) -> bool {
 
 #[test]
 fn overlay_recovery_and_refusals() {
+    let _serial = serial();
     let fs_ = LoopExt4::new();
     let spec = layers(&fs_.mnt);
     fs::create_dir(fs_.mnt.join("roots")).unwrap();
