@@ -282,18 +282,30 @@ pub fn trial_plan(
     match trial::on_boot(state, tries) {
         Step::Nothing => TrialPlan::Blessed,
         Step::Use(to) => TrialPlan::Count { from: state, to },
-        Step::Refused => {
-            let good = |h: &str| h != hex && states.get(h).is_some_and(|e| e.0 == State::Good);
-            let back = match current.and_then(trial::id_hex).filter(|h| good(h)) {
-                Some(h) => Some(Back { image: format!("sha256:{h}"), kept: None }),
-                None => kept.iter().rev().find_map(|name| {
-                    let short = kept_image_short(name)?;
-                    let full = states.keys().find(|h| h.starts_with(short) && good(h))?;
-                    Some(Back { image: format!("sha256:{full}"), kept: Some(name.clone()) })
-                }),
-            };
-            TrialPlan::Refused { reason: format!("image sha256:{hex} is {}", state.describe()), back }
-        }
+        Step::Refused => TrialPlan::Refused {
+            reason: format!("image sha256:{hex} is {}", state.describe()),
+            back: last_blessed(hex, states, current, kept),
+        },
+    }
+}
+
+/// The newest root whose image was blessed, other than image `hex`'s: the
+/// current root's image, else the newest kept root's (`kept` oldest first).
+/// Where a refusal of `hex` goes back to; boot.json and status show it.
+pub fn last_blessed(
+    hex: &str,
+    states: &BTreeMap<String, (trial::State, Vec<String>)>,
+    current: Option<&str>,
+    kept: &[String],
+) -> Option<Back> {
+    let good = |h: &str| h != hex && states.get(h).is_some_and(|e| e.0 == trial::State::Good);
+    match current.and_then(trial::id_hex).filter(|h| good(h)) {
+        Some(h) => Some(Back { image: format!("sha256:{h}"), kept: None }),
+        None => kept.iter().rev().find_map(|name| {
+            let short = kept_image_short(name)?;
+            let full = states.keys().find(|h| h.starts_with(short) && good(h))?;
+            Some(Back { image: format!("sha256:{full}"), kept: Some(name.clone()) })
+        }),
     }
 }
 
@@ -518,6 +530,13 @@ mod tests {
         );
         assert_eq!(trial_plan(&format!("sha256:{y}"), &used, 3, false, None, &kept), TrialPlan::Blessed);
         assert_eq!(trial_plan("not-an-id", &used, 3, false, None, &kept), TrialPlan::Off);
+        // The last blessed root, as boot.json and status show it: never the image itself.
+        assert_eq!(
+            last_blessed(&z, &used, Some(&ids), &kept),
+            Some(Back { image: format!("sha256:{y}"), kept: Some(kept[1].clone()) })
+        );
+        assert_eq!(last_blessed(&x, &used, Some(&ids), &kept), Some(Back { image: ids.clone(), kept: None }));
+        assert_eq!(last_blessed(&x, &alone, None, &kept), None);
         assert_eq!(kept_image_short("20261203T000000Z-0123456789ab.2"), Some("0123456789ab"));
         assert_eq!(kept_image_short("20261203T000000Z-unknown"), None);
     }

@@ -11,7 +11,8 @@
 //!                      "image_source", "rw_layer", "rw_layer_kind", "fallback": null | { "reason", "booted" },
 //!                      "warnings": [..],
 //!                      "trial": null | { "image", "state": "off" | "blessed" | "on trial" | "refused",
-//!                                        "tries_left": null | n, "refused": [ids], "blessed": [ids] } },
+//!                                        "tries_left": null | n, "refused": [ids], "blessed": [ids],
+//!                                        "last_blessed": null | { "image", "kept": null | name } } },
 //!   "kernel": null | { "release", "modules": bool },
 //!   "rw_layer": "/rwlayer", "rw_layer_exists": bool,
 //!   "kept": [ { "name", "path", "created", "image", "has_init": bool, "why_not": null | str } ],
@@ -252,14 +253,7 @@ fn human(v: &Value) -> String {
         if let Some(reason) = b["fallback"]["reason"].as_str() {
             out.push(format!("  FALLBACK at this boot: {reason}"));
         }
-        if let Some(state) = b["trial"]["state"].as_str() {
-            let left = b["trial"]["tries_left"].as_u64().map(|n| format!(", {n} tries left")).unwrap_or_default();
-            out.push(format!("  boot counting at this boot: {state}{left}"));
-            let ids = |k: &str| b["trial"][k].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "));
-            if let Some(r) = ids("refused").filter(|r| !r.is_empty()) {
-                out.push(format!("  refused images: {r}"));
-            }
-        }
+        trial_lines(&b["trial"], "this boot", &mut out);
         out.push(format!("  by dockroot {}", s(&b["dockroot"])));
     }
     if let Value::Object(k) = &v["kernel"] {
@@ -302,6 +296,7 @@ fn human(v: &Value) -> String {
             out.push(format!("  chosen with {how}: {image} (at {set})"));
         }
     }
+    trial_lines(&n["trial"], "the next boot", &mut out);
     let kept = v["kept"].as_array().cloned().unwrap_or_default();
     out.push(format!("kept roots: {}", if kept.is_empty() { "none".to_string() } else { kept.len().to_string() }));
     for k in &kept {
@@ -312,6 +307,32 @@ fn human(v: &Value) -> String {
         out.push(format!("  {} (image {}, created {}): {init}", s(&k["path"]), s(&k["image"]), s(&k["created"])));
     }
     out.join("\n") + "\n"
+}
+
+/// Boot counting as boot.json's (or the plan's) `"trial"` says it, at `when`.
+fn trial_lines(t: &Value, when: &str, out: &mut Vec<String>) {
+    let Some(state) = t["state"].as_str() else { return };
+    let left = t["tries_left"].as_u64().map(|n| format!(", {n} tries left")).unwrap_or_default();
+    out.push(format!("  boot counting at {when}: {state}{left}"));
+    if state == "off" {
+        return;
+    }
+    let ids = |k: &str| {
+        let a = t[k].as_array().map(Vec::as_slice).unwrap_or_default();
+        a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+    };
+    let refused = ids("refused");
+    if !refused.is_empty() {
+        out.push(format!("  refused images: {refused}"));
+    }
+    let last = &t["last_blessed"];
+    out.push(match (last["image"].as_str(), last["kept"].as_str()) {
+        (None, _) => "  last blessed root: none (nothing to go back to)".to_string(),
+        (Some(i), None) => format!("  last blessed root: image {i}, fresh from the store"),
+        (Some(i), Some(k)) => {
+            format!("  last blessed root: image {i}, fresh from the store, else a copy of kept root {k}")
+        }
+    });
 }
 
 #[cfg(test)]
@@ -374,5 +395,42 @@ mod tests {
         let none = human(&json!({"booted": null, "next_boot": {"action": "fail", "fail": "no root"}}));
         assert!(none.starts_with("booted: no boot record here"), "{none}");
         assert!(none.contains("next boot: FAILS: no root"), "{none}");
+    }
+
+    #[test]
+    fn says_the_trial_refusals_and_the_last_blessed_root() {
+        let v = json!({
+            "booted": {"booted": "fresh", "rw_layer": "/rw", "rw_layer_kind": "subvolume", "image": null,
+                "trial": {"image": "sha256:bb", "state": "on trial", "tries_left": 1, "refused": [], "blessed": ["sha256:aa"],
+                    "last_blessed": {"image": "sha256:aa", "kept": null}}},
+            "next_boot": {"image": "os:2", "image_source": "x", "action": "fresh",
+                "trial": {"image": "sha256:bb", "state": "refused", "tries_left": null, "refused": ["sha256:bb", "sha256:cc"],
+                    "blessed": ["sha256:aa"], "last_blessed": {"image": "sha256:aa", "kept": "20261204T053000Z-aaaaaaaaaaaa"}}},
+        });
+        let h = human(&v);
+        let booted = "  boot counting at this boot: on trial, 1 tries left
+  last blessed root: image sha256:aa, fresh from the store
+";
+        assert!(h.contains(booted), "{h}");
+        let next = "  boot counting at the next boot: refused
+  refused images: sha256:bb, sha256:cc
+  \
+                    last blessed root: image sha256:aa, fresh from the store, else a copy of kept root 20261204T053000Z-aaaaaaaaaaaa
+";
+        assert!(h.contains(next), "{h}");
+        let mut lines = Vec::new();
+        trial_lines(&json!({"state": "on trial", "tries_left": 3, "last_blessed": null}), "this boot", &mut lines);
+        assert_eq!(
+            lines,
+            [
+                "  boot counting at this boot: on trial, 3 tries left",
+                "  last blessed root: none (nothing to go back to)"
+            ]
+        );
+        lines.clear();
+        trial_lines(&json!({"state": "off"}), "this boot", &mut lines);
+        assert_eq!(lines, ["  boot counting at this boot: off"]);
+        trial_lines(&Value::Null, "this boot", &mut lines);
+        assert_eq!(lines.len(), 1, "no trial: nothing said");
     }
 }

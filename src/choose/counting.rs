@@ -64,7 +64,8 @@ pub fn prepare(
     let kept = store.kept().unwrap_or_default();
     let current = store.current_image();
     let plan = policy::trial_plan(&target, &states, tries, cfg.params.retry, current.as_deref(), &kept);
-    record.trial = trial_json(&target, &plan, &states);
+    let last = trial::id_hex(&target).and_then(|h| policy::last_blessed(h, &states, current.as_deref(), &kept));
+    record.trial = trial_json(&target, &plan, &states, last);
     match plan {
         TrialPlan::Off | TrialPlan::Blessed => None,
         TrialPlan::Count { from, to } => {
@@ -93,11 +94,13 @@ pub fn prepare(
     }
 }
 
-/// boot.json's `"trial"`.
+/// boot.json's `"trial"`; `last` is the newest blessed root other than the
+/// target's (where a refusal goes back to).
 fn trial_json(
     target: &str,
     plan: &TrialPlan,
     states: &std::collections::BTreeMap<String, (State, Vec<String>)>,
+    last: Option<policy::Back>,
 ) -> serde_json::Value {
     let refused: Vec<String> =
         states.iter().filter(|(_, (s, _))| s.refused()).map(|(h, _)| format!("sha256:{h}")).collect();
@@ -110,7 +113,9 @@ fn trial_json(
         TrialPlan::Count { .. } => ("on trial".to_string(), None),
         TrialPlan::Refused { .. } => ("refused".to_string(), None),
     };
-    serde_json::json!({ "image": target, "state": state, "tries_left": left, "refused": refused, "blessed": blessed })
+    let last = last.map(|b| serde_json::json!({ "image": b.image, "kept": b.kept }));
+    serde_json::json!({ "image": target, "state": state, "tries_left": left, "refused": refused, "blessed": blessed,
+        "last_blessed": last })
 }
 
 /// Use the try, durably, and leave the unit that blesses the boot. Called just
