@@ -15,6 +15,8 @@ pub enum Command {
     Help,
     Version,
     Build(Box<Options>),
+    /// `--update` or `--remove`: the packages' rebuild of installed kernels' images.
+    Update(crate::update::Request),
 }
 
 /// The `--help` text.
@@ -31,6 +33,8 @@ Usage:
                        [--init PATH] [--commands PATH|none] [--compression zstd|gzip|none]
                        [--kernel-release RELEASE]
                        [--firmware-dir DIR] [--keep-compressed] [--kernel-config FILE]
+  dockroot-mkinitramfs --update RELEASE|--all [--output FILE] [--root DIR]
+  dockroot-mkinitramfs --remove RELEASE [--output FILE] [--root DIR]
 
 Writes a newc cpio, compressed, holding:
   /init                     the static dockroot init (--init)
@@ -94,11 +98,32 @@ Options:
   -h, --help             this text
   -V, --version          the version
 
+Installed kernels (the kernel hooks of the Debian and Arch packages call this):
+  --update RELEASE       build the image of the installed kernel RELEASE (its modules in
+                         /usr/lib/modules/RELEASE or /lib/modules/RELEASE) and write it
+                         atomically to /boot/initrd.img-RELEASE (or --output FILE)
+  --update --all         the same for every kernel that has both /usr/lib/modules/RELEASE
+                         (or /lib/modules/RELEASE) and /boot/vmlinuz-RELEASE
+  --remove RELEASE       remove /boot/initrd.img-RELEASE (or --output FILE), if it is there
+  --root DIR             every path above and below is under DIR (default /)
+  The image to boot comes from /etc/docker-btrfs.json when it exists, else from IMAGE=
+  in {settings}; the init is /usr/lib/dockroot/dockroot-init and the commands
+  /usr/bin/dockroot (left out when missing). The settings file holds KEY=VALUE lines
+  (# starts a comment; a value may be quoted with \" or ', nothing is expanded):
+    MODE=generic|hostonly|listed  the generic set, --hostonly, or only MODULES
+                         (default generic)
+    MODULES=NAME ...     modules loaded at every boot (with generic and hostonly: besides
+                         the set), as --module
+    COMPRESSION=KIND     zstd (default), gzip or none, as --compression
+    IMAGE=REFERENCE      the image to boot when there is no /etc/docker-btrfs.json
+  A missing settings file means the defaults. One line per image written, on stderr.
+
 The same inputs give the same bytes: entries sorted, uid/gid 0, mtime 0 (or
 SOURCE_DATE_EPOCH if set), fixed compression settings.
 ",
         version = env!("CARGO_PKG_VERSION"),
         level = crate::compress::ZSTD_LEVEL,
+        settings = concat!("/", "etc/dockroot/mkinitramfs.conf"),
     )
 }
 
@@ -106,8 +131,119 @@ fn usage(msg: impl Into<String>) -> Error {
     Error::msg(format!("{} (see --help)", msg.into()))
 }
 
+/// Whether the command line asks for `--update` or `--remove`.
+fn is_update(args: &[String]) -> bool {
+    args.iter().take_while(|a| *a != "--").any(|a| {
+        let name = a.split_once('=').map_or(a.as_str(), |(n, _)| n);
+        matches!(name, "--update" | "--remove" | "--all" | "--root")
+    })
+}
+
+/// Parse `--update RELEASE|--all` or `--remove RELEASE` with `--output` and `--root`.
+fn parse_update(args: &[String]) -> Result<Command> {
+    use crate::update::{Action, Request};
+    let mut update = None::<Option<String>>;
+    let mut remove = None;
+    let mut all = false;
+    let mut output = None;
+    let mut root = None;
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {
+        let opt = match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Long(name) => format!("--{name}"),
+            Short(c) => return Err(usage(format!("unknown option -{c}"))),
+            Value(v) => {
+                let v = v.to_string_lossy();
+                return Err(usage(format!("unexpected argument {v:?}: every value follows its option")));
+            }
+        };
+        let value = |parser: &mut lexopt::Parser| -> Result<String> {
+            let v = parser.value().map_err(|_| usage(format!("option {opt} needs a value")))?;
+            let v = v.into_string().map_err(|v| usage(format!("option {opt}: {v:?} is not valid UTF-8")))?;
+            if v.is_empty() {
+                return Err(usage(format!("option {opt} needs a non-empty value")));
+            }
+            Ok(v)
+        };
+        let twice = || usage(format!("option {opt} given twice"));
+        match opt.as_str() {
+            "--all" => {
+                if parser.optional_value().is_some() {
+                    return Err(usage("option --all takes no value"));
+                }
+                if all {
+                    return Err(twice());
+                }
+                all = true;
+            }
+            "--update" => {
+                if update.is_some() {
+                    return Err(twice());
+                }
+                // RELEASE, unless --all follows (or the option has no value at all).
+                let next = parser.try_raw_args().and_then(|raw| raw.peek().map(|a| a.to_string_lossy().into_owned()));
+                let takes = parser.optional_value().map(|v| v.to_string_lossy().into_owned());
+                update = Some(match (takes, next) {
+                    (Some(v), _) => Some(v),
+                    (None, Some(n)) if !n.starts_with('-') => Some(value(&mut parser)?),
+                    _ => None,
+                });
+            }
+            "--remove" => {
+                if remove.is_some() {
+                    return Err(twice());
+                }
+                remove = Some(value(&mut parser)?);
+            }
+            "--output" => {
+                if output.replace(value(&mut parser)?).is_some() {
+                    return Err(twice());
+                }
+            }
+            "--root" => {
+                if root.replace(value(&mut parser)?).is_some() {
+                    return Err(twice());
+                }
+            }
+            _ => {
+                return Err(usage(format!(
+                    "unknown option {opt}: --update and --remove take only --all, --output and --root"
+                )))
+            }
+        }
+    }
+    let action = match (update, remove, all) {
+        (Some(_), Some(_), _) => return Err(usage("--update and --remove cannot be combined")),
+        (Some(Some(r)), None, false) => Action::Update(r),
+        (Some(None), None, true) => Action::UpdateAll,
+        (Some(Some(_)), None, true) => return Err(usage("--update takes a RELEASE or --all, not both")),
+        (Some(None), None, false) => return Err(usage("--update needs a RELEASE or --all")),
+        (None, Some(r), false) => Action::Remove(r),
+        (None, Some(_), true) => return Err(usage("--remove takes one RELEASE, not --all")),
+        (None, None, _) => return Err(usage("--all and --root go with --update or --remove")),
+    };
+    if let Action::Update(r) | Action::Remove(r) = &action {
+        if !crate::update::is_release_name(r) {
+            return Err(usage(format!("{r:?} is not a kernel release (a directory name in /usr/lib/modules)")));
+        }
+    }
+    if action == Action::UpdateAll && output.is_some() {
+        return Err(usage("--output names one image: give a RELEASE, not --all"));
+    }
+    Ok(Command::Update(Request {
+        action,
+        root: PathBuf::from(root.unwrap_or_else(|| "/".to_owned())),
+        output: output.map(PathBuf::from),
+    }))
+}
+
 /// Parse the arguments (without the program name). `mtime` is the entries' mtime.
 pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
+    if is_update(args) {
+        return parse_update(args);
+    }
     let mut kernel_modules = None;
     let mut kernel_release = None;
     let mut modules = Vec::new();
@@ -316,6 +452,45 @@ mod tests {
         );
         assert!(err("--kernel-modules d --config c --output o --hostonly=yes").contains("--hostonly takes no value"));
         assert!(err("--kernel-modules d --config c --output o --sysfs /x").contains("only make sense with --hostonly"));
+    }
+
+    #[test]
+    fn update_and_remove() {
+        use crate::update::{Action, Request};
+        let req = |s: &str| match parse(&args(s), 0).unwrap() {
+            Command::Update(r) => r,
+            other => panic!("not an update: {other:?}"),
+        };
+        let root = PathBuf::from("/");
+        assert_eq!(
+            req("--update 6.1.0-9-amd64"),
+            Request { action: Action::Update("6.1.0-9-amd64".into()), root: root.clone(), output: None }
+        );
+        assert_eq!(req("--update --all"), Request { action: Action::UpdateAll, root: root.clone(), output: None });
+        assert_eq!(req("--all --update --root /mnt").action, Action::UpdateAll);
+        assert_eq!(req("--all --update --root /mnt").root, PathBuf::from("/mnt"));
+        assert_eq!(
+            req("--update=6.1 --output /staging/initrd"),
+            Request {
+                action: Action::Update("6.1".into()),
+                root: root.clone(),
+                output: Some("/staging/initrd".into())
+            }
+        );
+        assert_eq!(req("--remove 6.1 --root=/r").action, Action::Remove("6.1".into()));
+        assert!(matches!(parse(&args("--update --help"), 0).unwrap(), Command::Help));
+        assert_eq!(err("--update"), "--update needs a RELEASE or --all (see --help)");
+        assert!(err("--update 6.1 --all").contains("a RELEASE or --all, not both"));
+        assert!(err("--update --all --output x").contains("--output names one image"));
+        assert!(err("--update 6.1 --remove 6.1").contains("cannot be combined"));
+        assert!(err("--remove").contains("--remove needs a value"));
+        assert!(err("--remove 6.1 --all").contains("not --all"));
+        assert!(err("--all").contains("go with --update or --remove"));
+        assert!(err("--update ../x").contains("is not a kernel release"));
+        assert!(err("--update 6.1 --hostonly").contains("unknown option --hostonly"));
+        assert!(err("--update 6.1 --root a --root b").contains("--root given twice"));
+        assert!(err("--update 6.1 extra").contains("unexpected argument \"extra\""));
+        assert!(help().contains("--update RELEASE|--all") && help().contains("/etc/dockroot/mkinitramfs.conf"));
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct Options {
     /// Modules asked for by name (`--module`).
     pub modules: Vec<String>,
     pub config: PathBuf,
+    /// The config's bytes when they do not come from reading `config` (the
+    /// packages' `--update` makes them from its settings); `config` then names
+    /// their source in messages.
+    pub config_bytes: Option<Vec<u8>>,
     pub output: PathBuf,
     /// The init binary; default: `dockroot-init` next to this program.
     pub init: Option<PathBuf>,
@@ -84,6 +88,9 @@ pub struct Options {
     pub mtime: u32,
     /// Only what this machine needs (`--hostonly`).
     pub hostonly: bool,
+    /// The generic set even with `--module` names, which are then loaded at
+    /// every boot besides it (the packages' `MODE=generic` with `MODULES=`).
+    pub generic: bool,
     /// The sysfs `--hostonly` reads (`--sysfs`, default `/sys`).
     pub sysfs: PathBuf,
     /// The mount table `--hostonly` reads (`--mounts`, default `/proc/self/mounts`).
@@ -106,12 +113,14 @@ impl Options {
             kernel_release: None,
             modules: Vec::new(),
             config,
+            config_bytes: None,
             output,
             init: None,
             commands: Commands::Default,
             compression: Compression::Zstd,
             mtime: 0,
             hostonly: false,
+            generic: false,
             sysfs: PathBuf::from("/sys"),
             mounts: PathBuf::from("/proc/self/mounts"),
             firmware_dir: None,
@@ -594,7 +603,10 @@ pub fn build_image(opts: &Options) -> Result<Built> {
     let init = read_init(&init_path)?;
     let init_decompresses = init_decompresses_modules(&init);
 
-    let config = read_capped(&opts.config, CONFIG_MAX_BYTES)?;
+    let config = match &opts.config_bytes {
+        Some(bytes) => bytes.clone(),
+        None => read_capped(&opts.config, CONFIG_MAX_BYTES)?,
+    };
     let spec = dockroot::reference::from_prior_art_config(&config)
         .map_err(|e| e.context(format!("checking the config {}", opts.config.display())))?;
 
@@ -606,12 +618,12 @@ pub fn build_image(opts: &Options) -> Result<Built> {
     let (request, mode) = if opts.hostonly {
         let (request, found) = hostonly_request(opts, &mut tree)?;
         (request, Mode::HostOnly(found))
-    } else if opts.modules.is_empty() {
+    } else if opts.modules.is_empty() || opts.generic {
         let request = Request {
             always: DEFAULT_FILESYSTEMS.iter().map(|s| s.to_string()).collect(),
+            required_always: opts.modules.clone(),
             drivers: DEFAULT_DRIVERS.iter().map(|s| s.to_string()).collect(),
             keep_compressed: opts.keep_compressed,
-            ..Request::default()
         };
         (request, Mode::Generic)
     } else {
@@ -742,6 +754,9 @@ pub fn summary(opts: &Options, built: &Built) -> String {
     match &built.mode {
         Mode::Generic => {
             let _ = writeln!(s, "  generic image: filesystems at every boot, drivers when a device's modalias asks");
+            if !opts.modules.is_empty() {
+                let _ = writeln!(s, "  and at every boot: {}", list(&opts.modules));
+            }
         }
         Mode::Listed => {
             let _ = writeln!(s, "  modules named by --module, loaded at every boot");

@@ -4,7 +4,8 @@
 //! - [`elf`]: `.modinfo` of kernel modules, and the static-init check (through `object`);
 //! - [`compress`]: zstd/gzip output, `.ko.xz`/`.ko.zst`/`.ko.gz` input;
 //! - [`kmod`]: which modules, in which order (modules.dep, softdeps, aliases, built-ins);
-//! - [`build`]: the image itself; [`args`]: the command line.
+//! - [`build`]: the image itself; [`args`]: the command line;
+//! - [`update`]: `--update`/`--remove`, for the kernel hooks of the distribution packages.
 //!
 //! The module index format lives in `dockroot::modules`, next to the loader that reads it.
 
@@ -14,3 +15,4 @@ pub mod compress;
 pub mod cpio;
 pub mod elf;
 pub mod kmod;
+pub mod update;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use dockroot_mkinitramfs::args::{self, Command};
 use dockroot_mkinitramfs::build;
+use dockroot_mkinitramfs::update::{self, Action, Request, Settings};
 
 fn main() -> ExitCode {
     let argv: Vec<String> = match std::env::args_os().skip(1).map(|a| a.into_string()).collect() {
@@ -25,6 +26,16 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Command::Build(opts)) => opts,
+        Ok(Command::Update(req)) => {
+            let mtime = args::mtime_from_env(epoch.as_deref()).unwrap_or(0);
+            return match run_update(&req, mtime) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("dockroot-mkinitramfs: error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Err(e) => {
             eprintln!("dockroot-mkinitramfs: error: {e}");
             return ExitCode::from(2);
@@ -44,4 +55,41 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--update` and `--remove`: one line per image on stderr, nothing on stdout
+/// (the kernel hooks must not write there).
+fn run_update(req: &Request, mtime: u32) -> dockroot::error::Result<()> {
+    let targets = update::targets(req)?;
+    if let Action::Remove(_) = req.action {
+        for (_, out) in &targets {
+            if update::remove(out)? {
+                eprintln!("dockroot-mkinitramfs: removed {}", out.display());
+            }
+        }
+        return Ok(());
+    }
+    if targets.is_empty() {
+        eprintln!(
+            "dockroot-mkinitramfs: no installed kernel (a {} directory with its {}): nothing to do",
+            req.root.join("usr/lib/modules/RELEASE").display(),
+            req.root.join("boot/vmlinuz-RELEASE").display()
+        );
+        return Ok(());
+    }
+    let settings = Settings::read(&req.root)?;
+    for (release, out) in targets {
+        let opts = update::options(&req.root, &settings, &release, out, mtime)?;
+        let built =
+            build::build_image(&opts).map_err(|e| e.context(format!("building the image of kernel {release}")))?;
+        build::write_atomically(&opts.output, &built.image)?;
+        eprintln!(
+            "dockroot-mkinitramfs: wrote {} for kernel {release} ({} bytes, image {}, {} modules)",
+            opts.output.display(),
+            built.image.len(),
+            built.config_image,
+            built.plan.modules.len()
+        );
+    }
+    Ok(())
 }
