@@ -107,9 +107,10 @@ Installed kernels (the kernel hooks of the Debian and Arch packages call this):
   --remove RELEASE       remove /boot/initrd.img-RELEASE (or --output FILE), if it is there
   --root DIR             every path above and below is under DIR (default /)
   The image to boot comes from /etc/docker-btrfs.json when it exists, else from IMAGE=
-  in {settings}; the init is /usr/lib/dockroot/dockroot-init and the commands
-  /usr/bin/dockroot (left out when missing). The settings file holds KEY=VALUE lines
-  (# starts a comment; a value may be quoted with \" or ', nothing is expanded):
+  in the settings file, /etc/dockroot/mkinitramfs.conf. The init is
+  /usr/lib/dockroot/dockroot-init, the commands /usr/bin/dockroot (left out when
+  missing). The settings file holds KEY=VALUE lines (# starts a comment; a value may be
+  quoted with \" or ', nothing is expanded):
     MODE=generic|hostonly|listed  the generic set, --hostonly, or only MODULES
                          (default generic)
     MODULES=NAME ...     modules loaded at every boot (with generic and hostonly: besides
@@ -123,7 +124,6 @@ SOURCE_DATE_EPOCH if set), fixed compression settings.
 ",
         version = env!("CARGO_PKG_VERSION"),
         level = crate::compress::ZSTD_LEVEL,
-        settings = concat!("/", "etc/dockroot/mkinitramfs.conf"),
     )
 }
 
