@@ -5,6 +5,7 @@
 //! btrfs partition is mounted through a loop device at its offset. Parsing the
 //! report is pure; the rest runs host commands.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -40,8 +41,24 @@ pub struct UefiReport {
     pub run_exit: Option<i32>,
     /// The script's output (lines between its begin and exit markers).
     pub run_output: Vec<String>,
+    /// dockroot's units (and the bad image's check): `systemctl show` properties
+    /// (`LoadState`, `ActiveState`, `Result`, `ExecMainStatus`) by unit name.
+    pub units: BTreeMap<String, BTreeMap<String, String>>,
+    /// systemd's `InitRDTimestampMonotonic` (µs; 0 when it saw no initramfs stage).
+    pub initrd_timestamp: Option<u64>,
+    /// `systemd-analyze time` (its lines joined), once the boot finished.
+    pub analyze: Option<String>,
     /// The service reached its power-off.
     pub powered_off: bool,
+    /// The power-off was a clean one (`systemctl poweroff`: shutdown units ran).
+    pub clean_poweroff: bool,
+}
+
+impl UefiReport {
+    /// A property of a unit the report showed ("" when not shown).
+    pub fn unit(&self, unit: &str, property: &str) -> &str {
+        self.units.get(unit).and_then(|p| p.get(property)).map_or("", String::as_str)
+    }
 }
 
 /// Parses the test service's lines out of a serial log.
@@ -63,12 +80,24 @@ pub fn parse_uefi_report(serial: &str) -> UefiReport {
             "esp" => r.esp_mount = Some(value.trim().to_string()),
             "boot.json" => r.boot_json = serde_json::from_str(value).ok(),
             "status" => r.status = serde_json::from_str(value).ok(),
+            "unit" => {
+                let mut words = value.split_whitespace();
+                if let Some(name) = words.next() {
+                    let props = words.filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string()));
+                    r.units.insert(name.to_string(), props.collect());
+                }
+            }
+            "initrd-timestamp" => r.initrd_timestamp = value.trim().parse().ok(),
+            "analyze" => r.analyze = Some(value.trim().to_string()),
             "run" if value == "begin" => in_run = true,
             "run" => {
                 in_run = false;
                 r.run_exit = value.strip_prefix("exit ").and_then(|v| v.trim().parse().ok());
             }
-            "poweroff" => r.powered_off = true,
+            "poweroff" => {
+                r.powered_off = true;
+                r.clean_poweroff = value.trim() == "clean";
+            }
             _ if in_run => r.run_output.push(line.to_string()),
             _ => {}
         }
@@ -219,7 +248,9 @@ mod tests {
     fn parses_the_test_services_report() {
         let serial = "[  OK  ] junk\r\nDOCKROOT-UEFI uname 6.12.1\r\nDOCKROOT-UEFI esp /dev/vda1 vfat\r\nDOCKROOT-UEFI boot.json {\"kernel\":{\"running\":\"6.12.1\"}}\r\n\
             DOCKROOT-UEFI status not json\r\nDOCKROOT-UEFI run begin\r\nhello\r\nDOCKROOT-UEFI marker x\r\n\
-            DOCKROOT-UEFI run exit 3\r\nafter\r\nDOCKROOT-UEFI poweroff\r\n";
+            DOCKROOT-UEFI run exit 3\r\nafter\r\nDOCKROOT-UEFI unit dockroot-bless.service LoadState=loaded ActiveState=active Result=success \r\n\
+            DOCKROOT-UEFI initrd-timestamp 1234567\r\nDOCKROOT-UEFI analyze Startup finished in 1s (kernel) + 2s (initrd) \r\n\
+            DOCKROOT-UEFI poweroff\r\n";
         let r = parse_uefi_report(serial);
         assert_eq!(r.uname.as_deref(), Some("6.12.1"));
         assert_eq!(r.esp_mount.as_deref(), Some("/dev/vda1 vfat"));
@@ -227,7 +258,13 @@ mod tests {
         assert!(r.status.is_none());
         assert_eq!(r.run_exit, Some(3));
         assert_eq!(r.run_output, vec!["hello".to_string(), "DOCKROOT-UEFI marker x".to_string()]);
-        assert!(r.powered_off);
+        assert!(r.powered_off && !r.clean_poweroff);
+        assert_eq!(r.unit("dockroot-bless.service", "ActiveState"), "active");
+        assert_eq!(r.unit("dockroot-bless.service", "ExecMainStatus"), "");
+        assert_eq!(r.unit("other.service", "Result"), "");
+        assert_eq!(r.initrd_timestamp, Some(1234567));
+        assert_eq!(r.analyze.as_deref(), Some("Startup finished in 1s (kernel) + 2s (initrd)"));
         assert!(!parse_uefi_report("DOCKROOT-UEFI run begin\n").powered_off);
+        assert!(parse_uefi_report("DOCKROOT-UEFI poweroff clean\n").clean_poweroff);
     }
 }

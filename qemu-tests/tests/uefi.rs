@@ -91,19 +91,89 @@ fn summary(name: &str, out: &BootOutput) {
     eprintln!("uefi: boot {name} took {:.1} s wall", out.elapsed.as_secs_f64());
 }
 
-/// a) v1 boots through OVMF and systemd-boot with no kexec; b) the tag then names v2
-/// (Debian 13's kernel): the boot kexecs into it, boot-files moves the ESP to it, and
-/// the next boot needs no kexec.
+/// The unit of the boot-files run at boot, triggered by the path unit and at shutdown.
+const BOOT_FILES_UNIT: &str = "dockroot-boot-files.service";
+/// The runtime unit the init leaves on a boot on trial.
+const BLESS_UNIT: &str = "dockroot-bless.service";
+/// The bad image's failing health check.
+const CHECK_UNIT: &str = "dockroot-test-check.service";
+
+/// The per-boot script that points the tag at `image_id` in the running system's Docker
+/// store, as `docker pull` does (a new repositories.json renamed over the old), then waits
+/// (bounded) for the boot-files unit the path unit starts, and reports how it ended.
+fn retag_in_guest(m: &UefiMachine, image_id: &str) -> String {
+    let key = format!("{}:{}", m.get("image"), m.get("tag"));
+    format!(
+        "f=/{docker}/image/btrfs/repositories.json\n\
+         before=$(systemctl show -P InvocationID {BOOT_FILES_UNIT})\n\
+         sed 's|\"{key}\":\"[^\"]*\"|\"{key}\":\"{image_id}\"|' \"$f\" >\"$f.new\" && mv \"$f.new\" \"$f\" || exit 8\n\
+         grep -q '\"{key}\":\"{image_id}\"' \"$f\" || exit 7\n\
+         i=0\n\
+         while [ $i -lt 600 ]; do\n\
+             id=$(systemctl show -P InvocationID {BOOT_FILES_UNIT}); state=$(systemctl show -P ActiveState {BOOT_FILES_UNIT})\n\
+             [ \"$id\" != \"$before\" ] && [ \"$state\" != activating ] && [ \"$state\" != active ] && break\n\
+             sleep 0.5; i=$((i + 1))\n\
+         done\n\
+         [ \"$id\" != \"$before\" ] && echo \"DOCKROOT-UEFI path-run $(systemctl show -p ActiveState -p Result -p ExecMainStatus {BOOT_FILES_UNIT} | tr '\\n' ' ')\"\n",
+        docker = m.get("docker_path"),
+    )
+}
+
+/// What the boot-files unit the path unit started reported (None: it did not run).
+fn path_run(r: &UefiReport) -> Option<String> {
+    r.run_output.iter().find_map(|l| l.split("DOCKROOT-UEFI path-run ").nth(1).map(|v| v.trim().to_string()))
+}
+
+/// boot.json's `"trial"`.
+fn trial(r: &UefiReport) -> &Value {
+    &r.boot_json.as_ref().unwrap()["trial"]
+}
+
+/// systemd saw dockroot's stage: `InitRDTimestampMonotonic` set and `systemd-analyze`
+/// counting an "(initrd)" term.
+fn assert_systemd_saw_the_initramfs(r: &UefiReport, out: &BootOutput, name: &str) {
+    assert!(r.initrd_timestamp.unwrap_or(0) > 0, "{name}: InitRDTimestampMonotonic {:?}", r.initrd_timestamp);
+    let analyze = r.analyze.as_deref().unwrap_or("");
+    assert!(analyze.contains("(initrd)"), "{name}: systemd-analyze time: {analyze:?}; {}", out.tail(20));
+}
+
+/// The boot-time run of boot-files (its unit, enabled in the image) ended well.
+fn assert_boot_files_unit_ran(r: &UefiReport, name: &str) {
+    let props = r.units.get(BOOT_FILES_UNIT);
+    assert_eq!(r.unit(BOOT_FILES_UNIT, "Result"), "success", "{name}: {props:?}");
+    assert_eq!(r.unit(BOOT_FILES_UNIT, "ExecMainStatus"), "0", "{name}: {props:?}");
+    assert_eq!(r.unit("dockroot-boot-files.path", "ActiveState"), "active", "{name}: {:?}", r.units);
+}
+
+/// The machine's life through its image (issues 11 and 12), one boot after another:
+/// 1. v1 boots through OVMF and systemd-boot with no kexec; it is on trial and the
+///    init's runtime unit blesses it at boot-complete.target; systemd sees the
+///    initramfs stage; the boot-files unit at boot rewrites the fixture's ESP files
+///    under boot-files' own names.
+/// 2. The tag names v2 (Debian 13's kernel): the boot kexecs into it, and the
+///    boot-files unit at boot puts 6.12 on the ESP.
+/// 3. The next boot runs 6.12 directly; v2 is blessed (not counted). In it, the tag is
+///    moved to the bad image in the running system's store: the path unit runs
+///    boot-files, which puts the bad image's kernel (6.1) on the ESP.
+/// 4. and 5. The bad image boots twice (dockroot.tries=2), its health check fails,
+///    nothing blesses it.
+/// 6. The init refuses it and boots the last blessed image, v2, with FALLBACK and the
+///    reason; no kexec: boot-files in the last try (the same rule as the boot) had
+///    already put v2's 6.12 on the ESP.
+/// 7. The bad image stays refused. `dockroot switch` to v1 in that boot, and a clean
+///    power-off: the shutdown unit's boot-files puts v1's kernel on the ESP.
 #[test]
-fn uefi_machine_follows_its_image_kernel() {
+fn uefi_machine_follows_its_image() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let m = UefiMachine::from_env();
     let rel1 = m.get("release_v1");
     let rel2 = m.get("release_v2");
+    let (v1_id, v2_id, bad_id) = (m.get("v1_id"), m.get("v2_id"), m.get("bad_id"));
     assert!(rel1.starts_with("6.1."), "{rel1}");
     assert!(rel2.starts_with("6.12."), "{rel2}");
+    assert_eq!(m.info["tries"], 2, "the fixture's entry sets dockroot.tries=2");
 
-    // a) The ESP's kernel is the image's: it boots directly.
+    // 1. The ESP's kernel is the image's: it boots directly.
     let (r, out) = m.boot("uefi_v1");
     summary("uefi_v1", &out);
     assert_eq!(r.uname.as_deref(), Some(rel1.as_str()), "{}", out.tail(40));
@@ -113,16 +183,34 @@ fn uefi_machine_follows_its_image_kernel() {
     assert_eq!(k["kexec_from"], Value::Null, "{k}");
     assert!(!out.contains("by kexec"), "{}", out.tail(40));
     let b = r.boot_json.as_ref().unwrap();
-    assert!(b.to_string().contains(&m.get("v1_id")), "boot.json does not name v1's ID: {b}");
+    assert!(b.to_string().contains(&v1_id), "boot.json does not name v1's ID: {b}");
     // The top layer's fstab mounts the ESP at /boot/efi, as on any Debian machine.
     assert_eq!(r.esp_mount.as_deref(), Some("/dev/vda1 vfat"), "{}", out.tail(40));
+    // A new image on trial: this boot used one of its two tries, the runtime unit
+    // blessed it at boot-complete.target, and the next boot will not count.
+    assert_eq!(trial(&r)["state"], "on trial", "{}", trial(&r));
+    assert_eq!(trial(&r)["tries_left"], 1, "{}", trial(&r));
+    assert!(out.contains(&format!("image {v1_id} is on trial: this boot is try 1 of 2")), "{}", out.tail(40));
+    assert_eq!(r.unit(BLESS_UNIT, "ActiveState"), "active", "{:?}", r.units);
+    assert_eq!(r.unit(BLESS_UNIT, "Result"), "success", "{:?}", r.units);
+    assert_eq!(r.unit(CHECK_UNIT, "LoadState"), "not-found", "v1 has no health check: {:?}", r.units);
     let status = r.status.as_ref().unwrap_or_else(|| panic!("status --json printed no JSON: {}", out.tail(40)));
-    assert!(status.is_object(), "{status}");
+    assert_eq!(status["next_boot"]["trial"]["state"], "blessed", "{status}");
+    assert_eq!(status["next_boot"]["trial"]["blessed"], serde_json::json!([v1_id]), "{status}");
+    assert_systemd_saw_the_initramfs(&r, &out, "uefi_v1");
+    // The boot-files unit at boot: the fixture's files are now under boot-files' names.
+    assert_boot_files_unit_ran(&r, "uefi_v1");
+    let linux = assert_esp_boots(&m, &rel1, "after the boot-time boot-files");
+    assert!(linux.starts_with(&format!("/dockroot/dockroot/{rel1}-")), "{linux}");
+    assert!(
+        m.esp_read_bytes(&format!("{}/linux", m.get("esp_dir_v1"))).is_none(),
+        "the fixture's kernel is still on the ESP"
+    );
 
-    // b) The tag now names v2 (what `docker build -t` of the new version does); the
-    // ESP still has 6.1. This boot kexecs into the image's 6.12, then boot-files.
-    m.retag(&m.get("v2_id"));
-    m.set_run_script(BOOT_FILES);
+    // 2. The tag now names v2 (what `docker build -t` of the new version does); the
+    // ESP still has 6.1. This boot kexecs into the image's 6.12; the boot-files unit
+    // at boot writes it to the ESP, nobody calls the command.
+    m.retag(&v2_id);
     let (r, out) = m.boot("uefi_v2_kexec");
     summary("uefi_v2_kexec", &out);
     assert!(out.contains(&kexec_line(&m)), "no kexec on the console: {}", out.tail(60));
@@ -132,21 +220,24 @@ fn uefi_machine_follows_its_image_kernel() {
     assert_eq!(k["kexec_from"], rel1.as_str(), "{k}");
     assert_eq!(k["modules_match"], true, "{k}");
     let b = r.boot_json.as_ref().unwrap();
-    assert!(b.to_string().contains(&m.get("v2_id")), "boot.json does not name v2's ID: {b}");
-
-    // boot-files (the r-bootfiles interface) in that boot: exit 0, then the ESP holds
-    // 6.12 under /dockroot/dockroot/ and the entry names it; v1's files are gone.
-    assert_eq!(boot_files_exit(&r), Some(0), "boot-files failed: {:?}", r.run_output);
-    let linux = assert_esp_boots(&m, &rel2, "after boot-files");
+    assert!(b.to_string().contains(&v2_id), "boot.json does not name v2's ID: {b}");
+    assert_eq!(trial(&r)["state"], "on trial", "{}", trial(&r));
+    assert_eq!(r.unit(BLESS_UNIT, "Result"), "success", "{:?}", r.units);
+    assert_systemd_saw_the_initramfs(&r, &out, "uefi_v2_kexec");
+    // The ESP holds 6.12 under /dockroot/dockroot/ and the entry names it; v1's files
+    // are gone.
+    assert_boot_files_unit_ran(&r, "uefi_v2_kexec");
+    let linux = assert_esp_boots(&m, &rel2, "after boot-files at boot");
     assert!(linux.starts_with(&format!("/dockroot/dockroot/{rel2}-")), "{linux}");
     let dirs = m.esp_list("/dockroot/dockroot").expect("no /dockroot/dockroot on the ESP");
     assert_eq!(dirs.len(), 1, "old or partial files left on the ESP: {dirs:?}");
-    assert!(m.esp_read_bytes(&format!("{}/linux", m.get("esp_dir_v1"))).is_none(), "v1's kernel is still on the ESP");
     let entries = m.esp_list("/loader/entries").unwrap();
     assert_eq!(entries, vec!["dockroot.conf".to_string()], "{entries:?}");
 
-    // The following boot runs 6.12 from the ESP directly.
-    m.set_run_script("");
+    // 3. The following boot runs 6.12 from the ESP directly; v2 is blessed, not
+    // counted. A pull in the running system moves the tag to the bad image: the path
+    // unit runs boot-files, which writes the bad image's kernel (Debian 12's).
+    m.set_run_script(&retag_in_guest(&m, &bad_id));
     let (r, out) = m.boot("uefi_v2_direct");
     summary("uefi_v2_direct", &out);
     assert!(!out.contains("by kexec"), "{}", out.tail(40));
@@ -154,6 +245,71 @@ fn uefi_machine_follows_its_image_kernel() {
     assert_eq!(k["running"], rel2.as_str(), "{k}");
     assert_eq!(k["kexec_from"], Value::Null, "{k}");
     assert_eq!(k["modules_match"], true, "{k}");
+    assert_eq!(trial(&r)["state"], "blessed", "{}", trial(&r));
+    assert!(!out.contains("is on trial"), "a blessed image's boot is not counted: {}", out.tail(40));
+    assert_eq!(r.unit(BLESS_UNIT, "LoadState"), "not-found", "no bless unit when not on trial: {:?}", r.units);
+    assert_eq!(r.run_exit, Some(0), "{:?}", r.run_output);
+    let run = path_run(&r).unwrap_or_else(|| panic!("the path unit did not start boot-files: {:?}", r.run_output));
+    assert!(run.contains("Result=success") && run.contains("ExecMainStatus=0"), "{run}");
+    assert_esp_boots(&m, &rel1, "after the path unit's boot-files");
+    assert_eq!(m.esp_list("/dockroot/dockroot").unwrap().len(), 1);
+
+    // 4, 5. The bad image: on trial, its check fails, nothing blesses it.
+    m.set_run_script("");
+    for try_ in 1..=2 {
+        let name = format!("uefi_bad_{try_}");
+        let (r, out) = m.boot(&name);
+        summary(&name, &out);
+        let b = r.boot_json.as_ref().unwrap();
+        assert!(b.to_string().contains(&bad_id), "{name}: boot.json does not name the bad image: {b}");
+        assert_eq!(b["fallback"], Value::Null, "{name}: {b}");
+        assert_eq!(trial(&r)["state"], "on trial", "{name}: {}", trial(&r));
+        assert_eq!(trial(&r)["tries_left"], 2 - try_, "{name}: {}", trial(&r));
+        assert!(out.contains(&format!("is on trial: this boot is try {try_} of 2")), "{name}: {}", out.tail(40));
+        assert_eq!(r.unit(CHECK_UNIT, "Result"), "exit-code", "{name}: {:?}", r.units);
+        assert_ne!(r.unit(BLESS_UNIT, "ActiveState"), "active", "{name}: blessed despite the check: {:?}", r.units);
+        let status = r.status.as_ref().unwrap();
+        let next = &status["next_boot"];
+        assert_eq!(next["trial"]["last_blessed"]["image"], v2_id.as_str(), "{name}: {status}");
+        if try_ == 2 {
+            assert_eq!(next["outcome"], "fallback", "{name}: {status}");
+            assert_eq!(next["trial"]["state"], "refused", "{name}: {status}");
+            // boot-files at boot follows the same rule: the ESP already has the
+            // kernel of the image the refusal goes back to (v2's 6.12).
+            assert_esp_boots(&m, &rel2, &format!("{name}: boot-files for the fallback"));
+        }
+    }
+
+    // 6, 7. Refused: the boot goes back to v2, the last blessed, and keeps refusing
+    // while the tag names the bad image. In the second, a switch to v1 and a clean
+    // power-off.
+    let reason = format!("image {bad_id} is refused: failed 2 boots without being blessed");
+    for (i, name) in ["uefi_refused", "uefi_still_refused"].into_iter().enumerate() {
+        if i == 1 {
+            m.set_run_script(&format!(
+                "/run/dockroot/dockroot switch {}:v1 || exit 9\nmkdir -p /run/dockroot-test && touch /run/dockroot-test/clean-poweroff\n",
+                m.get("image")
+            ));
+        }
+        let (r, out) = m.boot(name);
+        summary(name, &out);
+        assert!(out.contains(&format!("FALLBACK: {reason}")), "{name}: no FALLBACK on the console: {}", out.tail(60));
+        let b = r.boot_json.as_ref().unwrap();
+        assert_eq!(b["fallback"]["reason"], reason.as_str(), "{name}: {b}");
+        assert_eq!(b["fallback"]["booted"], v2_id.as_str(), "{name}: {b}");
+        assert_eq!(b["image"]["id"], v2_id.as_str(), "{name}: {b}");
+        assert_eq!(trial(&r)["state"], "refused", "{name}: {}", trial(&r));
+        assert_eq!(trial(&r)["refused"], serde_json::json!([bad_id]), "{name}: {}", trial(&r));
+        assert_eq!(r.uname.as_deref(), Some(rel2.as_str()), "{name}");
+        assert_eq!(kernel(&r)["kexec_from"], Value::Null, "{name}: the ESP had the fallback's kernel");
+        assert_boot_files_unit_ran(&r, name);
+        if i == 0 {
+            assert_esp_boots(&m, &rel2, &format!("{name}: after boot-files at boot"));
+        }
+    }
+    // The shutdown unit ran boot-files after the switch: the ESP boots v1's kernel.
+    assert_esp_boots(&m, &rel1, "after the shutdown unit's boot-files");
+    assert_eq!(m.esp_list("/dockroot/dockroot").unwrap().len(), 1);
 }
 
 /// The console lines the cuts are timed from.
