@@ -532,6 +532,9 @@ mod tests {
         assert!(err("--update 6.1 --root a --root b").contains("--root given twice"));
         assert!(err("--update 6.1 extra").contains("unexpected argument \"extra\""));
         assert!(help().contains("--update RELEASE|--all") && help().contains("/etc/dockroot/mkinitramfs.conf"));
+    }
+
+    #[test]
     fn list_and_json() {
         let Command::List { file, json } = parse(&args("--list /boot/initrd.img"), 0).unwrap() else {
             panic!("not a list")

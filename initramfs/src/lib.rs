@@ -16,5 +16,5 @@ pub mod compress;
 pub mod cpio;
 pub mod elf;
 pub mod kmod;
-pub mod update;
 pub mod list;
+pub mod update;
