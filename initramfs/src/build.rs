@@ -344,7 +344,9 @@ fn read_init(path: &Path) -> Result<Vec<u8>> {
     let data = read_capped(path, INIT_MAX_BYTES)?;
     elf::check_static_x86_64(&data).map_err(|e| {
         Error::msg(format!(
-            "{} cannot be the initramfs /init: {e}; it must be a static x86-64 executable: build it with scripts/build",
+            "{} cannot be the initramfs /init: {e}; it must be a static x86-64 executable: build it with scripts/build, \
+             or `cargo build --release` in the dockroot repository (its .cargo/config.toml makes the binaries \
+             static; a RUSTFLAGS variable replaces those flags)",
             path.display()
         ))
     })?;

@@ -365,6 +365,7 @@ fn refuses_a_dynamic_or_missing_init() {
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("/bin/ls cannot be the initramfs /init: dynamically linked"), "{e}");
     assert!(e.contains("build it with scripts/build") && !e.contains("build-init"), "{e}");
+    assert!(e.contains("or `cargo build --release` in the dockroot repository"), "{e}");
     let o = attempt(&["--module", "xor", "--init", "/nonexistent/dockroot"]);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
