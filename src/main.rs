@@ -22,7 +22,8 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     let arg = std::env::args().nth(1);
     let code = match arg.as_deref() {
         Some("--version") => {
-            println!("dockroot-init {}", env!("CARGO_PKG_VERSION"));
+            // One string, so that the builder finds the version in the binary.
+            print!("{}", dockroot::record::INIT_VERSION_LINE);
             0
         }
         Some("--help" | "-h") => {

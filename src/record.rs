@@ -41,6 +41,15 @@ pub const BOOT_RECORD: &str = "/run/dockroot/boot.json";
 pub const BOOT_LOG: &str = "/run/dockroot/boot.log";
 /// Where an initramfs carries the `dockroot` commands (`dockroot-mkinitramfs --commands`).
 pub const COMMANDS_IN_INITRAMFS: &str = "/usr/lib/dockroot/dockroot";
+/// What the builder records about an initramfs it makes (`dockroot-mkinitramfs
+/// --list` reads it; the init does not): JSON, `{"dockroot_initramfs": 1,
+/// "builder": VERSION, "init_version": VERSION or null}`.
+pub const MANIFEST_IN_INITRAMFS: &str = "/usr/lib/dockroot/initramfs.json";
+/// The line `dockroot-init --version` prints, whole in the binary: the builder
+/// finds the init's version by it ([`INIT_VERSION_PREFIX`], a version, a newline).
+pub const INIT_VERSION_LINE: &str = concat!("dockroot-init ", env!("CARGO_PKG_VERSION"), "\n");
+/// The start of [`INIT_VERSION_LINE`].
+pub const INIT_VERSION_PREFIX: &str = "dockroot-init ";
 /// Where the booted system finds them: the exact version that booted it, even
 /// when the image ships none.
 pub const COMMANDS: &str = "/run/dockroot/dockroot";

@@ -17,6 +17,11 @@ pub enum Command {
     Build(Box<Options>),
     /// `--update` or `--remove`: the packages' rebuild of installed kernels' images.
     Update(crate::update::Request),
+    /// `--list FILE [--json]`: what an initramfs holds.
+    List {
+        file: String,
+        json: bool,
+    },
 }
 
 /// The `--help` text.
@@ -35,6 +40,7 @@ Usage:
                        [--firmware-dir DIR] [--keep-compressed] [--kernel-config FILE]
   dockroot-mkinitramfs --update RELEASE|--all [--output FILE] [--root DIR]
   dockroot-mkinitramfs --remove RELEASE [--output FILE] [--root DIR]
+  dockroot-mkinitramfs --list FILE [--json]
 
 Writes a newc cpio, compressed, holding:
   /init                     the static dockroot init (--init)
@@ -95,6 +101,14 @@ Options:
                          (modules are then stored decompressed), or give such an --init.
   --kernel-config FILE   the kernel's build configuration (default: boot/config-RELEASE
                          beside DIR's lib/modules, so /boot/config-RELEASE)
+  --list FILE            say what the initramfs FILE holds, building nothing: the
+                         kernel release, the modules (loaded always or by modalias,
+                         in load order, with their sizes), the image the config
+                         names, the init's version, the commands, firmware, and the
+                         sizes (compressed, uncompressed, per part). Exit 0 when
+                         shown, 1 when FILE is unreadable or not a dockroot initramfs.
+  --json                 with --list: the same as JSON (schema version {schema},
+                         \"dockroot_initramfs_list\": {schema}; see the README)
   -h, --help             this text
   -V, --version          the version
 
@@ -124,6 +138,7 @@ SOURCE_DATE_EPOCH if set), fixed compression settings.
 ",
         version = env!("CARGO_PKG_VERSION"),
         level = crate::compress::ZSTD_LEVEL,
+        schema = crate::list::SCHEMA_VERSION,
     )
 }
 
@@ -258,6 +273,10 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
     let mut kernel_config = None;
     let mut hostonly = false;
     let mut keep_compressed = false;
+    let mut list = None;
+    let mut json = false;
+    // The first build option given, to refuse it beside --list.
+    let mut build_option: Option<String> = None;
 
     let mut parser = lexopt::Parser::from_args(args);
     loop {
@@ -283,7 +302,17 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
             }
         };
         let opt = opt.as_str();
+        if !matches!(opt, "--list" | "--json") && build_option.is_none() {
+            build_option = Some(opt.to_owned());
+        }
         match opt {
+            "--json" => {
+                if parser.optional_value().is_some() {
+                    return Err(usage("option --json takes no value"));
+                }
+                json = true;
+                continue;
+            }
             "--hostonly" | "--keep-compressed" => {
                 if parser.optional_value().is_some() {
                     return Err(usage(format!("option {opt} takes no value")));
@@ -296,7 +325,8 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
                 continue;
             }
             "--kernel-modules" | "--kernel-release" | "--module" | "--config" | "--output" | "--init"
-            | "--commands" | "--compression" | "--sysfs" | "--mounts" | "--firmware-dir" | "--kernel-config" => {}
+            | "--commands" | "--compression" | "--sysfs" | "--mounts" | "--firmware-dir" | "--kernel-config"
+            | "--list" => {}
             _ => return Err(usage(format!("unknown option {}", raw.as_deref().unwrap_or(opt)))),
         }
         // The next argument even if it starts with `-`, or the part after `=`.
@@ -324,8 +354,19 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
             "--mounts" => once(&mut mounts)?,
             "--firmware-dir" => once(&mut firmware_dir)?,
             "--kernel-config" => once(&mut kernel_config)?,
+            "--list" => once(&mut list)?,
             _ => once(&mut compression)?,
         }
+    }
+
+    if let Some(file) = list {
+        if let Some(opt) = build_option {
+            return Err(usage(format!("--list reads an initramfs and builds nothing: {opt} does not go with it")));
+        }
+        return Ok(Command::List { file, json });
+    }
+    if json {
+        return Err(usage("--json goes with --list FILE"));
     }
 
     let required = |slot: Option<String>, opt: &str| slot.ok_or_else(|| usage(format!("missing option {opt}")));
@@ -491,6 +532,25 @@ mod tests {
         assert!(err("--update 6.1 --root a --root b").contains("--root given twice"));
         assert!(err("--update 6.1 extra").contains("unexpected argument \"extra\""));
         assert!(help().contains("--update RELEASE|--all") && help().contains("/etc/dockroot/mkinitramfs.conf"));
+    }
+
+    #[test]
+    fn list_and_json() {
+        let Command::List { file, json } = parse(&args("--list /boot/initrd.img"), 0).unwrap() else {
+            panic!("not a list")
+        };
+        assert_eq!((file.as_str(), json), ("/boot/initrd.img", false));
+        let Command::List { file, json } = parse(&args("--json --list=x.img"), 0).unwrap() else {
+            panic!("not a list")
+        };
+        assert_eq!((file.as_str(), json), ("x.img", true));
+        assert_eq!(err("--list"), "option --list needs a value (see --help)");
+        assert!(err("--list a --list b").contains("--list given twice"));
+        assert!(err("--list a --output b").contains("--output does not go with it"), "{}", err("--list a --output b"));
+        assert!(err("--hostonly --list a").contains("--hostonly does not go with it"));
+        assert_eq!(err("--json --kernel-modules d --config c --output o"), "--json goes with --list FILE (see --help)");
+        assert!(err("--list a --json=yes").contains("--json takes no value"));
+        assert!(help().contains("--list FILE") && help().contains("\"dockroot_initramfs_list\": 1"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use dockroot::error::{Context, Error, Result};
 use dockroot::modules::{write_index, DECOMPRESS_MARKER, INDEX_PATH};
+use dockroot::record::{INIT_VERSION_PREFIX, MANIFEST_IN_INITRAMFS};
 
 use crate::compress::{compress, read_capped, Compression};
 use crate::cpio::Archive;
@@ -196,6 +197,8 @@ pub struct Built {
     pub firmware_dir: PathBuf,
     /// The init decompresses modules itself (built with `decompress-modules`).
     pub init_decompresses: bool,
+    /// The init's version, when it is a dockroot init ([`init_version`]).
+    pub init_version: Option<String>,
     /// With `--keep-compressed`: each compressed module format kept, and who decompresses it.
     pub kept: Vec<Kept>,
 }
@@ -219,22 +222,48 @@ pub struct Kept {
     pub by: Decompressor,
 }
 
+/// Where `needle` first starts in `haystack`.
+fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 /// Does this init binary decompress modules itself? True if it carries
 /// [`DECOMPRESS_MARKER`], which an init has only when built with the
 /// `decompress-modules` feature.
 pub fn init_decompresses_modules(init: &[u8]) -> bool {
-    let marker = DECOMPRESS_MARKER.as_bytes();
-    let Some(&first) = marker.first() else { return false };
+    find_bytes(init, DECOMPRESS_MARKER.as_bytes()).is_some()
+}
+
+/// The version of a dockroot init binary: the line its `--version` prints
+/// (`dockroot::record::INIT_VERSION_LINE`: `dockroot-init VERSION` and a
+/// newline) is whole in the binary. `None` for another program.
+pub fn init_version(init: &[u8]) -> Option<String> {
+    let prefix = INIT_VERSION_PREFIX.as_bytes();
     let mut at = 0usize;
-    while let Some(rest) = init.get(at..) {
-        let Some(i) = rest.iter().position(|&b| b == first) else { return false };
-        let start = at.saturating_add(i);
-        if init.get(start..start.saturating_add(marker.len())) == Some(marker) {
-            return true;
+    while let Some(i) = init.get(at..).and_then(|rest| find_bytes(rest, prefix)) {
+        let start = at.saturating_add(i).saturating_add(prefix.len());
+        let rest = init.get(start..).unwrap_or_default();
+        let len = rest.iter().take(64).take_while(|b| b.is_ascii_alphanumeric() || b".+-~".contains(b)).count();
+        let version = rest.get(..len).unwrap_or_default();
+        if version.first().is_some_and(u8::is_ascii_digit) && rest.get(len) == Some(&b'\n') {
+            return std::str::from_utf8(version).ok().map(str::to_owned);
         }
-        at = start.saturating_add(1);
+        at = start;
     }
-    false
+    None
+}
+
+/// The manifest the builder writes at `dockroot::record::MANIFEST_IN_INITRAMFS`.
+pub fn manifest(init_version: Option<&str>) -> String {
+    let m = serde_json::json!({
+        "dockroot_initramfs": 1,
+        "builder": env!("CARGO_PKG_VERSION"),
+        "init_version": init_version,
+    });
+    format!("{m}\n")
 }
 
 /// `BASE` of a modules directory `BASE/lib/modules/RELEASE`, if it has that shape.
@@ -315,7 +344,9 @@ fn read_init(path: &Path) -> Result<Vec<u8>> {
     let data = read_capped(path, INIT_MAX_BYTES)?;
     elf::check_static_x86_64(&data).map_err(|e| {
         Error::msg(format!(
-            "{} cannot be the initramfs /init: {e}; it must be a static x86-64 executable: build it with scripts/build",
+            "{} cannot be the initramfs /init: {e}; it must be a static x86-64 executable: build it with scripts/build, \
+             or `cargo build --release` in the dockroot repository (its .cargo/config.toml makes the binaries \
+             static; a RUSTFLAGS variable replaces those flags)",
             path.display()
         ))
     })?;
@@ -602,6 +633,7 @@ pub fn build_image(opts: &Options) -> Result<Built> {
     };
     let init = read_init(&init_path)?;
     let init_decompresses = init_decompresses_modules(&init);
+    let init_version = init_version(&init);
 
     let config = match &opts.config_bytes {
         Some(bytes) => bytes.clone(),
@@ -667,6 +699,7 @@ pub fn build_image(opts: &Options) -> Result<Built> {
     };
     archive.add_file(CONFIG_PATH, 0o644, config)?;
     archive.add_file(INDEX_PATH, 0o644, index.into_bytes())?;
+    archive.add_file(MANIFEST_IN_INITRAMFS, 0o644, manifest(init_version.as_deref()).into_bytes())?;
     let init_len = std::fs::metadata(&init_path).map(|m| m.len() as usize).unwrap_or(0);
     for m in &mut plan.modules {
         archive.add_file(&m.image_path, 0o644, std::mem::take(&mut m.data))?;
@@ -695,6 +728,7 @@ pub fn build_image(opts: &Options) -> Result<Built> {
         firmware_missing,
         firmware_dir,
         init_decompresses,
+        init_version,
         kept,
     })
 }
@@ -736,8 +770,12 @@ pub fn summary(opts: &Options, built: &Built) -> String {
     );
     let _ = writeln!(
         s,
-        "  init: {} ({} bytes{})",
+        "  init: {} ({}, {} bytes{})",
         built.init.display(),
+        built
+            .init_version
+            .as_deref()
+            .map_or("not a dockroot init: no version".to_owned(), |v| format!("dockroot-init {v}")),
         built.init_len,
         if built.init_decompresses { ", decompresses modules itself: built with decompress-modules" } else { "" }
     );
@@ -860,5 +898,26 @@ mod tests {
         assert!(!init_decompresses_modules(
             b"this init was built without the decompress-modules feature: rebuild the initramfs"
         ));
+    }
+
+    #[test]
+    fn finds_the_version_line_of_a_dockroot_init() {
+        let line = dockroot::record::INIT_VERSION_LINE;
+        assert!(line.starts_with(INIT_VERSION_PREFIX) && line.ends_with('\n'));
+        let version = line.strip_prefix(INIT_VERSION_PREFIX).and_then(|l| l.strip_suffix('\n'));
+        assert_eq!(version, Some(env!("CARGO_PKG_VERSION")));
+        assert_eq!(init_version(format!("\x7fELF..{line}..").as_bytes()).as_deref(), version);
+        // The usage text and format pieces that also start so come first, and are passed over.
+        let binary = b"usage: dockroot-init [--version]\0dockroot-init : boots\0dockroot-init 0.2.0-rc.1+g1\nrest";
+        assert_eq!(init_version(binary).as_deref(), Some("0.2.0-rc.1+g1"));
+        for other in [&b""[..], b"dockroot-init ", b"dockroot-init 1.0", b"dockroot-init x1.0\n", b"busybox 1.35\n"] {
+            assert_eq!(init_version(other), None, "{}", String::from_utf8_lossy(other));
+        }
+        let m: serde_json::Value = serde_json::from_str(&manifest(Some("1.2.3"))).unwrap();
+        assert_eq!(m["dockroot_initramfs"], 1);
+        assert_eq!(m["init_version"], "1.2.3");
+        assert_eq!(m["builder"], env!("CARGO_PKG_VERSION"));
+        let m: serde_json::Value = serde_json::from_str(&manifest(None)).unwrap();
+        assert!(m["init_version"].is_null());
     }
 }

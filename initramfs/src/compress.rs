@@ -67,6 +67,30 @@ pub fn compress(data: &[u8], how: Compression) -> Result<Vec<u8>> {
     }
 }
 
+/// How an initramfs image (or what follows its uncompressed early archives) is
+/// compressed, by its magic; `Err` names what it is not.
+pub fn image_compression(data: &[u8]) -> std::result::Result<Compression, String> {
+    match data {
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Ok(Compression::Zstd),
+        [0x1f, 0x8b, ..] => Ok(Compression::Gzip),
+        [b'0', b'7', b'0', b'7', b'0', b'1', ..] => Ok(Compression::None),
+        _ => Err("neither a newc cpio archive nor zstd or gzip compressed".to_owned()),
+    }
+}
+
+/// Decompress an image compressed as `how`, at most `cap` bytes of output.
+pub fn decompress_image(data: &[u8], how: Compression, cap: u64) -> Result<Vec<u8>> {
+    let what = || format!("the {} stream", how.name());
+    match how {
+        Compression::None => Ok(data.to_vec()),
+        Compression::Zstd => {
+            let dec = zstd::stream::read::Decoder::new(data).context(|| "setting up the zstd decoder")?;
+            read_all_capped(dec, cap, what)
+        }
+        Compression::Gzip => read_all_capped(flate2::read::MultiGzDecoder::new(data), cap, what),
+    }
+}
+
 /// Read at most `cap` bytes of a file; a larger file is an error.
 pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
     let file = std::fs::File::open(path).context(|| format!("opening {}", path.display()))?;
@@ -155,6 +179,22 @@ mod tests {
             }
             assert!(a.len() < data.len() || how == Compression::None);
         }
+    }
+
+    #[test]
+    fn images_are_recognised_and_decompressed() {
+        let data = sample();
+        for how in [Compression::Zstd, Compression::Gzip] {
+            let image = compress(&data, how).unwrap();
+            assert_eq!(image_compression(&image), Ok(how));
+            assert_eq!(decompress_image(&image, how, 1 << 30).unwrap(), data);
+            let e = decompress_image(&image, how, 1000).unwrap_err().to_string();
+            assert!(e.contains("larger than 1000 bytes"), "{e}");
+            assert!(decompress_image(&image[..image.len() / 2], how, 1 << 30).is_err(), "{how:?} truncated");
+        }
+        assert_eq!(image_compression(b"070701000"), Ok(Compression::None));
+        assert!(image_compression(b"\x7fELF").unwrap_err().contains("neither"));
+        assert!(image_compression(b"").is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The newc ("070701") cpio format the kernel unpacks into rootfs: a writer
-//! that gives the same bytes for the same entries, and a bounded reader (for
-//! tests and fuzzing).
+//! that gives the same bytes for the same entries, and a bounded reader
+//! (`--list`, tests and fuzzing).
 //!
 //! Each entry is a 110-byte ASCII header (`070701` and 13 fields of 8 hex
 //! digits: ino, mode, uid, gid, nlink, mtime, filesize, devmajor, devminor,
@@ -229,6 +229,12 @@ fn align4(n: usize) -> Option<usize> {
 /// Read a newc archive up to its trailer. Never panics; refuses anything
 /// malformed (bad magic, truncated data, non-UTF-8 names) with the offset.
 pub fn read(bytes: &[u8]) -> Result<Vec<Entry>> {
+    read_prefix(bytes).map(|(entries, _)| entries)
+}
+
+/// [`read`], and where the archive ends (after its trailer's padding): what
+/// follows may be another archive, as the kernel reads them.
+pub fn read_prefix(bytes: &[u8]) -> Result<(Vec<Entry>, usize)> {
     let mut entries = Vec::new();
     let mut pos = 0usize;
     loop {
@@ -261,7 +267,7 @@ pub fn read(bytes: &[u8]) -> Result<Vec<Entry>> {
             .to_vec();
         pos = align4(data_end).context(|| "offset overflow")?;
         if name == TRAILER {
-            return Ok(entries);
+            return Ok((entries, pos));
         }
         entries.push(Entry {
             name,
@@ -414,6 +420,17 @@ mod tests {
         a.add_file("d/f", 0o644, vec![]).unwrap();
         let entries = read(&a.write(0).unwrap()).unwrap();
         assert_eq!(entries[0].mode, 0o040700, "an explicit dir keeps its mode when a child is added");
+    }
+
+    #[test]
+    fn read_prefix_says_where_the_archive_ends() {
+        let first = sample().write(0).unwrap();
+        let mut two = first.clone();
+        two.extend([0u8; 16]);
+        two.extend(&first);
+        let (entries, end) = read_prefix(&two).unwrap();
+        assert_eq!(end, first.len());
+        assert_eq!(entries, read(&first).unwrap());
     }
 
     #[test]

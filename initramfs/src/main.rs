@@ -4,7 +4,34 @@ use std::process::ExitCode;
 
 use dockroot_mkinitramfs::args::{self, Command};
 use dockroot_mkinitramfs::build;
+use dockroot_mkinitramfs::compress::read_capped;
+use dockroot_mkinitramfs::list as listing;
 use dockroot_mkinitramfs::update::{self, Action, Request, Settings};
+
+/// `--list FILE [--json]`: 0 shown, 1 unreadable or not a dockroot initramfs.
+fn list(file: &str, json: bool) -> ExitCode {
+    let data = match read_capped(std::path::Path::new(file), listing::MAX_CPIO_BYTES) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("dockroot-mkinitramfs: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match listing::inspect(&data) {
+        Ok(l) if json => {
+            println!("{}", listing::json(file, &l));
+            ExitCode::SUCCESS
+        }
+        Ok(l) => {
+            print!("{}", listing::human(file, &l));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dockroot-mkinitramfs: error: {file}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let argv: Vec<String> = match std::env::args_os().skip(1).map(|a| a.into_string()).collect() {
@@ -36,6 +63,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Ok(Command::List { file, json }) => return list(&file, json),
         Err(e) => {
             eprintln!("dockroot-mkinitramfs: error: {e}");
             return ExitCode::from(2);

@@ -306,3 +306,32 @@ fn hostonly_on_this_machine() {
     eprintln!("{summary}");
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+/// `--list --json` of a generic image of a real kernel agrees with its index and cpio.
+#[test]
+fn list_of_a_generic_image() {
+    let dir = modules_dir();
+    let work = temp_dir("real-list");
+    let (entries, _) = build(&dir, &work, "a.img", &[]);
+    let index = index(&entries);
+    let file = work.join("a.img").display().to_string();
+    let o = run(&["--list", &file, "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["kernel"], release(&dir).as_str());
+    let modules = j["modules"].as_array().unwrap();
+    let listed: Vec<&str> = modules.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(listed, names(&index), "load order");
+    let load = |n: &str| modules.iter().find(|m| m["name"] == n).map(|m| m["load"].as_str().unwrap().to_owned());
+    assert_eq!(load("btrfs").as_deref(), Some("always"));
+    assert_eq!(load("virtio_blk").as_deref(), Some("modalias"));
+    let always = index.modules.iter().filter(|m| m.load == dockroot::modules::Load::Always).count() as u64;
+    assert_eq!(j["modules_always"].as_u64(), Some(always));
+    assert_eq!(j["modules_by_modalias"].as_u64(), Some(index.modules.len() as u64 - always));
+    assert_eq!(j["aliases"].as_u64(), Some(index.aliases.len() as u64));
+    let module_bytes: usize = index.modules.iter().map(|m| find(&entries, &m.path).data.len()).sum();
+    assert_eq!(j["sizes"]["modules"].as_u64(), Some(module_bytes as u64));
+    let text = String::from_utf8(run(&["--list", &file], &[]).stdout).unwrap();
+    assert!(text.contains(&format!("  modules: {} ({always} always, ", index.modules.len())), "{text}");
+    std::fs::remove_dir_all(&work).unwrap();
+}

@@ -365,6 +365,7 @@ fn refuses_a_dynamic_or_missing_init() {
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("/bin/ls cannot be the initramfs /init: dynamically linked"), "{e}");
     assert!(e.contains("build it with scripts/build") && !e.contains("build-init"), "{e}");
+    assert!(e.contains("or `cargo build --release` in the dockroot repository"), "{e}");
     let o = attempt(&["--module", "xor", "--init", "/nonexistent/dockroot"]);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
@@ -725,4 +726,135 @@ fn carries_the_commands_for_the_booted_system_or_leaves_them_out() {
         Some(c) => assert_eq!(c.data, std::fs::read(&next_to_us).unwrap()),
         None => assert!(summary.contains("  commands: none: "), "{summary}"),
     }
+}
+
+/// `--list` on an image the builder made: every field against what went in.
+#[test]
+fn list_shows_what_the_image_holds() {
+    let (b, btrfs) = setup("list");
+    // A static init that carries a dockroot init's version line.
+    let mut init = std::fs::read(static_init()).unwrap();
+    init.extend_from_slice(b"\0dockroot-init 7.8.9\n");
+    let init_path = b.dir.join("versioned-init");
+    std::fs::write(&init_path, &init).unwrap();
+    let commands = b.dir.join("commands");
+    std::fs::write(&commands, std::fs::read(static_init()).unwrap()).unwrap();
+    let mut args = b.args_without_init("a.img", &["--module", "btrfs", "--module", "virtio_blk"]);
+    args.extend([
+        "--init".into(),
+        init_path.display().to_string(),
+        "--commands".into(),
+        commands.display().to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(dockroot-init 7.8.9, "), "{}", stderr(&o));
+    let image_path = b.dir.join("a.img");
+    let image = std::fs::read(&image_path).unwrap();
+    let entries = entries(&image_path);
+    let idx = index(&entries);
+    let file = image_path.display().to_string();
+
+    let o = run(&["--list", &file], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], format!("{file}: dockroot initramfs for kernel {RELEASE}"));
+    let cpio_len = decompress(&image).len();
+    assert_eq!(
+        lines[1],
+        format!("  file: {} bytes, zstd; {cpio_len} bytes of cpio, {} entries", image.len(), entries.len())
+    );
+    assert_eq!(lines[2], format!("  init: /init, dockroot-init 7.8.9, {} bytes, static x86-64", init.len()));
+    let commands_len = std::fs::metadata(&commands).unwrap().len();
+    assert_eq!(
+        lines[3],
+        format!(
+            "  commands: /usr/lib/dockroot/dockroot, {commands_len} bytes (left at /run/dockroot/dockroot at boot)"
+        )
+    );
+    let image_ref = dockroot::reference::from_prior_art_config(&std::fs::read(config(&b.dir)).unwrap()).unwrap();
+    assert_eq!(lines[4], format!("  config: /etc/docker-btrfs.json: image {image_ref}"));
+    assert_eq!(lines[5], format!("  built by: dockroot-mkinitramfs {}", env!("CARGO_PKG_VERSION")));
+    let n = idx.modules.len();
+    assert!(lines[6].starts_with(&format!("  modules: {n} ({n} always, 0 by modalias; ")), "{}", lines[6]);
+    for (m, line) in idx.modules.iter().zip(&lines[7..]) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let bytes = find(&entries, &m.path).data.len().to_string();
+        assert_eq!(words, ["always", m.name.as_str(), bytes.as_str(), &format!("/{}", m.path)], "{line}");
+    }
+    let btrfs_line = format!("/lib/modules/{RELEASE}/kernel/fs/btrfs/btrfs.ko");
+    assert!(text.contains(&format!(" {} ", btrfs.len())) && text.contains(&btrfs_line), "{text}");
+    assert_eq!(lines[7 + n], "  firmware: none");
+    assert!(text.contains("  sizes (uncompressed, of "), "{text}");
+
+    // The same as JSON, field by field.
+    let o = run(&["--list", &file, "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["dockroot_initramfs_list"], 1);
+    assert_eq!(j["file"], file.as_str());
+    assert_eq!((j["file_bytes"].as_u64(), j["cpio_bytes"].as_u64()), (Some(image.len() as u64), Some(cpio_len as u64)));
+    assert_eq!((j["compression"].as_str(), j["early_cpio_bytes"].as_u64()), (Some("zstd"), Some(0)));
+    assert_eq!(j["entries"].as_u64(), Some(entries.len() as u64));
+    assert_eq!(j["kernel"], RELEASE);
+    assert_eq!(j["init"]["version"], "7.8.9");
+    assert_eq!(j["init"]["version_from"], "manifest");
+    assert_eq!((j["init"]["bytes"].as_u64(), j["init"]["static"].as_bool()), (Some(init.len() as u64), Some(true)));
+    assert_eq!(j["commands"]["bytes"].as_u64(), Some(commands_len));
+    assert_eq!(j["config"]["image"], image_ref.to_string().as_str());
+    assert_eq!(j["builder"], env!("CARGO_PKG_VERSION"));
+    let modules = j["modules"].as_array().unwrap();
+    assert_eq!(modules.len(), n);
+    for (m, jm) in idx.modules.iter().zip(modules) {
+        assert_eq!(jm["name"], m.name.as_str());
+        assert_eq!(jm["path"], format!("/{}", m.path).as_str());
+        assert_eq!(jm["load"], "always");
+        assert_eq!(jm["bytes"].as_u64(), Some(find(&entries, &m.path).data.len() as u64));
+    }
+    assert_eq!((j["modules_always"].as_u64(), j["modules_by_modalias"].as_u64()), (Some(n as u64), Some(0)));
+    let sizes = &j["sizes"];
+    let sum: u64 = ["init", "commands", "modules", "firmware", "index", "config", "other"]
+        .iter()
+        .map(|k| sizes[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, cpio_len as u64);
+    assert_eq!(sizes["init"].as_u64(), Some(init.len() as u64));
+
+    // A generic image: drivers by modalias.
+    add_drivers(&b.tree);
+    let o = b.run("g.img", &["--compression", "gzip"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let g = b.dir.join("g.img").display().to_string();
+    let o = run(&["--list", &g, "--json"], &[]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["compression"], "gzip");
+    assert!(j["modules_by_modalias"].as_u64().unwrap() > 0, "{j}");
+    assert!(j["init"]["version"].is_null(), "busybox is no dockroot init");
+    let o = run(&["--list", &g], &[]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("init: /init, not a dockroot init (no version), "));
+
+    // Not an initramfs, or none at all: exit 1 with the file named; usage errors: 2.
+    let garbage = b.dir.join("garbage.img");
+    std::fs::write(&garbage, b"this is not an initramfs\n").unwrap();
+    let garbage = garbage.display().to_string();
+    let o = run(&["--list", &garbage], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "dockroot-mkinitramfs: error: {garbage}: not a dockroot initramfs: neither a newc cpio archive nor zstd \
+             or gzip compressed\n"
+        )
+    );
+    let missing = b.dir.join("missing.img").display().to_string();
+    let o = run(&["--list", &missing, "--json"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&missing) && stderr(&o).contains("No such file"), "{}", stderr(&o));
+    let o = run(&["--list", &file, "--output", "x"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = run(&["--json"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
