@@ -142,6 +142,21 @@ SOURCE_DATE_EPOCH if set), fixed compression settings.
     )
 }
 
+/// An option's name (`--name`), or the command `-h`/`--help` or `-V`/`--version`
+/// asks for; a short option or a bare value is a usage error.
+fn option_name(arg: lexopt::Arg<'_>) -> Result<std::result::Result<String, Command>> {
+    match arg {
+        Short('h') | Long("help") => Ok(Err(Command::Help)),
+        Short('V') | Long("version") => Ok(Err(Command::Version)),
+        Long(name) => Ok(Ok(format!("--{name}"))),
+        Short(c) => Err(usage(format!("unknown option -{c}"))),
+        Value(v) => {
+            let v = v.to_string_lossy();
+            Err(usage(format!("unexpected argument {v:?}: every value follows its option")))
+        }
+    }
+}
+
 fn usage(msg: impl Into<String>) -> Error {
     Error::msg(format!("{} (see --help)", msg.into()))
 }
@@ -164,15 +179,9 @@ fn parse_update(args: &[String]) -> Result<Command> {
     let mut root = None;
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {
-        let opt = match arg {
-            Short('h') | Long("help") => return Ok(Command::Help),
-            Short('V') | Long("version") => return Ok(Command::Version),
-            Long(name) => format!("--{name}"),
-            Short(c) => return Err(usage(format!("unknown option -{c}"))),
-            Value(v) => {
-                let v = v.to_string_lossy();
-                return Err(usage(format!("unexpected argument {v:?}: every value follows its option")));
-            }
+        let opt = match option_name(arg)? {
+            Ok(opt) => opt,
+            Err(command) => return Ok(command),
         };
         let value = |parser: &mut lexopt::Parser| -> Result<String> {
             let v = parser.value().map_err(|_| usage(format!("option {opt} needs a value")))?;
@@ -291,15 +300,9 @@ pub fn parse(args: &[String], mtime: u32) -> Result<Command> {
             }
         }
         let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? else { break };
-        let opt = match arg {
-            Short('h') | Long("help") => return Ok(Command::Help),
-            Short('V') | Long("version") => return Ok(Command::Version),
-            Long(name) => format!("--{name}"),
-            Short(c) => return Err(usage(format!("unknown option -{c}"))),
-            Value(v) => {
-                let v = v.to_string_lossy();
-                return Err(usage(format!("unexpected argument {v:?}: every value follows its option")));
-            }
+        let opt = match option_name(arg)? {
+            Ok(opt) => opt,
+            Err(command) => return Ok(command),
         };
         let opt = opt.as_str();
         if !matches!(opt, "--list" | "--json") && build_option.is_none() {
