@@ -108,7 +108,8 @@ fn boot(reboot_delay: &mut Duration, started: &switch_root::Started) -> Result<I
     // 3. Modules: listen for uevents before loading drivers, so no device
     // that appears from now on is missed.
     let mut waiter = devices::Waiter::new();
-    let mut hooks = t.run("modules", start_modules)?;
+    let expected = config::RootPlan::expected_filesystems(params);
+    let mut hooks = t.run("modules", || start_modules(&expected))?;
 
     // 4. The root device.
     let root_spec = DeviceSpec::parse(&root.root).context(|| format!("root={}", root.root))?;
@@ -122,6 +123,7 @@ fn boot(reboot_delay: &mut Duration, started: &switch_root::Started) -> Result<I
 
     // 5. The partition's top level; an interrupted boot's leftovers.
     let fstype = mounts::root_fstype(&root_dev, root)?;
+    t.run("filesystem modules", || Ok(hooks.before_mount(&fstype, root_dev.fs.as_ref())))?;
     let top = t.run("mount top level", || mounts::mount_top_level(&root_dev, root, &fstype))?;
     let mut record = Record::default();
     let store = RwStore::open(top.as_fd(), &root.rw_subvol)?;
@@ -211,16 +213,17 @@ fn boot(reboot_delay: &mut Duration, started: &switch_root::Started) -> Result<I
     switch_root::switch_root(Path::new(NEW_ROOT), &init, &init_args, &env, systemd, record::BOOT_LOG)
 }
 
-/// Load the modules every boot needs and the drivers of the devices present
-/// (in parallel); the returned hooks load drivers for devices that appear
-/// later and explain a device timeout.
-fn start_modules() -> Result<Box<dyn WaitHooks>> {
+/// Load the modules every boot needs, those of the `expected` filesystems and
+/// the drivers of the devices present (in parallel); the returned hooks load
+/// drivers for devices that appear later and filesystems before their mount,
+/// and explain a device timeout.
+fn start_modules(expected: &[&str]) -> Result<Box<dyn WaitHooks>> {
     let Some(index) = modules::read_index(Path::new("/"))? else {
         log::info!("no kernel modules in this initramfs");
         return Ok(Box::new(devices::NoHooks));
     };
     let mut auto = modules::Autoloader::new(index, Path::new("/"))?;
-    auto.start(Path::new("/sys/devices"))?;
+    auto.start(Path::new("/sys/devices"), expected)?;
     Ok(Box::new(auto))
 }
 

@@ -416,7 +416,7 @@ pub mod tests {
 
     /// A dockroot initramfs for `release` (uncompressed).
     pub fn initramfs(release: &str) -> Vec<u8> {
-        let index = format!("dockroot-modules 2\nkernel {release}\n");
+        let index = format!("dockroot-modules 3\nkernel {release}\n");
         cpio(&[("init", b"\x7fELF"), ("lib/modules/dockroot-modules.index", index.as_bytes())])
     }
 

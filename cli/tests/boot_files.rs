@@ -42,7 +42,7 @@ fn podman_image(top: &Path) -> PathBuf {
 
 /// A newc cpio holding a dockroot module index for `release`.
 fn initramfs(release: &str) -> Vec<u8> {
-    let index = format!("dockroot-modules 2\nkernel {release}\n");
+    let index = format!("dockroot-modules 3\nkernel {release}\n");
     let mut out = Vec::new();
     for (i, (name, data)) in
         [("init", &b"\x7fELF"[..]), ("lib/modules/dockroot-modules.index", index.as_bytes()), ("TRAILER!!!", b"")]

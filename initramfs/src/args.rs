@@ -56,7 +56,9 @@ Writes a newc cpio, compressed, holding:
 
 Which modules:
   generic (the default, no --module, no --hostonly): one image for any machine.
-    Loaded at every boot, the filesystems:
+    Loaded when the init is about to mount one (the type from rootfstype=, or
+    btrfs when rootflags= names a subvolume: at once; else from the device's
+    superblock), the filesystems:
       {filesystems}
     Loaded when the init finds a device whose modalias matches one of their
     aliases (walking /sys/devices, then on every uevent), the drivers:

@@ -22,14 +22,10 @@ pub const INIT_MAX_BYTES: u64 = 64 << 20;
 /// The largest config file read (the init refuses more than 64 KiB anyway).
 pub const CONFIG_MAX_BYTES: u64 = 1 << 20;
 
-/// Filesystems the generic image loads at every boot (they have no modalias):
-/// the root, and the top layer on ext4, xfs or vfat (with the codepages vfat
-/// mounts need).
-// vfat mounts need the code page (cp437) and the I/O charset, which Debian's
-// kernels default to "ascii" (FAT_DEFAULT_IOCHARSET): without nls_ascii an ESP
-// fails to mount with EINVAL ("IO charset ascii not found").
-pub const DEFAULT_FILESYSTEMS: &[&str] =
-    &["btrfs", "ext4", "xfs", "vfat", "nls_cp437", "nls_ascii", "nls_iso8859_1", "nls_utf8"];
+/// Filesystems the generic image carries: the root, and the top layer on
+/// ext4, xfs or vfat. The init loads one when it is about to mount it (its
+/// `fs-TYPE` alias), not at every boot.
+pub const DEFAULT_FILESYSTEMS: &[&str] = &["btrfs", "ext4", "xfs", "vfat"];
 
 /// Drivers the generic image carries for common machines and VMs, loaded at
 /// boot only when a device's modalias matches one of their aliases. Names this
@@ -63,6 +59,9 @@ pub const DEFAULT_DRIVERS: &[&str] = &[
 ];
 
 /// Filesystem types whose mounts need more than their own module.
+// vfat mounts need the code page (cp437) and the I/O charset, which Debian's
+// kernels default to "ascii" (FAT_DEFAULT_IOCHARSET): without nls_ascii an ESP
+// fails to mount with EINVAL ("IO charset ascii not found").
 const FS_EXTRAS: &[(&str, &[&str])] = &[("vfat", &["nls_cp437", "nls_ascii", "nls_iso8859_1", "nls_utf8"])];
 
 /// What to build.
@@ -134,7 +133,7 @@ impl Options {
 /// Which modules the image carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
-    /// No `--module`, no `--hostonly`: [`DEFAULT_FILESYSTEMS`] always, [`DEFAULT_DRIVERS`] by modalias.
+    /// No `--module`, no `--hostonly`: [`DEFAULT_FILESYSTEMS`] before their mount, [`DEFAULT_DRIVERS`] by modalias.
     Generic,
     /// `--module` names only, all loaded at every boot.
     Listed,
@@ -506,6 +505,7 @@ fn hostonly_request(opts: &Options, tree: &mut KernelTree) -> Result<(Request, H
         required_always: opts.modules.clone(),
         drivers: drivers.into_iter().collect(),
         keep_compressed: opts.keep_compressed,
+        ..Request::default()
     };
     Ok((request, found))
 }
@@ -651,11 +651,24 @@ pub fn build_image(opts: &Options) -> Result<Built> {
         let (request, found) = hostonly_request(opts, &mut tree)?;
         (request, Mode::HostOnly(found))
     } else if opts.modules.is_empty() || opts.generic {
+        let filesystems = DEFAULT_FILESYSTEMS
+            .iter()
+            .map(|fs| {
+                let mut names = vec![fs.to_string()];
+                for (t, extras) in FS_EXTRAS {
+                    if t == fs {
+                        names.extend(extras.iter().map(|s| s.to_string()));
+                    }
+                }
+                (fs.to_string(), names)
+            })
+            .collect();
         let request = Request {
-            always: DEFAULT_FILESYSTEMS.iter().map(|s| s.to_string()).collect(),
             required_always: opts.modules.clone(),
             drivers: DEFAULT_DRIVERS.iter().map(|s| s.to_string()).collect(),
+            filesystems,
             keep_compressed: opts.keep_compressed,
+            ..Request::default()
         };
         (request, Mode::Generic)
     } else {
@@ -791,7 +804,8 @@ pub fn summary(opts: &Options, built: &Built) -> String {
     let plan = &built.plan;
     match &built.mode {
         Mode::Generic => {
-            let _ = writeln!(s, "  generic image: filesystems at every boot, drivers when a device's modalias asks");
+            let _ =
+                writeln!(s, "  generic image: filesystems before their mount, drivers when a device's modalias asks");
             if !opts.modules.is_empty() {
                 let _ = writeln!(s, "  and at every boot: {}", list(&opts.modules));
             }

@@ -380,6 +380,18 @@ impl KernelTree {
         Ok(self.aliases()?.device.get(name).cloned().unwrap_or_default())
     }
 
+    /// The filesystem types module `name` mounts (its `fs-TYPE` aliases, the
+    /// kernel's `MODULE_ALIAS_FS`: ext4 mounts ext2, ext3 and ext4).
+    pub fn filesystem_types(&mut self, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .aliases()?
+            .exact
+            .iter()
+            .filter(|(alias, modules)| alias.starts_with("fs_") && modules.contains(name))
+            .filter_map(|(alias, _)| alias.strip_prefix("fs_").map(str::to_owned))
+            .collect())
+    }
+
     /// A table of every device alias of this kernel's modules (for `--hostonly`).
     pub fn alias_table(&mut self) -> Result<AliasTable> {
         self.aliases()?;
@@ -501,6 +513,10 @@ pub struct Request {
     /// `--hostonly` found); names this kernel lacks are skipped with a note. One
     /// without any device alias is loaded always, with a note.
     pub drivers: Vec<String>,
+    /// Loaded before a mount of a filesystem type (the generic set): the type
+    /// and the modules (or aliases) it needs, under the alias `fs-TYPE`; names
+    /// this kernel lacks are skipped with a note.
+    pub filesystems: Vec<(String, Vec<String>)>,
     /// Store modules as the kernel ships them (`.ko.xz`...) instead of decompressed.
     pub keep_compressed: bool,
 }
@@ -546,13 +562,21 @@ pub fn plan(tree: &mut KernelTree, request: &Request) -> Result<Plan> {
     let mut always_roots = resolve_roots(tree, &request.required_always, true, &mut plan)?;
     always_roots.extend(resolve_roots(tree, &request.always, false, &mut plan)?);
     let driver_roots = resolve_roots(tree, &request.drivers, false, &mut plan)?;
+    // `fs-TYPE` aliases: what the kernel's modules.alias says, and the extras asked for.
+    let mut fs_aliases: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (fstype, names) in &request.filesystems {
+        for m in resolve_roots(tree, names, false, &mut plan)? {
+            fs_aliases.entry(m).or_default().insert(format!("fs-{fstype}"));
+        }
+    }
     for d in &driver_roots {
         if !always_roots.contains(d) && tree.device_aliases(d)?.is_empty() {
             plan.notes.insert(format!("module {d} has no device alias: it is loaded at every boot"));
             always_roots.insert(d.clone());
         }
     }
-    let mut pending: BTreeSet<String> = always_roots.iter().chain(&driver_roots).cloned().collect();
+    let mut pending: BTreeSet<String> =
+        always_roots.iter().chain(&driver_roots).chain(fs_aliases.keys()).cloned().collect();
 
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     while let Some(name) = pending.pop_first() {
@@ -627,6 +651,9 @@ pub fn plan(tree: &mut KernelTree, request: &Request) -> Result<Plan> {
                 pending.insert(m.clone());
             }
         }
+        for fstype in tree.filesystem_types(&name)? {
+            fs_aliases.entry(name.clone()).or_default().insert(format!("fs-{fstype}"));
+        }
         let data = if request.keep_compressed { raw } else { plain };
         nodes.insert(name, Node { source: rel, data, deps, pre, post, firmware: info.firmware });
     }
@@ -643,13 +670,16 @@ pub fn plan(tree: &mut KernelTree, request: &Request) -> Result<Plan> {
     }
     let order = topological_order(&waits)?;
 
-    // `always`: the always roots and everything they bring along.
+    // `always`: the always roots and everything they bring along, but for a
+    // filesystem module's own pre-softdeps: the init loads those before the
+    // mount, as far as the superblock wants them (btrfs's checksum drivers).
     let mut always: BTreeSet<String> = BTreeSet::new();
     let mut stack: Vec<String> = always_roots.into_iter().collect();
     while let Some(n) = stack.pop() {
         if let Some(node) = nodes.get(&n) {
             if always.insert(n.clone()) {
-                stack.extend(node.deps.iter().chain(&node.pre).chain(&node.post).cloned());
+                let pre = node.pre.iter().filter(|_| !fs_aliases.contains_key(&n));
+                stack.extend(node.deps.iter().chain(pre).chain(&node.post).cloned());
             }
         }
     }
@@ -671,6 +701,7 @@ pub fn plan(tree: &mut KernelTree, request: &Request) -> Result<Plan> {
                 }
             }
         }
+        aliases.extend(fs_aliases.remove(&name).into_iter().flatten());
         aliases.sort();
         aliases.dedup();
         plan.modules.push(PlannedModule {

@@ -345,7 +345,7 @@ fn default_set_skips_what_the_kernel_lacks() {
         assert!(n.contains(&want.to_string()), "{want} missing from {n:?}");
     }
     assert!(
-        summary.contains("generic image: filesystems at every boot, drivers when a device's modalias asks"),
+        summary.contains("generic image: filesystems before their mount, drivers when a device's modalias asks"),
         "{summary}"
     );
     assert!(summary.contains("built into the kernel (skipped): sha256 virtio_pci"), "{summary}");

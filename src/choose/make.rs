@@ -185,6 +185,7 @@ fn apply_top_layer(
                 )))
             }
         };
+        devs.hooks.before_mount(&fstype, dev.fs.as_ref());
         mkdir_p(STAGING_TOPLAYER)?;
         let devnode = dev.devnode.to_string_lossy().into_owned();
         let flags = params.toplayerflags.clone().unwrap_or_default();

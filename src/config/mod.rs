@@ -121,6 +121,30 @@ impl RootPlan {
         Ok(Some(parts))
     }
 
+    /// The filesystem types this boot mounts, as far as the command line
+    /// tells before any device is read: `rootfstype=` and `toplayerfstype=`,
+    /// or btrfs where `rootflags=`/`toplayerflags=` name a subvolume (only
+    /// btrfs has that option). The boot loads their modules at once.
+    pub fn expected_filesystems(p: &Params) -> Vec<&str> {
+        fn guess<'a>(fstype: &'a Option<String>, flags: &Option<String>) -> Option<&'a str> {
+            match (fstype, flags) {
+                (Some(t), _) => Some(t.as_str()),
+                (None, Some(f)) if mount_option(f, "subvol").is_some() || mount_option(f, "subvolid").is_some() => {
+                    Some("btrfs")
+                }
+                _ => None,
+            }
+        }
+        let mut out: Vec<&str> = Vec::new();
+        for t in [guess(&p.rootfstype, &p.rootflags), guess(&p.toplayerfstype, &p.toplayerflags)].into_iter().flatten()
+        {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        out
+    }
+
     pub fn from_params(p: &Params) -> Result<RootPlan> {
         let root = p.root.clone().context(|| "root= is not set: it must name the partition with the Docker data")?;
         let fstype = p.rootfstype.clone();
@@ -164,6 +188,17 @@ mod tests {
         assert_eq!(p.staging_flags, "compress=zstd");
         assert_eq!(p.fstype, None);
         assert_eq!(p.toplayer_path, Some(vec!["boot_docker".to_string()]));
+    }
+
+    #[test]
+    fn the_command_line_tells_which_filesystems_to_load_early() {
+        let expected = |cmd: &str| RootPlan::expected_filesystems(&Params::parse(&split(cmd).0).unwrap()).join(" ");
+        assert_eq!(expected("root=/dev/vda rootflags=subvol=rw"), "btrfs");
+        assert_eq!(expected("root=/dev/vda rootflags=compress=zstd,subvolid=256"), "btrfs");
+        assert_eq!(expected("root=/dev/vda rootflags=subvol=rw toplayerflags=subvol=top"), "btrfs");
+        assert_eq!(expected("root=/dev/vda rootfstype=xfs dockroot.rw=rw toplayerfstype=vfat"), "xfs vfat");
+        assert_eq!(expected("root=/dev/vda rootfstype=ext4 rootflags=subvol=rw"), "ext4");
+        assert_eq!(expected("root=/dev/vda dockroot.rw=rw rootflags=noatime toplayer=/dev/vdb"), "");
     }
 
     #[test]

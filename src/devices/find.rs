@@ -244,7 +244,8 @@ mod tests {
         let member = |name: &str, minor: u32, devid: u64| {
             let mut d = with_fs(dev(name, minor), FsType::Btrfs, Some("raid"), uuid);
             if let Some(fs) = d.fs.as_mut() {
-                fs.btrfs = Some(BtrfsMember { num_devices: 2, devid, dev_uuid: format!("{devid}") });
+                fs.btrfs =
+                    Some(BtrfsMember { num_devices: 2, devid, dev_uuid: format!("{devid}"), checksum: "crc32c" });
             }
             d
         };

@@ -72,7 +72,7 @@ pub(super) fn found(spec: &str, devs: &[BlockDevice]) -> Option<String> {
 pub(super) fn member(name: &str, minor: u32, uuid: &str, devid: u64, n: u64) -> BlockDevice {
     let mut d = with_fs(dev(name, minor), FsType::Btrfs, Some("raid"), uuid);
     if let Some(fs) = d.fs.as_mut() {
-        fs.btrfs = Some(BtrfsMember { num_devices: n, devid, dev_uuid: format!("{devid}") });
+        fs.btrfs = Some(BtrfsMember { num_devices: n, devid, dev_uuid: format!("{devid}"), checksum: "crc32c" });
     }
     d
 }

@@ -115,7 +115,7 @@ mod tests {
         spacey.size_bytes = 512;
         devs.push(spacey);
         if let Some(fs) = devs[2].fs.as_mut() {
-            fs.btrfs = Some(BtrfsMember { num_devices: 2, devid: 1, dev_uuid: "x".into() });
+            fs.btrfs = Some(BtrfsMember { num_devices: 2, devid: 1, dev_uuid: "x".into(), checksum: "crc32c" });
         }
         let t = describe(&devs);
         let lines: Vec<&str> = t.lines().collect();

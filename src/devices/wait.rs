@@ -48,6 +48,9 @@ pub trait WaitHooks {
     /// Lines appended to the timeout message (modules loaded, modaliases no
     /// module matched, ...).
     fn diagnostics(&self) -> Vec<String>;
+    /// A filesystem of type `fstype` is about to be mounted (`fs`: what its
+    /// superblock said, if it was read): load what the mount needs.
+    fn before_mount(&mut self, _fstype: &str, _fs: Option<&crate::probe::FsInfo>) {}
 }
 
 /// Hooks that do nothing.

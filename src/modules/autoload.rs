@@ -13,8 +13,8 @@ use super::schedule::{record, run_queued, Done, Graph, Schedule};
 #[cfg(feature = "decompress-modules")]
 use super::DECOMPRESS_MARKER;
 use super::{
-    check_kernel_release, collect_modaliases, decompression_summary, default_workers, AliasTable, Executor,
-    ForkExecutor, KernelLoader, Load, LoadReport, Loader, ModuleIndex, Sequential, SYSFS_MAX_DEPTH,
+    check_kernel_release, collect_modaliases, decompression_summary, default_workers, filesystem_alias, AliasTable,
+    Executor, ForkExecutor, KernelLoader, Load, LoadReport, Loader, ModuleIndex, Sequential, SYSFS_MAX_DEPTH,
 };
 use crate::error::Result;
 
@@ -41,6 +41,9 @@ pub struct Autoloader<X: Executor = ForkExecutor> {
     index: ModuleIndex,
     graph: Graph,
     aliases: AliasTable,
+    /// By position: is it a filesystem module (named by an `fs-TYPE` alias)?
+    /// Their own pre-softdeps wait for [`Autoloader::load_filesystem`].
+    filesystems: Vec<bool>,
     pub(super) exec: X,
     workers: usize,
     schedule: Schedule,
@@ -71,7 +74,9 @@ impl Autoloader<ForkExecutor> {
         #[cfg(feature = "decompress-modules")]
         log::debug!("{DECOMPRESS_MARKER}");
         let kernel_compression = loader.kernel_compression.clone();
-        let mut auto = Autoloader::with_executor(index, ForkExecutor::new(loader), default_workers());
+        let workers = default_workers();
+        let exec = if workers == 1 { ForkExecutor::in_process(loader) } else { ForkExecutor::new(loader) };
+        let mut auto = Autoloader::with_executor(index, exec, workers);
         auto.kernel_compression = kernel_compression;
         Ok(auto)
     }
@@ -90,10 +95,17 @@ impl<X: Executor> Autoloader<X> {
         let graph = Graph::new(&index);
         let aliases = AliasTable::of_index(&index);
         let schedule = Schedule::new(index.modules.len());
+        let mut filesystems = vec![false; index.modules.len()];
+        for a in index.aliases.iter().filter(|a| a.pattern.starts_with("fs-")) {
+            if let Some(f) = graph.pos.get(&a.module).and_then(|&i| filesystems.get_mut(i)) {
+                *f = true;
+            }
+        }
         Autoloader {
             index,
             graph,
             aliases,
+            filesystems,
             exec,
             workers: workers.max(1),
             schedule,
@@ -107,8 +119,8 @@ impl<X: Executor> Autoloader<X> {
 
     /// Load `roots` and what they bring along (each module at most once
     /// over the autoloader's life). Returns how many modules were tried.
-    fn load_positions(&mut self, roots: impl IntoIterator<Item = usize>) -> usize {
-        let set = self.graph.closure(roots);
+    fn load_positions(&mut self, roots: Vec<usize>) -> usize {
+        let set = self.graph.closure(roots, &self.filesystems);
         let queued = self.schedule.queue(&set);
         if queued == 0 {
             return 0;
@@ -136,17 +148,49 @@ impl<X: Executor> Autoloader<X> {
         n
     }
 
-    /// What the boot does first: load the `always` modules and the drivers of
-    /// the devices under `devices` (`/sys/devices`) together, in parallel, then
+    /// What the boot does first: load the `always` modules, the filesystem
+    /// modules of `expected` filesystem types (without waiting for their
+    /// superblock: see [`Autoloader::load_filesystem`]) and the drivers of the
+    /// devices under `devices` (`/sys/devices`) together, in parallel, then
     /// walk again as [`Autoloader::coldplug`] does. Returns how many modules were tried.
-    pub fn start(&mut self, devices: &Path) -> Result<usize> {
-        let always = self.always_positions();
-        self.coldplug_with(devices, always)
+    pub fn start(&mut self, devices: &Path, expected: &[&str]) -> Result<usize> {
+        let mut roots = self.always_positions();
+        for fstype in expected {
+            roots.extend(self.filesystem_positions(fstype));
+        }
+        self.coldplug_with(devices, roots)
+    }
+
+    /// The modules the index's `fs-TYPE` alias names.
+    fn filesystem_positions(&self, fstype: &str) -> Vec<usize> {
+        let modules = self.aliases.lookup(&filesystem_alias(fstype));
+        modules.iter().filter_map(|m| self.graph.pos.get(m).copied()).collect()
+    }
+
+    /// Load what mounting a filesystem of type `fstype` needs: the modules
+    /// `fs-TYPE` names with what they need, and then those of their own
+    /// pre-softdeps whose name starts with `checksum` (btrfs's checksum
+    /// drivers: the superblock says which one it uses; all of them when
+    /// `None`). A type without an `fs-` alias (built in, or an initramfs of
+    /// format 2) loads nothing. Returns how many modules were tried.
+    pub fn load_filesystem(&mut self, fstype: &str, checksum: Option<&str>) -> usize {
+        let roots = self.filesystem_positions(fstype);
+        let mut n = self.load_positions(roots.clone());
+        let wanted: Vec<usize> = roots
+            .iter()
+            .flat_map(|&i| self.graph.pre(i).to_vec())
+            .filter(|&p| checksum.is_none_or(|c| self.index.modules.get(p).is_some_and(|m| m.name.starts_with(c))))
+            .collect();
+        n = n.saturating_add(self.load_positions(wanted));
+        if n > 0 {
+            log::info!("kernel modules: {n} tried for a {fstype} mount: {}", self.report.counts());
+        }
+        n
     }
 
     /// Load every module of the index, whatever its `load` word.
     pub fn load_everything(&mut self) -> usize {
-        self.load_positions(0..self.index.modules.len())
+        self.load_positions((0..self.index.modules.len()).collect())
     }
 
     /// Note `modalias` (of the device directory `device`, if known) and load the
@@ -376,6 +420,10 @@ impl<X: Executor> crate::devices::WaitHooks for Autoloader<X> {
     fn diagnostics(&self) -> Vec<String> {
         self.diagnostic_lines()
     }
+
+    fn before_mount(&mut self, fstype: &str, fs: Option<&crate::probe::FsInfo>) {
+        self.load_filesystem(fstype, fs.and_then(|f| f.btrfs.as_ref()).map(|b| b.checksum));
+    }
 }
 
 #[cfg(test)]
@@ -403,6 +451,45 @@ mod tests {
         let mut v = v.to_vec();
         v.sort();
         v
+    }
+
+    #[test]
+    fn filesystems_load_before_their_mount_with_the_checksum_the_superblock_wants() {
+        let calls = Calls::default();
+        let taken = |calls: &Calls| sorted(&std::mem::take(&mut *calls.lock().unwrap()));
+        let root = fake_sysfs("fs-on-demand");
+        // btrfs expected from the command line: its chain starts with the drivers,
+        // but not its own checksum softdeps (the superblock says which it needs).
+        let mut auto = Autoloader::with_loader(filesystems(), recording(&calls));
+        assert_eq!(auto.start(&root, &["btrfs"]).unwrap(), 5);
+        assert_eq!(taken(&calls), ["btrfs", "crc32c_generic", "libcrc32c", "raid6_pq", "virtio_blk"]);
+        // A crc32c filesystem: libcrc32c brought crc32c already; nothing more.
+        assert_eq!(auto.load_filesystem("btrfs", Some("crc32c")), 0);
+        // An xxhash one: that driver only.
+        assert_eq!(auto.load_filesystem("btrfs", Some("xxhash")), 1);
+        assert_eq!(taken(&calls), ["xxhash_generic"]);
+        // Unknown checksum (not probed): every pre-softdep left.
+        assert_eq!(auto.load_filesystem("btrfs", None), 1);
+        assert_eq!(taken(&calls), ["blake2b_generic"]);
+        assert_eq!(auto.load_filesystem("btrfs", None), 0, "nothing twice");
+
+        // Nothing expected: no filesystem at the start, each on demand.
+        let mut auto = Autoloader::with_loader(filesystems(), recording(&calls));
+        assert_eq!(auto.start(&root, &[]).unwrap(), 1);
+        assert_eq!(taken(&calls), ["virtio_blk"]);
+        // ext2 mounts with ext4 (its fs-ext2 alias), and ext4's pre-softdep comes along.
+        assert_eq!(auto.load_filesystem("ext2", None), 3);
+        assert_eq!(taken(&calls), ["crc32c_generic", "ext4", "jbd2"]);
+        assert_eq!(auto.load_filesystem("vfat", None), 2);
+        assert_eq!(taken(&calls), ["nls_cp437", "vfat"]);
+        // Built in, or not in this initramfs: nothing to load, the mount says the rest.
+        assert_eq!(auto.load_filesystem("xfs", None), 0);
+        // The device timeout's diagnostic lists no filesystem as a device without a driver.
+        assert!(!auto.unmatched().is_empty());
+        assert!(!auto.unmatched().iter().any(|a| a.starts_with("fs-")), "{:?}", auto.unmatched());
+        let loaded = auto.loaded();
+        assert!(loaded.contains(&"ext4".to_string()) && !loaded.contains(&"btrfs".to_string()), "{loaded:?}");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -494,7 +581,7 @@ mod tests {
         let root = fake_sysfs("hooks");
         let calls = Calls::default();
         let mut auto = Autoloader::with_loader(machine(), recording(&calls));
-        assert_eq!(auto.start(&root).unwrap(), 11, "3 always + 8 for the devices");
+        assert_eq!(auto.start(&root, &[]).unwrap(), 11, "3 always + 8 for the devices");
         assert_eq!(auto.report().loaded.len(), 11);
         calls.lock().unwrap().clear();
 

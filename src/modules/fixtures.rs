@@ -68,6 +68,37 @@ pub(super) fn machine() -> ModuleIndex {
     }
 }
 
+/// A generic index as the builder writes it now: filesystems by `fs-TYPE`
+/// alias, btrfs with its checksum drivers as pre-softdeps, vfat with its code
+/// pages, ext4 mounting ext2 too; a driver by modalias.
+pub(super) fn filesystems() -> ModuleIndex {
+    let on_demand = |name: &str, deps: &[&str], pre: &[&str]| entry(name, Load::Modalias, deps, pre, &[]);
+    ModuleIndex {
+        kernel: "6.1.0-56-amd64".into(),
+        modules: vec![
+            on_demand("blake2b_generic", &[], &[]),
+            on_demand("crc32c_generic", &[], &[]),
+            on_demand("xxhash_generic", &[], &[]),
+            on_demand("libcrc32c", &[], &["crc32c_generic"]),
+            on_demand("raid6_pq", &[], &[]),
+            on_demand("btrfs", &["libcrc32c", "raid6_pq"], &["blake2b_generic", "crc32c_generic", "xxhash_generic"]),
+            on_demand("jbd2", &[], &[]),
+            on_demand("ext4", &["jbd2"], &["crc32c_generic"]),
+            on_demand("vfat", &[], &[]),
+            on_demand("nls_cp437", &[], &[]),
+            on_demand("virtio_blk", &[], &[]),
+        ],
+        aliases: vec![
+            alias("fs-btrfs", "btrfs"),
+            alias("fs-ext2", "ext4"),
+            alias("fs-ext4", "ext4"),
+            alias("fs-vfat", "nls_cp437"),
+            alias("fs-vfat", "vfat"),
+            alias("virtio:d00000002v*", "virtio_blk"),
+        ],
+    }
+}
+
 /// A fake /sys/devices.
 pub(super) fn fake_sysfs(tag: &str) -> PathBuf {
     let root = std::env::temp_dir().join(format!("dockroot-sysfs-{tag}-{}", std::process::id()));

@@ -14,8 +14,17 @@ use crate::error::{Context, Error, Result};
 /// Where the builder puts the index, relative to the initramfs root.
 pub const INDEX_PATH: &str = "lib/modules/dockroot-modules.index";
 
-/// The first line of an index this code reads and writes.
-pub const INDEX_HEADER: &str = "dockroot-modules 2";
+/// The first line of an index this code writes.
+pub const INDEX_HEADER: &str = "dockroot-modules 3";
+/// The first line of the previous format, still read: the same lines, but no
+/// `fs-TYPE` aliases (its builder loaded filesystems at every boot).
+const INDEX_HEADER_2: &str = "dockroot-modules 2";
+
+/// The alias naming the modules a mount of filesystem `fstype` needs: the
+/// kernel's own name for it (`MODULE_ALIAS_FS`, what `request_module` asks for).
+pub fn filesystem_alias(fstype: &str) -> String {
+    format!("fs-{fstype}")
+}
 
 /// The largest index [`read_index`] accepts (every module of a distribution
 /// kernel with all its aliases is about 2 MiB).
@@ -216,7 +225,7 @@ pub fn parse_index(text: &str) -> Result<ModuleIndex> {
     let mut lines = text.lines().enumerate().map(|(i, l)| (i.saturating_add(1), l));
 
     match lines.next() {
-        Some((_, INDEX_HEADER)) => {}
+        Some((_, INDEX_HEADER | INDEX_HEADER_2)) => {}
         Some((n, l)) if l.starts_with("dockroot-modules ") => {
             return Err(bad(n, format!("format {l:?} is not supported (this init reads {INDEX_HEADER:?}): rebuild the initramfs with the matching dockroot-mkinitramfs")));
         }
@@ -325,7 +334,7 @@ mod tests {
     fn write_then_parse_round_trips() {
         let index = machine();
         let text = write_index(&index).unwrap();
-        assert!(text.starts_with("dockroot-modules 2\nkernel 6.1.0-56-amd64\n"), "{text}");
+        assert!(text.starts_with("dockroot-modules 3\nkernel 6.1.0-56-amd64\n"), "{text}");
         assert!(text.contains(
             "\nmodule btrfs lib/modules/6.1.0-56-amd64/kernel/btrfs.ko always deps=libcrc32c pre=crc32c_generic post=\n"
         ));
@@ -375,16 +384,16 @@ mod tests {
 
     #[test]
     fn malformed_lines_name_the_line() {
-        let head = "dockroot-modules 2\nkernel 6.1.0\n";
+        let head = "dockroot-modules 3\nkernel 6.1.0\n";
         let ok = "module a a.ko always deps= pre= post=\n";
         assert_eq!(parse_err(""), "module index is empty");
         let e = parse_err("dockroot-modules 1\n");
         assert!(e.starts_with("module index line 1: format \"dockroot-modules 1\" is not supported"), "{e}");
         assert!(e.contains("rebuild the initramfs"), "{e}");
         assert!(parse_err("something\n").starts_with("module index line 1: expected"));
-        assert!(parse_err("dockroot-modules 2\nkernal 6.1\n").starts_with("module index line 2:"));
-        assert!(parse_err("dockroot-modules 2\nkernel \n").starts_with("module index line 2:"));
-        assert_eq!(parse_err("dockroot-modules 2\n"), "module index ends before its `kernel RELEASE` line");
+        assert!(parse_err("dockroot-modules 3\nkernal 6.1\n").starts_with("module index line 2:"));
+        assert!(parse_err("dockroot-modules 3\nkernel \n").starts_with("module index line 2:"));
+        assert_eq!(parse_err("dockroot-modules 3\n"), "module index ends before its `kernel RELEASE` line");
         let cases = [
             (format!("{head}{ok}module b b.ko always deps=a\n"), "line 4: expected `module NAME PATH"),
             (

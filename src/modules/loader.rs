@@ -142,6 +142,8 @@ impl Loader for KernelLoader {
 /// children are reaped (by pid, told apart with pidfds).
 pub struct ForkExecutor {
     loader: KernelLoader,
+    /// False: every load runs in the calling process ([`ForkExecutor::in_process`]).
+    fork: bool,
     running: BTreeMap<i32, Child>,
     ready: VecDeque<(usize, Attempt, Duration)>,
 }
@@ -155,7 +157,13 @@ struct Child {
 
 impl ForkExecutor {
     pub fn new(loader: KernelLoader) -> Self {
-        ForkExecutor { loader, running: BTreeMap::new(), ready: VecDeque::new() }
+        ForkExecutor { loader, fork: true, running: BTreeMap::new(), ready: VecDeque::new() }
+    }
+
+    /// An executor that loads in the calling process, one module at a time:
+    /// with one CPU a child process only adds the cost of a fork.
+    pub fn in_process(loader: KernelLoader) -> Self {
+        ForkExecutor { fork: false, ..ForkExecutor::new(loader) }
     }
 
     /// The pid of a child that has exited, waiting until one has.
@@ -213,17 +221,20 @@ impl Executor for ForkExecutor {
             Prepared::Done(attempt) => return self.ready.push_back((i, attempt, t.elapsed())),
             Prepared::Finit(path, flags) => (path, flags),
         };
-        let child = match crate::fork::fork_single_threaded("a module loader") {
-            Ok(Forked::Child) => {
+        let forked = self.fork.then(|| crate::fork::fork_single_threaded("a module loader"));
+        let child = match forked {
+            Some(Ok(Forked::Child)) => {
                 let code = match KernelLoader::finit(&path, flags) {
                     Ok(()) => 0,
                     Err(e) => e.raw_os_error().clamp(1, 255),
                 };
                 crate::fork::exit_child(code)
             }
-            Ok(Forked::Parent(child)) => child,
-            Err(e) => {
-                log::debug!("{e}; loading module {} in PID 1", entry.name);
+            Some(Ok(Forked::Parent(child))) => child,
+            refused => {
+                if let Some(Err(e)) = refused {
+                    log::debug!("{e}; loading module {} in PID 1", entry.name);
+                }
                 let attempt = KernelLoader::attempt_of(KernelLoader::finit(&path, flags));
                 return self.ready.push_back((i, attempt, t.elapsed()));
             }

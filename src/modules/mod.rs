@@ -8,12 +8,13 @@
 //! writes [`INDEX_PATH`], a small text file:
 //!
 //! ```text
-//! dockroot-modules 2
+//! dockroot-modules 3
 //! kernel 6.1.0-56-amd64
 //! module libcrc32c lib/modules/6.1.0-56-amd64/kernel/lib/libcrc32c.ko always deps= pre= post=
 //! module btrfs lib/modules/6.1.0-56-amd64/kernel/fs/btrfs/btrfs.ko always deps=libcrc32c,xor pre=crc32c_generic post=
 //! module virtio_blk lib/modules/6.1.0-56-amd64/kernel/drivers/block/virtio_blk.ko modalias deps=virtio_ring pre= post=
 //! alias virtio:d00000002v* virtio_blk
+//! alias fs-btrfs btrfs
 //! ```
 //!
 //! The first line names the format and its version, the second the kernel
@@ -26,7 +27,10 @@
 //! after it (`post=`: post-softdeps). Every name in `deps=`/`pre=` is listed on
 //! an earlier line and every name in `post=` on a later one, so line order is a
 //! load order. An `alias` line gives a device alias pattern of a listed module,
-//! as in the kernel's modules.alias (glob patterns: `*`, `?`, `[...]`).
+//! as in the kernel's modules.alias (glob patterns: `*`, `?`, `[...]`), or
+//! `fs-TYPE`: a module a mount of filesystem TYPE needs (the kernel's own
+//! name, `MODULE_ALIAS_FS`; the builder adds vfat's code pages to `fs-vfat`).
+//! Format 2 (still read) had no `fs-` aliases.
 //!
 //! # At boot
 //!
@@ -35,7 +39,11 @@
 //! `/sys/devices/**/modalias` ([`Autoloader::coldplug`]) and loads the modules
 //! whose patterns match, matching as modprobe does; the boot driver passes it
 //! the MODALIAS of every later uevent ([`Autoloader::on_modalias`]) so a device
-//! that appears later gets its driver too. Each request loads the modules with
+//! that appears later gets its driver too. Filesystems load on demand
+//! ([`Autoloader::load_filesystem`]): what `fs-TYPE` names, once the boot knows
+//! the type (from `rootfstype=`/`rootflags=subvol=` at the start, else from
+//! the superblock); a filesystem module's own pre-softdeps (btrfs's checksum
+//! drivers) wait for the superblock, which says which one it uses. Each request loads the modules with
 //! their dependencies and softdeps, each module at most once, several at once
 //! where the dependencies allow, each in a forked child process.
 //!
@@ -73,10 +81,10 @@ pub use autoload::{Autoloader, DIAGNOSTIC_LINE_BYTES, NOT_DISK_BUSES};
 pub use decompress::{decompress, DECOMPRESSED_MAX_BYTES};
 pub use decompress::{decompression_summary, gzip_body, module_compression, DECOMPRESS_MARKER};
 pub use index::{
-    check_kernel_release, check_pattern, normalize_name, parse_index, read_index, write_index, Alias, IndexEntry, Load,
-    ModuleIndex, INDEX_HEADER, INDEX_MAX_BYTES, INDEX_PATH,
+    check_kernel_release, check_pattern, filesystem_alias, normalize_name, parse_index, read_index, write_index, Alias,
+    IndexEntry, Load, ModuleIndex, INDEX_HEADER, INDEX_MAX_BYTES, INDEX_PATH,
 };
 pub use loader::{ForkExecutor, KernelLoader, MODULE_INIT_COMPRESSED_FILE};
 pub use report::{errno_hint, Attempt, Cause, Failure, LoadReport, Skipped};
-pub use schedule::{default_workers, Executor, Loader, Sequential, MAX_WORKERS};
+pub use schedule::{default_workers, workers_for, Executor, Loader, Sequential, MAX_WORKERS};
 pub use sysfs::{collect_modaliases, MODALIAS_MAX_BYTES, SYSFS_MAX_DEPTH, SYSFS_MAX_ENTRIES};

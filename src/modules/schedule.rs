@@ -52,6 +52,8 @@ pub(super) struct Graph {
     waits: Vec<Vec<usize>>,
     /// What asking for a module brings along: deps, pre- and post-softdeps.
     wants: Vec<Vec<usize>>,
+    /// Pre-softdeps.
+    pre: Vec<Vec<usize>>,
 }
 
 impl Graph {
@@ -59,8 +61,13 @@ impl Graph {
         let pos: BTreeMap<String, usize> = index.modules.iter().enumerate().map(|(i, m)| (m.name.clone(), i)).collect();
         let find = |names: &[String]| -> Vec<usize> { names.iter().filter_map(|n| pos.get(n).copied()).collect() };
         let hard: Vec<Vec<usize>> = index.modules.iter().map(|m| find(&m.deps)).collect();
-        let mut waits: Vec<Vec<usize>> =
-            index.modules.iter().map(|m| find(&m.deps).into_iter().chain(find(&m.pre)).collect()).collect();
+        let pre: Vec<Vec<usize>> = index.modules.iter().map(|m| find(&m.pre)).collect();
+        let mut waits: Vec<Vec<usize>> = index
+            .modules
+            .iter()
+            .zip(&pre)
+            .map(|(m, p)| find(&m.deps).into_iter().chain(p.iter().copied()).collect())
+            .collect();
         let mut wants = waits.clone();
         for (i, m) in index.modules.iter().enumerate() {
             for p in find(&m.post) {
@@ -72,19 +79,27 @@ impl Graph {
                 }
             }
         }
-        Graph { pos, hard, waits, wants }
+        Graph { pos, hard, waits, wants, pre }
     }
 
-    /// `roots` and everything they bring along.
-    pub(super) fn closure(&self, roots: impl IntoIterator<Item = usize>) -> BTreeSet<usize> {
+    /// `roots` and everything they bring along, but for the pre-softdeps of
+    /// the modules in `deferred` (filesystems: their superblock says which
+    /// they need).
+    pub(super) fn closure(&self, roots: Vec<usize>, deferred: &[bool]) -> BTreeSet<usize> {
         let mut out = BTreeSet::new();
-        let mut stack: Vec<usize> = roots.into_iter().collect();
+        let mut stack = roots;
         while let Some(i) = stack.pop() {
             if out.insert(i) {
-                stack.extend(self.wants.get(i).into_iter().flatten().copied());
+                let skip = if deferred.get(i).copied().unwrap_or(false) { self.pre(i) } else { &[] };
+                stack.extend(self.wants.get(i).into_iter().flatten().filter(|w| !skip.contains(w)).copied());
             }
         }
         out
+    }
+
+    /// The pre-softdeps of module `i`.
+    pub(super) fn pre(&self, i: usize) -> &[usize] {
+        self.pre.get(i).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -254,9 +269,19 @@ impl<L: Loader> Executor for Sequential<L> {
     }
 }
 
-/// The default number of modules loading at once: min(4, 2 × CPUs this process may use).
+/// The default number of modules loading at once: min(4, 2 × CPUs this
+/// process may use), but 1 with one CPU (the boot then loads in its own
+/// process: see [`super::ForkExecutor::in_process`]).
 pub fn default_workers() -> usize {
     let cpus = rustix::thread::sched_getaffinity(None).map(|set| set.count() as usize).unwrap_or(1);
+    workers_for(cpus)
+}
+
+/// [`default_workers`] for `cpus` CPUs.
+pub fn workers_for(cpus: usize) -> usize {
+    if cpus <= 1 {
+        return 1;
+    }
     cpus.saturating_mul(2).clamp(1, MAX_WORKERS)
 }
 
@@ -550,6 +575,8 @@ mod tests {
         auto.load_everything();
         assert_eq!(auto.exec.max_running, 1);
         assert!((1..=MAX_WORKERS).contains(&default_workers()));
+        // One CPU: one at a time (in the init's own process); more: two per CPU, at most 4.
+        assert_eq!([0, 1, 2, 3, 8].map(workers_for), [1, 1, 4, 4, 4]);
     }
 
     #[test]
@@ -560,7 +587,7 @@ mod tests {
         let pos = |n: &str| graph.pos[n];
         let mut s = Schedule::new(index.modules.len());
         // Asking for sd_mod brings scsi_mod and scsi_common, nothing else.
-        let set = graph.closure([pos("sd_mod")]);
+        let set = graph.closure(vec![pos("sd_mod")], &[]);
         assert_eq!(set, [pos("scsi_mod"), pos("scsi_common"), pos("sd_mod")].into_iter().collect());
         assert_eq!(s.queue(&set), 3);
         assert_eq!(s.queue(&set), 0, "queued once");
@@ -573,7 +600,7 @@ mod tests {
         assert_eq!(s.next(&graph, &names), Next::Finished);
         assert_eq!(s.done(pos("sd_mod")), Some(&Done::Skipped("scsi_mod".into())));
         // virtio_blk brings its post-softdep, which waits for it.
-        let set = graph.closure([pos("virtio_blk")]);
+        let set = graph.closure(vec![pos("virtio_blk")], &[]);
         assert!(set.contains(&pos("blk_helper")) && set.contains(&pos("virtio_ring")));
         s.queue(&set);
         assert_eq!(s.next(&graph, &names), Next::Start(pos("virtio_ring")));

@@ -10,6 +10,9 @@ use crate::error::Result;
 
 const BTRFS_SB_OFFSET: u64 = 64 * 1024;
 const BTRFS_SB_SIZE: usize = 4096;
+/// The checksum algorithms by `csum_type`, as the start of their kernel
+/// modules' names (`crc32c_generic`, `xxhash_generic`, `sha256_ssse3`, `blake2b_generic`).
+const CHECKSUMS: [&str; 4] = ["crc32c", "xxhash", "sha256", "blake2b"];
 
 pub(super) fn probe_btrfs<R: ReadAt + ?Sized>(dev: &R) -> Result<Option<FsInfo>> {
     let Some(sb) = read_exact_at(dev, BTRFS_SB_OFFSET, BTRFS_SB_SIZE)? else {
@@ -33,7 +36,8 @@ fn parse_btrfs(sb: &[u8]) -> Option<FsInfo> {
     }
     let covered = sb.get(0x20..BTRFS_SB_SIZE)?;
     let csum = at.slice(0, 32)?;
-    let ok = match at.le16(0xc4)? {
+    let csum_type = at.le16(0xc4)?;
+    let ok = match csum_type {
         0 => csum.get(..4)? == crc32c(covered).to_le_bytes(),
         1 => csum.get(..8)? == xxh64(covered).to_le_bytes(),
         2 => {
@@ -55,6 +59,7 @@ fn parse_btrfs(sb: &[u8]) -> Option<FsInfo> {
             num_devices: at.le64(0x88)?,
             devid: at.le64(dev_item)?,
             dev_uuid: uuid_from(at.array(dev_item + 66)?).unwrap_or_default(),
+            checksum: CHECKSUMS.get(usize::from(csum_type)).copied()?,
         }),
     })
 }
@@ -69,6 +74,7 @@ mod tests {
     fn btrfs_like_blkid_and_checksums() {
         let s = Scratch::new("btrfs");
         for (csum, label) in [("crc32c", "my root ü"), ("xxhash", "x"), ("sha256", "s"), ("blake2", "b")] {
+            let module_prefix = if csum == "blake2" { "blake2b" } else { csum };
             let img = s.file(&format!("{csum}.img"), 128 << 20);
             let img_s = img.to_str().unwrap();
             let uuid = "0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9";
@@ -79,6 +85,7 @@ mod tests {
             assert_eq!(info.uuid.as_deref(), Some(uuid));
             let m = info.btrfs.as_ref().unwrap();
             assert_eq!((m.num_devices, m.devid), (1, 1));
+            assert_eq!(m.checksum, module_prefix, "the checksum drivers to load before mounting");
             assert_like_blkid(&img, &info);
             // Same answer from an in-memory copy of the first MiB.
             assert_eq!(probe_filesystem(&head(&img, 1 << 20)).unwrap(), Some(info.clone()));

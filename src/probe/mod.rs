@@ -208,6 +208,9 @@ pub struct BtrfsMember {
     pub devid: u64,
     /// This device's UUID (blkid's `UUID_SUB`).
     pub dev_uuid: String,
+    /// The checksum algorithm, as the start of its kernel modules' names
+    /// (`crc32c`, `xxhash`, `sha256`, `blake2b`).
+    pub checksum: &'static str,
 }
 
 /// What a filesystem superblock says about itself.
