@@ -123,7 +123,10 @@ fn boot(reboot_delay: &mut Duration, started: &switch_root::Started) -> Result<I
 
     // 5. The partition's top level; an interrupted boot's leftovers.
     let fstype = mounts::root_fstype(&root_dev, root)?;
-    t.run("filesystem modules", || Ok(hooks.before_mount(&fstype, root_dev.fs.as_ref())))?;
+    t.run("filesystem modules", || {
+        hooks.before_mount(&fstype, root_dev.fs.as_ref());
+        Ok(())
+    })?;
     let top = t.run("mount top level", || mounts::mount_top_level(&root_dev, root, &fstype))?;
     let mut record = Record::default();
     let store = RwStore::open(top.as_fd(), &root.rw_subvol)?;
@@ -191,6 +194,12 @@ fn boot(reboot_delay: &mut Duration, started: &switch_root::Started) -> Result<I
     }
     record.kernel = kernel.to_json(params.kexec_from.as_deref(), kernel::no_kexec_reason());
     drop(new_root);
+
+    // Drivers of devices the boot did not need may still be loading.
+    t.run("modules left", || {
+        devs.hooks.finish();
+        Ok(())
+    })?;
 
     // 10. The commands and the embedded config for the booted system, the record, and the switch.
     match record::leave(record::COMMANDS_IN_INITRAMFS, record::COMMANDS, 0o755) {

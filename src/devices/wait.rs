@@ -37,6 +37,9 @@ const REPORT_EVERY: Duration = Duration::from_secs(5);
 pub const DEGRADED_WAIT: Duration = Duration::from_secs(10);
 /// Without a uevent socket (a kernel without CONFIG_NET): rescan this often.
 const FALLBACK_RESCAN: Duration = Duration::from_secs(1);
+/// While the hooks have background work (modules loading): give it a chance
+/// to move on this often (a finished module may let another start).
+const PUMP_EVERY: Duration = Duration::from_millis(10);
 
 /// What the boot does while devices are awaited.
 pub trait WaitHooks {
@@ -51,6 +54,18 @@ pub trait WaitHooks {
     /// A filesystem of type `fstype` is about to be mounted (`fs`: what its
     /// superblock said, if it was read): load what the mount needs.
     fn before_mount(&mut self, _fstype: &str, _fs: Option<&crate::probe::FsInfo>) {}
+    /// Is work going on in the background (modules loading) that
+    /// [`WaitHooks::pump`] should be given a chance to move on soon?
+    fn pending(&self) -> bool {
+        false
+    }
+    /// Move the background work on without waiting; `no_uevents`: devices
+    /// are not announced by uevents (look again). True if something finished.
+    fn pump(&mut self, _no_uevents: bool) -> bool {
+        false
+    }
+    /// Wait for the background work to end.
+    fn finish(&mut self) {}
 }
 
 /// Hooks that do nothing.
@@ -157,7 +172,9 @@ impl Waiter {
             log::info!("waiting {} (rootdelay) before looking for {spec}", fmt_duration(policy.delay));
             let until = later(Instant::now(), policy.delay);
             while Instant::now() < until {
-                self.pump(until, hooks)?;
+                let soon = hooks.pending().then(|| later(Instant::now(), PUMP_EVERY));
+                self.pump(soon.map_or(until, |s| s.min(until)), hooks)?;
+                hooks.pump(self.listener.is_none());
             }
         }
         let start = Instant::now();
@@ -236,14 +253,22 @@ impl Waiter {
                 );
                 next_report = later(next_report, REPORT_EVERY);
             }
-            let wake = [Some(deadline), Some(next_report), grace_end].into_iter().flatten().min().unwrap_or(deadline);
-            if self.pump(wake, hooks)? {
+            let soon = hooks.pending().then(|| later(Instant::now(), PUMP_EVERY));
+            let wake =
+                [Some(deadline), Some(next_report), grace_end, soon].into_iter().flatten().min().unwrap_or(deadline);
+            let events = self.pump(wake, hooks)?;
+            // A driver that finished loading may have made the device: its
+            // uevent says so, or without uevents, look.
+            let no_uevents = self.listener.is_none();
+            if hooks.pump(no_uevents) && no_uevents || events {
                 devs = self.rescan();
             }
         }
     }
 
-    fn timeout_error(&self, what: String, devs: &[BlockDevice], hooks: &dyn WaitHooks) -> Error {
+    fn timeout_error(&self, what: String, devs: &[BlockDevice], hooks: &mut dyn WaitHooks) -> Error {
+        // What every module attempt ended in, for the diagnostics.
+        hooks.finish();
         let mut msg = format!("{what}; block devices seen:\n{}", describe(devs));
         for line in hooks.diagnostics() {
             msg.push_str(&line);

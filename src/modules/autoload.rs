@@ -4,17 +4,18 @@
 //! the pure schedule with an executor ([`ForkExecutor`] at boot) and is the
 //! boot's [`crate::devices::WaitHooks`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::schedule::{record, run_queued, Done, Graph, Schedule};
+use super::schedule::{drive, record, Done, Graph, Schedule, Until};
 #[cfg(feature = "decompress-modules")]
 use super::DECOMPRESS_MARKER;
 use super::{
-    check_kernel_release, collect_modaliases, decompression_summary, default_workers, filesystem_alias, AliasTable,
-    Executor, ForkExecutor, KernelLoader, Load, LoadReport, Loader, ModuleIndex, Sequential, SYSFS_MAX_DEPTH,
+    check_kernel_release, collect_modaliases, decompression_summary, filesystem_alias, usable_cpus, workers_for,
+    AliasTable, Executor, ForkExecutor, KernelLoader, Load, LoadReport, Loader, ModuleIndex, Sequential,
+    SYSFS_MAX_DEPTH,
 };
 use crate::error::Result;
 
@@ -47,6 +48,11 @@ pub struct Autoloader<X: Executor = ForkExecutor> {
     pub(super) exec: X,
     workers: usize,
     schedule: Schedule,
+    /// By position: in the report already.
+    recorded: Vec<bool>,
+    /// What the boot needs first (the `always` modules, the expected
+    /// filesystems): started before the rest.
+    first: BTreeSet<usize>,
     report: LoadReport,
     /// Modalias strings seen, with what they matched.
     seen: BTreeMap<String, Seen>,
@@ -74,9 +80,9 @@ impl Autoloader<ForkExecutor> {
         #[cfg(feature = "decompress-modules")]
         log::debug!("{DECOMPRESS_MARKER}");
         let kernel_compression = loader.kernel_compression.clone();
-        let workers = default_workers();
-        let exec = if workers == 1 { ForkExecutor::in_process(loader) } else { ForkExecutor::new(loader) };
-        let mut auto = Autoloader::with_executor(index, exec, workers);
+        let cpus = usable_cpus();
+        let exec = if cpus <= 1 { ForkExecutor::one_cpu(loader) } else { ForkExecutor::new(loader) };
+        let mut auto = Autoloader::with_executor(index, exec, workers_for(cpus));
         auto.kernel_compression = kernel_compression;
         Ok(auto)
     }
@@ -95,6 +101,7 @@ impl<X: Executor> Autoloader<X> {
         let graph = Graph::new(&index);
         let aliases = AliasTable::of_index(&index);
         let schedule = Schedule::new(index.modules.len());
+        let schedule_len = index.modules.len();
         let mut filesystems = vec![false; index.modules.len()];
         for a in index.aliases.iter().filter(|a| a.pattern.starts_with("fs-")) {
             if let Some(f) = graph.pos.get(&a.module).and_then(|&i| filesystems.get_mut(i)) {
@@ -108,7 +115,9 @@ impl<X: Executor> Autoloader<X> {
             filesystems,
             exec,
             workers: workers.max(1),
+            recorded: vec![false; schedule_len],
             schedule,
+            first: BTreeSet::new(),
             report: LoadReport::default(),
             seen: BTreeMap::new(),
             walks: 0,
@@ -118,23 +127,82 @@ impl<X: Executor> Autoloader<X> {
     }
 
     /// Load `roots` and what they bring along (each module at most once
-    /// over the autoloader's life). Returns how many modules were tried.
+    /// over the autoloader's life), waiting for them. Returns how many
+    /// modules were tried.
     fn load_positions(&mut self, roots: Vec<usize>) -> usize {
+        self.queue_and_drive(roots, Until::Urgent)
+    }
+
+    /// Queue `roots` and what they bring along, then [`Autoloader::drive`].
+    fn queue_and_drive(&mut self, roots: Vec<usize>, until: Until) -> usize {
         let set = self.graph.closure(roots, &self.filesystems);
         let queued = self.schedule.queue(&set);
-        if queued == 0 {
+        if queued == 0 && until == Until::Urgent && set.iter().all(|&i| self.schedule.done(i).is_some()) {
             return 0;
         }
-        let before: Vec<bool> = (0..self.index.modules.len()).map(|i| self.schedule.done(i).is_some()).collect();
+        let urgent = if until == Until::Urgent { set } else { self.first.clone() };
+        self.drive(&urgent, until)
+    }
+
+    /// Load what is queued `until`, `urgent` first, and report what finished.
+    /// Returns how many modules finished (loaded, failed or skipped).
+    fn drive(&mut self, urgent: &BTreeSet<usize>, until: Until) -> usize {
         let start = Instant::now();
-        let _ = run_queued(&mut self.schedule, &self.graph, &self.index, &mut self.exec, self.workers);
+        let _ = drive(&mut self.schedule, &self.graph, &self.index, &mut self.exec, self.workers, urgent, until);
         self.report.total = self.report.total.saturating_add(start.elapsed());
         let newly: Vec<usize> = (0..self.index.modules.len())
-            .filter(|&i| !before.get(i).copied().unwrap_or(true) && self.schedule.done(i).is_some())
+            .filter(|&i| self.schedule.done(i).is_some() && !self.recorded.get(i).copied().unwrap_or(true))
             .collect();
+        for &i in &newly {
+            if let Some(r) = self.recorded.get_mut(i) {
+                *r = true;
+            }
+        }
         let n = newly.len();
         record(&mut self.report, &self.schedule, &self.index, newly);
         n
+    }
+
+    /// Loads still running or waiting (started by [`Autoloader::start`] or a device)?
+    pub fn pending(&self) -> bool {
+        self.schedule.pending()
+    }
+
+    /// Take the loads that have finished and start those that may start now,
+    /// without waiting. With `walk`, walk the devices again when something
+    /// finished (no uevents tell of the devices new drivers create), 3 walks
+    /// in all at most. True if something finished.
+    pub fn pump(&mut self, walk: bool) -> bool {
+        let first = self.first.clone();
+        let n = self.drive(&first, Until::NoWait);
+        if walk && n > 0 && self.walks < 3 {
+            if let Some(devices) = self.devices.clone() {
+                if let Err(e) = self.walk(&devices, Vec::new(), Until::NoWait) {
+                    log::warn!("walking {} again: {e}", devices.display());
+                }
+            }
+        }
+        n > 0
+    }
+
+    /// Before the switch to the new root: wait for what the boot needed first
+    /// and for the drivers being loaded; drivers asked for but not started
+    /// are left to the booted system (its udev loads them from its own
+    /// modules): the boot does not wait for devices it did not need.
+    pub fn finish(&mut self) {
+        if !self.pending() {
+            return;
+        }
+        let first = self.first.clone();
+        self.drive(&first, Until::Urgent);
+        let left = self.schedule.drop_waiting();
+        let n = self.drive(&first, Until::Idle);
+        log::info!("kernel modules: {n} more loaded while the boot went on: {}", self.report.counts());
+        if !left.is_empty() {
+            let names: Vec<&str> =
+                left.iter().filter_map(|&i| self.index.modules.get(i)).map(|m| m.name.as_str()).collect();
+            log::info!("kernel modules: not loaded, as the boot did not need them: {}", names.join(" "));
+        }
     }
 
     fn always_positions(&self) -> Vec<usize> {
@@ -158,7 +226,43 @@ impl<X: Executor> Autoloader<X> {
         for fstype in expected {
             roots.extend(self.filesystem_positions(fstype));
         }
-        self.coldplug_with(devices, roots)
+        self.first = self.graph.closure(roots.clone(), &self.filesystems);
+        let started = Instant::now();
+        self.devices = Some(devices.to_owned());
+        let n = self.walk(devices, roots, Until::NoWait)?;
+        log::info!(
+            "kernel modules: coldplug of {} in {} ms: {} modalias strings, {} modules asked for, loading",
+            devices.display(),
+            started.elapsed().as_millis(),
+            self.seen.len(),
+            self.schedule.asked()
+        );
+        Ok(n)
+    }
+
+    /// Walk `devices` once for modalias strings not seen before, queue their
+    /// modules with `extra` and drive the loads `until`. Returns how many finished.
+    fn walk(&mut self, devices: &Path, extra: Vec<usize>, until: Until) -> Result<usize> {
+        // What the boot needs first starts before the walk.
+        let mut n = 0;
+        if !extra.is_empty() {
+            let set = self.graph.closure(extra.clone(), &self.filesystems);
+            self.schedule.queue(&set);
+            let first = self.first.clone();
+            n = self.drive(&first, Until::NoWait);
+        }
+        let found = collect_modaliases(devices, SYSFS_MAX_DEPTH)?;
+        self.walks = self.walks.saturating_add(1);
+        let mut roots = extra;
+        for (modalias, dir) in found {
+            if self.seen.contains_key(&modalias) {
+                continue;
+            }
+            let modules = self.aliases.lookup(&modalias);
+            roots.extend(modules.iter().filter_map(|m| self.graph.pos.get(m).copied()));
+            self.seen.insert(modalias, Seen { modules, device: Some(dir) });
+        }
+        Ok(n.saturating_add(self.queue_and_drive(roots, until)))
     }
 
     /// The modules the index's `fs-TYPE` alias names.
@@ -205,7 +309,7 @@ impl<X: Executor> Autoloader<X> {
             log::debug!("modalias {modalias}: {}", modules.join(" "));
         }
         self.seen.insert(modalias.to_owned(), Seen { modules, device });
-        self.load_positions(roots)
+        self.queue_and_drive(roots, Until::NoWait)
     }
 
     /// Load the modules a device's modalias asks for (from a uevent's
@@ -228,26 +332,11 @@ impl<X: Executor> Autoloader<X> {
     /// previous one loaded something, 3 walks at most; later devices come
     /// through [`Autoloader::on_modalias`]. Returns how many modules were tried.
     pub fn coldplug(&mut self, devices: &Path) -> Result<usize> {
-        self.coldplug_with(devices, Vec::new())
-    }
-
-    fn coldplug_with(&mut self, devices: &Path, mut extra: Vec<usize>) -> Result<usize> {
         let start = Instant::now();
         self.devices = Some(devices.to_owned());
         let mut tried = 0usize;
         for _ in 0..3 {
-            let found = collect_modaliases(devices, SYSFS_MAX_DEPTH)?;
-            self.walks = self.walks.saturating_add(1);
-            let mut roots = std::mem::take(&mut extra);
-            for (modalias, dir) in found {
-                if self.seen.contains_key(&modalias) {
-                    continue;
-                }
-                let modules = self.aliases.lookup(&modalias);
-                roots.extend(modules.iter().filter_map(|m| self.graph.pos.get(m).copied()));
-                self.seen.insert(modalias, Seen { modules, device: Some(dir) });
-            }
-            let n = self.load_positions(roots);
+            let n = self.walk(devices, Vec::new(), Until::Idle)?;
             tried = tried.saturating_add(n);
             if n == 0 {
                 break;
@@ -424,6 +513,18 @@ impl<X: Executor> crate::devices::WaitHooks for Autoloader<X> {
     fn before_mount(&mut self, fstype: &str, fs: Option<&crate::probe::FsInfo>) {
         self.load_filesystem(fstype, fs.and_then(|f| f.btrfs.as_ref()).map(|b| b.checksum));
     }
+
+    fn pending(&self) -> bool {
+        Autoloader::pending(self)
+    }
+
+    fn pump(&mut self, no_uevents: bool) -> bool {
+        Autoloader::pump(self, no_uevents)
+    }
+
+    fn finish(&mut self) {
+        Autoloader::finish(self)
+    }
 }
 
 #[cfg(test)]
@@ -451,6 +552,60 @@ mod tests {
         let mut v = v.to_vec();
         v.sort();
         v
+    }
+
+    /// An executor whose attempts finish only when waited for, oldest first.
+    #[derive(Default)]
+    struct Lazy {
+        running: std::collections::VecDeque<usize>,
+        started: Vec<(String, bool)>,
+    }
+
+    impl Executor for Lazy {
+        fn start(&mut self, i: usize, entry: &IndexEntry, awaited: bool) {
+            self.started.push((entry.name.clone(), awaited));
+            self.running.push_back(i);
+        }
+        fn wait(&mut self) -> Option<(usize, Attempt, std::time::Duration)> {
+            self.running.pop_front().map(|i| (i, Attempt::Loaded, std::time::Duration::ZERO))
+        }
+        fn poll(&mut self) -> Option<(usize, Attempt, std::time::Duration)> {
+            None
+        }
+    }
+
+    #[test]
+    fn the_boot_goes_on_while_drivers_load_and_waits_only_for_what_it_needs() {
+        let root = fake_sysfs("background");
+        let mut auto = Autoloader::with_executor(filesystems(), Lazy::default(), 2);
+        // start returns at once: what the boot needs first (btrfs's chain) is
+        // started first, two at a time, none of it waited for yet.
+        assert_eq!(auto.start(&root, &["btrfs"]).unwrap(), 0);
+        assert!(auto.pending());
+        let started: Vec<(String, bool)> = auto.exec.started.clone();
+        assert_eq!(started, [("crc32c_generic".to_string(), false), ("raid6_pq".to_string(), false)]);
+        // Nothing finished: pumping starts nothing more.
+        assert!(!auto.pump(false));
+        assert_eq!(auto.exec.started.len(), 2);
+        // Before the mount: wait for btrfs and what it needs, loading those
+        // that have not started yet as awaited; the driver may still wait.
+        auto.load_filesystem("btrfs", Some("crc32c"));
+        let done = |auto: &Autoloader<Lazy>, n: &str| auto.loaded().contains(&n.to_string());
+        assert!(["crc32c_generic", "libcrc32c", "raid6_pq", "btrfs"].iter().all(|m| done(&auto, m)));
+        let awaited: Vec<&str> = auto.exec.started.iter().filter(|(_, a)| *a).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(awaited, ["libcrc32c", "btrfs"]);
+        // A device that appears now: its driver's dependency starts, the driver waits for it.
+        auto.exec.started.clear();
+        auto.on_modalias("pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80");
+        assert_eq!(auto.exec.started, [("libata".to_string(), false)]);
+        // At the switch to the new root: what started ends, what did not is
+        // left to the booted system.
+        auto.finish();
+        assert!(!auto.pending());
+        assert!(done(&auto, "virtio_blk") && done(&auto, "libata"), "{:?}", auto.loaded());
+        assert!(!done(&auto, "ata_piix"), "{:?}", auto.loaded());
+        assert!(!done(&auto, "xxhash_generic"), "not asked for by a crc32c superblock");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub(super) fn filesystems() -> ModuleIndex {
             on_demand("vfat", &[], &[]),
             on_demand("nls_cp437", &[], &[]),
             on_demand("virtio_blk", &[], &[]),
+            on_demand("libata", &[], &[]),
+            on_demand("ata_piix", &["libata"], &[]),
         ],
         aliases: vec![
             alias("fs-btrfs", "btrfs"),
@@ -95,6 +97,7 @@ pub(super) fn filesystems() -> ModuleIndex {
             alias("fs-vfat", "nls_cp437"),
             alias("fs-vfat", "vfat"),
             alias("virtio:d00000002v*", "virtio_blk"),
+            alias("pci:v00008086d00007010sv*sd*bc*sc*i*", "ata_piix"),
         ],
     }
 }

@@ -142,8 +142,8 @@ impl Loader for KernelLoader {
 /// children are reaped (by pid, told apart with pidfds).
 pub struct ForkExecutor {
     loader: KernelLoader,
-    /// False: every load runs in the calling process ([`ForkExecutor::in_process`]).
-    fork: bool,
+    /// Load what the caller waits for in the calling process ([`ForkExecutor::one_cpu`]).
+    in_place: bool,
     running: BTreeMap<i32, Child>,
     ready: VecDeque<(usize, Attempt, Duration)>,
 }
@@ -157,36 +157,44 @@ struct Child {
 
 impl ForkExecutor {
     pub fn new(loader: KernelLoader) -> Self {
-        ForkExecutor { loader, fork: true, running: BTreeMap::new(), ready: VecDeque::new() }
+        ForkExecutor { loader, in_place: false, running: BTreeMap::new(), ready: VecDeque::new() }
     }
 
-    /// An executor that loads in the calling process, one module at a time:
-    /// with one CPU a child process only adds the cost of a fork.
-    pub fn in_process(loader: KernelLoader) -> Self {
-        ForkExecutor { fork: false, ..ForkExecutor::new(loader) }
+    /// An executor for one CPU: what the caller waits for now is loaded in
+    /// the calling process (a child would only add the cost of a fork);
+    /// what loads in the background still gets a child, so a driver that
+    /// sleeps in its probe does not hold the boot.
+    pub fn one_cpu(loader: KernelLoader) -> Self {
+        ForkExecutor { in_place: true, ..ForkExecutor::new(loader) }
     }
 
-    /// The pid of a child that has exited, waiting until one has.
-    fn next_exited(&self) -> Option<i32> {
-        use rustix::event::{PollFd, PollFlags};
+    /// The pid of a child that has exited, waiting until one has (`block`),
+    /// or `None` at once if none has.
+    fn next_exited(&self, block: bool) -> Option<i32> {
+        use rustix::event::{PollFd, PollFlags, Timespec};
         if self.running.is_empty() {
             return None;
         }
         let Some(fds) = self.running.values().map(|c| c.pidfd.as_ref()).collect::<Option<Vec<_>>>() else {
-            // Some child has no pidfd: wait for the oldest child without one.
-            return self.running.iter().find(|(_, c)| c.pidfd.is_none()).map(|(pid, _)| *pid);
+            // Some child has no pidfd: wait for the oldest child without one (in
+            // turn, when not blocking: it is reaped by a later blocking wait).
+            return self.running.iter().find(|(_, c)| c.pidfd.is_none()).map(|(pid, _)| *pid).filter(|_| block);
         };
         let mut polls: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::IN)).collect();
+        let now = Timespec { tv_sec: 0, tv_nsec: 0 };
         loop {
-            match rustix::event::poll(&mut polls, None) {
+            match rustix::event::poll(&mut polls, (!block).then_some(&now)) {
                 Ok(_) => break,
                 Err(Errno::INTR) => continue,
                 // Cannot poll: wait for the oldest child.
-                Err(_) => return self.running.keys().next().copied(),
+                Err(_) => return self.running.keys().next().copied().filter(|_| block),
             }
         }
         let ready = polls.iter().position(|p| !p.revents().is_empty());
-        ready.and_then(|k| self.running.keys().nth(k).copied()).or_else(|| self.running.keys().next().copied())
+        match ready {
+            Some(k) => self.running.keys().nth(k).copied(),
+            None => self.running.keys().next().copied().filter(|_| block),
+        }
     }
 
     /// Wait for child `pid` and turn its exit status into an attempt.
@@ -215,13 +223,13 @@ impl ForkExecutor {
 }
 
 impl Executor for ForkExecutor {
-    fn start(&mut self, i: usize, entry: &IndexEntry) {
+    fn start(&mut self, i: usize, entry: &IndexEntry, awaited: bool) {
         let t = Instant::now();
         let (path, flags) = match self.loader.prepare(entry) {
             Prepared::Done(attempt) => return self.ready.push_back((i, attempt, t.elapsed())),
             Prepared::Finit(path, flags) => (path, flags),
         };
-        let forked = self.fork.then(|| crate::fork::fork_single_threaded("a module loader"));
+        let forked = (!(awaited && self.in_place)).then(|| crate::fork::fork_single_threaded("a module loader"));
         let child = match forked {
             Some(Ok(Forked::Child)) => {
                 let code = match KernelLoader::finit(&path, flags) {
@@ -247,7 +255,15 @@ impl Executor for ForkExecutor {
         if let Some(done) = self.ready.pop_front() {
             return Some(done);
         }
-        let pid = self.next_exited()?;
+        let pid = self.next_exited(true)?;
+        self.reap(pid)
+    }
+
+    fn poll(&mut self) -> Option<(usize, Attempt, Duration)> {
+        if let Some(done) = self.ready.pop_front() {
+            return Some(done);
+        }
+        let pid = self.next_exited(false)?;
         self.reap(pid)
     }
 }

@@ -86,5 +86,5 @@ pub use index::{
 };
 pub use loader::{ForkExecutor, KernelLoader, MODULE_INIT_COMPRESSED_FILE};
 pub use report::{errno_hint, Attempt, Cause, Failure, LoadReport, Skipped};
-pub use schedule::{default_workers, workers_for, Executor, Loader, Sequential, MAX_WORKERS};
+pub use schedule::{default_workers, usable_cpus, workers_for, Executor, Loader, Sequential, MAX_WORKERS};
 pub use sysfs::{collect_modaliases, MODALIAS_MAX_BYTES, SYSFS_MAX_DEPTH, SYSFS_MAX_ENTRIES};

@@ -1,7 +1,7 @@
 //! Scheduling: which module may start, given what has finished. [`Graph`] is
 //! the dependency graph of an index, [`Schedule`] the state of every module
-//! across load rounds, [`run_queued`] runs what is queued with an [`Executor`]
-//! at most `workers` at once, and [`record`] adds the outcomes to a report.
+//! across load rounds, [`drive`] runs what is queued with an [`Executor`]
+//! at most `workers` at once (blocking, or not), and [`record`] adds the outcomes to a report.
 //! All pure: the system calls are the executor's ([`super::ForkExecutor`] at
 //! boot; [`Sequential`] with a fake [`Loader`] in tests).
 
@@ -144,11 +144,40 @@ impl Schedule {
         }
     }
 
-    /// The next module that may start; modules whose hard dependency did not
-    /// load are marked skipped on the way (`names` for the message).
-    fn next(&mut self, graph: &Graph, names: &[&str]) -> Next {
+    /// How many modules are being loaded.
+    pub(super) fn running(&self) -> usize {
+        self.status.iter().filter(|s| **s == Status::Running).count()
+    }
+
+    /// How many modules were asked for so far.
+    pub(super) fn asked(&self) -> usize {
+        self.status.iter().filter(|s| **s != Status::Idle).count()
+    }
+
+    /// Forget what was asked for and has not started; returns those positions.
+    pub(super) fn drop_waiting(&mut self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (i, s) in self.status.iter_mut().enumerate() {
+            if *s == Status::Waiting {
+                *s = Status::Idle;
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// Is anything asked for and not finished?
+    pub(super) fn pending(&self) -> bool {
+        self.status.iter().any(|s| matches!(s, Status::Waiting | Status::Running))
+    }
+
+    /// The next module that may start, one of `urgent` first; modules whose
+    /// hard dependency did not load are marked skipped on the way (`names`
+    /// for the message).
+    fn next(&mut self, graph: &Graph, names: &[&str], urgent: &BTreeSet<usize>) -> Next {
         let mut running = false;
         let mut waiting = None;
+        let mut later = None;
         for i in 0..self.status.len() {
             match self.status.get(i) {
                 Some(Status::Running) => running = true,
@@ -175,6 +204,10 @@ impl Schedule {
                         }
                         continue;
                     }
+                    if !urgent.is_empty() && !urgent.contains(&i) {
+                        later.get_or_insert(i);
+                        continue;
+                    }
                     if let Some(s) = self.status.get_mut(i) {
                         *s = Status::Running;
                     }
@@ -182,6 +215,12 @@ impl Schedule {
                 }
                 _ => {}
             }
+        }
+        if let Some(i) = later {
+            if let Some(s) = self.status.get_mut(i) {
+                *s = Status::Running;
+            }
+            return Next::Start(i);
         }
         if running {
             return Next::Wait;
@@ -194,7 +233,7 @@ impl Schedule {
             if let Some(s) = self.status.get_mut(stuck) {
                 *s = Status::Done(Done::Skipped("(a dependency cycle)".to_owned()));
             }
-            return self.next(graph, names);
+            return self.next(graph, names, urgent);
         }
         Next::Finished
     }
@@ -238,11 +277,14 @@ impl<F: Fn(&IndexEntry) -> Attempt> Loader for F {
 /// Runs load attempts, possibly several at once: [`ForkExecutor`](super::ForkExecutor) at boot,
 /// [`Sequential`] for a plain [`Loader`], a simulation in tests.
 pub trait Executor {
-    /// Start loading `entry`, the module at index position `i`.
-    fn start(&mut self, i: usize, entry: &IndexEntry);
+    /// Start loading `entry`, the module at index position `i`; `awaited`:
+    /// the caller waits for it now (an executor may then load it in place).
+    fn start(&mut self, i: usize, entry: &IndexEntry, awaited: bool);
     /// Block until a started attempt finishes: its position, outcome and how
     /// long it took. `None` if nothing runs (or it can no longer be waited for).
     fn wait(&mut self) -> Option<(usize, Attempt, Duration)>;
+    /// A started attempt that has finished, without waiting; `None` if none has.
+    fn poll(&mut self) -> Option<(usize, Attempt, Duration)>;
 }
 
 /// Runs each attempt at once, in the calling thread, with a [`Loader`].
@@ -258,7 +300,7 @@ impl<L: Loader> Sequential<L> {
 }
 
 impl<L: Loader> Executor for Sequential<L> {
-    fn start(&mut self, i: usize, entry: &IndexEntry) {
+    fn start(&mut self, i: usize, entry: &IndexEntry, _: bool) {
         let t = Instant::now();
         let attempt = self.loader.load(entry);
         self.done.push_back((i, attempt, t.elapsed()));
@@ -267,63 +309,79 @@ impl<L: Loader> Executor for Sequential<L> {
     fn wait(&mut self) -> Option<(usize, Attempt, Duration)> {
         self.done.pop_front()
     }
+
+    fn poll(&mut self) -> Option<(usize, Attempt, Duration)> {
+        self.done.pop_front()
+    }
 }
 
 /// The default number of modules loading at once: min(4, 2 × CPUs this
-/// process may use), but 1 with one CPU (the boot then loads in its own
-/// process: see [`super::ForkExecutor::in_process`]).
+/// process may use). (With one CPU, what the boot waits for loads in its own
+/// process: see [`super::ForkExecutor::one_cpu`].)
 pub fn default_workers() -> usize {
-    let cpus = rustix::thread::sched_getaffinity(None).map(|set| set.count() as usize).unwrap_or(1);
-    workers_for(cpus)
+    workers_for(usable_cpus())
 }
 
-/// [`default_workers`] for `cpus` CPUs.
+/// How many CPUs this process may use.
+pub fn usable_cpus() -> usize {
+    rustix::thread::sched_getaffinity(None).map(|set| set.count() as usize).unwrap_or(1)
+}
+
+/// [`default_workers`] for `cpus` CPUs: two per CPU (a driver sleeping in
+/// its probe leaves the CPU to another), at most [`MAX_WORKERS`].
 pub fn workers_for(cpus: usize) -> usize {
-    if cpus <= 1 {
-        return 1;
-    }
-    cpus.saturating_mul(2).clamp(1, MAX_WORKERS)
+    cpus.saturating_mul(2).clamp(2, MAX_WORKERS)
 }
 
-/// Run every queued module of `schedule` with `exec`, at most `workers` at
-/// once. A module starts once all it waits for has finished. Returns the
-/// positions that ran, in the order they finished.
-pub(super) fn run_queued<X: Executor + ?Sized>(
+/// How long [`drive`] goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Until {
+    /// Until every urgent module has finished (others may still be loading).
+    Urgent,
+    /// Until nothing waits or loads.
+    Idle,
+    /// Never wait: start what may start, take what has finished, return.
+    NoWait,
+}
+
+/// Run the queued modules of `schedule` with `exec`, at most `workers` at
+/// once, the `urgent` ones first. A module starts once all it waits for has
+/// finished. Returns the positions that finished, in that order.
+pub(super) fn drive<X: Executor + ?Sized>(
     schedule: &mut Schedule,
     graph: &Graph,
     index: &ModuleIndex,
     exec: &mut X,
     workers: usize,
+    urgent: &BTreeSet<usize>,
+    until: Until,
 ) -> Vec<usize> {
     let names: Vec<&str> = index.modules.iter().map(|m| m.name.as_str()).collect();
-    let mut running = 0usize;
     let mut order = Vec::new();
     loop {
-        while running < workers.max(1) {
-            match schedule.next(graph, &names) {
+        while schedule.running() < workers.max(1) {
+            match schedule.next(graph, &names, urgent) {
                 Next::Start(i) => match index.modules.get(i) {
-                    Some(entry) => {
-                        exec.start(i, entry);
-                        running = running.saturating_add(1);
-                    }
+                    Some(entry) => exec.start(i, entry, until != Until::NoWait && urgent.contains(&i)),
                     None => schedule.finish(i, Attempt::Unsupported("not in the index".into()), Duration::ZERO),
                 },
-                Next::Wait => break,
-                // Nothing runs and nothing waits.
-                Next::Finished => return order,
+                Next::Wait | Next::Finished => break,
             }
         }
-        match exec.wait() {
+        let met = until == Until::Urgent && urgent.iter().all(|&i| schedule.done(i).is_some());
+        // Nothing loads: all is done, or nothing more can start.
+        if met || schedule.running() == 0 {
+            return order;
+        }
+        let got = if until == Until::NoWait { exec.poll() } else { exec.wait() };
+        match got {
             Some((i, attempt, took)) => {
                 schedule.finish(i, attempt, took);
-                running = running.saturating_sub(1);
                 order.push(i);
             }
-            None => {
-                // The executor lost what it ran: never wait for it forever.
-                order.extend(schedule.abandon("its loader was lost (no exit status)"));
-                running = 0;
-            }
+            None if until == Until::NoWait => return order,
+            // The executor lost what it ran: never wait for it forever.
+            None => order.extend(schedule.abandon("its loader was lost (no exit status)")),
         }
     }
 }
@@ -491,7 +549,7 @@ mod tests {
     }
 
     impl Executor for Simulated {
-        fn start(&mut self, i: usize, entry: &IndexEntry) {
+        fn start(&mut self, i: usize, entry: &IndexEntry, _: bool) {
             self.events.push(Event::Start(entry.name.clone()));
             self.running.push((i, entry.name.clone()));
             self.max_running = self.max_running.max(self.running.len());
@@ -506,6 +564,15 @@ mod tests {
             self.events.push(Event::Finish(name.clone()));
             let attempt = if self.fail.contains(&name) { Attempt::Failed(Errno::INVAL) } else { Attempt::Loaded };
             Some((i, attempt, Duration::from_micros(10)))
+        }
+
+        /// Half the time, one has finished.
+        fn poll(&mut self) -> Option<(usize, Attempt, Duration)> {
+            if self.rng.next().is_multiple_of(2) {
+                self.wait()
+            } else {
+                None
+            }
         }
     }
 
@@ -575,8 +642,8 @@ mod tests {
         auto.load_everything();
         assert_eq!(auto.exec.max_running, 1);
         assert!((1..=MAX_WORKERS).contains(&default_workers()));
-        // One CPU: one at a time (in the init's own process); more: two per CPU, at most 4.
-        assert_eq!([0, 1, 2, 3, 8].map(workers_for), [1, 1, 4, 4, 4]);
+        // Two per CPU, at most 4.
+        assert_eq!([0, 1, 2, 3, 8].map(workers_for), [2, 2, 4, 4, 4]);
     }
 
     #[test]
@@ -591,26 +658,26 @@ mod tests {
         assert_eq!(set, [pos("scsi_mod"), pos("scsi_common"), pos("sd_mod")].into_iter().collect());
         assert_eq!(s.queue(&set), 3);
         assert_eq!(s.queue(&set), 0, "queued once");
-        assert_eq!(s.next(&graph, &names), Next::Start(pos("scsi_mod")));
-        assert_eq!(s.next(&graph, &names), Next::Start(pos("scsi_common")));
-        assert_eq!(s.next(&graph, &names), Next::Wait, "sd_mod waits for both");
+        assert_eq!(s.next(&graph, &names, &BTreeSet::new()), Next::Start(pos("scsi_mod")));
+        assert_eq!(s.next(&graph, &names, &BTreeSet::new()), Next::Start(pos("scsi_common")));
+        assert_eq!(s.next(&graph, &names, &BTreeSet::new()), Next::Wait, "sd_mod waits for both");
         s.finish(pos("scsi_mod"), Attempt::Failed(Errno::INVAL), Duration::ZERO);
-        assert_eq!(s.next(&graph, &names), Next::Wait);
+        assert_eq!(s.next(&graph, &names, &BTreeSet::new()), Next::Wait);
         s.finish(pos("scsi_common"), Attempt::Loaded, Duration::ZERO);
-        assert_eq!(s.next(&graph, &names), Next::Finished);
+        assert_eq!(s.next(&graph, &names, &BTreeSet::new()), Next::Finished);
         assert_eq!(s.done(pos("sd_mod")), Some(&Done::Skipped("scsi_mod".into())));
         // virtio_blk brings its post-softdep, which waits for it.
         let set = graph.closure(vec![pos("virtio_blk")], &[]);
         assert!(set.contains(&pos("blk_helper")) && set.contains(&pos("virtio_ring")));
         s.queue(&set);
-        assert_eq!(s.next(&graph, &names), Next::Start(pos("virtio_ring")));
-        assert_eq!(s.next(&graph, &names), Next::Wait);
+        assert_eq!(s.next(&graph, &names, &BTreeSet::new()), Next::Start(pos("virtio_ring")));
+        assert_eq!(s.next(&graph, &names, &BTreeSet::new()), Next::Wait);
         s.finish(pos("virtio_ring"), Attempt::Loaded, Duration::ZERO);
-        assert_eq!(s.next(&graph, &names), Next::Start(pos("virtio")));
+        assert_eq!(s.next(&graph, &names, &BTreeSet::new()), Next::Start(pos("virtio")));
         s.finish(pos("virtio"), Attempt::Loaded, Duration::ZERO);
-        assert_eq!(s.next(&graph, &names), Next::Start(pos("virtio_blk")));
-        assert_eq!(s.next(&graph, &names), Next::Wait, "blk_helper waits for virtio_blk");
+        assert_eq!(s.next(&graph, &names, &BTreeSet::new()), Next::Start(pos("virtio_blk")));
+        assert_eq!(s.next(&graph, &names, &BTreeSet::new()), Next::Wait, "blk_helper waits for virtio_blk");
         s.finish(pos("virtio_blk"), Attempt::Loaded, Duration::ZERO);
-        assert_eq!(s.next(&graph, &names), Next::Start(pos("blk_helper")));
+        assert_eq!(s.next(&graph, &names, &BTreeSet::new()), Next::Start(pos("blk_helper")));
     }
 }
