@@ -34,18 +34,23 @@
 //!
 //! # At boot
 //!
-//! An [`Autoloader`] checks the release against the running kernel, loads the
-//! `always` modules ([`Autoloader::load_unconditional`]), walks
-//! `/sys/devices/**/modalias` ([`Autoloader::coldplug`]) and loads the modules
-//! whose patterns match, matching as modprobe does; the boot driver passes it
-//! the MODALIAS of every later uevent ([`Autoloader::on_modalias`]) so a device
-//! that appears later gets its driver too. Filesystems load on demand
-//! ([`Autoloader::load_filesystem`]): what `fs-TYPE` names, once the boot knows
-//! the type (from `rootfstype=`/`rootflags=subvol=` at the start, else from
-//! the superblock); a filesystem module's own pre-softdeps (btrfs's checksum
-//! drivers) wait for the superblock, which says which one it uses. Each request loads the modules with
-//! their dependencies and softdeps, each module at most once, several at once
-//! where the dependencies allow, each in a forked child process.
+//! An [`Autoloader`] checks the release against the running kernel. At the
+//! start of the boot ([`Autoloader::start`]) it starts the `always` modules and
+//! the filesystems the command line names (`rootfstype=`, `rootflags=subvol=`),
+//! walks `/sys/devices/**/modalias` and starts the modules whose patterns match
+//! (matching as modprobe does), and returns without waiting: the boot waits for
+//! its root device meanwhile, passing the autoloader the MODALIAS of every
+//! uevent ([`Autoloader::on_modalias`]) so a device that appears gets its
+//! driver too, and letting it move on ([`Autoloader::pump`]). Filesystems load
+//! on demand ([`Autoloader::load_filesystem`], which waits): what `fs-TYPE`
+//! names, once the boot knows the type; a filesystem module's own pre-softdeps
+//! (btrfs's checksum drivers) wait for the superblock, which says which one it
+//! uses. Before the switch to the new root, [`Autoloader::finish`] waits for
+//! what is loading and leaves the drivers that had not started to the booted
+//! system. Each request loads the modules with their dependencies and
+//! softdeps, each module at most once, several at once where the dependencies
+//! allow, each in a forked child process (on one CPU, what the boot waits for
+//! loads in PID 1 itself).
 //!
 //! A module that is already loaded is fine; one that fails is reported and the
 //! boot goes on (the missing driver shows up later as a missing device, with
