@@ -831,12 +831,22 @@ pub fn summary(opts: &Options, built: &Built) -> String {
         }
     }
     let (always, by_modalias) = plan.counts();
-    let aliases: usize = plan.modules.iter().map(|m| m.aliases.len()).sum();
+    let aliases: usize = plan.modules.iter().flat_map(|m| &m.aliases).filter(|a| !a.starts_with("fs-")).count();
+    let filesystems: Vec<&str> = plan
+        .modules
+        .iter()
+        .flat_map(|m| &m.aliases)
+        .filter_map(|a| a.strip_prefix("fs-"))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let _ = writeln!(
         s,
-        "  kernel {}: {} modules ({always} always, {by_modalias} by modalias; {aliases} device aliases) in load order: {}",
+        "  kernel {}: {} modules ({always} always, {by_modalias} by modalias; {aliases} device aliases; \
+         filesystems {}) in load order: {}",
         plan.release,
         plan.modules.len(),
+        if filesystems.is_empty() { "none".to_owned() } else { filesystems.join(" ") },
         list(plan.modules.iter().map(|m| &m.name))
     );
     if !plan.builtin.is_empty() {

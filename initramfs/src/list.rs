@@ -173,7 +173,7 @@ pub fn inspect(data: &[u8]) -> Result<Listing> {
         commands_bytes,
         config,
         modules,
-        aliases: parsed.aliases.len(),
+        aliases: parsed.aliases.iter().filter(|a| !a.pattern.starts_with("fs-")).count(),
         index_bytes: index.data.len(),
         firmware,
         other_bytes: 0,

@@ -151,7 +151,7 @@ fn resolves_deps_softdeps_aliases_and_builtins_in_order() {
 
     assert!(
         summary.contains(
-            "8 modules (8 always, 0 by modalias; 0 device aliases) in load order: crc32c_generic crc32c_intel jbd2"
+            "8 modules (8 always, 0 by modalias; 0 device aliases; filesystems btrfs) in load order: crc32c_generic crc32c_intel jbd2"
         ),
         "{summary}"
     );
@@ -465,38 +465,31 @@ fn add_drivers(t: &Tree) {
 }
 
 #[test]
-fn generic_image_loads_filesystems_always_and_drivers_by_modalias() {
+fn generic_image_loads_filesystems_before_their_mount_and_drivers_by_modalias() {
     let (b, _) = setup("generic");
     add_drivers(&b.tree);
     let (entries, summary) = b.ok("a.img", &[]);
     let index = index(&entries);
-    let load = |n: &str| index.modules[position(&index, n)].load;
-    for m in [
-        "btrfs",
-        "xor",
-        "libcrc32c",
-        "crc32c_generic",
-        "crc32c_intel",
-        "ext4",
-        "jbd2",
-        "ext4_post",
-        "vfat",
-        "nls_cp437",
-    ] {
-        assert_eq!(load(m), Load::Always, "{m}");
-    }
-    for m in ["virtio_pci", "virtio_blk", "nvme", "sd_mod", "scsi_mod", "ahci"] {
-        assert_eq!(load(m), Load::Modalias, "{m}");
+    // Nothing at every boot: filesystems by their `fs-TYPE` alias, drivers by modalias.
+    assert!(index.modules.iter().all(|m| m.load == Load::Modalias), "{summary}");
+    let table = AliasTable::of_index(&index);
+    assert_eq!(table.lookup("fs-btrfs"), ["btrfs"]);
+    assert_eq!(table.lookup("fs-ext4"), ["ext4"]);
+    assert_eq!(table.lookup("fs-vfat"), ["nls_cp437", "vfat"], "vfat mounts need their code pages");
+    for m in ["xor", "libcrc32c", "crc32c_generic", "jbd2", "ext4_post"] {
+        assert!(names(&index).contains(&m.to_string()), "{m}: what they need comes along");
     }
     // The index carries the device aliases of included modules, and only those.
-    let table = AliasTable::of_index(&index);
     assert_eq!(table.lookup("virtio:d00000002v00001AF4"), Vec::<String>::new(), "no such alias in this tree");
     assert_eq!(table.lookup("pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00"), ["virtio_blk", "virtio_pci"]);
     assert_eq!(table.lookup("pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02"), ["nvme"]);
     assert_eq!(table.lookup("scsi:t-0x00"), ["sd_mod"]);
-    assert!(index.aliases.iter().all(|a| !a.pattern.starts_with("fs-")), "name aliases stay out");
+    assert!(
+        index.aliases.iter().all(|a| a.pattern.contains(':') || a.pattern.starts_with("fs-")),
+        "other name aliases stay out"
+    );
     assert!(summary.contains("generic image"), "{summary}");
-    assert!(summary.contains("(10 always, 6 by modalias; 5 device aliases)"), "{summary}");
+    assert!(summary.contains("(0 always, 16 by modalias; 5 device aliases; filesystems btrfs ext4 vfat)"), "{summary}");
 }
 
 /// A fake sysfs and mount table for --hostonly.
