@@ -191,6 +191,9 @@ impl<X: Executor> Autoloader<X> {
     /// modules): the boot does not wait for devices it did not need.
     pub fn finish(&mut self) {
         if !self.pending() {
+            if let Some(line) = self.decompression_line() {
+                log::info!("{line}");
+            }
             return;
         }
         let first = self.first.clone();
@@ -203,6 +206,7 @@ impl<X: Executor> Autoloader<X> {
                 left.iter().filter_map(|&i| self.index.modules.get(i)).map(|m| m.name.as_str()).collect();
             log::info!("kernel modules: not loaded, as the boot did not need them: {}", names.join(" "));
         }
+        self.finish();
     }
 
     fn always_positions(&self) -> Vec<usize> {
@@ -279,17 +283,13 @@ impl<X: Executor> Autoloader<X> {
     /// format 2) loads nothing. Returns how many modules were tried.
     pub fn load_filesystem(&mut self, fstype: &str, checksum: Option<&str>) -> usize {
         let roots = self.filesystem_positions(fstype);
-        let mut n = self.load_positions(roots.clone());
+        let n = self.load_positions(roots.clone());
         let wanted: Vec<usize> = roots
             .iter()
             .flat_map(|&i| self.graph.pre(i).to_vec())
             .filter(|&p| checksum.is_none_or(|c| self.index.modules.get(p).is_some_and(|m| m.name.starts_with(c))))
             .collect();
-        n = n.saturating_add(self.load_positions(wanted));
-        if n > 0 {
-            log::info!("kernel modules: {n} tried for a {fstype} mount: {}", self.report.counts());
-        }
-        n
+        n.saturating_add(self.load_positions(wanted))
     }
 
     /// Load every module of the index, whatever its `load` word.
