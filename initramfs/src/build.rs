@@ -64,6 +64,11 @@ pub const DEFAULT_DRIVERS: &[&str] = &[
 // fails to mount with EINVAL ("IO charset ascii not found").
 const FS_EXTRAS: &[(&str, &[&str])] = &[("vfat", &["nls_cp437", "nls_ascii", "nls_iso8859_1", "nls_utf8"])];
 
+/// The modules a mount of `fstype` needs besides its own ([`FS_EXTRAS`]).
+fn fs_extras(fstype: &str) -> impl Iterator<Item = String> + '_ {
+    FS_EXTRAS.iter().filter(move |(t, _)| *t == fstype).flat_map(|(_, extras)| extras.iter().map(|s| s.to_string()))
+}
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -489,11 +494,7 @@ fn hostonly_request(opts: &Options, tree: &mut KernelTree) -> Result<(Request, H
         let name =
             if matches!(tree.find(&format!("fs-{fs}"))?, Found::Absent) { fs.clone() } else { format!("fs-{fs}") };
         always.push(name);
-        for (t, extras) in FS_EXTRAS {
-            if t == fs {
-                always.extend(extras.iter().map(|s| s.to_string()));
-            }
-        }
+        always.extend(fs_extras(fs));
     }
     let found = HostOnly {
         modaliases: modaliases.len(),
@@ -653,15 +654,7 @@ pub fn build_image(opts: &Options) -> Result<Built> {
     } else if opts.modules.is_empty() || opts.generic {
         let filesystems = DEFAULT_FILESYSTEMS
             .iter()
-            .map(|fs| {
-                let mut names = vec![fs.to_string()];
-                for (t, extras) in FS_EXTRAS {
-                    if t == fs {
-                        names.extend(extras.iter().map(|s| s.to_string()));
-                    }
-                }
-                (fs.to_string(), names)
-            })
+            .map(|fs| (fs.to_string(), std::iter::once(fs.to_string()).chain(fs_extras(fs)).collect()))
             .collect();
         let request = Request {
             required_always: opts.modules.clone(),

@@ -190,23 +190,21 @@ impl<X: Executor> Autoloader<X> {
     /// are left to the booted system (its udev loads them from its own
     /// modules): the boot does not wait for devices it did not need.
     pub fn finish(&mut self) {
-        if !self.pending() {
-            if let Some(line) = self.decompression_line() {
-                log::info!("{line}");
+        if self.pending() {
+            let first = self.first.clone();
+            self.drive(&first, Until::Urgent);
+            let left = self.schedule.drop_waiting();
+            let n = self.drive(&first, Until::Idle);
+            log::info!("kernel modules: {n} more loaded while the boot went on: {}", self.report.counts());
+            if !left.is_empty() {
+                let names: Vec<&str> =
+                    left.iter().filter_map(|&i| self.index.modules.get(i)).map(|m| m.name.as_str()).collect();
+                log::info!("kernel modules: not loaded, as the boot did not need them: {}", names.join(" "));
             }
-            return;
         }
-        let first = self.first.clone();
-        self.drive(&first, Until::Urgent);
-        let left = self.schedule.drop_waiting();
-        let n = self.drive(&first, Until::Idle);
-        log::info!("kernel modules: {n} more loaded while the boot went on: {}", self.report.counts());
-        if !left.is_empty() {
-            let names: Vec<&str> =
-                left.iter().filter_map(|&i| self.index.modules.get(i)).map(|m| m.name.as_str()).collect();
-            log::info!("kernel modules: not loaded, as the boot did not need them: {}", names.join(" "));
+        if let Some(line) = self.decompression_line() {
+            log::info!("{line}");
         }
-        self.finish();
     }
 
     fn always_positions(&self) -> Vec<usize> {
@@ -248,16 +246,10 @@ impl<X: Executor> Autoloader<X> {
     /// modules with `extra` and drive the loads `until`. Returns how many finished.
     fn walk(&mut self, devices: &Path, extra: Vec<usize>, until: Until) -> Result<usize> {
         // What the boot needs first starts before the walk.
-        let mut n = 0;
-        if !extra.is_empty() {
-            let set = self.graph.closure(extra.clone(), &self.filesystems);
-            self.schedule.queue(&set);
-            let first = self.first.clone();
-            n = self.drive(&first, Until::NoWait);
-        }
+        let n = if extra.is_empty() { 0 } else { self.queue_and_drive(extra, Until::NoWait) };
         let found = collect_modaliases(devices, SYSFS_MAX_DEPTH)?;
         self.walks = self.walks.saturating_add(1);
-        let mut roots = extra;
+        let mut roots = Vec::new();
         for (modalias, dir) in found {
             if self.seen.contains_key(&modalias) {
                 continue;

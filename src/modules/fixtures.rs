@@ -39,7 +39,7 @@ pub(super) fn sample() -> ModuleIndex {
     }
 }
 
-/// A generic-style index: filesystems always, drivers by modalias.
+/// An index as format 2 wrote the generic image: filesystems always, drivers by modalias.
 pub(super) fn machine() -> ModuleIndex {
     ModuleIndex {
         kernel: "6.1.0-56-amd64".into(),

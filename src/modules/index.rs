@@ -38,10 +38,11 @@ pub fn normalize_name(name: &str) -> String {
 /// When the init loads a module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Load {
-    /// At every boot (filesystems, modules asked for by name, what they need).
+    /// At every boot (modules asked for by name, host-only filesystems, what
+    /// they need).
     Always,
-    /// Only when a device's modalias matches one of its aliases (or a module
-    /// being loaded needs it).
+    /// Only when a device's modalias or a mount's `fs-TYPE` matches one of its
+    /// aliases (or a module being loaded needs it).
     Modalias,
 }
 
