@@ -51,8 +51,9 @@ pub trait WaitHooks {
     /// Lines appended to the timeout message (modules loaded, modaliases no
     /// module matched, ...).
     fn diagnostics(&self) -> Vec<String>;
-    /// A filesystem of type `fstype` is about to be mounted (`fs`: what its
-    /// superblock said, if it was read): load what the mount needs.
+    /// A filesystem of type `fstype` is about to be mounted, or its driver
+    /// asked about its member devices (`fs`: what its superblock said, if it
+    /// was read): load what that needs, and return when it is loaded.
     fn before_mount(&mut self, _fstype: &str, _fs: Option<&crate::probe::FsInfo>) {}
     /// Is work going on in the background (modules loading) that
     /// [`WaitHooks::pump`] should be given a chance to move on soon?
@@ -100,7 +101,8 @@ pub struct WaitStats {
 /// few sysfs attributes and superblocks per device (from the page cache after
 /// the first time), which is cheaper and simpler than keeping an index by
 /// devpath consistent with partition table changes. Every btrfs member device
-/// found is registered with the kernel (BTRFS_IOC_SCAN_DEV) once.
+/// found that belongs to a multi-device filesystem is registered with the
+/// kernel (BTRFS_IOC_SCAN_DEV) once, after the hooks loaded the btrfs driver.
 pub struct Waiter {
     listener: Option<Listener>,
     sys: PathBuf,
@@ -181,7 +183,7 @@ impl Waiter {
         let deadline = later(start, policy.timeout);
         let mut next_report = later(start, REPORT_EVERY);
         let mut grace_end: Option<Instant> = None;
-        let mut devs = self.rescan();
+        let mut devs = self.rescan(hooks);
         loop {
             let step = assess(spec, &devs, |d| self.kernel_ready(d))?;
             let now = Instant::now();
@@ -261,7 +263,7 @@ impl Waiter {
             // uevent says so, or without uevents, look.
             let no_uevents = self.listener.is_none();
             if hooks.pump(no_uevents) && no_uevents || events {
-                devs = self.rescan();
+                devs = self.rescan(hooks);
             }
         }
     }
@@ -315,13 +317,20 @@ impl Waiter {
         Ok(dirty)
     }
 
-    /// Scan all block devices and register new btrfs members with the kernel.
-    fn rescan(&mut self) -> Vec<BlockDevice> {
+    /// Scan all block devices and register new members of multi-device btrfs
+    /// filesystems with the kernel, loading the btrfs driver first through
+    /// the hooks (filesystem drivers load on demand). A single-device btrfs
+    /// needs no registration: mounting it scans the device it is given.
+    fn rescan(&mut self, hooks: &mut dyn WaitHooks) -> Vec<BlockDevice> {
         self.stats.scans = self.stats.scans.saturating_add(1);
         let mut devs = scan(&self.sys, &self.dev);
         if self.btrfs_ioctls {
             for d in &devs {
-                let Some((uuid, b)) = d.fs.as_ref().and_then(|f| Some((f.uuid.clone()?, f.btrfs.as_ref()?))) else {
+                let Some((uuid, b)) =
+                    d.fs.as_ref()
+                        .and_then(|f| Some((f.uuid.clone()?, f.btrfs.as_ref()?)))
+                        .filter(|(_, b)| b.num_devices > 1)
+                else {
                     continue;
                 };
                 let key = (d.major, d.minor);
@@ -329,6 +338,7 @@ impl Waiter {
                 if self.registered.get(&key) == Some(&id) {
                     continue;
                 }
+                hooks.before_mount("btrfs", d.fs.as_ref());
                 match btrfs::scan_device(&d.devnode) {
                     Ok(()) => {
                         log::debug!("registered btrfs device {} (UUID={} devid {})", d.devnode.display(), id.0, id.1);
