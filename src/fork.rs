@@ -9,7 +9,7 @@
 //! was for.
 //!
 //! Pure part: the rule ([`check_threads`]). Thin part: counting the entries of
-//! `/proc/self/task` (one per thread), `fork` and `_exit`.
+//! `/proc/self/task` (one per thread), the fork system call and `_exit`.
 
 use crate::error::{Error, Result};
 
@@ -44,12 +44,20 @@ pub fn check_threads(what: &str, threads: usize) -> Result<()> {
 /// thread; an error without forking otherwise, or if fork fails.
 pub fn fork_single_threaded(what: &str) -> Result<Forked> {
     check_threads(what, thread_count())?;
-    // SAFETY: fork(2) has no memory-safety preconditions for the parent. The
-    // child is a copy of this process with only the calling thread, and this
-    // process runs no other thread (checked just above; only this thread could
-    // have started one since, and it is here), so no lock is held by a thread
-    // that does not exist in the child: it may allocate and log.
-    let pid = unsafe { libc::fork() };
+    // SAFETY: the fork system call has no memory-safety preconditions for the
+    // parent. The child is a copy of this process with only the calling
+    // thread, and this process runs no other thread (checked just above; only
+    // this thread could have started one since, and it is here), so no lock is
+    // held by a thread that does not exist in the child: it may allocate and
+    // log. The system call, not glibc's fork(): glibc's locks its stdio
+    // streams around the fork, which links all of its stdio, iconv, locale
+    // and dynamic loading code into the static init (about 100 KB) for streams
+    // this program never opens; with one thread that locking has nothing to do,
+    // and neither have its atfork handlers (none are registered). The child's
+    // glibc state stays consistent: glibc 2.34+ asks the kernel for the TID
+    // where it signals itself (abort), not its cached copy.
+    let pid = unsafe { libc::syscall(libc::SYS_fork) };
+    let pid = i32::try_from(pid).unwrap_or(-1);
     if pid < 0 {
         return Err(Error::with(format!("cannot fork for {what}"), std::io::Error::last_os_error()));
     }
