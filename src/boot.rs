@@ -232,7 +232,7 @@ fn start_modules(expected: &[&str]) -> Result<Box<dyn WaitHooks>> {
         return Ok(Box::new(devices::NoHooks));
     };
     let mut auto = modules::Autoloader::new(index, Path::new("/"))?;
-    auto.start(Path::new("/sys/devices"), expected)?;
+    auto.start(Path::new("/sys"), expected)?;
     Ok(Box::new(auto))
 }
 

@@ -61,11 +61,11 @@ Which modules:
     superblock), the filesystems:
       {filesystems}
     Loaded when the init finds a device whose modalias matches one of their
-    aliases (walking /sys/devices, then on every uevent), the drivers:
+    aliases (the devices of /sys/bus and /sys/class, then every uevent), the drivers:
       {drivers}
   --module NAME: only these (and what they need), loaded at every boot.
   --hostonly: only what this machine needs: the modules whose aliases match the
-    modalias strings of its devices (/sys/devices/**/modalias), loaded when the
+    modalias strings of its devices (in /sys/bus and /sys/class), loaded when the
     device is found at boot; and at every boot btrfs, the filesystems mounted at
     / and /boot* (from /proc/self/mounts), and any --module names.
   Names of the generic set or the filesystems that this kernel does not have

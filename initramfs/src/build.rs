@@ -470,14 +470,12 @@ pub fn root_and_boot_filesystems(mounts: &str) -> Vec<(String, String)> {
 }
 
 /// Find what `--hostonly` needs on this machine: drivers for its devices
-/// (modalias strings under `sysfs/devices`), modules for the filesystems at
+/// (the modalias strings of the devices under `sysfs`), modules for the filesystems at
 /// `/` and `/boot*`.
 fn hostonly_request(opts: &Options, tree: &mut KernelTree) -> Result<(Request, HostOnly)> {
-    let devices = opts.sysfs.join("devices");
-    let modaliases =
-        dockroot::modules::collect_modaliases(&devices, dockroot::modules::SYSFS_MAX_DEPTH).map_err(|e| {
-            e.context(format!("--hostonly: reading the modalias strings of this machine under {}", devices.display()))
-        })?;
+    let modaliases = dockroot::modules::collect_modaliases(&opts.sysfs).map_err(|e| {
+        e.context(format!("--hostonly: reading the modalias strings of this machine under {}", opts.sysfs.display()))
+    })?;
     let table = tree.alias_table()?;
     let mut drivers = BTreeSet::new();
     for modalias in modaliases.keys() {

@@ -503,6 +503,16 @@ fn fake_host(dir: &Path) -> (PathBuf, PathBuf) {
     write("devices/pci0000:00/0000:00:02.0/modalias", "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00\n");
     write("devices/pci0000:00/0000:00:00.0/modalias", "pci:v00008086d00001237sv00001AF4sd00001100bc06sc00i00\n");
     write("devices/platform/pcspkr/modalias", "platform:pcspkr\n");
+    // The devices as the buses list them (what --hostonly reads).
+    for (bus, name, device) in [
+        ("pci", "0000:00:02.0", "pci0000:00/0000:00:02.0"),
+        ("pci", "0000:00:00.0", "pci0000:00/0000:00:00.0"),
+        ("platform", "pcspkr", "platform/pcspkr"),
+    ] {
+        let dir = sys.join("bus").join(bus).join("devices");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(format!("../../../devices/{device}"), dir.join(name)).unwrap();
+    }
     let mounts = dir.join("mounts");
     std::fs::write(
         &mounts,
@@ -542,7 +552,7 @@ fn hostonly_takes_what_this_machine_has() {
     assert!(summary.contains("not in this kernel (skipped): nls_ascii nls_iso8859_1 nls_utf8 tmpfs"), "{summary}");
     // A missing sysfs is an error naming it.
     let e = b.fails(&["--hostonly", "--sysfs", "/nonexistent/sys", "--mounts", mounts.to_str().unwrap()]);
-    assert!(e.contains("--hostonly") && e.contains("/nonexistent/sys/devices"), "{e}");
+    assert!(e.contains("--hostonly") && e.contains("/nonexistent/sys/bus"), "{e}");
 }
 
 #[test]

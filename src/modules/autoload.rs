@@ -15,7 +15,6 @@ use super::DECOMPRESS_MARKER;
 use super::{
     check_kernel_release, collect_modaliases, decompression_summary, filesystem_alias, usable_cpus, workers_for,
     AliasTable, Executor, ForkExecutor, KernelLoader, Load, LoadReport, Loader, ModuleIndex, Sequential,
-    SYSFS_MAX_DEPTH,
 };
 use crate::error::Result;
 
@@ -58,7 +57,7 @@ pub struct Autoloader<X: Executor = ForkExecutor> {
     seen: BTreeMap<String, Seen>,
     /// Sysfs walks done by coldplug.
     walks: usize,
-    /// The devices directory coldplug walked, walked again if uevents were lost.
+    /// The sysfs root coldplug walked, walked again if uevents were lost.
     devices: Option<PathBuf>,
     /// The format the kernel decompresses itself (`/sys/module/compression`), for
     /// [`Autoloader::decompression_line`]: a loaded module in another format was
@@ -221,7 +220,7 @@ impl<X: Executor> Autoloader<X> {
     /// What the boot does first: load the `always` modules, the filesystem
     /// modules of `expected` filesystem types (without waiting for their
     /// superblock: see [`Autoloader::load_filesystem`]) and the drivers of the
-    /// devices under `devices` (`/sys/devices`) together, in parallel, then
+    /// devices under `devices` (the sysfs root, `/sys`) together, in parallel, then
     /// walk again as [`Autoloader::coldplug`] does. Returns how many modules were tried.
     pub fn start(&mut self, devices: &Path, expected: &[&str]) -> Result<usize> {
         let mut roots = self.always_positions();
@@ -247,7 +246,7 @@ impl<X: Executor> Autoloader<X> {
     fn walk(&mut self, devices: &Path, extra: Vec<usize>, until: Until) -> Result<usize> {
         // What the boot needs first starts before the walk.
         let n = if extra.is_empty() { 0 } else { self.queue_and_drive(extra, Until::NoWait) };
-        let found = collect_modaliases(devices, SYSFS_MAX_DEPTH)?;
+        let found = collect_modaliases(devices)?;
         self.walks = self.walks.saturating_add(1);
         let mut roots = Vec::new();
         for (modalias, dir) in found {
@@ -318,7 +317,8 @@ impl<X: Executor> Autoloader<X> {
         self.note_modalias(modalias, Some(device.to_owned()))
     }
 
-    /// Walk `devices` (`/sys/devices`) for `modalias` files and load the modules
+    /// Walk the devices of `devices` (the sysfs root, `/sys`: see
+    /// [`collect_modaliases`]) for `modalias` files and load the modules
     /// they match, in parallel. Drivers bound while loading create devices of
     /// their own (virtio_pci → virtio devices): the walk is repeated while the
     /// previous one loaded something, 3 walks at most; later devices come
@@ -478,7 +478,7 @@ impl<X: Executor> fmt::Display for Autoloader<X> {
 
 /// The boot's device waiter drives the autoloader: every `add` uevent with a
 /// MODALIAS loads what it matches (as udev's `kmod load` rule does), a lost
-/// batch of uevents walks `/sys/devices` again, and a timeout shows
+/// batch of uevents walks the devices again, and a timeout shows
 /// [`Autoloader::diagnostic_lines`].
 impl<X: Executor> crate::devices::WaitHooks for Autoloader<X> {
     fn on_uevent(&mut self, ev: &crate::uevent::Uevent) {
@@ -492,7 +492,7 @@ impl<X: Executor> crate::devices::WaitHooks for Autoloader<X> {
     }
 
     fn on_overflow(&mut self) {
-        let devices = self.devices.clone().unwrap_or_else(|| PathBuf::from("/sys/devices"));
+        let devices = self.devices.clone().unwrap_or_else(|| PathBuf::from("/sys"));
         if let Err(e) = self.coldplug(&devices) {
             log::warn!("uevents were lost and walking {} again failed: {e}", devices.display());
         }
@@ -754,9 +754,10 @@ mod tests {
         auto.on_uevent(&event(Action::Add, Some("pci:v0000DEADd0000BEEFsv00000000sd00000000bc01sc00i00")));
 
         // A lost batch of events: walk again, find the new device.
-        let dir = root.join("pci0000:00/0000:00:06.0/host0/target0:0:0/0:0:0:1");
+        let dir = root.join("devices/pci0000:00/0000:00:06.0/host0/target0:0:0/0:0:0:1");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("modalias"), "scsi:t-0x0e\n").unwrap();
+        std::os::unix::fs::symlink(&dir, root.join("bus/scsi/devices/0:0:0:1")).unwrap();
         auto.on_overflow();
         assert!(auto.seen.contains_key("scsi:t-0x0e"), "walked again");
 

@@ -1,5 +1,5 @@
 //! Test fixtures shared by the unit tests of the module's files: index entries,
-//! two sample indexes and a fake `/sys/devices`.
+//! two sample indexes and a fake sysfs.
 
 use std::path::PathBuf;
 
@@ -102,14 +102,21 @@ pub(super) fn filesystems() -> ModuleIndex {
     }
 }
 
-/// A fake /sys/devices.
+/// A fake sysfs: devices under `devices/`, linked from `bus/*/devices/` and
+/// `class/*/` as the kernel links them.
 pub(super) fn fake_sysfs(tag: &str) -> PathBuf {
     let root = std::env::temp_dir().join(format!("dockroot-sysfs-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let write = |rel: &str, text: &str| {
-        let p = root.join(rel);
+        let p = root.join("devices").join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
+    };
+    let link = |group: &str, name: &str, device: &str| {
+        let dir = root.join(group);
+        std::fs::create_dir_all(&dir).unwrap();
+        let up = "../".repeat(group.matches('/').count() + 1);
+        std::os::unix::fs::symlink(format!("{up}devices/{device}"), dir.join(name)).unwrap();
     };
     write("pci0000:00/0000:00:02.0/modalias", "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00\n");
     write("pci0000:00/0000:00:02.0/virtio1/modalias", "virtio:d00000002v00001AF4\n");
@@ -119,10 +126,29 @@ pub(super) fn fake_sysfs(tag: &str) -> PathBuf {
     write("platform/pcspkr/modalias", "platform:pcspkr\n");
     write("platform/empty/modalias", "\n");
     write("system/cpu/modalias", "cpu:type:x86,ven0002fam001Amod0002:feature:,0000\n");
-    write("a/b/c/d/e/deep/modalias", "scsi:t-0x00\n");
-    // A symlink loop and a link to a device: never followed.
-    std::os::unix::fs::symlink(&root, root.join("pci0000:00/loop")).unwrap();
-    std::os::unix::fs::symlink(root.join("a"), root.join("platform/pcspkr/subsystem")).unwrap();
-    std::os::unix::fs::symlink(root.join("platform/pcspkr"), root.join("platform/pcspkr/driver")).unwrap();
+    write("system/cpu/cpu0/online", "1\n");
+    write("pci0000:00/0000:00:04.0/host0/target0:0:0/0:0:0:0/modalias", "scsi:t-0x00\n");
+    write("platform/i8042/serio0/input/input1/modalias", "input:b0011v0001p0001eAB41-e0,1,4,11,14,k71,\n");
+    write("virtual/dmi/id/modalias", "dmi:bvnSeaBIOS:pnStandardPC\n");
+    write("virtual/tty/tty0/dev", "4:0\n");
+    // Not reachable from a bus or a class: not read.
+    write("a/b/c/deep/modalias", "usb:v1D6Bp0002d0601dc09dsc00dp00ic09isc00ip00in00\n");
+    for (name, device) in
+        [("0000:00:00.0", "0000:00:00.0"), ("0000:00:02.0", "0000:00:02.0"), ("0000:00:03.0", "0000:00:03.0")]
+    {
+        link("bus/pci/devices", name, &format!("pci0000:00/{device}"));
+    }
+    link("bus/virtio/devices", "virtio1", "pci0000:00/0000:00:02.0/virtio1");
+    link("bus/platform/devices", "pcspkr", "platform/pcspkr");
+    link("bus/platform/devices", "empty", "platform/empty");
+    link("bus/cpu/devices", "cpu0", "system/cpu/cpu0");
+    link("bus/scsi/devices", "0:0:0:0", "pci0000:00/0000:00:04.0/host0/target0:0:0/0:0:0:0");
+    link("class/input", "input1", "platform/i8042/serio0/input/input1");
+    link("class/dmi", "id", "virtual/dmi/id");
+    link("class/tty", "tty0", "virtual/tty/tty0");
+    std::fs::create_dir_all(root.join("bus/usb/devices")).unwrap();
+    // A bound driver, seen through the bus's link.
+    std::os::unix::fs::symlink(root.join("devices/platform/pcspkr"), root.join("devices/platform/pcspkr/driver"))
+        .unwrap();
     root
 }

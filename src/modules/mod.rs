@@ -37,8 +37,8 @@
 //! An [`Autoloader`] checks the release against the running kernel. At the
 //! start of the boot ([`Autoloader::start`]) it starts the `always` modules and
 //! the filesystems the command line names (`rootfstype=`, `rootflags=subvol=`),
-//! walks `/sys/devices/**/modalias` and starts the modules whose patterns match
-//! (matching as modprobe does), and returns without waiting: the boot waits for
+//! reads the `modalias` of every device of every bus and class in `/sys`,
+//! starts the modules whose patterns match (matching as modprobe does), and returns without waiting: the boot waits for
 //! its root device meanwhile, passing the autoloader the MODALIAS of every
 //! uevent ([`Autoloader::on_modalias`]) so a device that appears gets its
 //! driver too, and letting it move on ([`Autoloader::pump`]). Filesystems load
@@ -66,7 +66,7 @@
 //! - `schedule.rs`: which module may start, given what has finished (pure).
 //! - `loader.rs`: `finit_module` and the forked children (system calls).
 //! - `decompress.rs`: compressed modules (pure; decompression with a feature).
-//! - `sysfs.rs`: the walk of `/sys/devices` for modalias files.
+//! - `sysfs.rs`: the walk of `/sys/bus` and `/sys/class` for modalias files.
 //! - `autoload.rs`: the autoloader the boot drives.
 
 mod alias;
@@ -92,4 +92,4 @@ pub use index::{
 pub use loader::{ForkExecutor, KernelLoader, MODULE_INIT_COMPRESSED_FILE};
 pub use report::{errno_hint, Attempt, Cause, Failure, LoadReport, Skipped};
 pub use schedule::{default_workers, usable_cpus, workers_for, Executor, Loader, Sequential, MAX_WORKERS};
-pub use sysfs::{collect_modaliases, MODALIAS_MAX_BYTES, SYSFS_MAX_DEPTH, SYSFS_MAX_ENTRIES};
+pub use sysfs::{collect_modaliases, MODALIAS_MAX_BYTES, SYSFS_MAX_ENTRIES};
