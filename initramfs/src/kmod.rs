@@ -23,8 +23,10 @@
 //!
 //! Names compare with `-` and `_` equal. Every included module must carry the
 //! vermagic of the kernel release. The load order puts hard dependencies and
-//! pre-softdeps before a module and post-softdeps after it, ties broken by
-//! name; a cycle is an error that names it.
+//! pre-softdeps before a module and post-softdeps after it; ties are broken
+//! by rank ([`load_ranks`]: what loads at every boot, then the drivers in the
+//! order asked for, the likely root disks first, so the init starts those
+//! first), then by name; a cycle is an error that names it.
 //!
 //! Each included module is loaded `always` if a module asked for as such
 //! (filesystems, `--module` names) needs it, directly or not; the others
@@ -562,6 +564,7 @@ pub fn plan(tree: &mut KernelTree, request: &Request) -> Result<Plan> {
     let mut always_roots = resolve_roots(tree, &request.required_always, true, &mut plan)?;
     always_roots.extend(resolve_roots(tree, &request.always, false, &mut plan)?);
     let driver_roots = resolve_roots(tree, &request.drivers, false, &mut plan)?;
+    let driver_ranks = request_ranks(tree, &request.drivers)?;
     // `fs-TYPE` aliases: what the kernel's modules.alias says, and the extras asked for.
     let mut fs_aliases: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (fstype, names) in &request.filesystems {
@@ -668,7 +671,12 @@ pub fn plan(tree: &mut KernelTree, request: &Request) -> Result<Plan> {
             }
         }
     }
-    let order = topological_order(&waits)?;
+    let brings: BTreeMap<String, BTreeSet<String>> = nodes
+        .iter()
+        .map(|(n, node)| (n.clone(), node.deps.iter().chain(&node.pre).chain(&node.post).cloned().collect()))
+        .collect();
+    let ranks = load_ranks(&brings, &always_roots, &driver_ranks);
+    let order = topological_order(&waits, &ranks)?;
 
     // `always`: the always roots and everything they bring along, but for a
     // filesystem module's own pre-softdeps: the init loads those before the
@@ -721,9 +729,56 @@ pub fn plan(tree: &mut KernelTree, request: &Request) -> Result<Plan> {
     Ok(plan)
 }
 
+/// The place of each module among the requested `names` (0 for the first
+/// name): the first name that brings it. Names this kernel lacks are skipped.
+fn request_ranks(tree: &mut KernelTree, names: &[String]) -> Result<BTreeMap<String, usize>> {
+    let mut ranks = BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        if let Found::Modules(ms) = tree.find(name)? {
+            for m in ms {
+                ranks.entry(m).or_insert(i);
+            }
+        }
+    }
+    Ok(ranks)
+}
+
+/// Which modules the init should start first when several may start (the
+/// index order is its tie-break): what loads at every boot (rank 0), then the
+/// drivers in the order they were asked for (the generic set lists the likely
+/// root disks first: virtio and NVMe before legacy IDE and USB), each with
+/// what it `brings` along (deps, softdeps); everything else after them. A
+/// module several bring takes the best rank among them.
+pub fn load_ranks(
+    brings: &BTreeMap<String, BTreeSet<String>>,
+    always: &BTreeSet<String>,
+    drivers: &BTreeMap<String, usize>,
+) -> BTreeMap<String, usize> {
+    let mut roots: Vec<(usize, &str)> = always.iter().map(|m| (0, m.as_str())).collect();
+    roots.extend(drivers.iter().map(|(m, i)| (i.saturating_add(1), m.as_str())));
+    roots.sort();
+    let mut ranks: BTreeMap<String, usize> = BTreeMap::new();
+    for (rank, root) in roots {
+        let mut stack = vec![root];
+        while let Some(m) = stack.pop() {
+            if ranks.contains_key(m) || !brings.contains_key(m) {
+                continue;
+            }
+            ranks.insert(m.to_owned(), rank);
+            stack.extend(brings.get(m).into_iter().flatten().map(String::as_str));
+        }
+    }
+    ranks
+}
+
 /// Order the keys of `waits` so that every name comes after the names it waits
-/// for; among those ready at the same time, by name. A cycle is an error naming it.
-pub fn topological_order(waits: &BTreeMap<String, BTreeSet<String>>) -> Result<Vec<String>> {
+/// for; among those ready at the same time, by `ranks` (lowest first; a name
+/// without one last), then by name. A cycle is an error naming it.
+pub fn topological_order(
+    waits: &BTreeMap<String, BTreeSet<String>>,
+    ranks: &BTreeMap<String, usize>,
+) -> Result<Vec<String>> {
+    let rank = |name: &str| ranks.get(name).copied().unwrap_or(usize::MAX);
     let mut remaining: BTreeMap<&str, usize> = BTreeMap::new();
     let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (name, ws) in waits {
@@ -733,16 +788,17 @@ pub fn topological_order(waits: &BTreeMap<String, BTreeSet<String>>) -> Result<V
             dependents.entry(w).or_default().push(name);
         }
     }
-    let mut ready: BTreeSet<&str> = remaining.iter().filter(|(_, n)| **n == 0).map(|(k, _)| *k).collect();
+    let mut ready: BTreeSet<(usize, &str)> =
+        remaining.iter().filter(|(_, n)| **n == 0).map(|(k, _)| (rank(k), *k)).collect();
     let mut order = Vec::new();
-    while let Some(name) = ready.pop_first() {
+    while let Some((_, name)) = ready.pop_first() {
         remaining.remove(name);
         order.push(name.to_owned());
         for d in dependents.get(name).into_iter().flatten() {
             if let Some(n) = remaining.get_mut(d) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    ready.insert(d);
+                    ready.insert((rank(d), d));
                 }
             }
         }
@@ -855,17 +911,57 @@ mod tests {
             ("crc32c_generic", &[]),
             ("a", &[]),
         ]);
-        assert_eq!(topological_order(&w).unwrap(), ["a", "crc32c_generic", "libcrc32c", "xor", "btrfs"]);
+        assert_eq!(
+            topological_order(&w, &BTreeMap::new()).unwrap(),
+            ["a", "crc32c_generic", "libcrc32c", "xor", "btrfs"]
+        );
         let w = waits(&[("c", &["b"]), ("b", &["a"]), ("a", &[])]);
-        assert_eq!(topological_order(&w).unwrap(), ["a", "b", "c"]);
+        assert_eq!(topological_order(&w, &BTreeMap::new()).unwrap(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn likely_root_drivers_come_first_with_what_they_wait_for() {
+        let w = waits(&[
+            ("btrfs", &["xor"]),
+            ("xor", &[]),
+            ("ata_piix", &["libata"]),
+            ("libata", &["scsi_mod"]),
+            ("scsi_mod", &["scsi_common"]),
+            ("scsi_common", &[]),
+            ("virtio_scsi", &["scsi_mod", "virtio"]),
+            ("virtio_blk", &["virtio"]),
+            ("virtio", &[]),
+            ("nls_utf8", &[]),
+        ]);
+        let always: BTreeSet<String> = ["btrfs".to_string()].into();
+        let drivers: BTreeMap<String, usize> =
+            [("virtio_blk", 0), ("virtio_scsi", 1), ("ata_piix", 2)].map(|(m, i)| (m.to_string(), i)).into();
+        let ranks = load_ranks(&w, &always, &drivers);
+        assert_eq!((ranks["xor"], ranks["virtio"], ranks["scsi_mod"], ranks["libata"]), (0, 1, 2, 3));
+        assert!(!ranks.contains_key("nls_utf8"));
+        assert_eq!(
+            topological_order(&w, &ranks).unwrap(),
+            [
+                "xor",
+                "btrfs",
+                "virtio",
+                "virtio_blk",
+                "scsi_common",
+                "scsi_mod",
+                "virtio_scsi",
+                "libata",
+                "ata_piix",
+                "nls_utf8"
+            ]
+        );
     }
 
     #[test]
     fn cycles_are_named() {
         let w = waits(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"]), ("d", &[]), ("e", &["a"])]);
-        let e = topological_order(&w).unwrap_err().to_string();
+        let e = topological_order(&w, &BTreeMap::new()).unwrap_err().to_string();
         assert!(e.starts_with("kernel module dependency cycle: a -> b -> c -> a"), "{e}");
         let w = waits(&[("x", &["x"])]);
-        assert_eq!(topological_order(&w).unwrap(), ["x"], "a module waiting for itself is no cycle");
+        assert_eq!(topological_order(&w, &BTreeMap::new()).unwrap(), ["x"], "a module waiting for itself is no cycle");
     }
 }
