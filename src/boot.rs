@@ -135,6 +135,12 @@ fn boot(reboot_delay: &mut Duration, started: &switch_root::Started) -> Result<I
         Err(e) => record.warn(format!("could not clean up after an interrupted boot: {e}")),
     }
     inject_fault(params);
+    // A fallback or a rollback may mount an overlay root (Docker's overlay2,
+    // podman, containerd): its filesystem, loaded now (a fresh overlay root
+    // loads it when it is made).
+    if store.has_overlay_roots() {
+        hooks.before_mount("overlay", None);
+    }
     // What `dockroot switch` chose for this boot, under the kernel command line's say.
     let mut image = cfg.image.clone();
     let next = nextboot::apply(top.as_fd(), &root.rw_subvol, &mut image, params.image.is_some(), true);

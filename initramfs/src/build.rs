@@ -22,10 +22,11 @@ pub const INIT_MAX_BYTES: u64 = 64 << 20;
 /// The largest config file read (the init refuses more than 64 KiB anyway).
 pub const CONFIG_MAX_BYTES: u64 = 1 << 20;
 
-/// Filesystems the generic image carries: the root, and the top layer on
-/// ext4, xfs or vfat. The init loads one when it is about to mount it (its
-/// `fs-TYPE` alias), not at every boot.
-pub const DEFAULT_FILESYSTEMS: &[&str] = &["btrfs", "ext4", "xfs", "vfat"];
+/// Filesystems the generic image carries: the root, the top layer on ext4,
+/// xfs or vfat, and overlay for stores that keep layers as directories
+/// (Docker's overlay2, podman, containerd). The init loads one when it is about
+/// to mount it (its `fs-TYPE` alias), not at every boot.
+pub const DEFAULT_FILESYSTEMS: &[&str] = &["btrfs", "ext4", "xfs", "vfat", "overlay"];
 
 /// Drivers the generic image carries for common machines and VMs, loaded at
 /// boot only when a device's modalias matches one of their aliases. Names this

@@ -44,12 +44,8 @@ const CONTAINERD_OVERLAYFS: Layout = Layout {
     append: APPEND_BTRFS,
     overlay: true,
 };
-const OVERLAY2_EXT4: Layout = Layout {
-    key: "OVERLAY2_EXT4",
-    modules: &["virtio_blk", "virtio_pci", "ext4", "overlay"],
-    append: APPEND_DIR,
-    overlay: true,
-};
+/// The generic image (no `--module`): ext4 and overlay load when the init mounts them.
+const OVERLAY2_EXT4: Layout = Layout { key: "OVERLAY2_EXT4", modules: &[], append: APPEND_DIR, overlay: true };
 const OVERLAY2_XFS: Layout = Layout {
     key: "OVERLAY2_XFS",
     modules: &["virtio_blk", "virtio_pci", "xfs", "overlay"],

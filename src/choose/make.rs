@@ -97,7 +97,10 @@ fn image_kernel(ctx: &Ctx, new: BorrowedFd<'_>) {
 /// after the renames).
 fn build_in_overlay(ctx: &Ctx, t: &mut Timings, store: &RwStore, devs: &mut Devices) -> Result<()> {
     mkdir_p(NEW_ROOT)?;
-    t.run("mount overlay", || mount_overlay_root(store, &At::Tmp, NEW_ROOT, false))?;
+    t.run("mount overlay", || {
+        devs.hooks.before_mount("overlay", None);
+        mount_overlay_root(store, &At::Tmp, NEW_ROOT, false)
+    })?;
     let r = open_dir_path(NEW_ROOT).and_then(|new| {
         t.run("top layer", || {
             apply_top_layer(&ctx.cfg.params, &ctx.cfg.root, ctx.root_dev, ctx.policy, devs, new.as_fd())

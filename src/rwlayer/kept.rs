@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::Mode;
 
-use super::{open_dir, read_info, Existing, RootInfo, RwStore};
+use super::{open_dir, read_info, At, Existing, RootInfo, RwStore};
 use crate::btrfs;
 use crate::error::{Context, Error, Result};
 
@@ -101,6 +101,13 @@ impl RwStore {
         }
         names.sort();
         Ok(names)
+    }
+
+    /// Whether the current root or a kept one is an overlay root (a fallback
+    /// or a rollback may mount it: the overlay filesystem must be there).
+    pub fn has_overlay_roots(&self) -> bool {
+        let kept = self.kept().unwrap_or_default().into_iter().map(At::Kept);
+        std::iter::once(At::Current).chain(kept).any(|at| self.kind(&at).is_ok_and(|k| k == Existing::Overlay))
     }
 
     /// A kept root's path from the top level, for messages and the boot record.
