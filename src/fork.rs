@@ -50,9 +50,9 @@ pub fn fork_single_threaded(what: &str) -> Result<Forked> {
     // this thread could have started one since, and it is here), so no lock is
     // held by a thread that does not exist in the child: it may allocate and
     // log. The system call, not glibc's fork(): glibc's locks its stdio
-    // streams around the fork, which links all of its stdio, iconv, locale
-    // and dynamic loading code into the static init (about 100 KB) for streams
-    // this program never opens; with one thread that locking has nothing to do,
+    // streams around the fork, which links its FILE machinery into the static
+    // init (4.4 KB) for streams this program never opens; with one thread that
+    // locking has nothing to do,
     // and neither have its atfork handlers (none are registered). The child's
     // glibc state stays consistent: glibc 2.34+ asks the kernel for the TID
     // where it signals itself (abort), not its cached copy.

@@ -31,11 +31,14 @@ const EXTRA: [&str; 1] = ["devices/system/cpu"];
 pub fn collect_modaliases(sys: &Path) -> Result<BTreeMap<String, PathBuf>> {
     let mut found: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut entries = 0usize;
-    let bus = sys.join("bus");
-    std::fs::read_dir(&bus).context(|| format!("listing {}", bus.display()))?;
     let mut devices: Vec<PathBuf> = EXTRA.iter().map(|e| sys.join(e)).collect();
     'groups: for (group, sub) in GROUPS {
-        let Ok(kinds) = std::fs::read_dir(sys.join(group)) else { continue };
+        let dir = sys.join(group);
+        let kinds = match std::fs::read_dir(&dir) {
+            Ok(kinds) => kinds,
+            Err(_) if group != "bus" => continue,
+            Err(e) => return Err(e).context(|| format!("listing {}", dir.display())),
+        };
         for kind in kinds.flatten() {
             let Ok(members) = std::fs::read_dir(kind.path().join(sub)) else { continue };
             for member in members.flatten() {
