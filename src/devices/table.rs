@@ -7,11 +7,18 @@ use std::time::Duration;
 
 use super::scan::BlockDevice;
 
+/// `n / div` with one decimal, rounded half up ("1.5"); integers only (no
+/// float formatting in the init: it costs about 10 KB).
+fn tenths(n: u128, div: u128) -> String {
+    let t = n.saturating_mul(10).saturating_add(div / 2) / div.max(1);
+    format!("{}.{}", t / 10, t % 10)
+}
+
 pub(super) fn fmt_duration(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {
-        format!("{:.1}s", d.as_secs_f64())
+        format!("{}s", tenths(d.as_millis(), 1000))
     }
 }
 
@@ -19,18 +26,19 @@ pub(super) fn fmt_duration(d: Duration) -> String {
 fn fmt_size(bytes: u64) -> String {
     const UNITS: [&str; 7] = ["B", "K", "M", "G", "T", "P", "E"];
     let mut unit = 0;
-    let mut v = bytes as f64;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
+    let mut div: u128 = 1;
+    while u128::from(bytes) >= div.saturating_mul(1024) && unit + 1 < UNITS.len() {
+        div = div.saturating_mul(1024);
         unit += 1;
     }
     let u = UNITS.get(unit).copied().unwrap_or("?");
+    let n = u128::from(bytes);
     if unit == 0 {
         format!("{bytes}")
-    } else if v < 10.0 && v.fract() != 0.0 {
-        format!("{v:.1}{u}")
+    } else if n < div.saturating_mul(10) && n % div != 0 {
+        format!("{}{u}", tenths(n, div))
     } else {
-        format!("{v:.0}{u}")
+        format!("{}{u}", n.saturating_add(div / 2) / div)
     }
 }
 
@@ -165,5 +173,8 @@ mod tests {
         assert_eq!(fmt_size(u64::MAX), "16E");
         assert_eq!(fmt_duration(Duration::from_secs(30)), "30s");
         assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(fmt_duration(Duration::from_millis(250)), "0.3s");
+        assert_eq!(fmt_size(10 << 20 | 1), "10M");
+        assert_eq!(fmt_size((1 << 30) + (1 << 29) + (1 << 27)), "1.6G");
     }
 }
