@@ -224,10 +224,56 @@ impl AliasTable {
     }
 }
 
+/// The modules of `index` made for CPU features the CPU lacks: each of their
+/// aliases is a `cpu:` one and none matches `cpu`, the CPU's modalias
+/// (`/sys/devices/system/cpu/modalias`). Accelerated variants such as
+/// crc32c_intel: their init refuses such a CPU (ENODEV) and udev would not
+/// load them, so the autoloader does not try (a failed load costs a module's
+/// signature check, and its cleanup waits for every CPU to reschedule, which
+/// a module benchmarking with preemption off delays). Each once, in the
+/// order of the index's aliases.
+pub fn not_for_cpu(index: &ModuleIndex, aliases: &AliasTable, cpu: &str) -> Vec<String> {
+    let fits = aliases.lookup(cpu);
+    let mut out: Vec<String> = Vec::new();
+    for a in index.aliases.iter().filter(|a| a.pattern.starts_with("cpu:")) {
+        let m = normalize_name(&a.module);
+        let other = index.aliases.iter().any(|b| !b.pattern.starts_with("cpu:") && normalize_name(&b.module) == m);
+        if !other && !fits.contains(&m) && !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::modules::*;
+
+    #[test]
+    fn modules_for_cpu_features_the_cpu_lacks_are_ruled_out() {
+        let a = |pattern: &str, module: &str| Alias { pattern: pattern.into(), module: module.into() };
+        let index = ModuleIndex {
+            kernel: "6.1.0".into(),
+            modules: vec![],
+            aliases: vec![
+                a("cpu:type:x86,ven*fam*mod*:feature:*0094*", "crc32c_intel"),
+                a("cpu:type:x86,ven*fam*mod*:feature:*0089*", "sha256_ssse3"),
+                a("cpu:type:x86,ven*fam*mod*:feature:*009C*", "sha256_ssse3"),
+                // A cpu: alias and a device alias: not a CPU variant, kept.
+                a("cpu:type:x86,ven*fam*mod*:feature:*0123*", "both"),
+                a("pci:v00001AF4d*sv*sd*bc*sc*i*", "both"),
+                a("virtio:d00000002v*", "virtio_blk"),
+            ],
+        };
+        let table = AliasTable::of_index(&index);
+        let unfit = |cpu: &str| not_for_cpu(&index, &table, cpu);
+        assert_eq!(unfit("cpu:type:x86,ven0000fam0006mod0006:feature:,0000,0001,0089"), ["crc32c_intel"]);
+        assert!(unfit("cpu:type:x86,ven0000fam0006mod0006:feature:,0000,0094,009C").is_empty());
+        assert_eq!(unfit("cpu:type:x86,ven0000fam0006mod0006:feature:,0000"), ["crc32c_intel", "sha256_ssse3"]);
+        // Another architecture's CPU matches no x86 pattern.
+        assert_eq!(unfit("cpu:type:aarch64:feature:,0000,0001").len(), 2);
+    }
 
     /// glibc's fnmatch with no flags, the reference modprobe uses.
     fn libc_fnmatch(pattern: &str, text: &str) -> bool {

@@ -13,8 +13,9 @@ use super::schedule::{drive, record, Done, Graph, Schedule, Until};
 #[cfg(feature = "decompress-modules")]
 use super::DECOMPRESS_MARKER;
 use super::{
-    check_kernel_release, collect_modaliases, decompression_summary, filesystem_alias, usable_cpus, workers_for,
-    AliasTable, Executor, ForkExecutor, KernelLoader, Load, LoadReport, Loader, ModuleIndex, Sequential,
+    check_kernel_release, collect_modaliases, decompression_summary, filesystem_alias, not_for_cpu,
+    sysfs::read_modalias, usable_cpus, workers_for, AliasTable, Executor, ForkExecutor, KernelLoader, Load, LoadReport,
+    Loader, ModuleIndex, Sequential,
 };
 use crate::error::Result;
 
@@ -44,6 +45,8 @@ pub struct Autoloader<X: Executor = ForkExecutor> {
     /// By position: is it a filesystem module (named by an `fs-TYPE` alias)?
     /// Their own pre-softdeps wait for [`Autoloader::load_filesystem`].
     filesystems: Vec<bool>,
+    /// By position: made for CPU features this CPU lacks ([`not_for_cpu`]): never asked for.
+    unfit: Vec<bool>,
     pub(super) exec: X,
     workers: usize,
     schedule: Schedule,
@@ -112,6 +115,7 @@ impl<X: Executor> Autoloader<X> {
             graph,
             aliases,
             filesystems,
+            unfit: vec![false; schedule_len],
             exec,
             workers: workers.max(1),
             recorded: vec![false; schedule_len],
@@ -134,7 +138,7 @@ impl<X: Executor> Autoloader<X> {
 
     /// Queue `roots` and what they bring along, then [`Autoloader::drive`].
     fn queue_and_drive(&mut self, roots: Vec<usize>, until: Until) -> usize {
-        let set = self.graph.closure(roots, &self.filesystems);
+        let set = self.graph.closure(roots, &self.filesystems, &self.unfit);
         let queued = self.schedule.queue(&set);
         if queued == 0 && until == Until::Urgent && set.iter().all(|&i| self.schedule.done(i).is_some()) {
             return 0;
@@ -223,11 +227,12 @@ impl<X: Executor> Autoloader<X> {
     /// devices under `devices` (the sysfs root, `/sys`) together, in parallel, then
     /// walk again as [`Autoloader::coldplug`] does. Returns how many modules were tried.
     pub fn start(&mut self, devices: &Path, expected: &[&str]) -> Result<usize> {
+        self.learn_cpu(devices);
         let mut roots = self.always_positions();
         for fstype in expected {
             roots.extend(self.filesystem_positions(fstype));
         }
-        self.first = self.graph.closure(roots.clone(), &self.filesystems);
+        self.first = self.graph.closure(roots.clone(), &self.filesystems, &self.unfit);
         let started = Instant::now();
         self.devices = Some(devices.to_owned());
         let n = self.walk(devices, roots, Until::NoWait)?;
@@ -239,6 +244,24 @@ impl<X: Executor> Autoloader<X> {
             self.schedule.asked()
         );
         Ok(n)
+    }
+
+    /// Rule out the modules made for CPU features the CPU lacks, as the
+    /// CPU's modalias under `sys` says ([`not_for_cpu`]); once.
+    fn learn_cpu(&mut self, sys: &Path) {
+        if self.devices.is_some() {
+            return;
+        }
+        let Some(cpu) = read_modalias(&sys.join("devices/system/cpu/modalias")) else { return };
+        let unfit = not_for_cpu(&self.index, &self.aliases, &cpu);
+        for name in &unfit {
+            if let Some(u) = self.graph.pos.get(name).and_then(|&i| self.unfit.get_mut(i)) {
+                *u = true;
+            }
+        }
+        if !unfit.is_empty() {
+            log::info!("kernel modules: not for this CPU (it lacks the features they are for): {}", unfit.join(" "));
+        }
     }
 
     /// Walk `devices` once for modalias strings not seen before, queue their
@@ -325,6 +348,7 @@ impl<X: Executor> Autoloader<X> {
     /// through [`Autoloader::on_modalias`]. Returns how many modules were tried.
     pub fn coldplug(&mut self, devices: &Path) -> Result<usize> {
         let start = Instant::now();
+        self.learn_cpu(devices);
         self.devices = Some(devices.to_owned());
         let mut tried = 0usize;
         for _ in 0..3 {
@@ -791,6 +815,33 @@ mod tests {
         );
         assert!(lines[start + 1..].iter().all(|l| l.len() <= DIAGNOSTIC_LINE_BYTES + 2 + 20), "{lines:?}");
         assert!(lines.len() > start + 2);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn modules_for_features_the_cpu_lacks_are_not_tried() {
+        let root = fake_sysfs("cpu");
+        let mut index = sample();
+        index.aliases.push(alias("cpu:type:x86,ven*fam*mod*:feature:*0094*", "crc32c_intel"));
+        index.modules.push(always("needs_intel", &["crc32c_intel"], &[]));
+        let calls = Calls::default();
+        let mut auto = Autoloader::with_loader(index.clone(), recording(&calls));
+        auto.start(&root, &[]).unwrap();
+        // The fake CPU has feature 0000 only: crc32c_intel is not tried, what
+        // needs it is skipped, and btrfs, whose soft dependency it is, loads.
+        assert_eq!(sorted(&calls.lock().unwrap()), ["btrfs", "crc32c_generic", "libcrc32c", "xor"]);
+        assert_eq!(auto.report().skipped, [Skipped { name: "needs_intel".into(), because_of: "crc32c_intel".into() }]);
+        // A CPU with the feature gets it.
+        std::fs::write(
+            root.join("devices/system/cpu/modalias"),
+            "cpu:type:x86,ven0000fam0006mod0006:feature:,0000,0094\n",
+        )
+        .unwrap();
+        let calls = Calls::default();
+        let mut auto = Autoloader::with_loader(index, recording(&calls));
+        auto.start(&root, &[]).unwrap();
+        assert!(calls.lock().unwrap().contains(&"crc32c_intel".to_string()));
+        assert!(auto.report().skipped.is_empty());
         std::fs::remove_dir_all(&root).unwrap();
     }
 

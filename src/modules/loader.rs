@@ -142,7 +142,8 @@ impl Loader for KernelLoader {
 /// children are reaped (by pid, told apart with pidfds).
 pub struct ForkExecutor {
     loader: KernelLoader,
-    /// Load what the caller waits for in the calling process ([`ForkExecutor::one_cpu`]).
+    /// Load what the caller waits for in the calling process ([`ForkExecutor::one_cpu`]);
+    /// no load starts before its dependencies finished ([`Executor::visible`]).
     in_place: bool,
     running: BTreeMap<i32, Child>,
     ready: VecDeque<(usize, Attempt, Duration)>,
@@ -168,22 +169,27 @@ impl ForkExecutor {
         ForkExecutor { in_place: true, ..ForkExecutor::new(loader) }
     }
 
-    /// The pid of a child that has exited, waiting until one has (`block`),
-    /// or `None` at once if none has.
-    fn next_exited(&self, block: bool) -> Option<i32> {
+    /// The pid of a child that has exited, waiting until one has (`block`:
+    /// `None` for as long as it takes), or `None` if none has by then.
+    fn next_exited(&self, wait: Option<Duration>) -> Option<i32> {
         use rustix::event::{PollFd, PollFlags, Timespec};
         if self.running.is_empty() {
             return None;
         }
+        let block = wait.is_none();
         let Some(fds) = self.running.values().map(|c| c.pidfd.as_ref()).collect::<Option<Vec<_>>>() else {
             // Some child has no pidfd: wait for the oldest child without one (in
             // turn, when not blocking: it is reaped by a later blocking wait).
+            if let Some(d) = wait {
+                std::thread::sleep(d);
+            }
             return self.running.iter().find(|(_, c)| c.pidfd.is_none()).map(|(pid, _)| *pid).filter(|_| block);
         };
         let mut polls: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::IN)).collect();
-        let now = Timespec { tv_sec: 0, tv_nsec: 0 };
+        let limit =
+            wait.map(|d| Timespec { tv_sec: d.as_secs().try_into().unwrap_or(0), tv_nsec: d.subsec_nanos().into() });
         loop {
-            match rustix::event::poll(&mut polls, (!block).then_some(&now)) {
+            match rustix::event::poll(&mut polls, limit.as_ref()) {
                 Ok(_) => break,
                 Err(Errno::INTR) => continue,
                 // Cannot poll: wait for the oldest child.
@@ -255,7 +261,7 @@ impl Executor for ForkExecutor {
         if let Some(done) = self.ready.pop_front() {
             return Some(done);
         }
-        let pid = self.next_exited(true)?;
+        let pid = self.next_exited(None)?;
         self.reap(pid)
     }
 
@@ -263,8 +269,29 @@ impl Executor for ForkExecutor {
         if let Some(done) = self.ready.pop_front() {
             return Some(done);
         }
-        let pid = self.next_exited(false)?;
+        let pid = self.next_exited(Some(Duration::ZERO))?;
         self.reap(pid)
+    }
+
+    fn poll_for(&mut self, limit: Duration) -> Option<(usize, Attempt, Duration)> {
+        if let Some(done) = self.ready.pop_front() {
+            return Some(done);
+        }
+        let pid = self.next_exited(Some(limit))?;
+        self.reap(pid)
+    }
+
+    /// Not on one CPU: there a waiting load would only take turns with the
+    /// running one.
+    fn overlaps(&self) -> bool {
+        !self.in_place
+    }
+
+    /// `/sys/module/NAME` appears once the kernel made the module's symbols
+    /// resolvable (state "coming", before its init runs); a load needing
+    /// them then waits in the kernel until that init is done.
+    fn visible(&self, entry: &IndexEntry) -> bool {
+        std::fs::symlink_metadata(format!("/sys/module/{}", entry.name)).is_ok()
     }
 }
 

@@ -80,7 +80,7 @@ mod report;
 mod schedule;
 mod sysfs;
 
-pub use alias::{glob_match, normalize_alias, AliasTable};
+pub use alias::{glob_match, normalize_alias, not_for_cpu, AliasTable};
 pub use autoload::{Autoloader, DIAGNOSTIC_LINE_BYTES, NOT_DISK_BUSES};
 #[cfg(feature = "decompress-modules")]
 pub use decompress::{decompress, DECOMPRESSED_MAX_BYTES};

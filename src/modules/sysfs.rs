@@ -60,7 +60,7 @@ pub fn collect_modaliases(sys: &Path) -> Result<BTreeMap<String, PathBuf>> {
 }
 
 /// The modalias in `path`, trimmed; None if unreadable or empty.
-fn read_modalias(path: &Path) -> Option<String> {
+pub(super) fn read_modalias(path: &Path) -> Option<String> {
     let file = std::fs::File::open(path).ok()?;
     let mut bytes = Vec::new();
     file.take(MODALIAS_MAX_BYTES).read_to_end(&mut bytes).ok()?;
