@@ -26,7 +26,10 @@
 //! pre-softdeps before a module and post-softdeps after it; ties are broken
 //! by rank ([`load_ranks`]: what loads at every boot, then the drivers in the
 //! order asked for, the likely root disks first, so the init starts those
-//! first), then by name; a cycle is an error that names it.
+//! first), then by the longest chain of loads that waits on a module, in
+//! module bytes ([`critical_paths`]: btrfs's dependencies before the drivers'
+//! and zstd_compress before raid6_pq), then by name; a cycle is an error
+//! that names it.
 //!
 //! Each included module is loaded `always` if a module asked for as such
 //! (filesystems, `--module` names) needs it, directly or not; the others
@@ -676,7 +679,9 @@ pub fn plan(tree: &mut KernelTree, request: &Request) -> Result<Plan> {
         .map(|(n, node)| (n.clone(), node.deps.iter().chain(&node.pre).chain(&node.post).cloned().collect()))
         .collect();
     let ranks = load_ranks(&brings, &always_roots, &driver_ranks);
-    let order = topological_order(&waits, &ranks)?;
+    let costs: BTreeMap<String, u64> =
+        nodes.iter().map(|(n, node)| (n.clone(), u64::try_from(node.data.len()).unwrap_or(u64::MAX))).collect();
+    let order = topological_order(&waits, &ranks, &critical_paths(&waits, &costs))?;
 
     // `always`: the always roots and everything they bring along, but for a
     // filesystem module's own pre-softdeps: the init loads those before the
@@ -771,14 +776,62 @@ pub fn load_ranks(
     ranks
 }
 
+/// For each key of `waits`: its cost plus the costiest chain of names waiting
+/// on it, directly or not (a name's "bottom level", as list schedulers rank
+/// tasks). With module bytes as costs (the kernel hashes a module for its
+/// signature and relocates it: the load's cost grows with its size), the
+/// dependencies of a big module that waits (btrfs.ko, 3.8 MB) come before
+/// a driver chain of small ones, and its biggest dependency first. A
+/// cycle is cut (the names in it count once).
+pub fn critical_paths(
+    waits: &BTreeMap<String, BTreeSet<String>>,
+    costs: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, ws) in waits {
+        for w in ws.iter().filter(|w| *w != name) {
+            dependents.entry(w.as_str()).or_default().push(name);
+        }
+    }
+    fn path<'a>(
+        n: &'a str,
+        dependents: &BTreeMap<&'a str, Vec<&'a str>>,
+        costs: &BTreeMap<String, u64>,
+        memo: &mut BTreeMap<&'a str, u64>,
+        on_stack: &mut BTreeSet<&'a str>,
+    ) -> u64 {
+        if let Some(&p) = memo.get(n) {
+            return p;
+        }
+        if !on_stack.insert(n) {
+            return 0;
+        }
+        let mut longest = 0u64;
+        for &d in dependents.get(n).into_iter().flatten() {
+            longest = longest.max(path(d, dependents, costs, memo, on_stack));
+        }
+        on_stack.remove(n);
+        let p = costs.get(n).copied().unwrap_or(0).saturating_add(longest);
+        memo.insert(n, p);
+        p
+    }
+    let mut memo: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut on_stack = BTreeSet::new();
+    waits.keys().map(|n| (n.clone(), path(n, &dependents, costs, &mut memo, &mut on_stack))).collect()
+}
+
 /// Order the keys of `waits` so that every name comes after the names it waits
 /// for; among those ready at the same time, by `ranks` (lowest first; a name
-/// without one last), then by name. A cycle is an error naming it.
+/// without one last), then by `paths` (longest first: [`critical_paths`]),
+/// then by name. A cycle is an error naming it.
 pub fn topological_order(
     waits: &BTreeMap<String, BTreeSet<String>>,
     ranks: &BTreeMap<String, usize>,
+    paths: &BTreeMap<String, u64>,
 ) -> Result<Vec<String>> {
-    let rank = |name: &str| ranks.get(name).copied().unwrap_or(usize::MAX);
+    let rank = |name: &str| {
+        (ranks.get(name).copied().unwrap_or(usize::MAX), std::cmp::Reverse(paths.get(name).copied().unwrap_or(0)))
+    };
     let mut remaining: BTreeMap<&str, usize> = BTreeMap::new();
     let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (name, ws) in waits {
@@ -788,7 +841,7 @@ pub fn topological_order(
             dependents.entry(w).or_default().push(name);
         }
     }
-    let mut ready: BTreeSet<(usize, &str)> =
+    let mut ready: BTreeSet<((usize, std::cmp::Reverse<u64>), &str)> =
         remaining.iter().filter(|(_, n)| **n == 0).map(|(k, _)| (rank(k), *k)).collect();
     let mut order = Vec::new();
     while let Some((_, name)) = ready.pop_first() {
@@ -912,11 +965,11 @@ mod tests {
             ("a", &[]),
         ]);
         assert_eq!(
-            topological_order(&w, &BTreeMap::new()).unwrap(),
+            topological_order(&w, &BTreeMap::new(), &BTreeMap::new()).unwrap(),
             ["a", "crc32c_generic", "libcrc32c", "xor", "btrfs"]
         );
         let w = waits(&[("c", &["b"]), ("b", &["a"]), ("a", &[])]);
-        assert_eq!(topological_order(&w, &BTreeMap::new()).unwrap(), ["a", "b", "c"]);
+        assert_eq!(topological_order(&w, &BTreeMap::new(), &BTreeMap::new()).unwrap(), ["a", "b", "c"]);
     }
 
     #[test]
@@ -940,7 +993,7 @@ mod tests {
         assert_eq!((ranks["xor"], ranks["virtio"], ranks["scsi_mod"], ranks["libata"]), (0, 1, 2, 3));
         assert!(!ranks.contains_key("nls_utf8"));
         assert_eq!(
-            topological_order(&w, &ranks).unwrap(),
+            topological_order(&w, &ranks, &BTreeMap::new()).unwrap(),
             [
                 "xor",
                 "btrfs",
@@ -957,11 +1010,70 @@ mod tests {
     }
 
     #[test]
+    fn ties_go_to_the_longest_chain_of_bytes_waiting() {
+        let w = waits(&[
+            ("zstd_compress", &[]),
+            ("raid6_pq", &[]),
+            ("crc32c_generic", &[]),
+            ("libcrc32c", &["crc32c_generic"]),
+            ("btrfs", &["libcrc32c", "raid6_pq", "zstd_compress"]),
+            ("virtio_ring", &[]),
+            ("virtio", &["virtio_ring"]),
+            ("virtio_blk", &["virtio"]),
+        ]);
+        let kb = |k: u64| k * 1024;
+        let costs: BTreeMap<String, u64> = [
+            ("zstd_compress", kb(436)),
+            ("raid6_pq", kb(147)),
+            ("crc32c_generic", kb(10)),
+            ("libcrc32c", kb(8)),
+            ("btrfs", kb(3782)),
+            ("virtio_ring", kb(77)),
+            ("virtio", kb(33)),
+            ("virtio_blk", kb(58)),
+        ]
+        .map(|(m, c)| (m.to_string(), c))
+        .into();
+        let paths = critical_paths(&w, &costs);
+        assert_eq!(paths["btrfs"], kb(3782));
+        assert_eq!(paths["crc32c_generic"], kb(10 + 8 + 3782));
+        assert_eq!(paths["virtio_ring"], kb(77 + 33 + 58));
+        // All rank 0: btrfs's chain first, its biggest dependency first; the
+        // drivers' chain after it.
+        let ranks: BTreeMap<String, usize> = w.keys().map(|m| (m.clone(), 0)).collect();
+        assert_eq!(
+            topological_order(&w, &ranks, &paths).unwrap(),
+            [
+                "zstd_compress",
+                "raid6_pq",
+                "crc32c_generic",
+                "libcrc32c",
+                "btrfs",
+                "virtio_ring",
+                "virtio",
+                "virtio_blk"
+            ]
+        );
+        // Ranks still come first: the drivers asked for first.
+        let ranks: BTreeMap<String, usize> =
+            w.keys().map(|m| (m.clone(), usize::from(!m.starts_with("virtio")))).collect();
+        assert_eq!(topological_order(&w, &ranks, &paths).unwrap()[..3], ["virtio_ring", "virtio", "virtio_blk"]);
+        // A cycle counts each name once and ends.
+        let cyclic = waits(&[("a", &["b"]), ("b", &["a"])]);
+        let one: BTreeMap<String, u64> = [("a".to_string(), 1), ("b".to_string(), 1)].into();
+        assert!(critical_paths(&cyclic, &one).values().all(|&p| p <= 2));
+    }
+
+    #[test]
     fn cycles_are_named() {
         let w = waits(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"]), ("d", &[]), ("e", &["a"])]);
-        let e = topological_order(&w, &BTreeMap::new()).unwrap_err().to_string();
+        let e = topological_order(&w, &BTreeMap::new(), &BTreeMap::new()).unwrap_err().to_string();
         assert!(e.starts_with("kernel module dependency cycle: a -> b -> c -> a"), "{e}");
         let w = waits(&[("x", &["x"])]);
-        assert_eq!(topological_order(&w, &BTreeMap::new()).unwrap(), ["x"], "a module waiting for itself is no cycle");
+        assert_eq!(
+            topological_order(&w, &BTreeMap::new(), &BTreeMap::new()).unwrap(),
+            ["x"],
+            "a module waiting for itself is no cycle"
+        );
     }
 }
