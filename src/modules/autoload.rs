@@ -227,14 +227,13 @@ impl<X: Executor> Autoloader<X> {
     /// devices under `devices` (the sysfs root, `/sys`) together, in parallel, then
     /// walk again as [`Autoloader::coldplug`] does. Returns how many modules were tried.
     pub fn start(&mut self, devices: &Path, expected: &[&str]) -> Result<usize> {
-        self.learn_cpu(devices);
+        self.set_devices(devices);
         let mut roots = self.always_positions();
         for fstype in expected {
             roots.extend(self.filesystem_positions(fstype));
         }
         self.first = self.graph.closure(roots.clone(), &self.filesystems, &self.unfit);
         let started = Instant::now();
-        self.devices = Some(devices.to_owned());
         let n = self.walk(devices, roots, Until::NoWait)?;
         log::info!(
             "kernel modules: coldplug of {} in {} ms: {} modalias strings, {} modules asked for, loading",
@@ -246,10 +245,11 @@ impl<X: Executor> Autoloader<X> {
         Ok(n)
     }
 
-    /// Rule out the modules made for CPU features the CPU lacks, as the
-    /// CPU's modalias under `sys` says ([`not_for_cpu`]); once.
-    fn learn_cpu(&mut self, sys: &Path) {
-        if self.devices.is_some() {
+    /// Note the sysfs root the walks use; the first time, also rule out the
+    /// modules made for CPU features the CPU lacks, as the CPU's modalias
+    /// under it says ([`not_for_cpu`]).
+    fn set_devices(&mut self, sys: &Path) {
+        if self.devices.replace(sys.to_owned()).is_some() {
             return;
         }
         let Some(cpu) = read_modalias(&sys.join("devices/system/cpu/modalias")) else { return };
@@ -348,8 +348,7 @@ impl<X: Executor> Autoloader<X> {
     /// through [`Autoloader::on_modalias`]. Returns how many modules were tried.
     pub fn coldplug(&mut self, devices: &Path) -> Result<usize> {
         let start = Instant::now();
-        self.learn_cpu(devices);
-        self.devices = Some(devices.to_owned());
+        self.set_devices(devices);
         let mut tried = 0usize;
         for _ in 0..3 {
             let n = self.walk(devices, Vec::new(), Until::Idle)?;

@@ -20,10 +20,14 @@ use crate::fork::Forked;
 /// `finit_module` flag: the file is compressed, the kernel decompresses it.
 pub const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
 
+/// `/sys/module/NAME`, where the kernel lists a module once it is "coming".
+fn sys_module(name: &str) -> String {
+    format!("/sys/module/{name}")
+}
+
 /// Is the module already loaded and initialised? (`/sys/module/NAME/initstate` says `live`.)
 fn is_live(name: &str) -> bool {
-    let path = format!("/sys/module/{name}/initstate");
-    let Ok(file) = std::fs::File::open(path) else { return false };
+    let Ok(file) = std::fs::File::open(sys_module(name) + "/initstate") else { return false };
     let mut state = String::new();
     if file.take(64).read_to_string(&mut state).is_err() {
         return false;
@@ -266,11 +270,7 @@ impl Executor for ForkExecutor {
     }
 
     fn poll(&mut self) -> Option<(usize, Attempt, Duration)> {
-        if let Some(done) = self.ready.pop_front() {
-            return Some(done);
-        }
-        let pid = self.next_exited(Some(Duration::ZERO))?;
-        self.reap(pid)
+        self.poll_for(Duration::ZERO)
     }
 
     fn poll_for(&mut self, limit: Duration) -> Option<(usize, Attempt, Duration)> {
@@ -291,7 +291,7 @@ impl Executor for ForkExecutor {
     /// resolvable (state "coming", before its init runs); a load needing
     /// them then waits in the kernel until that init is done.
     fn visible(&self, entry: &IndexEntry) -> bool {
-        std::fs::symlink_metadata(format!("/sys/module/{}", entry.name)).is_ok()
+        std::fs::symlink_metadata(sys_module(&entry.name)).is_ok()
     }
 }
 

@@ -184,9 +184,10 @@ impl Schedule {
     /// hard dependency did not load are marked skipped on the way (`names`
     /// for the message). Where loads overlap (`visible` given), a module may
     /// start while a hard dependency (whose symbols it uses) is still running
-    /// once `visible` says the kernel lists that one: its load then waits in the kernel for the dependency's init
-    /// and meanwhile checks its signature and lays itself out (btrfs.ko while
-    /// raid6_pq benchmarks). Soft dependencies must have finished.
+    /// once `visible` says the kernel lists that one: its load then waits in
+    /// the kernel for the dependency's init and meanwhile checks its
+    /// signature and lays itself out (btrfs.ko while raid6_pq benchmarks).
+    /// Soft dependencies must have finished.
     fn next(
         &mut self,
         graph: &Graph,
