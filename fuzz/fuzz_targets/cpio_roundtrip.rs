@@ -5,7 +5,8 @@
 //!    small alphabet with `.`, `..`, empty components, the trailer's name and
 //!    arbitrary text). A model says which calls must succeed; the written
 //!    archive, read back, must hold exactly the model's entries (parents
-//!    implied, sorted, inode numbers 1, 2, ...), and any truncation of it
+//!    implied; directories first by path, then the rest by their name's
+//!    extension and path; inode numbers 1, 2, ...), and any truncation of it
 //!    must be refused.
 #![no_main]
 
@@ -136,7 +137,28 @@ fn run(u: &mut Unstructured) {
     let bytes = archive.write(mtime).unwrap_or_else(|e| panic!("write failed: {e}"));
     let entries = cpio::read(&bytes).unwrap_or_else(|e| panic!("reading back failed: {e}"));
     assert_eq!(entries.len(), model.len(), "{entries:?}\n{model:?}");
-    for (i, (e, (path, (perm, kind)))) in entries.iter().zip(&model).enumerate() {
+    // The documented order, restated: directories by path, then the rest by
+    // the extension of the last component (after its last `.`, none for a
+    // leading one), then by path.
+    let ext = |p: &str| {
+        let name = p.rsplit('/').next().unwrap_or(p);
+        match name.rfind('.') {
+            Some(i) if i > 0 => name[i + 1..].to_string(),
+            _ => String::new(),
+        }
+    };
+    let mut expected: Vec<_> = model.iter().collect();
+    expected.sort_by_key(|(p, (_, k))| {
+        let dir = *k == Kind::Dir;
+        (!dir, if dir { String::new() } else { ext(p) }, (*p).clone())
+    });
+    for (i, (e, (path, (perm, kind)))) in entries.iter().zip(expected).enumerate() {
+        // The kernel needs every parent directory before what it holds.
+        let mut parent = path.as_str();
+        while let Some((p, _)) = parent.rsplit_once('/') {
+            assert!(entries[..i].iter().any(|d| d.name == p && d.mode & 0o170000 == S_IFDIR), "{path} before {p}");
+            parent = p;
+        }
         assert_eq!(&e.name, path);
         assert_eq!(e.ino as usize, i + 1, "{path}");
         assert_eq!((e.uid, e.gid, e.mtime, e.dev_major, e.dev_minor), (0, 0, mtime, 0, 0), "{path}");

@@ -135,8 +135,9 @@ Installed kernels (the kernel hooks of the Debian and Arch packages call this):
     IMAGE=REFERENCE      the image to boot when there is no /etc/docker-btrfs.json
   A missing settings file means the defaults. One line per image written, on stderr.
 
-The same inputs give the same bytes: entries sorted, uid/gid 0, mtime 0 (or
-SOURCE_DATE_EPOCH if set), fixed compression settings.
+The same inputs give the same bytes: directories first, then files of a kind
+together (by extension, then path), uid/gid 0, mtime 0 (or SOURCE_DATE_EPOCH
+if set), fixed compression settings.
 ",
         version = env!("CARGO_PKG_VERSION"),
         level = crate::compress::ZSTD_LEVEL,

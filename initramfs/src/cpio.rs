@@ -41,9 +41,9 @@ struct Node {
     kind: Kind,
 }
 
-/// An archive being built. Entries are kept sorted by path, so a parent
-/// directory always comes before what it holds, and insertion order does not
-/// change the output. Parent directories are added (mode 0755) as needed.
+/// An archive being built. Insertion order does not change the output: it is
+/// written in [`write_order`]. Parent directories are added (mode 0755) as
+/// needed.
 #[derive(Debug, Default, Clone)]
 pub struct Archive {
     nodes: BTreeMap<String, Node>,
@@ -136,12 +136,14 @@ impl Archive {
         self.nodes.is_empty()
     }
 
-    /// The archive's bytes: entries sorted by path, inode numbers 1, 2, ...
-    /// in that order, uid/gid 0, every mtime `mtime`.
+    /// The archive's bytes: entries in [`write_order`], inode numbers 1, 2,
+    /// ... in that order, uid/gid 0, every mtime `mtime`.
     pub fn write(&self, mtime: u32) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         let mut ino: u32 = 0;
-        for (path, node) in &self.nodes {
+        let mut entries: Vec<(&String, &Node)> = self.nodes.iter().collect();
+        entries.sort_by(|a, b| write_order((a.0, a.1.kind == Kind::Dir), (b.0, b.1.kind == Kind::Dir)));
+        for (path, node) in entries {
             ino = ino.checked_add(1).context(|| "cpio archive: more than 2^32 entries")?;
             let (kind_bits, nlink, data, rdev): (u32, u32, &[u8], (u32, u32)) = match &node.kind {
                 Kind::Dir => (S_IFDIR, 2, &[], (0, 0)),
@@ -160,6 +162,34 @@ impl Archive {
             &[],
         )?;
         Ok(out)
+    }
+}
+
+/// The order entries are written in, given each one's path and whether it
+/// is a directory: every directory first, by path (so a parent comes before
+/// what it holds, as the kernel needs when it unpacks), then everything else
+/// by the extension of its file name (what follows the last `.`, none for a
+/// name without one or starting with it), then by path.
+///
+/// Files of a kind are alike, and zstd finds matches only within its window
+/// (a few MiB at the builder's level): sorted by path, the init (`/init`) and
+/// the commands (`/usr/lib/dockroot/dockroot`), two builds of much the same
+/// code, sat 20 MB apart, on either side of the modules; side by side they
+/// make the generic image 0.3 MB smaller (5.67 MB to 5.33 MB) at no cost.
+pub fn write_order(a: (&str, bool), b: (&str, bool)) -> std::cmp::Ordering {
+    fn key((path, dir): (&str, bool)) -> (bool, &str, &str) {
+        (!dir, if dir { "" } else { extension(path) }, path)
+    }
+    key(a).cmp(&key(b))
+}
+
+/// The extension of the last component of `path`: what follows its last `.`,
+/// `""` if it has none or only a leading one.
+fn extension(path: &str) -> &str {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    match name.rfind('.') {
+        Some(i) if i > 0 => name.get(i.saturating_add(1)..).unwrap_or(""),
+        _ => "",
     }
 }
 
@@ -350,27 +380,27 @@ mod tests {
     }
 
     #[test]
-    fn reader_reads_writer_output_sorted_with_parents() {
+    fn reader_reads_writer_output_directories_first_then_by_kind() {
         let entries = read(&sample().write(0).unwrap()).unwrap();
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
             [
                 "dev",
-                "dev/console",
                 "etc",
-                "etc/docker-btrfs.json",
-                "init",
                 "lib",
                 "lib/modules",
                 "lib/modules/6.1.0",
                 "lib/modules/6.1.0/kernel",
                 "lib/modules/6.1.0/kernel/fs",
-                "lib/modules/6.1.0/kernel/fs/a.ko",
-                "lib64",
                 "proc",
                 "run",
-                "sys"
+                "sys",
+                "dev/console",
+                "init",
+                "lib64",
+                "etc/docker-btrfs.json",
+                "lib/modules/6.1.0/kernel/fs/a.ko",
             ]
         );
         for (i, e) in entries.iter().enumerate() {
@@ -384,6 +414,52 @@ mod tests {
         assert_eq!(ko.data, vec![7u8; 1001]);
         let link = entries.iter().find(|e| e.name == "lib64").unwrap();
         assert_eq!((link.mode, link.data.as_slice()), (0o120777, b"lib".as_slice()));
+    }
+
+    #[test]
+    fn files_of_a_kind_sit_together_and_parents_come_first() {
+        let mut a = Archive::new();
+        for f in [
+            "lib/modules/6.1.0/kernel/fs/btrfs.ko",
+            "usr/lib/dockroot/dockroot",
+            "init",
+            "usr/lib/dockroot/initramfs.json",
+            "lib/modules/6.1.0/kernel/drivers/virtio.ko",
+            "etc/docker-btrfs.json",
+            "lib/modules/dockroot-modules.index",
+            "etc/.hidden",
+            "lib/modules/6.1.0/kernel/fs/x.ko.xz",
+        ] {
+            a.add_file(f, 0o644, vec![1]).unwrap();
+        }
+        let entries = read(&a.write(0).unwrap()).unwrap();
+        let files: Vec<&str> = entries.iter().filter(|e| e.mode & S_IFMT == S_IFREG).map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            files,
+            [
+                "etc/.hidden",
+                "init",
+                "usr/lib/dockroot/dockroot",
+                "lib/modules/dockroot-modules.index",
+                "etc/docker-btrfs.json",
+                "usr/lib/dockroot/initramfs.json",
+                "lib/modules/6.1.0/kernel/drivers/virtio.ko",
+                "lib/modules/6.1.0/kernel/fs/btrfs.ko",
+                "lib/modules/6.1.0/kernel/fs/x.ko.xz",
+            ]
+        );
+        for (i, e) in entries.iter().enumerate() {
+            let mut parent = e.name.as_str();
+            while let Some((p, _)) = parent.rsplit_once('/') {
+                let at = entries.iter().position(|d| d.name == p).unwrap();
+                assert!(at < i && entries[at].mode & S_IFMT == S_IFDIR, "{} before its parent {p}", e.name);
+                parent = p;
+            }
+        }
+        assert_eq!(extension("a.b/c"), "");
+        assert_eq!(extension("a/.c"), "");
+        assert_eq!(extension("a/b.tar.gz"), "gz");
+        assert_eq!(extension("x."), "");
     }
 
     #[test]
