@@ -1,7 +1,8 @@
 //! The kernel side: [`KernelLoader`] loads one module (`finit_module`, or
 //! `init_module` on a module this init decompressed), [`ForkExecutor`] runs
-//! several loads at once, each in a forked child process
-//! ([`crate::fork::fork_single_threaded`]). Thin: system calls; the decision
+//! several loads at once, each in a child process that shares PID 1's memory
+//! and only makes the two system calls ([`crate::fork::spawn_sharing_memory`]).
+//! Thin: system calls; the decision
 //! of what to call for a module ([`KernelLoader`]'s `prepare`) and the mapping
 //! of results to attempts are the pure parts.
 
@@ -15,7 +16,7 @@ use rustix::io::Errno;
 #[cfg(feature = "decompress-modules")]
 use super::{decompress, DECOMPRESSED_MAX_BYTES};
 use super::{module_compression, Attempt, Executor, IndexEntry, Loader};
-use crate::fork::Forked;
+use crate::fork::ChildStack;
 
 /// `finit_module` flag: the file is compressed, the kernel decompresses it.
 pub const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
@@ -78,12 +79,29 @@ impl KernelLoader {
         }
     }
 
-    /// open + finit_module, nothing else: no allocation, so it is safe in a
-    /// forked child. `Ok` or the errno.
+    /// open + finit_module + close as raw system calls, nothing else: no
+    /// allocation, no lock, no `errno` (rustix's calls return it), so it may
+    /// run in a child sharing PID 1's memory. `Ok` or the errno.
     fn finit(path: &std::ffi::CStr, flags: i32) -> std::result::Result<(), Errno> {
         use rustix::fs::{Mode, OFlags};
+        use std::os::fd::IntoRawFd;
         let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
-        rustix::system::finit_module(&fd, c"", flags)
+        let loaded = rustix::system::finit_module(&fd, c"", flags);
+        // SAFETY: the descriptor opened just above, closed once, by the raw
+        // system call (std's close would go through libc, which may set errno).
+        unsafe { rustix::io::close(fd.into_raw_fd()) };
+        loaded
+    }
+
+    /// [`finit`](Self::finit) as a child's whole life: the exit code is 0 or the errno.
+    extern "C" fn finit_in_child(job: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `ForkExecutor::start` passes a `FinitJob` it keeps, unchanged,
+        // until it has reaped this child.
+        let job = unsafe { &*job.cast::<FinitJob>() };
+        match Self::finit(&job.path, job.flags) {
+            Ok(()) => 0,
+            Err(e) => e.raw_os_error().clamp(1, 255),
+        }
     }
 
     fn attempt_of(result: std::result::Result<(), Errno>) -> Attempt {
@@ -138,12 +156,12 @@ impl Loader for KernelLoader {
     }
 }
 
-/// Loads modules in parallel in forked child processes: each child runs one
+/// Loads modules in parallel in child processes: each child runs one
 /// `finit_module` and exits with 0 or the errno. (A process per module costs a
-/// few KiB of init; std threads would cost 66 KiB of static glibc.) If fork
-/// fails or is refused ([`crate::fork::fork_single_threaded`]: the process runs
-/// other threads), the module is loaded in the calling process. Only its own
-/// children are reaped (by pid, told apart with pidfds).
+/// few KiB of init; std threads would cost 66 KiB of static glibc.) The child
+/// shares PID 1's memory ([`crate::fork::spawn_sharing_memory`]): no copy of
+/// PID 1 is made. If it cannot be started, the module is loaded in the calling
+/// process. Only its own children are reaped (by pid, told apart with pidfds).
 pub struct ForkExecutor {
     loader: KernelLoader,
     /// Load what the caller waits for in the calling process ([`ForkExecutor::one_cpu`]);
@@ -151,18 +169,29 @@ pub struct ForkExecutor {
     in_place: bool,
     running: BTreeMap<i32, Child>,
     ready: VecDeque<(usize, Attempt, Duration)>,
+    /// How many loads ran in a child process (the tests check it).
+    spawned: usize,
 }
 
 struct Child {
     position: usize,
     started: Instant,
-    /// Readable once the child exits (None if pidfd_open failed: then it is waited for in turn).
+    /// Readable once the child exits (None if the kernel gave none: then it is waited for in turn).
     pidfd: Option<std::os::fd::OwnedFd>,
+    /// What the child reads and the stack it runs on: kept until it is reaped.
+    job: Box<FinitJob>,
+    stack: ChildStack,
+}
+
+/// What a loader child reads: the module's file and the `finit_module` flags.
+struct FinitJob {
+    path: std::ffi::CString,
+    flags: i32,
 }
 
 impl ForkExecutor {
     pub fn new(loader: KernelLoader) -> Self {
-        ForkExecutor { loader, in_place: false, running: BTreeMap::new(), ready: VecDeque::new() }
+        ForkExecutor { loader, in_place: false, running: BTreeMap::new(), ready: VecDeque::new(), spawned: 0 }
     }
 
     /// An executor for one CPU: what the caller waits for now is loaded in
@@ -170,7 +199,9 @@ impl ForkExecutor {
     /// what loads in the background still gets a child, so a driver that
     /// sleeps in its probe does not hold the boot.
     pub fn one_cpu(loader: KernelLoader) -> Self {
-        ForkExecutor { in_place: true, ..ForkExecutor::new(loader) }
+        let mut executor = ForkExecutor::new(loader);
+        executor.in_place = true;
+        executor
     }
 
     /// The pid of a child that has exited, waiting until one has (`block`:
@@ -232,6 +263,17 @@ impl ForkExecutor {
     }
 }
 
+/// Children still running when the executor goes (a failed boot) still read
+/// their job and run on their stack: both are left mapped, never freed.
+impl Drop for ForkExecutor {
+    fn drop(&mut self) {
+        for child in std::mem::take(&mut self.running).into_values() {
+            std::mem::forget(child.job);
+            std::mem::forget(child.stack);
+        }
+    }
+}
+
 impl Executor for ForkExecutor {
     fn start(&mut self, i: usize, entry: &IndexEntry, awaited: bool) {
         let t = Instant::now();
@@ -239,26 +281,41 @@ impl Executor for ForkExecutor {
             Prepared::Done(attempt) => return self.ready.push_back((i, attempt, t.elapsed())),
             Prepared::Finit(path, flags) => (path, flags),
         };
-        let forked = (!(awaited && self.in_place)).then(|| crate::fork::fork_single_threaded("a module loader"));
-        let child = match forked {
-            Some(Ok(Forked::Child)) => {
-                let code = match KernelLoader::finit(&path, flags) {
-                    Ok(()) => 0,
-                    Err(e) => e.raw_os_error().clamp(1, 255),
-                };
-                crate::fork::exit_child(code)
+        let job = Box::new(FinitJob { path, flags });
+        let in_child = if awaited && self.in_place {
+            None
+        } else {
+            match ChildStack::new() {
+                Some(stack) => {
+                    let arg: *const FinitJob = &*job;
+                    // SAFETY: `finit_in_child` makes only raw system calls on
+                    // the job, which is read-only from here on and kept, with
+                    // the stack, in `running` until the child is reaped.
+                    let started = unsafe {
+                        crate::fork::spawn_sharing_memory(
+                            "a module loader",
+                            KernelLoader::finit_in_child,
+                            arg.cast(),
+                            &stack,
+                        )
+                    };
+                    Some(started.map(|(pid, pidfd)| (pid, pidfd, stack)))
+                }
+                None => Some(Err(crate::error::Error::msg("cannot map a stack for a module loader"))),
             }
-            Some(Ok(Forked::Parent(child))) => child,
+        };
+        let (child, pidfd, stack) = match in_child {
+            Some(Ok(started)) => started,
             refused => {
                 if let Some(Err(e)) = refused {
                     log::debug!("{e}; loading module {} in PID 1", entry.name);
                 }
-                let attempt = KernelLoader::attempt_of(KernelLoader::finit(&path, flags));
+                let attempt = KernelLoader::attempt_of(KernelLoader::finit(&job.path, job.flags));
                 return self.ready.push_back((i, attempt, t.elapsed()));
             }
         };
-        let pidfd = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty()).ok();
-        self.running.insert(child.as_raw_pid(), Child { position: i, started: t, pidfd });
+        self.spawned = self.spawned.saturating_add(1);
+        self.running.insert(child.as_raw_pid(), Child { position: i, started: t, pidfd, job, stack });
     }
 
     fn wait(&mut self) -> Option<(usize, Attempt, Duration)> {
@@ -329,11 +386,12 @@ mod tests {
         status.exit_status() == Some(0)
     }
 
-    /// The fork executor carries each child's finit_module errno back: load
-    /// files that are not modules, several at once, and compare with a direct
-    /// call. In a single-threaded process (as PID 1) each load runs in a
-    /// forked child; in this multi-threaded test process fork is refused and
-    /// each load runs in the process itself, with the same outcome.
+    /// The executor carries each child's finit_module errno back: load files
+    /// that are not modules, several at once, and compare with a direct call.
+    /// Each load runs in a child sharing the process's memory, in a
+    /// single-threaded process (as PID 1) and in this multi-threaded test
+    /// process alike (no lock is taken in the child); one that loads in place
+    /// (one CPU) loads what is awaited in the process itself.
     #[test]
     fn fork_executor_reports_what_the_kernel_said() {
         let dir = std::env::temp_dir().join(format!("dockroot-fork-{}", std::process::id()));
@@ -361,6 +419,7 @@ mod tests {
             }
             assert_eq!(report.failed[5].errno(), Some(Errno::NOENT));
             assert!(auto.exec.running.is_empty(), "every child reaped");
+            assert_eq!(auto.exec.spawned, 6, "every load in a child");
         };
         assert!(in_single_threaded_child(|| {
             assert_eq!(crate::fork::thread_count(), 1);
